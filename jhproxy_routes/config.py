@@ -1,0 +1,279 @@
+"""Configuration of jhproxy-routes: the ``c.PortRoutes`` section of ``jupyterhub_config.py``.
+
+Every option lives here, with its help text; the other modules receive a ``PortRoutes``
+instance and never read config themselves.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from dataclasses import dataclass
+
+from traitlets import (
+    Bool,
+    CaselessStrEnum,
+    Dict,
+    Float,
+    Integer,
+    List,
+    TraitError,
+    Unicode,
+    Union,
+    default,
+    validate,
+)
+from traitlets.config import Configurable
+
+from .templates import RouteTemplate
+
+#: What a port's ``access`` may say. ``server`` follows the server's token mode
+#: (``disabled`` / ``allow_all`` / token), ``public`` needs no check, ``disabled`` refuses all.
+PORT_ACCESS = ("server", "public", "disabled")
+PORT_KEYS = {"port", "name", "access", "cors_origins", "strip_prefix"}
+
+
+@dataclass(frozen=True)
+class PortSpec:
+    """One allowed port, normalised from ``c.PortRoutes.ports``."""
+
+    port: int
+    name: str = ""
+    access: str = "server"
+    cors_origins: tuple[str, ...] | None = None  # None: use PortRoutes.cors_origins
+    strip_prefix: bool = False
+
+
+def parse_port(item, where="c.PortRoutes.ports") -> PortSpec:
+    """Turn one entry of the allow-list (an int or a dict) into a PortSpec."""
+    if isinstance(item, bool):
+        raise TraitError(f"{where}: {item!r} is not a port number")
+    if isinstance(item, int):
+        item = {"port": item}
+    if not isinstance(item, dict):
+        raise TraitError(f"{where}: {item!r} must be a port number or a dict with 'port'")
+    unknown = set(item) - PORT_KEYS
+    if unknown:
+        raise TraitError(
+            f"{where}: unknown key(s) {sorted(unknown)} in {item!r}; allowed: {sorted(PORT_KEYS)}"
+        )
+    port = item.get("port")
+    if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+        raise TraitError(f"{where}: port {port!r} is outside 1-65535")
+    access = item.get("access", "server")
+    if access not in PORT_ACCESS:
+        raise TraitError(f"{where}: port {port}: access {access!r} is not one of {PORT_ACCESS}")
+    origins = item.get("cors_origins")
+    if origins is not None:
+        if isinstance(origins, str) or not all(isinstance(o, str) for o in origins):
+            raise TraitError(f"{where}: port {port}: cors_origins must be a list of strings")
+        origins = tuple(origins)
+    strip = item.get("strip_prefix", False)
+    if not isinstance(strip, bool):
+        raise TraitError(f"{where}: port {port}: strip_prefix must be true or false")
+    return PortSpec(
+        port=port,
+        name=str(item.get("name", "")),
+        access=access,
+        cors_origins=origins,
+        strip_prefix=strip,
+    )
+
+
+class PortRoutes(Configurable):
+    """Which ports of a user's server are exposed through the hub's proxy, and how."""
+
+    ports = List(
+        Union([Integer(), Dict()]),
+        config=True,
+        help="""The allow-list: ports of a user's server that get a route in the proxy.
+
+        Each entry is a port number, or a dict with more options::
+
+            c.PortRoutes.ports = [
+                5000,
+                {"port": 5001, "name": "dashboard", "access": "public"},
+                {"port": 8050, "strip_prefix": True, "cors_origins": ["https://example.org"]},
+            ]
+
+        Keys of a dict entry:
+
+        - ``port`` (required): 1-65535, each port at most once.
+        - ``name``: a label shown to users.
+        - ``access``: ``server`` (default; the server's token mode decides), ``public``
+          (anyone, no check) or ``disabled`` (nobody).
+        - ``cors_origins``: origins allowed to call the port from a browser; default
+          ``PortRoutes.cors_origins``.
+        - ``strip_prefix``: forward ``/rest`` instead of ``<route>/rest`` to the app
+          (the prefix is sent as ``X-Forwarded-Prefix``). Stripping needs the sidecar,
+          so such a port never gets a direct route.
+
+        A wrong entry stops the hub at start-up with a message naming it.
+        """,
+    )
+
+    route_template = Unicode(
+        "/ports/{username}/{servername}/{port}/",
+        config=True,
+        help="""Path of a port's route, below the hub's ``base_url``.
+
+        Fields: ``{username}``, ``{servername}``, ``{port}``; ``{port}`` and ``{username}``
+        are required. For the default server ``{servername}`` is empty and its segment
+        disappears (``/ports/alice/5000/``), as in JupyterHub's ``/user/alice/`` against
+        ``/user/alice/dev/``. Without ``{servername}``, named servers get no port routes.
+
+        The default lies outside ``/hub/`` and ``/user/``: those paths receive the hub's
+        login cookie and the user server's cookies, so a route there always goes through
+        the sidecar, which strips them, and can never be a direct route. The seed's form
+        ``/hub/proxy{port}/{username}/`` works, at that cost.
+        """,
+    )
+
+    default_startup_behavior = CaselessStrEnum(
+        ["disabled", "allow_all", "random"],
+        "disabled",
+        config=True,
+        help="""Token mode a server gets the first time it starts (as in jhproxy).
+
+        ``disabled``: nobody may call its ports until the user opens them; ``allow_all``:
+        anyone may; ``random``: a new random token is required. Applied only when the server
+        has no stored mode yet: a mode the user chose is kept across restarts.
+        """,
+    )
+
+    shutdown_behavior = CaselessStrEnum(
+        ["pass", "disable"],
+        "pass",
+        config=True,
+        help="""What happens to the token mode when a server stops (as in jhproxy).
+
+        ``pass``: keep it for the next start; ``disable``: set it to ``disabled``.
+        """,
+    )
+
+    cors_origins = List(
+        Unicode(),
+        ["*"],
+        config=True,
+        help="""Origins allowed to call a protected port from a browser (CORS).
+
+        ``["*"]`` (the default, as in jhproxy): any origin, without credentials. A list of
+        origins (``https://example.org``) is echoed back for those origins only. Preflight
+        requests (``OPTIONS``) are answered by the sidecar and need no token. Public ports on
+        a direct route are forwarded untouched: the app sets its own CORS headers.
+        """,
+    )
+
+    direct_public_routes = Bool(
+        True,
+        config=True,
+        help="""Send public ports straight from the proxy to the app, without the sidecar.
+
+        Fastest, but the sidecar then cannot strip cookies: the only JupyterHub cookie a
+        browser sends outside ``/hub/`` and ``/user/`` is ``jupyterhub-session-id`` (path
+        ``/``, not a credential). Set False to send every port through the sidecar.
+        """,
+    )
+
+    reconcile_interval = Integer(
+        30,
+        config=True,
+        help="""Seconds between two comparisons of the wanted routes with the proxy's and the
+        sidecar's tables; missing routes are added, stale ones removed. Also runs at hub
+        start-up and when the hub restarts its proxy. 0 turns the periodic run off.
+        """,
+    )
+
+    api_timeout = Float(
+        10,
+        config=True,
+        help="""Seconds one request to the proxy's or the sidecar's route API may take.""",
+    )
+
+    api_retry_timeout = Float(
+        30,
+        config=True,
+        help="""Seconds to keep retrying (with exponential backoff) a route change that failed
+        because the proxy or sidecar was unreachable. After that the change is logged as failed
+        and left to the next reconciliation; a spawn is never blocked longer than this.
+        """,
+    )
+
+    concurrency = Integer(
+        10,
+        config=True,
+        help="""Route API requests allowed in flight at once (per proxy and per sidecar).""",
+    )
+
+    db_url = Unicode(
+        "sqlite:///jhproxy_routes.sqlite",
+        config=True,
+        help="""SQLAlchemy URL of the database that keeps each server's token mode, token hash,
+        encrypted token and per-port access. Kept apart from the hub's own database.
+        """,
+    )
+
+    sidecar_url = Unicode(
+        "http://127.0.0.1:8765",
+        config=True,
+        help="""Where the auth sidecar listens. The proxy sends protected routes here, the hub
+        pushes the sidecar's route table here (under ``/_jhproxy-routes/api/``).
+        """,
+    )
+
+    sidecar_managed = Bool(
+        True,
+        config=True,
+        help="""Start the sidecar as a JupyterHub managed service. Set False when it runs
+        elsewhere (another container or pod); then set ``sidecar_api_token`` on both sides.
+        """,
+    )
+
+    sidecar_api_token = Unicode(
+        config=True,
+        help="""Secret the hub uses to update the sidecar's route table. Default: the
+        environment variable ``JHPROXY_ROUTES_SIDECAR_TOKEN``, else a new random value per hub
+        start (fine for a managed sidecar, which is restarted with the hub).
+        """,
+    )
+
+    upstream_timeout = Float(
+        300,
+        config=True,
+        help="""Seconds the sidecar waits for an app to start answering a request before it
+        returns 504.
+        """,
+    )
+
+    @default("sidecar_api_token")
+    def _default_sidecar_api_token(self):
+        return os.environ.get("JHPROXY_ROUTES_SIDECAR_TOKEN") or secrets.token_hex(32)
+
+    @validate("ports")
+    def _validate_ports(self, proposal):
+        seen = set()
+        for item in proposal.value:
+            spec = parse_port(item)
+            if spec.port in seen:
+                raise TraitError(f"c.PortRoutes.ports: port {spec.port} is listed twice")
+            seen.add(spec.port)
+        return proposal.value
+
+    @validate("route_template")
+    def _validate_route_template(self, proposal):
+        RouteTemplate(proposal.value)  # raises TraitError naming the problem
+        return proposal.value
+
+    @validate("reconcile_interval", "concurrency")
+    def _validate_non_negative(self, proposal):
+        if proposal.value < 0 or (proposal.trait.name == "concurrency" and proposal.value < 1):
+            raise TraitError(f"c.PortRoutes.{proposal.trait.name}: {proposal.value} is too small")
+        return proposal.value
+
+    @property
+    def port_specs(self) -> list[PortSpec]:
+        return [parse_port(item) for item in self.ports]
+
+    @property
+    def template(self) -> RouteTemplate:
+        return RouteTemplate(self.route_template)

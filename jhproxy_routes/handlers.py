@@ -1,0 +1,176 @@
+"""The token API under ``/hub/proxytoken/``, compatible with jhproxy.
+
+``GET /hub/proxytoken/[<servername>]``: the server's token as JSON: the token string,
+``""`` (allow all) or ``null`` (disabled). ``?format=full`` gives the whole settings object.
+
+``POST`` with body ``disabled``, ``allow_all`` or ``random`` (plain, or as a JSON string):
+the new value as JSON. ``POST`` with a JSON object ``{"mode": ..., "ports": {"5001":
+"public"}}`` changes the mode and/or per-port access and answers the settings object.
+
+Auth as for JupyterHub's own API: the user's API token (``Authorization: token ...``), or
+the hub login cookie plus JupyterHub's XSRF token. Either needs the scope
+``custom:jhproxy-routes:tokens`` on that user, which ``install(c)`` grants to every user
+for their own servers.
+"""
+
+from __future__ import annotations
+
+import json
+
+from jupyterhub.apihandlers.base import APIHandler
+from jupyterhub.utils import url_path_join
+from tornado import web
+
+from .config import PORT_ACCESS
+from .routeapi import RouteAPIError
+from .routes import effective_access
+from .tokens import ServerAccess, TokenUnreadable, read_token, with_new_token
+from .wiring import SCOPE
+
+ACTIONS = ("disabled", "allow_all", "random")
+
+
+def token_handlers():
+    return [(r"/proxytoken/?(?P<server_name>[^/]*)/?", ProxyTokenHandler)]
+
+
+class ProxyTokenHandler(APIHandler):
+    """Read and change the port token and port access of one of the user's servers."""
+
+    def _target(self, server_name: str):
+        """The user and server this request is about, after the scope check."""
+        user = self.current_user
+        if user is None:
+            raise web.HTTPError(403, "Missing or invalid credentials.")
+        if getattr(user, "kind", "user") != "user":
+            raise web.HTTPError(403, "Only users have port tokens; this credential is not a user's.")
+        if not self.has_scope(f"{SCOPE}!user={user.name}"):
+            raise web.HTTPError(403, f"This credential lacks the scope {SCOPE} for user {user.name}.")
+        if server_name and server_name not in user.orm_user.orm_spawners:
+            raise web.HTTPError(404, f"User {user.name} has no server named {server_name!r}.")
+        manager = getattr(self.proxy, "route_manager", None)
+        if manager is None:
+            raise web.HTTPError(500, "jhproxy-routes is not installed: call jhproxy_routes.install(c).")
+        return user, manager
+
+    async def get(self, server_name=""):
+        user, manager = self._target(server_name)
+        access = await manager.access_for(user.name, server_name)
+        if self.get_argument("format", "") == "full":
+            self.finish(json.dumps(await self._settings(user, server_name, access)))
+        else:
+            self.finish(json.dumps(await self._seed_value(access)))
+
+    async def post(self, server_name=""):
+        user, manager = self._target(server_name)
+        access = await manager.access_for(user.name, server_name)
+        body = self._parse_body()
+        new_token = None
+        if isinstance(body, dict):
+            access, new_token = await self._apply_settings(access, body)
+        else:
+            access, new_token = await self._apply_action(access, body)
+        manager.store.put(user.name, server_name, access)
+        self.log.info("jhproxy-routes: %s set %s/%s to mode %s", user.name, user.name, server_name, access.mode)
+        spawner = user.spawners[server_name]
+        if spawner.ready:
+            try:
+                await manager.apply(user, server_name, access)
+            except RouteAPIError as e:
+                raise web.HTTPError(503, f"Saved, but the proxy could not be updated yet: {e}") from None
+        if isinstance(body, dict):
+            result = await self._settings(user, server_name, access, new_token)
+        else:
+            result = new_token if new_token is not None else await self._seed_value(access)
+        self.finish(json.dumps(result))
+
+    def _parse_body(self):
+        raw = self.request.body.strip()
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise web.HTTPError(400, "The body must be UTF-8 text.") from None
+        if text in ACTIONS:
+            return text
+        try:
+            body = json.loads(text)
+        except ValueError:
+            body = None
+        if isinstance(body, dict) or body in ACTIONS:
+            return body
+        shown = text if len(text) <= 40 else text[:40] + "..."
+        raise web.HTTPError(
+            400,
+            f"Invalid action {shown!r} in the POST body: send one of disabled, allow_all, random,"
+            ' or a JSON object such as {"mode": "random", "ports": {"5001": "public"}}.',
+        )
+
+    async def _apply_action(self, access: ServerAccess, action: str):
+        if action == "disabled":
+            return access.disabled(), None
+        if action == "allow_all":
+            return access.allow_all(), None
+        return await with_new_token(access)
+
+    async def _apply_settings(self, access: ServerAccess, body: dict):
+        unknown = set(body) - {"mode", "ports"}
+        if unknown:
+            raise web.HTTPError(400, f"Unknown key(s) {sorted(unknown)}; allowed: mode, ports.")
+        new_token = None
+        if "mode" in body:
+            if body["mode"] not in ACTIONS:
+                raise web.HTTPError(400, f"mode must be one of {', '.join(ACTIONS)}.")
+            access, new_token = await self._apply_action(access, body["mode"])
+        ports = body.get("ports", {})
+        if not isinstance(ports, dict):
+            raise web.HTTPError(400, 'ports must be an object such as {"5001": "public"}.')
+        allowed = {str(spec.port) for spec in self.proxy.route_manager.specs}
+        port_access = dict(access.port_access)
+        for port, value in ports.items():
+            if str(port) not in allowed:
+                raise web.HTTPError(400, f"Port {port} is not in the allow-list ({', '.join(sorted(allowed))}).")
+            if value not in PORT_ACCESS:
+                raise web.HTTPError(400, f"Port {port}: access must be one of {', '.join(PORT_ACCESS)}.")
+            port_access[str(port)] = value
+        return ServerAccess(access.mode, access.token_sha256, access.token_encrypted, port_access), new_token
+
+    async def _seed_value(self, access: ServerAccess):
+        if access.mode == "disabled":
+            return None
+        if access.mode == "allow_all":
+            return ""
+        try:
+            return await read_token(access)
+        except TokenUnreadable as e:
+            raise web.HTTPError(409, f"The token cannot be shown: {e}.") from None
+
+    async def _settings(self, user, server_name, access, new_token=None) -> dict:
+        manager = self.proxy.route_manager
+        token = new_token
+        if token is None and access.mode == "token":
+            try:
+                token = await read_token(access)
+            except TokenUnreadable:
+                token = None
+        base = self.request.protocol + "://" + self.request.host
+        ports = []
+        for spec in manager.specs:
+            routespec = manager.routespec(user.name, server_name, spec.port)
+            ports.append(
+                {
+                    "port": spec.port,
+                    "name": spec.name,
+                    "access": access.port_access.get(str(spec.port), spec.access),
+                    "effective_access": effective_access(spec, access),
+                    "url": url_path_join(base, routespec) if manager.template.serves(server_name) else None,
+                }
+            )
+        return {
+            "user": user.name,
+            "server": server_name,
+            "running": bool(user.spawners[server_name].ready),
+            "mode": access.mode,
+            "token": token,
+            "token_readable": access.mode != "token" or token is not None,
+            "ports": ports,
+        }

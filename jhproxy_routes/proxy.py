@@ -1,0 +1,83 @@
+"""``PortRoutesProxy``: JupyterHub's ConfigurableHTTPProxy, plus the port routes.
+
+Why a proxy subclass and not spawner hooks: JupyterHub calls the proxy at exactly the
+moments that matter, whatever the spawner: ``add_user`` when a server is ready and routed
+(its address is known), ``delete_user`` when it is unrouted, ``check_routes`` at start-up and
+every ``last_activity_interval``, ``restore_routes`` after it restarted a crashed CHP. Spawner
+hooks fire before the address is known (``pre_spawn_hook``) or only when a client watches
+the spawn (``progress_ready_hook``).
+
+A port-route failure is logged and left to the next reconciliation; it never fails a spawn,
+and every wait on CHP or the sidecar is bounded (``PortRoutes.api_retry_timeout``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from jupyterhub.proxy import ConfigurableHTTPProxy
+from tornado.ioloop import PeriodicCallback
+
+from .config import PortRoutes
+from .routeapi import RouteAPI, RouteAPIError
+from .routes import RouteManager
+from .wiring import wire_into_hub
+
+
+class PortRoutesProxy(ConfigurableHTTPProxy):
+    """configurable-http-proxy with one extra route per allowed port of each running server."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.port_routes = PortRoutes(parent=self)
+        chp_api = RouteAPI(
+            "proxy",
+            self.api_url,
+            self.auth_token,
+            timeout=self.port_routes.api_timeout,
+            retry_timeout=self.port_routes.api_retry_timeout,
+            concurrency=self.port_routes.concurrency,
+            log=self.log,
+        )
+        self.route_manager = RouteManager(self.port_routes, self.app.base_url, chp_api, self.log)
+        self._reconcile_callback = None
+        wire_into_hub(self.app, self.port_routes)
+
+    async def add_user(self, user, server_name=""):
+        await super().add_user(user, server_name)
+        try:
+            await self.route_manager.server_started(user, server_name)
+        except RouteAPIError as e:
+            self.log.error("jhproxy-routes: port routes of %s not added yet: %s", user.name, e)
+
+    async def delete_user(self, user, server_name=""):
+        try:
+            await self.route_manager.server_stopped(user, server_name)
+        except RouteAPIError as e:
+            self.log.error("jhproxy-routes: port routes of %s not removed yet: %s", user.name, e)
+        await super().delete_user(user, server_name)
+
+    async def check_routes(self, user_dict, service_dict, routes=None):
+        await super().check_routes(user_dict, service_dict, routes)
+        await self.route_manager.reconcile(user_dict)
+        self._start_periodic_reconcile(user_dict)
+
+    async def restore_routes(self):
+        await super().restore_routes()
+        await self.route_manager.reconcile(self.app.users)
+
+    def _start_periodic_reconcile(self, user_dict):
+        interval = self.port_routes.reconcile_interval
+        if self._reconcile_callback is not None or not interval:
+            return
+
+        def run():
+            asyncio.ensure_future(self.route_manager.reconcile(user_dict))
+
+        self._reconcile_callback = PeriodicCallback(run, 1e3 * interval)
+        self._reconcile_callback.start()
+
+    def stop(self):
+        if self._reconcile_callback is not None:
+            self._reconcile_callback.stop()
+        super().stop()

@@ -1,0 +1,191 @@
+"""The route manager: which routes each running server should have, and making it so.
+
+For every ready server and every allowed port there is one CHP route. A port that needs no
+check goes straight from CHP to the app; any other goes to the sidecar, which gets an entry
+in its own table with the app's address and the check to make. Changes are ordered so that a
+port is never open wider than its settings, even between two API calls: the sidecar learns a
+check before CHP sends traffic to it, and forgets it only after CHP stops doing so.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+
+from jupyterhub.utils import url_path_join
+
+from .config import PortRoutes, PortSpec
+from .routeapi import RouteAPI, RouteAPIError
+from .targets import port_target
+from .tokens import AccessStore, ServerAccess, with_new_token
+
+# JupyterHub sets login and server cookies on these paths (below base_url): a route there
+# would hand them to the app unless the sidecar strips them.
+COOKIE_PATHS = ("hub/", "user/", "services/")
+MODE_TO_ACCESS = {"disabled": "disabled", "allow_all": "public", "token": "token"}
+
+
+def effective_access(spec: PortSpec, access: ServerAccess) -> str:
+    """``public``, ``disabled`` or ``token``: what a request to this port must show."""
+    choice = access.port_access.get(str(spec.port), spec.access)
+    if choice == "server":
+        return MODE_TO_ACCESS[access.mode]
+    return choice
+
+
+@dataclass(frozen=True)
+class PortRoute:
+    """The wanted state of one port's route in CHP and (unless direct) in the sidecar."""
+
+    routespec: str
+    chp: dict
+    sidecar: dict | None
+
+
+class RouteManager:
+    """Keeps CHP's and the sidecar's tables in line with the running servers."""
+
+    def __init__(self, settings: PortRoutes, base_url: str, chp_api: RouteAPI, log: logging.Logger):
+        self.settings = settings
+        self.base_url = base_url
+        self.specs = settings.port_specs
+        self.template = settings.template
+        self.log = log
+        self.store = AccessStore(settings.db_url)
+        self.chp = chp_api
+        self.sidecar = RouteAPI(
+            "sidecar",
+            url_path_join(settings.sidecar_url, "_jhproxy-routes/"),
+            settings.sidecar_api_token,
+            timeout=settings.api_timeout,
+            retry_timeout=settings.api_retry_timeout,
+            concurrency=settings.concurrency,
+            log=log,
+        )
+        self._reconcile_lock = asyncio.Lock()
+
+    # ---- access settings -------------------------------------------------------------
+    async def access_for(self, username: str, servername: str) -> ServerAccess:
+        """The server's stored settings; on first use, those of ``default_startup_behavior``."""
+        access = self.store.get(username, servername)
+        if access is None:
+            access = ServerAccess()
+            behavior = self.settings.default_startup_behavior
+            if behavior == "allow_all":
+                access = access.allow_all()
+            elif behavior == "random":
+                access, _ = await with_new_token(access)
+            self.store.put(username, servername, access)
+        return access
+
+    # ---- wanted routes ---------------------------------------------------------------
+    def routespec(self, username: str, servername: str, port: int) -> str:
+        return url_path_join(self.base_url, self.template.render(username, servername, port))
+
+    def wanted_routes(self, user, servername: str, access: ServerAccess) -> dict[str, PortRoute]:
+        spawner = user.spawners[servername]
+        if not self.template.serves(servername):
+            return {}
+        routes = {}
+        for spec in self.specs:
+            routespec = self.routespec(user.name, servername, spec.port)
+            app = port_target(spawner, spec.port)
+            who = {"username": user.name, "servername": servername, "port": spec.port}
+            allowed = effective_access(spec, access)
+            if self._direct(routespec, spec, access):
+                routes[routespec] = PortRoute(routespec, {"target": app, **who}, None)
+                continue
+            sidecar = {
+                "target": app,
+                "access": allowed,
+                "token_sha256": access.token_sha256 if allowed == "token" else None,
+                "cors_origins": list(spec.cors_origins or self.settings.cors_origins),
+                "strip_prefix": spec.strip_prefix,
+                **who,
+            }
+            routes[routespec] = PortRoute(routespec, {"target": self.settings.sidecar_url, **who}, sidecar)
+        return routes
+
+    def _direct(self, routespec: str, spec: PortSpec, access: ServerAccess) -> bool:
+        """A port set ``public`` goes straight to the app, untouched, where no cookie needs
+        stripping. A server in ``allow_all`` mode still goes through the sidecar, which
+        answers CORS for it as for a token (as jhproxy did)."""
+        under_cookies = any(routespec.startswith(self.base_url + p) for p in COOKIE_PATHS)
+        return (
+            access.port_access.get(str(spec.port), spec.access) == "public"
+            and self.settings.direct_public_routes
+            and not spec.strip_prefix
+            and not under_cookies
+        )
+
+    # ---- one server ------------------------------------------------------------------
+    async def server_started(self, user, servername: str) -> None:
+        access = await self.access_for(user.name, servername)
+        await self.apply(user, servername, access)
+
+    async def apply(self, user, servername: str, access: ServerAccess) -> None:
+        """Route every port of a running server as ``access`` says (raises RouteAPIError)."""
+        await asyncio.gather(
+            *(self._apply_route(r) for r in self.wanted_routes(user, servername, access).values())
+        )
+
+    async def _apply_route(self, route: PortRoute) -> None:
+        if route.sidecar is not None:
+            await self.sidecar.add(route.routespec, route.sidecar)
+            await self.chp.add(route.routespec, route.chp)
+        else:
+            await self.chp.add(route.routespec, route.chp)
+            await self.sidecar.delete(route.routespec)
+
+    async def server_stopped(self, user, servername: str) -> None:
+        """Remove a server's port routes and apply ``shutdown_behavior``."""
+        if self.settings.shutdown_behavior == "disable":
+            access = self.store.get(user.name, servername)
+            if access is not None and access.mode != "disabled":
+                self.store.put(user.name, servername, access.disabled())
+        if not self.template.serves(servername):
+            return
+        specs = [self.routespec(user.name, servername, spec.port) for spec in self.specs]
+        await asyncio.gather(*(self.chp.delete(s) for s in specs))
+        await asyncio.gather(*(self.sidecar.delete(s) for s in specs))
+
+    # ---- everything --------------------------------------------------------------------
+    async def reconcile(self, users) -> None:
+        """Compare wanted and actual routes of all servers; add the missing, drop the stale."""
+        async with self._reconcile_lock:
+            try:
+                await self._reconcile(users)
+            except RouteAPIError as e:
+                self.log.error("jhproxy-routes: reconciliation failed, will retry: %s", e)
+
+    async def _reconcile(self, users) -> None:
+        wanted: dict[str, PortRoute] = {}
+        keep: set[str] = set()  # routes of servers in transition: leave them alone
+        for user in list(users.values()):
+            for servername, spawner in list(user.spawners.items()):
+                if spawner.ready:
+                    access = await self.access_for(user.name, servername)
+                    wanted.update(self.wanted_routes(user, servername, access))
+                elif spawner.pending and self.template.serves(servername):
+                    keep.update(self.routespec(user.name, servername, s.port) for s in self.specs)
+        chp_routes, sidecar_routes = await asyncio.gather(self.chp.get_all(), self.sidecar.get_all())
+
+        def differs(actual: dict | None, want: dict) -> bool:
+            return actual is None or any(actual.get(k) != v for k, v in want.items())
+
+        sidecar_adds = [r for r in wanted.values() if r.sidecar and differs(sidecar_routes.get(r.routespec), r.sidecar)]
+        chp_adds = [r for r in wanted.values() if differs(chp_routes.get(r.routespec), r.chp)]
+        chp_stale = [s for s in chp_routes if s not in wanted and s not in keep]
+        sidecar_stale = [
+            s for s in sidecar_routes if s not in keep and (s not in wanted or wanted[s].sidecar is None)
+        ]
+        for what, routes in (("sidecar", sidecar_adds), ("proxy", chp_adds)):
+            for r in routes:
+                self.log.info("jhproxy-routes: adding %s route %s -> %s", what, r.routespec, r.chp["target"])
+        await asyncio.gather(*(self.sidecar.add(r.routespec, r.sidecar) for r in sidecar_adds))
+        await asyncio.gather(*(self.chp.add(r.routespec, r.chp) for r in chp_adds))
+        for what, api, stale in (("proxy", self.chp, chp_stale), ("sidecar", self.sidecar, sidecar_stale)):
+            for s in stale:
+                self.log.info("jhproxy-routes: removing stale %s route %s", what, s)
+            await asyncio.gather(*(api.delete(s) for s in stale))

@@ -1,0 +1,1 @@
+"""The auth sidecar process (``python -m jhproxy_routes.sidecar``)."""

@@ -1,0 +1,45 @@
+"""Run the sidecar: ``python -m jhproxy_routes.sidecar [--ip IP] [--port PORT]``.
+
+As a JupyterHub managed service it listens where ``JUPYTERHUB_SERVICE_URL`` says. The
+hub's token for the route API comes from ``JHPROXY_ROUTES_SIDECAR_TOKEN``.
+"""
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+from urllib.parse import urlsplit
+
+from .server import Sidecar, serve
+
+
+def main(argv=None) -> None:
+    service_url = urlsplit(os.environ.get("JUPYTERHUB_SERVICE_URL", "http://127.0.0.1:8765"))
+    parser = argparse.ArgumentParser(prog="python -m jhproxy_routes.sidecar", description=__doc__.splitlines()[0])
+    parser.add_argument("--ip", default=service_url.hostname or "127.0.0.1")
+    parser.add_argument("--port", type=int, default=service_url.port or 8765)
+    parser.add_argument(
+        "--upstream-timeout",
+        type=float,
+        default=float(os.environ.get("JHPROXY_ROUTES_UPSTREAM_TIMEOUT", "300")),
+        help="seconds to wait for an app's answer before 504",
+    )
+    parser.add_argument("--log-level", default="INFO")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="[%(levelname).1s %(asctime)s sidecar] %(message)s")
+    api_token = os.environ.get("JHPROXY_ROUTES_SIDECAR_TOKEN")
+    if not api_token:
+        sys.exit("jhproxy-routes sidecar: set JHPROXY_ROUTES_SIDECAR_TOKEN (the hub's token for the route API)")
+    asyncio.run(run(Sidecar(api_token, upstream_timeout=args.upstream_timeout), args.ip, args.port))
+
+
+async def run(sidecar: Sidecar, ip: str, port: int) -> None:
+    server = await serve(sidecar, ip, port)
+    logging.info("listening on http://%s:%i", ip, port)
+    async with server:
+        await server.serve_forever()
+
+
+if __name__ == "__main__":
+    main()

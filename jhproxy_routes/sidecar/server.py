@@ -1,0 +1,423 @@
+"""The auth sidecar: checks every request to a protected port and streams it to the app.
+
+Per request: find the route (longest prefix), answer a CORS preflight, check the access
+(public, disabled, or the port token from ``X-Proxy-Token`` or the ``proxy_token`` query
+parameter), strip credentials (hub and sidecar cookies, the token), forward to the app over
+a pooled keep-alive connection, and stream both bodies without buffering them. Websocket
+upgrades become a byte pipe once the app answers 101. The check is made for every request,
+never per connection: CHP reuses its connections to the sidecar across clients.
+
+The hub keeps the table up to date through a CHP-like API under ``/_jhproxy-routes/api/``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+from http import HTTPStatus
+from urllib.parse import parse_qsl, unquote, urlencode
+
+from ..tokens import token_matches
+from .http1 import (
+    HOP_BY_HOP,
+    MAX_HEAD,
+    HTTPError,
+    copy_chunked,
+    copy_length,
+    copy_until_close,
+    parse_request_head,
+    parse_response_head,
+    render_head,
+    request_body_framing,
+    response_body_framing,
+)
+from .table import RouteTable
+from .upstream import UpstreamPool
+
+log = logging.getLogger("jhproxy_routes.sidecar")
+
+API_PREFIX = "/_jhproxy-routes/"
+TOKEN_HEADER = "x-proxy-token"
+TOKEN_QUERY = "proxy_token"
+STRIPPED_COOKIE_PREFIXES = ("jupyterhub-", "jhproxy-routes")
+STRIPPED_COOKIES = {"_xsrf"}
+CORS_RESPONSE_HEADERS = {
+    "access-control-allow-origin", "access-control-allow-credentials",
+    "access-control-allow-methods", "access-control-allow-headers",
+    "access-control-max-age", "access-control-expose-headers",
+}  # fmt: skip
+MAX_API_BODY = 1024 * 1024
+
+
+def filter_cookies(value: str) -> str:
+    """The Cookie header without the hub's and the sidecar's cookies."""
+    kept = []
+    for pair in value.split(";"):
+        name = pair.split("=", 1)[0].strip()
+        if name and not name.startswith(STRIPPED_COOKIE_PREFIXES) and name not in STRIPPED_COOKIES:
+            kept.append(pair.strip())
+    return "; ".join(kept)
+
+
+def split_token_query(query: str) -> tuple[str | None, str]:
+    """The ``proxy_token`` query parameter, and the query without it."""
+    if TOKEN_QUERY not in query:
+        return None, query
+    pairs = parse_qsl(query, keep_blank_values=True)
+    token = next((v for k, v in pairs if k == TOKEN_QUERY), None)
+    return token, urlencode([(k, v) for k, v in pairs if k != TOKEN_QUERY])
+
+
+class Sidecar:
+    def __init__(self, api_token: str, upstream_timeout: float = 300, connect_timeout: float = 10):
+        self.api_token = api_token
+        self.upstream_timeout = upstream_timeout
+        self.table = RouteTable()
+        self.pool = UpstreamPool(connect_timeout=connect_timeout)
+
+    # ---- connections ---------------------------------------------------------------
+    async def serve_connection(self, reader, writer) -> None:
+        peer = (writer.get_extra_info("peername") or ("",))[0]
+        try:
+            while True:
+                try:
+                    head = await reader.readuntil(b"\r\n\r\n")
+                except asyncio.IncompleteReadError:
+                    break
+                except asyncio.LimitOverrunError:
+                    await self.send_error(writer, HTTPError(431, "Request head too large."), close=True)
+                    break
+                try:
+                    request = parse_request_head(head)
+                    keep_alive = await self.handle(request, reader, writer, peer)
+                except HTTPError as e:
+                    await self.send_error(writer, e, close=True, extra=getattr(e, "headers", ()))
+                    break
+                if not keep_alive:
+                    break
+        except (ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+            pass
+        except Exception:
+            log.exception("unexpected error on a connection from %s", peer)
+        finally:
+            writer.close()
+
+    async def send_error(self, writer, error: HTTPError, close: bool = False, extra=()) -> None:
+        body = json.dumps({"status": error.status, "message": error.message}).encode()
+        headers = [("Content-Type", "application/json"), ("Content-Length", str(len(body))), *extra]
+        if close:
+            headers.append(("Connection", "close"))
+        reason = HTTPStatus(error.status).phrase
+        writer.write(render_head(f"HTTP/1.1 {error.status} {reason}", headers) + body)
+        try:
+            await writer.drain()
+        except ConnectionError:
+            pass
+
+    # ---- one request ---------------------------------------------------------------
+    async def handle(self, request, reader, writer, peer: str) -> bool:
+        method, target, version = request.start
+        path, _, query = target.partition("?")
+        client_keep_alive = self._keep_alive(request)
+        if path.startswith(API_PREFIX):
+            return await self.handle_api(request, reader, writer, path, client_keep_alive)
+        body_framing = request_body_framing(request)
+        found = self.table.lookup(path)
+        if found is None:
+            raise HTTPError(404, "No port route here.")
+        route, rest = found
+        origin = request.get("Origin")
+        cors = self._cors_headers(route, origin)
+        if method == "OPTIONS" and origin is not None and request.get("Access-Control-Request-Method"):
+            await self._discard_body(reader, body_framing)
+            return await self.answer_preflight(request, writer, cors, client_keep_alive)
+        token, query = split_token_query(query)
+        self._check_access(route, request.get(TOKEN_HEADER) or token, cors)
+        upstream_path = rest if route.strip_prefix else path
+        upstream_target = upstream_path + ("?" + query if query else "")
+        websocket = "upgrade" in request.tokens("Connection") and "websocket" in request.tokens("Upgrade")
+        headers = self._upstream_headers(request, route, peer, body_framing, websocket, path, rest)
+        if request.get("Expect", "").lower() == "100-continue" and body_framing[0] != "none":
+            writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        upstream_head = render_head(f"{method} {upstream_target} HTTP/1.1", headers)
+        if websocket:
+            return await self.forward_websocket(route, upstream_head, reader, writer, cors)
+        return await self.forward(route, method, upstream_head, body_framing, reader, writer, cors, client_keep_alive, version)
+
+    @staticmethod
+    def _keep_alive(request) -> bool:
+        connection = request.tokens("Connection")
+        if request.start[2] == "HTTP/1.0":
+            return "keep-alive" in connection
+        return "close" not in connection
+
+    def _check_access(self, route, token: str | None, cors) -> None:
+        if route.access == "public":
+            return
+        if route.access == "disabled":
+            raise HTTPErrorWithHeaders(403, "Unauthorized access (disabled): the owner has turned off access to this port.", cors)
+        if not token or not token_matches(token, route.token_sha256):
+            raise HTTPErrorWithHeaders(403, "Unauthorized access: a valid X-Proxy-Token is required.", cors)
+
+    @staticmethod
+    def _cors_headers(route, origin: str | None) -> list[tuple[str, str]]:
+        if origin is None:
+            return []
+        if route.cors_any:
+            return [("Access-Control-Allow-Origin", "*")]
+        if origin in route.cors_origins:
+            return [("Access-Control-Allow-Origin", origin), ("Vary", "Origin")]
+        return []
+
+    async def answer_preflight(self, request, writer, cors, keep_alive: bool) -> bool:
+        if not cors:
+            raise HTTPError(403, "This origin may not call this port (CORS).")
+        asked = request.get("Access-Control-Request-Headers", "")
+        allowed_headers = ", ".join(h for h in ["X-Proxy-Token", asked.strip()] if h)
+        headers = [
+            *cors,
+            ("Access-Control-Allow-Methods", request.get("Access-Control-Request-Method")),
+            ("Access-Control-Allow-Headers", allowed_headers),
+            ("Access-Control-Max-Age", "600"),
+            ("Content-Length", "0"),
+        ]
+        if not keep_alive:
+            headers.append(("Connection", "close"))
+        writer.write(render_head("HTTP/1.1 204 No Content", headers))
+        await writer.drain()
+        return keep_alive
+
+    def _upstream_headers(self, request, route, peer, body_framing, websocket, path, rest):
+        drop = HOP_BY_HOP | request.tokens("Connection") | {TOKEN_HEADER, "expect"}
+        headers = []
+        forwarded_for = None
+        for name, value in request.headers:
+            lower = name.lower()
+            if lower in drop:
+                continue
+            if lower == "cookie":
+                value = filter_cookies(value)
+                if not value:
+                    continue
+            elif lower == "x-forwarded-for":
+                forwarded_for = value
+                continue
+            elif lower == "x-forwarded-prefix":
+                continue
+            headers.append((name, value))
+        headers.append(("X-Forwarded-For", f"{forwarded_for}, {peer}" if forwarded_for else peer))
+        if request.get("X-Forwarded-Proto") is None:
+            headers.append(("X-Forwarded-Proto", "http"))
+        if request.get("X-Forwarded-Host") is None and request.get("Host"):
+            headers.append(("X-Forwarded-Host", request.get("Host")))
+        if route.strip_prefix:
+            prefix = path[: len(path) - len(rest)] if rest != "/" else path.rstrip("/")
+            headers.append(("X-Forwarded-Prefix", prefix.rstrip("/")))
+        if websocket:
+            headers += [("Connection", "Upgrade"), ("Upgrade", "websocket")]
+        elif body_framing[0] == "chunked":
+            headers.append(("Transfer-Encoding", "chunked"))
+        return headers
+
+    @staticmethod
+    async def _discard_body(reader, framing) -> None:
+        kind, length = framing
+        if kind == "length":
+            await reader.readexactly(length)
+        elif kind == "chunked":
+            await copy_chunked(reader, _NullWriter())
+
+    @staticmethod
+    async def _send_body(reader, upstream_writer, framing) -> None:
+        kind, length = framing
+        if kind == "length":
+            await copy_length(reader, upstream_writer, length)
+        elif kind == "chunked":
+            await copy_chunked(reader, upstream_writer)
+
+    async def _open(self, route, reuse: bool = True):
+        try:
+            if reuse:
+                return await self.pool.acquire(route.host, route.port)
+            return await self.pool.connect(route.host, route.port)
+        except (OSError, asyncio.TimeoutError) as e:
+            reason = "connection refused" if isinstance(e, ConnectionRefusedError) else (str(e) or type(e).__name__)
+            raise HTTPError(502, f"The app on port {route.port} is not answering ({reason}).") from None
+
+    async def _read_response_head(self, conn, route):
+        try:
+            head = await asyncio.wait_for(conn.reader.readuntil(b"\r\n\r\n"), self.upstream_timeout)
+        except asyncio.TimeoutError:
+            conn.close()
+            raise HTTPError(504, f"The app on port {route.port} did not answer within {self.upstream_timeout:g}s.") from None
+        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
+            conn.close()
+            raise _UpstreamClosed() from None
+        while True:
+            response = parse_response_head(head)
+            if not response.start[1].startswith("1") or response.start[1] == "101":
+                return response
+            head = await conn.reader.readuntil(b"\r\n\r\n")  # skip interim responses
+
+    async def forward(self, route, method, upstream_head, body_framing, reader, writer, cors, keep_alive, version) -> bool:
+        for attempt in (1, 2):
+            conn = await self._open(route)
+            conn.writer.write(upstream_head)
+            try:
+                if body_framing[0] != "none":
+                    await self._send_body(reader, conn.writer, body_framing)
+                else:
+                    await conn.writer.drain()
+                response = await self._read_response_head(conn, route)
+                break
+            except _UpstreamClosed:
+                # a pooled connection the app had closed: retry once if nothing was consumed
+                if attempt == 1 and conn.reused and body_framing[0] == "none":
+                    continue
+                raise HTTPError(502, f"The app on port {route.port} closed the connection without answering.") from None
+            except ConnectionError:
+                conn.close()
+                raise HTTPError(502, f"The app on port {route.port} closed the connection.") from None
+            except BaseException:
+                conn.close()
+                raise
+        framing = response_body_framing(response, method)
+        upstream_reusable = framing[0] != "close" and "close" not in response.tokens("Connection") and response.start[0] == "HTTP/1.1"
+        headers = [
+            (k, v)
+            for k, v in response.headers
+            if k.lower() not in HOP_BY_HOP and not (cors and k.lower() in CORS_RESPONSE_HEADERS)
+        ]
+        headers += cors
+        if framing[0] == "chunked" or (framing[0] == "close" and version == "HTTP/1.1"):
+            headers.append(("Transfer-Encoding", "chunked"))
+        elif framing[0] == "close":
+            keep_alive = False
+        if not keep_alive:
+            headers.append(("Connection", "close"))
+        status_line = f"HTTP/1.1 {response.start[1]} {response.start[2]}"
+        try:
+            if framing[0] == "length" and framing[1] <= 65536:
+                body = await conn.reader.readexactly(framing[1])
+                writer.write(render_head(status_line, headers) + body)
+                await writer.drain()
+            else:
+                writer.write(render_head(status_line, headers))
+                if framing[0] == "length":
+                    await copy_length(conn.reader, writer, framing[1])
+                elif framing[0] == "chunked":
+                    await copy_chunked(conn.reader, writer)
+                elif framing[0] == "close":
+                    await copy_until_close(conn.reader, writer, chunked=version == "HTTP/1.1")
+                else:
+                    await writer.drain()
+        except (ConnectionError, asyncio.IncompleteReadError, HTTPError):
+            conn.close()
+            return False  # the response is half sent: all we can do is close
+        if upstream_reusable:
+            self.pool.release(route.host, route.port, conn)
+        else:
+            conn.close()
+        return keep_alive
+
+    async def forward_websocket(self, route, upstream_head, reader, writer, cors) -> bool:
+        conn = await self._open(route, reuse=False)
+        conn.writer.write(upstream_head)
+        try:
+            await conn.writer.drain()
+            response = await self._read_response_head(conn, route)
+        except (_UpstreamClosed, ConnectionError):
+            conn.close()
+            raise HTTPError(502, f"The app on port {route.port} closed the connection.") from None
+        headers = [(k, v) for k, v in response.headers if k.lower() not in CORS_RESPONSE_HEADERS] + cors
+        writer.write(render_head(f"HTTP/1.1 {response.start[1]} {response.start[2]}", headers))
+        await writer.drain()
+        if response.start[1] != "101":
+            conn.close()  # not upgraded: whatever body follows is not ours to frame
+            return False
+        await pipe_both(reader, writer, conn.reader, conn.writer)
+        conn.close()
+        return False
+
+    # ---- the hub's API -------------------------------------------------------------
+    async def handle_api(self, request, reader, writer, path, keep_alive) -> bool:
+        method = request.start[0]
+        if path == API_PREFIX + "health":
+            return await self.send_json(writer, 200, {"status": "ok", "routes": len(self.table.routes)}, keep_alive)
+        auth = request.get("Authorization", "")
+        if not hmac.compare_digest(auth.encode("latin-1"), f"token {self.api_token}".encode("latin-1")):
+            raise HTTPError(403, "The sidecar's route API needs the hub's token.")
+        kind, length = request_body_framing(request)
+        if kind == "chunked" or length > MAX_API_BODY:
+            raise HTTPError(413, "Send the route as JSON with a Content-Length of at most 1 MiB.")
+        body = await reader.readexactly(length) if length else b""
+        routes_prefix = API_PREFIX + "api/routes"
+        if not path.startswith(routes_prefix):
+            raise HTTPError(404, "Unknown sidecar API path.")
+        key = unquote(path[len(routes_prefix):]).rstrip("/") or "/"
+        if method == "GET":
+            return await self.send_json(writer, 200, self.table.as_dict(), keep_alive)
+        if method == "POST":
+            try:
+                self.table.set(key, json.loads(body))
+            except (ValueError, TypeError, AttributeError) as e:
+                raise HTTPError(400, f"Bad route data for {key}: {e}") from None
+            return await self.send_json(writer, 201, {"created": key}, keep_alive)
+        if method == "DELETE":
+            if not self.table.delete(key):
+                raise HTTPError(404, f"No route {key}.")
+            return await self.send_json(writer, 204, None, keep_alive)
+        raise HTTPError(405, "Use GET, POST or DELETE.")
+
+    @staticmethod
+    async def send_json(writer, status: int, data, keep_alive: bool) -> bool:
+        body = b"" if data is None else json.dumps(data).encode()
+        headers = [("Content-Type", "application/json"), ("Content-Length", str(len(body)))]
+        if not keep_alive:
+            headers.append(("Connection", "close"))
+        writer.write(render_head(f"HTTP/1.1 {status} OK", headers) + body)
+        await writer.drain()
+        return keep_alive
+
+
+class HTTPErrorWithHeaders(HTTPError):
+    """An error answer that carries CORS headers, so that a browser can read the reason."""
+
+    def __init__(self, status, message, headers):
+        super().__init__(status, message)
+        self.headers = headers
+
+
+class _UpstreamClosed(Exception):
+    pass
+
+
+class _NullWriter:
+    def write(self, data):
+        pass
+
+    async def drain(self):
+        pass
+
+
+async def pipe_both(reader_a, writer_a, reader_b, writer_b) -> None:
+    """Copy bytes both ways until either side closes."""
+
+    async def pipe(reader, writer):
+        try:
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        except ConnectionError:
+            pass
+
+    tasks = [asyncio.ensure_future(pipe(reader_a, writer_b)), asyncio.ensure_future(pipe(reader_b, writer_a))]
+    await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    for task in tasks:
+        task.cancel()
+
+
+async def serve(sidecar: Sidecar, host: str, port: int):
+    return await asyncio.start_server(sidecar.serve_connection, host, port, limit=MAX_HEAD, backlog=1024)

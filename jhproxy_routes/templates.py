@@ -1,0 +1,87 @@
+"""Route templates: where a port of a server appears in the proxy's URL space.
+
+A template is a path such as ``/ports/{username}/{servername}/{port}/``. It renders to a
+*routespec* in JupyterHub's sense: an escaped path that starts and ends with ``/``.
+"""
+
+from __future__ import annotations
+
+import string
+from urllib.parse import quote
+
+from traitlets import TraitError
+
+FIELDS = {"username", "servername", "port"}
+WHOLE_SEGMENT_FIELDS = ("username", "servername")
+
+
+def escape_segment(value: str) -> str:
+    """Escape a name for one path segment, as JupyterHub's ``url_escape_path`` does."""
+    return quote(value, safe="@~")
+
+
+class RouteTemplate:
+    """A validated route template; ``render`` gives the routespec of one server's port."""
+
+    def __init__(self, template: str, where: str = "c.PortRoutes.route_template"):
+        self.where = where
+        if not template.startswith("/"):
+            raise TraitError(f"{where}: {template!r} must start with '/'")
+        if not template.endswith("/"):
+            template += "/"
+        if any(c in template for c in "?#%\\") or any(c.isspace() for c in template):
+            raise TraitError(f"{where}: {template!r} may not contain '?', '#', '%', '\\' or spaces")
+        self.segments = template.strip("/").split("/")
+        used = set()
+        for segment in self.segments:
+            if segment in ("", ".", ".."):
+                raise TraitError(f"{where}: {template!r} has an empty, '.' or '..' segment")
+            names = self._fields(segment, template)
+            used.update(names)
+            if len(names) > 1:
+                raise TraitError(
+                    f"{where}: {template!r}: fields {sorted(names)} share one segment; "
+                    "give each its own segment so that no two routes can be confused"
+                )
+            for name in WHOLE_SEGMENT_FIELDS:
+                if name in names and segment != "{%s}" % name:
+                    raise TraitError(f"{where}: {template!r}: {{{name}}} must be a whole segment")
+        missing = {"port", "username"} - used
+        if missing:
+            raise TraitError(
+                f"{where}: {template!r} must contain " + " and ".join(f"{{{m}}}" for m in sorted(missing))
+            )
+        self.template = template
+        self.has_servername = "servername" in used
+
+    def _fields(self, segment: str, template: str) -> set[str]:
+        try:
+            parsed = list(string.Formatter().parse(segment))
+        except ValueError as e:
+            raise TraitError(f"{self.where}: {template!r}: {e}") from None
+        names = {name for _, name, spec, conv in parsed if name is not None}
+        unknown = names - FIELDS
+        if unknown or "" in names:
+            raise TraitError(
+                f"{self.where}: {template!r}: unknown field(s) "
+                f"{sorted(unknown) or ['{}']}; allowed: {{username}}, {{servername}}, {{port}}"
+            )
+        return names
+
+    def serves(self, servername: str) -> bool:
+        """Whether a server of this name gets routes (named servers need ``{servername}``)."""
+        return not servername or self.has_servername
+
+    def render(self, username: str, servername: str, port: int) -> str:
+        """The routespec (escaped, leading and trailing ``/``) of one port of one server."""
+        values = {
+            "username": escape_segment(username),
+            "servername": escape_segment(servername),
+            "port": str(int(port)),
+        }
+        parts = [
+            segment.format(**values)
+            for segment in self.segments
+            if not (segment == "{servername}" and not servername)
+        ]
+        return "/" + "/".join(parts) + "/"

@@ -1,0 +1,134 @@
+"""Allowed ports become CHP routes for the life of each server (real hub, CHP, servers, apps)."""
+
+import os
+import signal
+
+import httpx
+import pytest
+
+from conftest import wait_for
+
+
+@pytest.fixture(scope="module")
+def apps(make_app):
+    return make_app(), make_app()
+
+
+@pytest.fixture(scope="module")
+def hub(make_hub, apps):
+    protected, public = apps
+    return make_hub([protected.port, {"port": public.port, "access": "public"}])
+
+
+def test_routes_follow_the_server(hub, apps):
+    protected, public = apps
+    token = hub.user_token("alice")
+    hub.spawn("alice")
+    routes = hub.port_routes()
+    assert set(routes) == {f"/ports/alice/{protected.port}", f"/ports/alice/{public.port}"}
+    # the public port goes straight to the app, the other through the sidecar
+    assert routes[f"/ports/alice/{public.port}"]["target"] == f"http://127.0.0.1:{public.port}"
+    assert routes[f"/ports/alice/{protected.port}"]["target"] == hub.sidecar_url
+    # our tag, never JupyterHub's
+    assert all("jupyterhub" not in data and data["jhproxy_routes"] is True for data in routes.values())
+
+    response = hub.get(f"/ports/alice/{public.port}/some/path?x=1")
+    assert response.status_code == 200
+    assert response.json()["path"] == f"/ports/alice/{public.port}/some/path"
+
+    assert hub.proxytoken(token, "POST", content="allow_all").json() == ""
+    response = hub.get(f"/ports/alice/{protected.port}/api")
+    assert response.status_code == 200, response.text
+    assert response.json()["path"] == f"/ports/alice/{protected.port}/api"
+
+    hub.stop_server("alice")
+    assert hub.port_routes() == {}
+    # CHP's default route is the hub (which redirects to its own 404): the app is out of reach
+    seen = len(public.received())
+    assert hub.get(f"/ports/alice/{public.port}/some/path").status_code in (302, 404)
+    assert len(public.received()) == seen
+
+
+def test_jupyterhub_check_routes_leaves_ours_alone(hub):
+    hub.user_token("bob")
+    hub.spawn("bob")
+    before = hub.port_routes()
+    assert len(before) == 2
+    # POST /hub/api/proxy makes JupyterHub run check_routes, which deletes stale
+    # jupyterhub-tagged routes: ours must survive it
+    assert hub.api("POST", "/proxy").status_code == 200
+    assert hub.port_routes().keys() == before.keys()
+    assert "Deleting stale route /ports/" not in hub.log()
+    hub.stop_server("bob")
+
+
+def test_named_servers_get_distinct_routes(hub, apps):
+    protected, public = apps
+    token = hub.user_token("carol")
+    hub.spawn("carol", "one")
+    hub.spawn("carol", "two")
+    routes = hub.port_routes()
+    expected = {f"/ports/carol/{name}/{port}" for name in ("one", "two") for port in (protected.port, public.port)}
+    assert expected <= set(routes)
+    assert routes[f"/ports/carol/one/{public.port}"]["servername"] == "one"
+    assert routes[f"/ports/carol/two/{public.port}"]["servername"] == "two"
+    # each named server has its own mode
+    hub.proxytoken(token, "POST", server="one", content="allow_all")
+    assert hub.get(f"/ports/carol/one/{protected.port}/").status_code == 200
+    assert hub.get(f"/ports/carol/two/{protected.port}/").status_code == 403
+    hub.stop_server("carol", "one")
+    routes = hub.port_routes()
+    assert not any(path.startswith("/ports/carol/one/") for path in routes)
+    assert f"/ports/carol/two/{public.port}" in routes
+    hub.stop_server("carol", "two")
+
+
+def test_routes_come_back_after_chp_restart(hub, apps):
+    protected, public = apps
+    hub.user_token("dave")
+    hub.spawn("dave")
+    [chp_pid] = hub.child_pids("configurable-http-proxy")
+    os.kill(chp_pid, signal.SIGKILL)
+    # JupyterHub restarts its CHP within check_running_interval (5 s); the new one is empty
+    wait_for(lambda: hub.child_pids("configurable-http-proxy") not in ([], [chp_pid]), 30, "a new CHP")
+    wait_for(lambda: len(hub.port_routes()) == 2, 30, "port routes in the new CHP", hub.log_path)
+    assert hub.get(f"/ports/dave/{public.port}/").status_code == 200
+    hub.stop_server("dave")
+
+
+def test_reconcile_adds_missing_and_removes_stale(hub, apps):
+    protected, public = apps
+    hub.user_token("erin")
+    hub.spawn("erin")
+    headers = {"Authorization": f"token {hub.chp_token}"}
+    # someone deletes one of ours, and a stale one of ours is left from an old server
+    httpx.delete(f"{hub.chp_api}/api/routes/ports/erin/{public.port}", headers=headers).raise_for_status()
+    httpx.post(
+        f"{hub.chp_api}/api/routes/ports/ghost/5000",
+        headers=headers,
+        json={"target": "http://127.0.0.1:9", "jhproxy_routes": True, "username": "ghost"},
+    ).raise_for_status()
+    # a route that is not ours is never touched
+    httpx.post(f"{hub.chp_api}/api/routes/other", headers=headers, json={"target": "http://127.0.0.1:9"}).raise_for_status()
+    wait_for(
+        lambda: f"/ports/erin/{public.port}" in hub.port_routes() and "/ports/ghost/5000" not in hub.port_routes(),
+        20,
+        "the periodic reconciliation",
+        hub.log_path,
+    )
+    assert "/other" in hub.chp_routes()
+    hub.stop_server("erin")
+
+
+def test_hub_restart_reconciles(make_hub, apps):
+    """Servers keep running across a hub restart; the new CHP gets their port routes."""
+    protected, public = apps
+    hub = make_hub([protected.port, {"port": public.port, "access": "public"}], "c.JupyterHub.cleanup_servers = False")
+    hub.user_token("frank")
+    hub.spawn("frank")
+    hub.stop()
+    hub.start()
+    wait_for(lambda: f"/ports/frank/{public.port}" in hub.port_routes(), 30, "routes after restart", hub.log_path)
+    assert hub.get(f"/ports/frank/{public.port}/x").status_code == 200
+    hub.stop_server("frank")
+    assert not any(p.startswith("/ports/frank/") for p in hub.port_routes())
