@@ -5,6 +5,7 @@
 - ``GET``/``POST``/...: JSON with the method, path, query, headers and the body's size and
   SHA-256 (bodies are streamed, never held in memory);
 - ``.../download?bytes=N``: N bytes of a repeating pattern, streamed;
+- ``GET ...?sleep=S``: answers after S seconds (a slow app);
 - ``.../ws``: a websocket that echoes messages (it accepts the first subprotocol offered);
 - ``/__log__`` (direct only): every request it has received, to show what reached it.
 """
@@ -44,6 +45,8 @@ class EchoHandler(web.RequestHandler):
         self.size += len(chunk)
 
     async def get(self):
+        if self.get_argument("sleep", None):
+            await asyncio.sleep(float(self.get_argument("sleep")))
         if self.request.path.endswith("/download"):
             return await self.download(int(self.get_argument("bytes", "0")))
         self.echo()

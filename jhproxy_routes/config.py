@@ -13,13 +13,11 @@ from dataclasses import dataclass
 from traitlets import (
     Bool,
     CaselessStrEnum,
-    Dict,
     Float,
     Integer,
     List,
     TraitError,
     Unicode,
-    Union,
     default,
     validate,
 )
@@ -84,7 +82,6 @@ class PortRoutes(Configurable):
     """Which ports of a user's server are exposed through the hub's proxy, and how."""
 
     ports = List(
-        Union([Integer(), Dict()]),
         config=True,
         help="""The allow-list: ports of a user's server that get a route in the proxy.
 

@@ -112,7 +112,7 @@ class Hub:
             c.JupyterHub.services = [{{"name": "test-admin", "api_token": "{ADMIN_TOKEN}"}}]
             c.JupyterHub.load_roles = [{{
                 "name": "test-admin",
-                "scopes": ["admin:users", "admin:servers", "tokens", "proxy", "list:users"],
+                "scopes": ["admin:users", "admin:servers", "tokens", "proxy", "list:users", "list:services", "read:services"],
                 "services": ["test-admin"],
             }}]
             c.PortRoutes.ports = {ports!r}
@@ -121,7 +121,8 @@ class Hub:
             c.PortRoutes.api_retry_timeout = 5
         """
         (self.dir / "jupyterhub_config.py").write_text(
-            textwrap.dedent(config) + textwrap.dedent(extra_config) + "\njhproxy_routes.install(c)\n"
+            # install(c) comes before the test's own lines: settings made after it must count too
+            textwrap.dedent(config) + "jhproxy_routes.install(c)\n" + textwrap.dedent(extra_config)
         )
 
     # ---- process ---------------------------------------------------------------------

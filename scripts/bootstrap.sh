@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Idempotent setup for the demo and the tests, run from any directory:
+#   - .venv/ in the repo root with the package installed editable, with its test extras
+#     (re-installed only when pyproject.toml changed since the last install);
+#   - node_modules/ with the pinned configurable-http-proxy (npm ci when missing or when
+#     package-lock.json changed since the last install).
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+
+die() { echo "bootstrap: error: $*" >&2; exit 1; }
+
+command -v python3 >/dev/null 2>&1 || die "python3 not found; install Python >= 3.10 (Debian: apt-get install python3 python3-venv)"
+command -v npm >/dev/null 2>&1 || die "npm not found; install Node.js with npm (Debian: apt-get install nodejs npm)"
+
+# Python: the virtualenv and the package
+if [[ ! -x .venv/bin/python ]]; then
+    echo "bootstrap: creating .venv" >&2
+    python3 -m venv .venv || die "python3 -m venv failed (Debian: apt-get install python3-venv)"
+fi
+PY_STAMP=.venv/.jhproxy-routes-installed
+if [[ ! -f "$PY_STAMP" || pyproject.toml -nt "$PY_STAMP" ]]; then
+    echo "bootstrap: pip install -e .[test]" >&2
+    .venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".[test]" \
+        || die "pip install failed"
+    touch "$PY_STAMP"
+fi
+
+# Node: configurable-http-proxy, pinned by package-lock.json
+NODE_STAMP=node_modules/.jhproxy-routes-installed
+if [[ ! -x node_modules/.bin/configurable-http-proxy || ! -f "$NODE_STAMP" || package-lock.json -nt "$NODE_STAMP" ]]; then
+    echo "bootstrap: npm ci" >&2
+    npm ci --no-audit --no-fund || die "npm ci failed"
+    touch "$NODE_STAMP"
+fi

@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Run the test suite: `bash tests/run.sh [pytest args]` from any directory.
+# Sets up .venv and node_modules (scripts/bootstrap.sh) first; pytest's exit code is passed through.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+bash scripts/bootstrap.sh
+exec .venv/bin/python -m pytest -p no:cacheprovider "$@"

@@ -1,0 +1,123 @@
+"""Configuration: what an admin may write, and what stops the hub with a clear message."""
+
+import subprocess
+
+import pytest
+from traitlets import TraitError
+from traitlets.config import Config
+
+from jhproxy_routes import install
+from jhproxy_routes.config import PortRoutes, PortSpec
+from jhproxy_routes.templates import RouteTemplate
+from jhproxy_routes.wiring import SCOPE, SERVICE_NAME
+
+
+def port_routes(**settings) -> PortRoutes:
+    c = Config()
+    for key, value in settings.items():
+        setattr(c.PortRoutes, key, value)
+    return PortRoutes(config=c)
+
+
+def test_ports_normalise():
+    specs = port_routes(ports=[5000, {"port": 5001, "access": "public", "name": "dash"}]).port_specs
+    assert specs == [PortSpec(5000), PortSpec(5001, name="dash", access="public")]
+
+
+@pytest.mark.parametrize(
+    "ports, message",
+    [
+        ([0], "outside 1-65535"),
+        ([70000], "outside 1-65535"),
+        ([5000, 5000], "listed twice"),
+        ([5000, {"port": 5000}], "listed twice"),
+        ([True], "not a port number"),
+        (["5000"], "must be a port number"),
+        ([{"port": 5000, "acces": "public"}], "unknown key"),
+        ([{"port": 5000, "access": "everyone"}], "access 'everyone'"),
+        ([{"port": 5000, "cors_origins": "*"}], "list of strings"),
+    ],
+)
+def test_bad_ports_are_refused(ports, message):
+    with pytest.raises(TraitError, match=message) as info:
+        port_routes(ports=ports)
+    assert "c.PortRoutes.ports" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "template, message",
+    [
+        ("/x/{username}/", "must contain {port}"),
+        ("/x/{port}/", "must contain {username}"),
+        ("x/{port}/{username}/", "must start with '/'"),
+        ("/{username}{port}/", "share one segment"),
+        ("/a/../{port}/{username}/", "'..' segment"),
+        ("/{foo}/{port}/{username}/", "unknown field"),
+        ("/u{username}/{port}/", "must be a whole segment"),
+        ("/p/{port}/{username}/?q", "may not contain"),
+    ],
+)
+def test_bad_templates_are_refused(template, message):
+    with pytest.raises(TraitError, match=message):
+        port_routes(route_template=template)
+
+
+def test_template_rendering():
+    default = RouteTemplate(PortRoutes().route_template)
+    assert default.render("alice", "", 5000) == "/ports/alice/5000/"
+    assert default.render("alice", "dev", 5000) == "/ports/alice/dev/5000/"
+    assert default.render("a b@c", "", 1) == "/ports/a%20b@c/1/"
+    seed = RouteTemplate("/hub/proxy{port}/{username}/")
+    assert seed.render("bob", "", 5000) == "/hub/proxy5000/bob/"
+    assert not seed.serves("named") and seed.serves("")
+
+
+def test_install_sets_only_the_proxy_class():
+    c = Config()
+    c.JupyterHub.services = [{"name": "mine"}]
+    install(c)
+    assert c.JupyterHub.proxy_class == "jhproxy_routes.proxy.PortRoutesProxy"
+    assert c.JupyterHub.services == [{"name": "mine"}]
+    c2 = Config()
+    c2.JupyterHub.proxy_class = "traefik_file"
+    with pytest.raises(ValueError, match="configurable-http-proxy only"):
+        install(c2)
+
+
+def test_wiring_adds_to_what_the_admin_set(make_hub, make_app):
+    """Services, roles and handlers set before or after install(c) are all kept."""
+    app = make_app()
+    hub = make_hub(
+        [app.port],
+        """
+        c.JupyterHub.services.append({"name": "admin-svc", "api_token": "a" * 32})
+        c.JupyterHub.load_roles.append({"name": "viewer", "scopes": ["read:users"], "services": ["admin-svc"]})
+        """,
+    )
+    services = hub.api("GET", "/services").json()
+    assert {"test-admin", "admin-svc", SERVICE_NAME} <= set(services)
+    viewer = hub.api("GET", "/users/x", token="a" * 32)
+    assert viewer.status_code == 404  # read:users works: the role was kept
+    token = hub.user_token("wiring")
+    me = hub.api("GET", "/user", token=token).json()
+    assert f"{SCOPE}!user=wiring" in me["scopes"]
+
+
+@pytest.mark.parametrize(
+    "setting, message",
+    [
+        ("c.PortRoutes.ports = [5000, 70000]", "port 70000 is outside 1-65535"),
+        ("c.PortRoutes.ports = [5000, 5000]", "port 5000 is listed twice"),
+        ("c.PortRoutes.route_template = '/p/{username}/'", "must contain {port}"),
+    ],
+)
+def test_bad_config_stops_the_hub(make_hub, setting, message):
+    hub = make_hub([5000], setting, start=False)
+    proc = hub.launch()
+    try:
+        proc.wait(60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        pytest.fail("the hub kept running with a bad config")
+    assert proc.returncode != 0
+    assert message in hub.log()
