@@ -66,7 +66,7 @@ class EchoHandler(web.RequestHandler):
             size -= len(chunk)
         self.finish()
 
-    post = put = patch = delete = options = echo
+    head = post = put = patch = delete = options = echo
 
 
 class EchoSocket(websocket.WebSocketHandler):

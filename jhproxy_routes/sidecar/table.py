@@ -2,18 +2,21 @@
 
 Keys are CHP-style: unescaped paths without the trailing slash. Lookup is by whole path
 segments, longest prefix first, on the percent-decoded request path; a request whose path
-has a ``.`` or ``..`` segment is refused before lookup, so no request can climb out of the
+has a ``.`` or ``..`` segment (also one made of encoded characters) is refused before lookup, so no request can climb out of the
 prefix it matched into another route or the hub.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from urllib.parse import unquote
 
 from .http1 import HTTPError
 
 ACCESS = ("public", "disabled", "token")
+# a '.' or '..' segment, also one hidden behind an encoded slash or backslash; or a NUL
+DOT_SEGMENT = re.compile(r"(^|[/\\])\.{1,2}($|[/\\])|\x00")
 
 
 @dataclass(frozen=True)
@@ -88,8 +91,8 @@ class RouteTable:
             parts = tuple(unquote(p, errors="strict") if "%" in p else p for p in raw_parts)
         except UnicodeDecodeError:
             raise HTTPError(400, "The path is not valid UTF-8 after percent-decoding.") from None
-        if "." in parts or ".." in parts or any("\x00" in p for p in parts):
-            raise HTTPError(400, "Paths with '.' or '..' segments are not accepted.")
+        if any(DOT_SEGMENT.search(p) for p in parts):
+            raise HTTPError(400, "Paths with '.' or '..' segments (even encoded) are not accepted.")
         for n in range(min(len(parts), self.max_depth), 0, -1):
             route = self.routes.get(parts[:n])
             if route is not None:
