@@ -8,6 +8,7 @@ import argparse
 import asyncio
 import logging
 import os
+import signal
 import sys
 from urllib.parse import urlsplit
 
@@ -35,10 +36,17 @@ def main(argv=None) -> None:
 
 
 async def run(sidecar: Sidecar, ip: str, port: int) -> None:
+    """Serve until SIGTERM or SIGINT, then stop accepting and close pooled connections."""
     server = await serve(sidecar, ip, port)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
     logging.info("listening on http://%s:%i", ip, port)
-    async with server:
-        await server.serve_forever()
+    await stop.wait()
+    server.close()
+    sidecar.pool.close_all()
+    logging.info("stopped")
 
 
 if __name__ == "__main__":

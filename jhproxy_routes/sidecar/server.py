@@ -126,7 +126,8 @@ class Sidecar:
         body_framing = request_body_framing(request)
         found = self.table.lookup(path)
         if found is None:
-            raise HTTPError(404, "No port route here.")
+            # CHP sent it here, so the hub is about to tell us about it (or just removed it)
+            raise HTTPError(503, "This port route is not (or no longer) known to the sidecar; try again shortly.")
         route, rest = found
         origin = request.get("Origin")
         cors = self._cors_headers(route, origin)

@@ -1,0 +1,193 @@
+"""Pure logic, no processes: HTTP framing, route lookup, header filtering, tokens, access.
+
+What an attacker would try is in the parameters: smuggling through disagreeing framing,
+climbing out of a route prefix, a prefix that is a string prefix but not a segment prefix.
+"""
+
+import asyncio
+
+import pytest
+
+from jhproxy_routes.config import PortSpec
+from jhproxy_routes.routes import effective_access
+from jhproxy_routes.sidecar.http1 import (
+    HTTPError,
+    copy_chunked,
+    parse_request_head,
+    request_body_framing,
+)
+from jhproxy_routes.sidecar.server import filter_cookies, split_token_query
+from jhproxy_routes.sidecar.table import RouteTable
+from jhproxy_routes.tokens import ServerAccess, hash_token, new_token, token_matches
+
+
+def head(*lines: str) -> bytes:
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
+@pytest.mark.parametrize(
+    "raw, status",
+    [
+        (head("GET /x HTTP/1.1", "Host: a", "Content-Length: 5", "Transfer-Encoding: chunked"), 400),
+        (head("GET /x HTTP/1.1", "Content-Length: 5", "Content-Length: 6"), 400),
+        (head("GET /x HTTP/1.1", "Content-Length: 5", "Content-Length: 5"), 400),
+        (head("GET /x HTTP/1.1", "Content-Length: -1"), 400),
+        (head("GET /x HTTP/1.1", "Content-Length: 0x10"), 400),
+        (head("GET /x HTTP/1.1", "Transfer-Encoding: gzip, chunked"), 501),
+        (head("GET /x HTTP/1.1", "Transfer-Encoding: chunked", "Transfer-Encoding: chunked"), 501),
+        (head("GET /x HTTP/1.0", "Transfer-Encoding: chunked"), 501),
+    ],
+)
+def test_ambiguous_framing_is_refused(raw, status):
+    with pytest.raises(HTTPError) as info:
+        request_body_framing(parse_request_head(raw))
+    assert info.value.status == status
+
+
+@pytest.mark.parametrize(
+    "raw, status",
+    [
+        (head("GET /x HTTP/1.1", "X-A: 1", " folded"), 400),
+        (head("GET /x HTTP/1.1", "Bad Name: 1"), 400),
+        (head("GET /x HTTP/1.1", "X: a\x00b"), 400),
+        (head("GET http://evil/x HTTP/1.1"), 400),
+        (head("GET * HTTP/1.1"), 400),
+        (head("GET /x HTTP/2.0"), 505),
+        (head("GET  /x HTTP/1.1"), 400),
+        (head("G(T /x HTTP/1.1"), 400),
+    ],
+)
+def test_malformed_heads_are_refused(raw, status):
+    with pytest.raises(HTTPError) as info:
+        parse_request_head(raw)
+    assert info.value.status == status
+
+
+def test_framing_of_good_requests():
+    assert request_body_framing(parse_request_head(head("POST / HTTP/1.1", "Content-Length: 12"))) == ("length", 12)
+    assert request_body_framing(parse_request_head(head("POST / HTTP/1.1", "Transfer-Encoding: Chunked"))) == ("chunked", 0)
+    assert request_body_framing(parse_request_head(head("GET / HTTP/1.1"))) == ("none", 0)
+
+
+class Sink:
+    def __init__(self):
+        self.data = b""
+
+    def write(self, data):
+        self.data += data
+
+    async def drain(self):
+        pass
+
+
+async def copy_chunks(raw: bytes) -> bytes:
+    reader = asyncio.StreamReader()
+    reader.feed_data(raw)
+    reader.feed_eof()
+    sink = Sink()
+    await copy_chunked(reader, sink)
+    return sink.data
+
+
+async def test_chunked_bodies_are_checked():
+    assert await copy_chunks(b"3;ext=1\r\nabc\r\n0\r\nTrailer: x\r\n\r\n") == b"3\r\nabc\r\n0\r\n\r\n"
+    for bad in (b"zz\r\nabc\r\n0\r\n\r\n", b"3\r\nabcd\r\n0\r\n\r\n", b"-3\r\nabc\r\n0\r\n\r\n", b"\r\n"):
+        with pytest.raises(HTTPError):
+            await copy_chunks(bad)
+
+
+def route(target="http://127.0.0.1:5000", access="public", **extra):
+    return {"target": target, "access": access, **extra}
+
+
+def test_lookup_is_longest_whole_segment_prefix():
+    table = RouteTable()
+    table.set("/ports/alice/5000", route("http://127.0.0.1:5000"))
+    table.set("/ports/alice/dev/5000", route("http://127.0.0.1:6000"))
+    found, rest = table.lookup("/ports/alice/5000/a/b/")
+    assert found.port == 5000 and rest == "/a/b/"
+    found, rest = table.lookup("/ports/alice/dev/5000")
+    assert found.port == 6000 and rest == "/"
+    # a string prefix is not a segment prefix
+    assert table.lookup("/ports/alice/50001/x") is None
+    assert table.lookup("/ports/alic/5000") is None
+    assert table.lookup("/") is None
+    # percent-encoded names match their decoded key
+    table.set("/ports/a b/5000", route())
+    assert table.lookup("/ports/a%20b/5000/x")[1] == "/x"
+
+
+@pytest.mark.parametrize(
+    "path", ["/ports/alice/5000/../bob/5000", "/ports/alice/5000/%2e%2e/x", "/ports/alice/5000/..%2fx",
+             "/ports/alice/5000/x%5c..%5cy", "/ports/alice/5000/%00", "/ports/alice/5000/%ff"],
+)
+def test_lookup_refuses_dot_segments_and_bad_encoding(path):
+    table = RouteTable()
+    table.set("/ports/alice/5000", route())
+    with pytest.raises(HTTPError) as info:
+        table.lookup(path)
+    assert info.value.status == 400
+
+
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        (route(target="https://x:1"), "target"),
+        (route(target="http://x"), "target"),
+        (route(access="everyone"), "access"),
+        (route(access="token"), "token_sha256"),
+        (route(cors_origins="*"), "cors_origins"),
+    ],
+)
+def test_table_refuses_bad_route_data(data, message):
+    with pytest.raises(ValueError, match=message):
+        RouteTable().set("/p", data)
+
+
+@pytest.mark.parametrize(
+    "cookie, kept",
+    [
+        ("jupyterhub-hub-login=a; app=1", "app=1"),
+        ("app=1;jupyterhub-session-id=x;  _xsrf=y ; other=2", "app=1; other=2"),
+        ("jhproxy-routes-auth=s", ""),
+        ("jupyterhub-user-alice=z", ""),
+        ("not_jupyterhub-x=1", "not_jupyterhub-x=1"),
+    ],
+)
+def test_cookie_filter(cookie, kept):
+    assert filter_cookies(cookie) == kept
+
+
+def test_token_query_parameter_is_removed():
+    assert split_token_query("a=1&proxy_token=t&b=2") == ("t", "a=1&b=2")
+    assert split_token_query("a=1") == (None, "a=1")
+    token, rest = split_token_query("proxy_token=t1&proxy_token=t2")
+    assert token == "t1" and "proxy_token" not in rest
+
+
+def test_tokens():
+    token = new_token()
+    assert len(token) >= 43 and new_token() != token
+    digest = hash_token(token)
+    assert token_matches(token, digest)
+    assert not token_matches(token[:-1], digest)
+    assert not token_matches("", digest)
+    assert not token_matches("é\udcff", digest)  # odd input is compared, not crashed on
+
+
+@pytest.mark.parametrize(
+    "spec_access, mode, override, expected",
+    [
+        ("server", "disabled", None, "disabled"),
+        ("server", "allow_all", None, "public"),
+        ("server", "token", None, "token"),
+        ("public", "disabled", None, "public"),
+        ("disabled", "allow_all", None, "disabled"),
+        ("server", "token", "public", "public"),
+        ("public", "token", "server", "token"),
+    ],
+)
+def test_effective_access(spec_access, mode, override, expected):
+    port_access = {"5000": override} if override else {}
+    access = ServerAccess(mode=mode, token_sha256="0" * 64 if mode == "token" else None, port_access=port_access)
+    assert effective_access(PortSpec(5000, access=spec_access), access) == expected
