@@ -40,4 +40,6 @@ if os.geteuid() == 0:
 c.ConfigurableHTTPProxy.command = [str(REPO / "node_modules/.bin/configurable-http-proxy")]
 
 c.PortRoutes.ports = APP_PORTS
+# local servers share this machine's ports: fine for a one-person demo, see the help text
+c.PortRoutes.allow_shared_host = True
 jhproxy_routes.install(c)

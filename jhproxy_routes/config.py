@@ -172,6 +172,19 @@ class PortRoutes(Configurable):
         """,
     )
 
+    allow_shared_host = Bool(
+        False,
+        config=True,
+        help="""Route ports of servers that run on the hub's own machine (LocalProcessSpawner).
+
+        There all users share one network: port 5000 belongs to whichever process bound it
+        first, so every user's route to 5000 reaches that one app, under each route owner's
+        settings. Off by default: such servers get no port routes, and the hub logs why.
+        Turn on for a single-user hub, a demo, or users who trust each other. Servers with
+        addresses of their own (DockerSpawner, KubeSpawner) are not affected.
+        """,
+    )
+
     reconcile_interval = Integer(
         30,
         config=True,

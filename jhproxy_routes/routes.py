@@ -17,7 +17,7 @@ from jupyterhub.utils import url_path_join
 
 from .config import PortRoutes, PortSpec
 from .routeapi import RouteAPI, RouteAPIError
-from .targets import port_target
+from .targets import SharedHostError, check_own_address, port_target
 from .tokens import AccessStore, ServerAccess, with_new_token
 
 # JupyterHub sets login and server cookies on these paths (below base_url): a route there
@@ -86,6 +86,11 @@ class RouteManager:
     def wanted_routes(self, user, servername: str, access: ServerAccess) -> dict[str, PortRoute]:
         spawner = user.spawners[servername]
         if not self.template.serves(servername):
+            return {}
+        try:
+            check_own_address(spawner, self.settings.allow_shared_host)
+        except SharedHostError as e:
+            self.log.error("jhproxy-routes: no port routes for %s/%s: %s", user.name, servername, e)
             return {}
         routes = {}
         for spec in self.specs:

@@ -2,13 +2,44 @@
 
 The default is the host the spawner reports for the server (``spawner.server.host``, the
 address JupyterHub itself routes to) with the allowed port instead of the server's own. That
-fits every spawner whose server address the proxy can reach: LocalProcessSpawner,
-DockerSpawner with ``use_internal_ip``, KubeSpawner (the pod IP).
+fits every spawner that gives each server an address of its own: DockerSpawner with
+``use_internal_ip``, KubeSpawner (the pod IP).
+
+Servers on the hub's own machine (LocalProcessSpawner) share one address: port 5000 there is
+whichever process bound it first, so every user's route to 5000 would reach the same app.
+Such targets are refused unless ``PortRoutes.allow_shared_host`` says the users trust each
+other (or there is one).
 """
 
 from __future__ import annotations
 
+import ipaddress
+import socket
 from urllib.parse import urlparse
+
+
+class SharedHostError(Exception):
+    """The server's address is shared with other users' servers."""
+
+
+def is_hub_machine(host: str) -> bool:
+    if host in ("localhost", socket.gethostname(), socket.getfqdn()):
+        return True
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return address.is_loopback or address.is_unspecified
+
+
+def check_own_address(spawner, allow_shared_host: bool = False) -> None:
+    """Raise SharedHostError when the server's address is shared by all users."""
+    host = urlparse(spawner.server.host).hostname
+    if not allow_shared_host and is_hub_machine(host):
+        raise SharedHostError(
+            f"its address {host} is the hub's own machine, where all users share ports;"
+            " set c.PortRoutes.allow_shared_host = True if the users trust each other"
+        )
 
 
 def port_target(spawner, port: int) -> str:

@@ -119,6 +119,7 @@ class Hub:
             c.PortRoutes.sidecar_url = "{self.sidecar_url}"
             c.PortRoutes.reconcile_interval = 2
             c.PortRoutes.api_retry_timeout = 5
+            c.PortRoutes.allow_shared_host = True  # local servers; isolation needs containers
         """
         (self.dir / "jupyterhub_config.py").write_text(
             # install(c) comes before the test's own lines: settings made after it must count too

@@ -132,3 +132,15 @@ def test_hub_restart_reconciles(make_hub, apps):
     assert hub.get(f"/ports/frank/{public.port}/x").status_code == 200
     hub.stop_server("frank")
     assert not any(p.startswith("/ports/frank/") for p in hub.port_routes())
+
+
+def test_servers_on_the_hub_machine_get_no_routes_unless_allowed(make_hub, apps):
+    """Local servers share the machine's ports: bob's route to 5000 would reach alice's app."""
+    protected, public = apps
+    hub = make_hub([protected.port], "c.PortRoutes.allow_shared_host = False")
+    hub.user_token("local")
+    hub.spawn("local")
+    assert hub.port_routes() == {}
+    assert "no port routes for local/: its address 127.0.0.1 is the hub's own machine" in hub.log()
+    assert "c.PortRoutes.allow_shared_host = True" in hub.log()
+    hub.stop_server("local")

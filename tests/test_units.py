@@ -163,6 +163,10 @@ def test_token_query_parameter_is_removed():
     assert split_token_query("a=1") == (None, "a=1")
     token, rest = split_token_query("proxy_token=t1&proxy_token=t2")
     assert token == "t1" and "proxy_token" not in rest
+    # an encoded name is still the token, and is still removed
+    assert split_token_query("proxy%5Ftoken=t&x=1") == ("t", "x=1")
+    # the rest of the query is passed on byte for byte, not re-encoded
+    assert split_token_query("a=%FF&proxy_token=t&b=\u00e9;c") == ("t", "a=%FF&b=\u00e9;c")
 
 
 def test_tokens():

@@ -7,6 +7,7 @@ characters) is refused with 400, so that no request can be smuggled past the che
 
 from __future__ import annotations
 
+import asyncio
 import re
 from dataclasses import dataclass
 
@@ -15,6 +16,7 @@ MAX_CHUNK_LINE = 4096
 COPY_SIZE = 256 * 1024
 
 TOKEN = re.compile(rb"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+DIGITS = re.compile(r"^[0-9]{1,18}$")
 BAD_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 HOP_BY_HOP = {
     "connection", "keep-alive", "proxy-connection", "te", "trailer",
@@ -54,17 +56,17 @@ class Head:
         return {t.strip().lower() for v in self.get_all(name) for t in v.split(",") if t.strip()}
 
 
-def _parse_headers(lines: list[bytes]) -> list[tuple[str, str]]:
+def _parse_headers(lines: list[bytes], status: int = 400) -> list[tuple[str, str]]:
     headers = []
     for line in lines:
         if line[:1] in (b" ", b"\t"):
-            raise HTTPError(400, "Folded header lines (obs-fold) are not accepted.")
+            raise HTTPError(status, "Folded header lines (obs-fold) are not accepted.")
         name, colon, value = line.partition(b":")
         if not colon or not TOKEN.match(name):
-            raise HTTPError(400, "Malformed header line.")
+            raise HTTPError(status, "Malformed header line.")
         value = value.strip(b" \t")
         if BAD_VALUE.search(value):
-            raise HTTPError(400, f"Control characters in header {name.decode()}.")
+            raise HTTPError(status, f"Control characters in header {name.decode()}.")
         headers.append((name.decode("latin-1"), value.decode("latin-1")))
     return headers
 
@@ -86,9 +88,12 @@ def parse_response_head(data: bytes) -> Head:
     lines = data[:-4].split(b"\r\n")
     version, _, rest = lines[0].partition(b" ")
     status, _, reason = rest.partition(b" ")
-    if not version.startswith(b"HTTP/1.") or len(status) != 3 or not status.isdigit():
+    if version not in (b"HTTP/1.0", b"HTTP/1.1") or not re.fullmatch(rb"[1-5][0-9][0-9]", status):
         raise HTTPError(502, "The app sent a malformed response.")
-    return Head((version.decode(), status.decode(), reason.decode("latin-1")), _parse_headers(lines[1:]))
+    if BAD_VALUE.search(reason):
+        raise HTTPError(502, "The app sent a malformed status line.")
+    head = Head((version.decode(), status.decode(), reason.decode("latin-1")), _parse_headers(lines[1:], 502))
+    return head
 
 
 def request_body_framing(head: Head) -> tuple[str, int]:
@@ -102,7 +107,7 @@ def request_body_framing(head: Head) -> tuple[str, int]:
             raise HTTPError(501, "Only 'Transfer-Encoding: chunked' is supported.")
         return "chunked", 0
     if cl:
-        if len(cl) != 1 or not cl[0].isdigit() or len(cl[0]) > 18:
+        if len(cl) != 1 or not DIGITS.match(cl[0]):
             raise HTTPError(400, "Invalid or repeated Content-Length.")
         return ("length", int(cl[0])) if int(cl[0]) else ("none", 0)
     return "none", 0
@@ -113,14 +118,14 @@ def response_body_framing(head: Head, request_method: str) -> tuple[str, int]:
     status = int(head.start[1])
     if request_method == "HEAD" or status < 200 or status in (204, 304):
         return "none", 0
-    te = head.tokens("Transfer-Encoding")
-    if te:
-        return ("chunked", 0) if head.get_all("Transfer-Encoding")[-1].lower().rstrip().endswith("chunked") else ("close", 0)
-    cl = head.get_all("Content-Length")
+    te = [t.strip().lower() for v in head.get_all("Transfer-Encoding") for t in v.split(",") if t.strip()]
+    if te:  # Transfer-Encoding wins over Content-Length (RFC 9112 6.3)
+        return ("chunked", 0) if te[-1] == "chunked" else ("close", 0)
+    cl = {v.strip() for v in head.get_all("Content-Length")}
     if cl:
-        if len(set(cl)) != 1 or not cl[0].isdigit():
+        if len(cl) != 1 or not DIGITS.match(next(iter(cl))):
             raise HTTPError(502, "The app sent an invalid Content-Length.")
-        return "length", int(cl[0])
+        return "length", int(next(iter(cl)))
     return "close", 0
 
 
@@ -139,27 +144,42 @@ async def copy_length(reader, writer, length: int) -> None:
         await writer.drain()
 
 
-async def copy_chunked(reader, writer) -> None:
-    """Copy a chunked body, checking its framing; chunk extensions and trailers are dropped."""
-    while True:
+async def read_line(reader) -> bytes:
+    try:
         line = await reader.readuntil(b"\r\n")
-        if len(line) > MAX_CHUNK_LINE:
-            raise HTTPError(400, "Chunk size line too long.")
+    except asyncio.LimitOverrunError:
+        raise HTTPError(400, "Chunk size or trailer line too long.") from None
+    if len(line) > MAX_CHUNK_LINE:
+        raise HTTPError(400, "Chunk size or trailer line too long.")
+    return line
+
+
+async def copy_chunked(reader, writer, rechunk: bool = True) -> None:
+    """Copy a chunked body, checking its framing; chunk extensions and trailers are dropped.
+    With ``rechunk`` False only the data is written (for an HTTP/1.0 peer)."""
+    while True:
+        line = await read_line(reader)
         size_text = line[:-2].split(b";", 1)[0].strip()
         if not size_text or len(size_text) > 16 or not all(c in b"0123456789abcdefABCDEF" for c in size_text):
             raise HTTPError(400, "Invalid chunk size.")
         size = int(size_text, 16)
         if size == 0:
-            while (await reader.readuntil(b"\r\n")) != b"\r\n":  # trailers
-                pass
-            writer.write(b"0\r\n\r\n")
+            for _ in range(100):  # trailers, dropped
+                if await read_line(reader) == b"\r\n":
+                    break
+            else:
+                raise HTTPError(400, "Too many trailer lines.")
+            if rechunk:
+                writer.write(b"0\r\n\r\n")
             await writer.drain()
             return
-        writer.write(b"%x\r\n" % size)
+        if rechunk:
+            writer.write(b"%x\r\n" % size)
         await copy_length(reader, writer, size)
         if await reader.readexactly(2) != b"\r\n":
             raise HTTPError(400, "Chunk data not followed by CRLF.")
-        writer.write(b"\r\n")
+        if rechunk:
+            writer.write(b"\r\n")
 
 
 async def copy_until_close(reader, writer, chunked: bool) -> None:

@@ -7,6 +7,10 @@ a pooled keep-alive connection, and stream both bodies without buffering them. W
 upgrades become a byte pipe once the app answers 101. The check is made for every request,
 never per connection: CHP reuses its connections to the sidecar across clients.
 
+Message framing is never taken from the other side as is: the sidecar drops the incoming
+``Content-Length`` and ``Transfer-Encoding`` and writes its own from what it parsed, so
+client, sidecar and app always agree where a message ends (no smuggling through the pool).
+
 The hub keeps the table up to date through a CHP-like API under ``/_jhproxy-routes/api/``.
 """
 
@@ -16,8 +20,9 @@ import asyncio
 import hmac
 import json
 import logging
+import os
 from http import HTTPStatus
-from urllib.parse import parse_qsl, unquote, urlencode
+from urllib.parse import unquote, unquote_plus
 
 from ..tokens import token_matches
 from .http1 import (
@@ -41,39 +46,49 @@ log = logging.getLogger("jhproxy_routes.sidecar")
 API_PREFIX = "/_jhproxy-routes/"
 TOKEN_HEADER = "x-proxy-token"
 TOKEN_QUERY = "proxy_token"
-STRIPPED_COOKIE_PREFIXES = ("jupyterhub-", "jhproxy-routes")
-STRIPPED_COOKIES = {"_xsrf"}
+PROTECTED_COOKIE_PREFIXES = ("jupyterhub-", "jhproxy-routes")
+PROTECTED_COOKIES = {"_xsrf"}
+FRAMING = {"content-length", "transfer-encoding"}
 CORS_RESPONSE_HEADERS = {
     "access-control-allow-origin", "access-control-allow-credentials",
     "access-control-allow-methods", "access-control-allow-headers",
     "access-control-max-age", "access-control-expose-headers",
 }  # fmt: skip
 MAX_API_BODY = 1024 * 1024
+SMALL_BODY = 64 * 1024
+
+
+def protected_cookie(name: str) -> bool:
+    """A cookie of the hub or the sidecar: never sent to an app, never set by one."""
+    return name.startswith(PROTECTED_COOKIE_PREFIXES) or name in PROTECTED_COOKIES
 
 
 def filter_cookies(value: str) -> str:
     """The Cookie header without the hub's and the sidecar's cookies."""
-    kept = []
-    for pair in value.split(";"):
-        name = pair.split("=", 1)[0].strip()
-        if name and not name.startswith(STRIPPED_COOKIE_PREFIXES) and name not in STRIPPED_COOKIES:
-            kept.append(pair.strip())
-    return "; ".join(kept)
+    kept = [pair.strip() for pair in value.split(";")]
+    return "; ".join(p for p in kept if p and not protected_cookie(p.split("=", 1)[0].strip()))
 
 
 def split_token_query(query: str) -> tuple[str | None, str]:
-    """The ``proxy_token`` query parameter, and the query without it."""
-    if TOKEN_QUERY not in query:
+    """The ``proxy_token`` query parameter, and the query without it (the rest byte for byte)."""
+    if "token" not in query.lower():
         return None, query
-    pairs = parse_qsl(query, keep_blank_values=True)
-    token = next((v for k, v in pairs if k == TOKEN_QUERY), None)
-    return token, urlencode([(k, v) for k, v in pairs if k != TOKEN_QUERY])
+    token, kept = None, []
+    for pair in query.split("&"):
+        key, _, value = pair.partition("=")
+        if unquote_plus(key) == TOKEN_QUERY:
+            token = unquote_plus(value) if token is None else token
+        else:
+            kept.append(pair)
+    return token, "&".join(kept)
 
 
 class Sidecar:
-    def __init__(self, api_token: str, upstream_timeout: float = 300, connect_timeout: float = 10):
+    def __init__(self, api_token: str, upstream_timeout: float = 300, connect_timeout: float = 10, service_prefix: str = ""):
         self.api_token = api_token
         self.upstream_timeout = upstream_timeout
+        # JupyterHub checks a managed service at its prefix: answer there as at /health
+        self.service_prefix = service_prefix or os.environ.get("JUPYTERHUB_SERVICE_PREFIX", "")
         self.table = RouteTable()
         self.pool = UpstreamPool(connect_timeout=connect_timeout)
 
@@ -87,13 +102,13 @@ class Sidecar:
                 except asyncio.IncompleteReadError:
                     break
                 except asyncio.LimitOverrunError:
-                    await self.send_error(writer, HTTPError(431, "Request head too large."), close=True)
+                    await self.send_error(writer, HTTPError(431, "Request head too large."))
                     break
                 try:
                     request = parse_request_head(head)
                     keep_alive = await self.handle(request, reader, writer, peer)
                 except HTTPError as e:
-                    await self.send_error(writer, e, close=True, extra=getattr(e, "headers", ()))
+                    await self.send_error(writer, e, getattr(e, "headers", ()))
                     break
                 if not keep_alive:
                     break
@@ -104,13 +119,12 @@ class Sidecar:
         finally:
             writer.close()
 
-    async def send_error(self, writer, error: HTTPError, close: bool = False, extra=()) -> None:
+    async def send_error(self, writer, error: HTTPError, extra=()) -> None:
+        """Answer with a JSON error and close: any unread body is left unread, never parsed."""
         body = json.dumps({"status": error.status, "message": error.message}).encode()
         headers = [("Content-Type", "application/json"), ("Content-Length", str(len(body))), *extra]
-        if close:
-            headers.append(("Connection", "close"))
-        reason = HTTPStatus(error.status).phrase
-        writer.write(render_head(f"HTTP/1.1 {error.status} {reason}", headers) + body)
+        headers.append(("Connection", "close"))
+        writer.write(render_head(f"HTTP/1.1 {error.status} {HTTPStatus(error.status).phrase}", headers) + body)
         try:
             await writer.drain()
         except ConnectionError:
@@ -120,10 +134,10 @@ class Sidecar:
     async def handle(self, request, reader, writer, peer: str) -> bool:
         method, target, version = request.start
         path, _, query = target.partition("?")
-        client_keep_alive = self._keep_alive(request)
-        if path.startswith(API_PREFIX):
-            return await self.handle_api(request, reader, writer, path, client_keep_alive)
+        keep_alive = self._keep_alive(request)
         body_framing = request_body_framing(request)
+        if path.startswith(API_PREFIX) or (self.service_prefix and path.startswith(self.service_prefix)):
+            return await self.handle_api(request, reader, writer, path, body_framing, keep_alive)
         found = self.table.lookup(path)
         if found is None:
             # CHP sent it here, so the hub is about to tell us about it (or just removed it)
@@ -132,8 +146,8 @@ class Sidecar:
         origin = request.get("Origin")
         cors = self._cors_headers(route, origin)
         if method == "OPTIONS" and origin is not None and request.get("Access-Control-Request-Method"):
-            await self._discard_body(reader, body_framing)
-            return await self.answer_preflight(request, writer, cors, client_keep_alive)
+            # a preflight has no body; if one came anyway, close rather than read it
+            return await self.answer_preflight(request, writer, cors, keep_alive and body_framing[0] == "none")
         token, query = split_token_query(query)
         self._check_access(route, request.get(TOKEN_HEADER) or token, cors)
         upstream_path = rest if route.strip_prefix else path
@@ -144,8 +158,8 @@ class Sidecar:
             writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         upstream_head = render_head(f"{method} {upstream_target} HTTP/1.1", headers)
         if websocket:
-            return await self.forward_websocket(route, upstream_head, reader, writer, cors)
-        return await self.forward(route, method, upstream_head, body_framing, reader, writer, cors, client_keep_alive, version)
+            return await self.forward_websocket(route, method, upstream_head, reader, writer, cors, version)
+        return await self.forward(route, method, upstream_head, body_framing, reader, writer, cors, keep_alive, version)
 
     @staticmethod
     def _keep_alive(request) -> bool:
@@ -175,12 +189,11 @@ class Sidecar:
     async def answer_preflight(self, request, writer, cors, keep_alive: bool) -> bool:
         if not cors:
             raise HTTPError(403, "This origin may not call this port (CORS).")
-        asked = request.get("Access-Control-Request-Headers", "")
-        allowed_headers = ", ".join(h for h in ["X-Proxy-Token", asked.strip()] if h)
+        asked = request.get("Access-Control-Request-Headers", "").strip()
         headers = [
             *cors,
             ("Access-Control-Allow-Methods", request.get("Access-Control-Request-Method")),
-            ("Access-Control-Allow-Headers", allowed_headers),
+            ("Access-Control-Allow-Headers", ", ".join(h for h in ["X-Proxy-Token", asked] if h)),
             ("Access-Control-Max-Age", "600"),
             ("Content-Length", "0"),
         ]
@@ -191,7 +204,8 @@ class Sidecar:
         return keep_alive
 
     def _upstream_headers(self, request, route, peer, body_framing, websocket, path, rest):
-        drop = HOP_BY_HOP | request.tokens("Connection") | {TOKEN_HEADER, "expect"}
+        # headers the client names in Connection are hop-by-hop too, but never the Host
+        drop = HOP_BY_HOP | FRAMING | (request.tokens("Connection") - {"host"}) | {TOKEN_HEADER, "expect", "x-forwarded-prefix"}
         headers = []
         forwarded_for = None
         for name, value in request.headers:
@@ -205,8 +219,6 @@ class Sidecar:
             elif lower == "x-forwarded-for":
                 forwarded_for = value
                 continue
-            elif lower == "x-forwarded-prefix":
-                continue
             headers.append((name, value))
         headers.append(("X-Forwarded-For", f"{forwarded_for}, {peer}" if forwarded_for else peer))
         if request.get("X-Forwarded-Proto") is None:
@@ -214,29 +226,14 @@ class Sidecar:
         if request.get("X-Forwarded-Host") is None and request.get("Host"):
             headers.append(("X-Forwarded-Host", request.get("Host")))
         if route.strip_prefix:
-            prefix = path[: len(path) - len(rest)] if rest != "/" else path.rstrip("/")
-            headers.append(("X-Forwarded-Prefix", prefix.rstrip("/")))
+            headers.append(("X-Forwarded-Prefix", path[: len(path) - len(rest)].rstrip("/") if rest != "/" else path.rstrip("/")))
         if websocket:
             headers += [("Connection", "Upgrade"), ("Upgrade", "websocket")]
         elif body_framing[0] == "chunked":
             headers.append(("Transfer-Encoding", "chunked"))
+        elif body_framing[0] == "length":
+            headers.append(("Content-Length", str(body_framing[1])))
         return headers
-
-    @staticmethod
-    async def _discard_body(reader, framing) -> None:
-        kind, length = framing
-        if kind == "length":
-            await reader.readexactly(length)
-        elif kind == "chunked":
-            await copy_chunked(reader, _NullWriter())
-
-    @staticmethod
-    async def _send_body(reader, upstream_writer, framing) -> None:
-        kind, length = framing
-        if kind == "length":
-            await copy_length(reader, upstream_writer, length)
-        elif kind == "chunked":
-            await copy_chunked(reader, upstream_writer)
 
     async def _open(self, route, reuse: bool = True):
         try:
@@ -250,30 +247,33 @@ class Sidecar:
     async def _read_response_head(self, conn, route):
         try:
             head = await asyncio.wait_for(conn.reader.readuntil(b"\r\n\r\n"), self.upstream_timeout)
-        except asyncio.TimeoutError:
-            conn.close()
-            raise HTTPError(504, f"The app on port {route.port} did not answer within {self.upstream_timeout:g}s.") from None
-        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
-            conn.close()
-            raise _UpstreamClosed() from None
-        while True:
             response = parse_response_head(head)
-            if not response.start[1].startswith("1") or response.start[1] == "101":
-                return response
-            head = await conn.reader.readuntil(b"\r\n\r\n")  # skip interim responses
+            while response.start[1].startswith("1") and response.start[1] != "101":
+                response = parse_response_head(await conn.reader.readuntil(b"\r\n\r\n"))  # interim: skip
+            return response
+        except asyncio.TimeoutError:
+            raise HTTPError(504, f"The app on port {route.port} did not answer within {self.upstream_timeout:g}s.") from None
+        except asyncio.LimitOverrunError:
+            raise HTTPError(502, f"The app on port {route.port} sent a response head over 64 KiB.") from None
+        except (asyncio.IncompleteReadError, ConnectionError):
+            raise _UpstreamClosed() from None
 
     async def forward(self, route, method, upstream_head, body_framing, reader, writer, cors, keep_alive, version) -> bool:
         for attempt in (1, 2):
             conn = await self._open(route)
-            conn.writer.write(upstream_head)
             try:
-                if body_framing[0] != "none":
-                    await self._send_body(reader, conn.writer, body_framing)
+                conn.writer.write(upstream_head)
+                kind, length = body_framing
+                if kind == "length":
+                    await copy_length(reader, conn.writer, length)
+                elif kind == "chunked":
+                    await copy_chunked(reader, conn.writer)
                 else:
                     await conn.writer.drain()
                 response = await self._read_response_head(conn, route)
                 break
             except _UpstreamClosed:
+                conn.close()
                 # a pooled connection the app had closed: retry once if nothing was consumed
                 if attempt == 1 and conn.reused and body_framing[0] == "none":
                     continue
@@ -284,80 +284,102 @@ class Sidecar:
             except BaseException:
                 conn.close()
                 raise
-        framing = response_body_framing(response, method)
-        upstream_reusable = framing[0] != "close" and "close" not in response.tokens("Connection") and response.start[0] == "HTTP/1.1"
+        return await self._relay_response(conn, route, response, method, writer, cors, keep_alive, version)
+
+    async def _relay_response(self, conn, route, response, method, writer, cors, keep_alive, version) -> bool:
+        """Send the app's response to the client with framing of our own; pool or close ``conn``."""
+        try:
+            framing = response_body_framing(response, method)
+        except HTTPError:
+            conn.close()
+            raise
+        reusable = framing[0] != "close" and "close" not in response.tokens("Connection") and response.start[0] == "HTTP/1.1"
+        drop = HOP_BY_HOP | FRAMING | response.tokens("Connection") | (CORS_RESPONSE_HEADERS if cors else set())
         headers = [
             (k, v)
             for k, v in response.headers
-            if k.lower() not in HOP_BY_HOP and not (cors and k.lower() in CORS_RESPONSE_HEADERS)
+            if k.lower() not in drop and not (k.lower() == "set-cookie" and protected_cookie(v.split("=", 1)[0].strip()))
         ]
         headers += cors
-        if framing[0] == "chunked" or (framing[0] == "close" and version == "HTTP/1.1"):
-            headers.append(("Transfer-Encoding", "chunked"))
-        elif framing[0] == "close":
-            keep_alive = False
+        kind, length = framing
+        if kind == "length":
+            headers.append(("Content-Length", str(length)))
+        elif kind != "none":
+            if version == "HTTP/1.1":
+                headers.append(("Transfer-Encoding", "chunked"))
+            else:
+                keep_alive = False  # an HTTP/1.0 client: the end of the body is the end of the connection
         if not keep_alive:
             headers.append(("Connection", "close"))
-        status_line = f"HTTP/1.1 {response.start[1]} {response.start[2]}"
+        head = render_head(f"HTTP/1.1 {response.start[1]} {response.start[2]}", headers)
         try:
-            if framing[0] == "length" and framing[1] <= 65536:
-                body = await conn.reader.readexactly(framing[1])
-                writer.write(render_head(status_line, headers) + body)
+            if kind == "length" and length <= SMALL_BODY:
+                writer.write(head + (await conn.reader.readexactly(length) if length else b""))
                 await writer.drain()
             else:
-                writer.write(render_head(status_line, headers))
-                if framing[0] == "length":
-                    await copy_length(conn.reader, writer, framing[1])
-                elif framing[0] == "chunked":
-                    await copy_chunked(conn.reader, writer)
-                elif framing[0] == "close":
+                writer.write(head)
+                if kind == "length":
+                    await copy_length(conn.reader, writer, length)
+                elif kind == "chunked":
+                    await copy_chunked(conn.reader, writer, rechunk=version == "HTTP/1.1")
+                elif kind == "close":
                     await copy_until_close(conn.reader, writer, chunked=version == "HTTP/1.1")
-                else:
-                    await writer.drain()
+                await writer.drain()
         except (ConnectionError, asyncio.IncompleteReadError, HTTPError):
             conn.close()
             return False  # the response is half sent: all we can do is close
-        if upstream_reusable:
+        except BaseException:
+            conn.close()
+            raise
+        if reusable and conn.idle_clean():
             self.pool.release(route.host, route.port, conn)
         else:
             conn.close()
         return keep_alive
 
-    async def forward_websocket(self, route, upstream_head, reader, writer, cors) -> bool:
+    async def forward_websocket(self, route, method, upstream_head, reader, writer, cors, version) -> bool:
         conn = await self._open(route, reuse=False)
-        conn.writer.write(upstream_head)
         try:
+            conn.writer.write(upstream_head)
             await conn.writer.drain()
             response = await self._read_response_head(conn, route)
         except (_UpstreamClosed, ConnectionError):
             conn.close()
             raise HTTPError(502, f"The app on port {route.port} closed the connection.") from None
-        headers = [(k, v) for k, v in response.headers if k.lower() not in CORS_RESPONSE_HEADERS] + cors
-        writer.write(render_head(f"HTTP/1.1 {response.start[1]} {response.start[2]}", headers))
-        await writer.drain()
-        if response.start[1] != "101":
-            conn.close()  # not upgraded: whatever body follows is not ours to frame
+        except BaseException:
+            conn.close()
+            raise
+        if response.start[1] != "101":  # refused: an ordinary response
+            await self._relay_response(conn, route, response, method, writer, cors, False, version)
             return False
-        await pipe_both(reader, writer, conn.reader, conn.writer)
-        conn.close()
+        headers = [(k, v) for k, v in response.headers if k.lower() not in CORS_RESPONSE_HEADERS] + cors
+        try:
+            writer.write(render_head(f"HTTP/1.1 101 {response.start[2]}", headers))
+            await writer.drain()
+            await pipe_both(reader, writer, conn.reader, conn.writer)
+        finally:
+            conn.close()
         return False
 
     # ---- the hub's API -------------------------------------------------------------
-    async def handle_api(self, request, reader, writer, path, keep_alive) -> bool:
-        method = request.start[0]
-        if path == API_PREFIX + "health":
-            return await self.send_json(writer, 200, {"status": "ok", "routes": len(self.table.routes)}, keep_alive)
-        auth = request.get("Authorization", "")
-        if not hmac.compare_digest(auth.encode("latin-1"), f"token {self.api_token}".encode("latin-1")):
-            raise HTTPError(403, "The sidecar's route API needs the hub's token.")
-        kind, length = request_body_framing(request)
+    async def handle_api(self, request, reader, writer, path, body_framing, keep_alive) -> bool:
+        kind, length = body_framing
         if kind == "chunked" or length > MAX_API_BODY:
             raise HTTPError(413, "Send the route as JSON with a Content-Length of at most 1 MiB.")
         body = await reader.readexactly(length) if length else b""
+        method = request.start[0]
+        if path == API_PREFIX + "health" or not path.startswith(API_PREFIX):
+            return await self.send_json(writer, 200, {"status": "ok", "routes": len(self.table.routes)}, keep_alive)
+        auth = request.get("Authorization", "").encode("latin-1")
+        if not hmac.compare_digest(auth, f"token {self.api_token}".encode("latin-1")):
+            raise HTTPError(403, "The sidecar's route API needs the hub's token.")
         routes_prefix = API_PREFIX + "api/routes"
         if not path.startswith(routes_prefix):
             raise HTTPError(404, "Unknown sidecar API path.")
-        key = unquote(path[len(routes_prefix):]).rstrip("/") or "/"
+        try:
+            key = "/" + "/".join(unquote(s, errors="strict") for s in path[len(routes_prefix):].split("/") if s)
+        except UnicodeDecodeError:
+            raise HTTPError(400, "The route path is not valid UTF-8.") from None
         if method == "GET":
             return await self.send_json(writer, 200, self.table.as_dict(), keep_alive)
         if method == "POST":
@@ -375,10 +397,10 @@ class Sidecar:
     @staticmethod
     async def send_json(writer, status: int, data, keep_alive: bool) -> bool:
         body = b"" if data is None else json.dumps(data).encode()
-        headers = [("Content-Type", "application/json"), ("Content-Length", str(len(body)))]
+        headers = [("Content-Type", "application/json")] + ([("Content-Length", str(len(body)))] if status != 204 else [])
         if not keep_alive:
             headers.append(("Connection", "close"))
-        writer.write(render_head(f"HTTP/1.1 {status} OK", headers) + body)
+        writer.write(render_head(f"HTTP/1.1 {status} {HTTPStatus(status).phrase}", headers) + body)
         await writer.drain()
         return keep_alive
 
@@ -395,14 +417,6 @@ class _UpstreamClosed(Exception):
     pass
 
 
-class _NullWriter:
-    def write(self, data):
-        pass
-
-    async def drain(self):
-        pass
-
-
 async def pipe_both(reader_a, writer_a, reader_b, writer_b) -> None:
     """Copy bytes both ways until either side closes."""
 
@@ -415,9 +429,11 @@ async def pipe_both(reader_a, writer_a, reader_b, writer_b) -> None:
             pass
 
     tasks = [asyncio.ensure_future(pipe(reader_a, writer_b)), asyncio.ensure_future(pipe(reader_b, writer_a))]
-    await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-    for task in tasks:
-        task.cancel()
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
 
 
 async def serve(sidecar: Sidecar, host: str, port: int):

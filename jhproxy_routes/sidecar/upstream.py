@@ -26,6 +26,10 @@ class Connection:
     def close(self) -> None:
         self.writer.close()
 
+    def idle_clean(self) -> bool:
+        """Nothing unread and still open: safe to hand to the next request."""
+        return not self.reader.at_eof() and not self.writer.is_closing() and not len(getattr(self.reader, "_buffer", b""))
+
 
 class UpstreamPool:
     def __init__(self, connect_timeout: float = 10, idle_timeout: float = 4, max_idle: int = 64):
