@@ -59,7 +59,8 @@ class PortRoutesProxy(ConfigurableHTTPProxy):
 
     async def check_routes(self, user_dict, service_dict, routes=None):
         await super().check_routes(user_dict, service_dict, routes)
-        await self.route_manager.reconcile(user_dict)
+        # in the background: a slow or absent sidecar must not hold up the hub's start-up
+        asyncio.ensure_future(self.route_manager.reconcile(user_dict))
         self._start_periodic_reconcile(user_dict)
 
     async def restore_routes(self):

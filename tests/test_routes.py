@@ -91,7 +91,9 @@ def test_routes_come_back_after_chp_restart(hub, apps):
     os.kill(chp_pid, signal.SIGKILL)
     # JupyterHub restarts its CHP within check_running_interval (5 s); the new one is empty
     wait_for(lambda: hub.child_pids("configurable-http-proxy") not in ([], [chp_pid]), 30, "a new CHP")
-    wait_for(lambda: len(hub.port_routes()) == 2, 30, "port routes in the new CHP", hub.log_path)
+    wait_for(
+        lambda: len(hub.port_routes()) == 2 and "/" in hub.chp_routes(), 30, "routes in the new CHP", hub.log_path
+    )
     assert hub.get(f"/ports/dave/{public.port}/").status_code == 200
     hub.stop_server("dave")
 
@@ -144,3 +146,34 @@ def test_servers_on_the_hub_machine_get_no_routes_unless_allowed(make_hub, apps)
     assert "no port routes for local/: its address 127.0.0.1 is the hub's own machine" in hub.log()
     assert "c.PortRoutes.allow_shared_host = True" in hub.log()
     hub.stop_server("local")
+
+
+def test_an_unreachable_or_silent_sidecar_never_blocks_a_spawn(make_hub, apps):
+    """The sidecar's address accepts connections and never answers (a wedged process)."""
+    import socket
+
+    protected, public = apps
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(100)
+    try:
+        hub = make_hub(
+            [protected.port, {"port": public.port, "access": "public"}],
+            f"""
+            c.PortRoutes.sidecar_managed = False
+            c.PortRoutes.sidecar_url = "http://127.0.0.1:{silent.getsockname()[1]}"
+            c.PortRoutes.api_timeout = 1
+            c.PortRoutes.api_retry_timeout = 3
+            c.PortRoutes.reconcile_interval = 0
+            """,
+        )
+        hub.user_token("wedged")
+        hub.spawn("wedged")  # completes: the port routes are given up on, not waited for
+        log = hub.log()
+        assert f"port routes of wedged not added yet: POST sidecar route /ports/wedged/{protected.port}" in log
+        assert "ReadTimeout" in log
+        # the public port needs no sidecar and works
+        assert hub.get(f"/ports/wedged/{public.port}/").status_code == 200
+        hub.stop_server("wedged")
+    finally:
+        silent.close()
