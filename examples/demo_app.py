@@ -14,6 +14,7 @@ import argparse
 import asyncio
 import hashlib
 import json
+import os
 
 from tornado import web, websocket
 
@@ -23,6 +24,7 @@ RECEIVED = []
 
 def record(handler) -> dict:
     entry = {
+        "server_of": os.environ.get("JUPYTERHUB_USER", ""),  # whose server runs this app
         "method": handler.request.method,
         "path": handler.request.path,
         "query": handler.request.query,

@@ -1,8 +1,9 @@
 """Run the demo echo app next to a user's server: the single-user command of the demo.
 
-    python with_app.py --app-port 5000 [--app-port 5001 ...] -- jupyterhub-singleuser --allow-root
+    python with_app.py [--app-ip IP] --app-port 5000 [--app-port 5001 ...] -- jupyterhub-singleuser
 
-Starts ``demo_app.py`` (same Python, ``--ip 127.0.0.1``) on each app port, then runs the
+Starts ``demo_app.py`` (same Python, on ``--app-ip``, default 127.0.0.1; a container needs
+0.0.0.0) on each app port, then runs the
 command after ``--``, forwarding SIGTERM/SIGINT to it. When the command exits, the apps are
 stopped and this script exits with the command's exit code. Standard library only.
 """
@@ -22,11 +23,12 @@ def parse_args(argv):
     split = argv.index("--")
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--app-port", type=int, action="append", default=[], help="port of a demo app")
+    parser.add_argument("--app-ip", default="127.0.0.1", help="address the demo apps listen on")
     args = parser.parse_args(argv[:split])
     command = argv[split + 1 :]
     if not command:
         parser.error("no command after --")
-    return args.app_port, command
+    return args.app_ip, args.app_port, command
 
 
 def stop(proc: subprocess.Popen):
@@ -40,9 +42,9 @@ def stop(proc: subprocess.Popen):
 
 
 def main(argv) -> int:
-    ports, command = parse_args(argv)
+    ip, ports, command = parse_args(argv)
     apps = [
-        subprocess.Popen([sys.executable, str(DEMO_APP), "--port", str(port), "--ip", "127.0.0.1"])
+        subprocess.Popen([sys.executable, str(DEMO_APP), "--port", str(port), "--ip", ip])
         for port in ports
     ]
     try:

@@ -55,7 +55,7 @@ class ProxyTokenHandler(APIHandler):
 
     async def get(self, server_name=""):
         user, manager = self._target(server_name)
-        access = await manager.access_for(user.name, server_name)
+        access = await manager.access_for(user, server_name)
         if self.get_argument("format", "") == "full":
             self.finish(json.dumps(await self._settings(user, server_name, access)))
         else:
@@ -63,7 +63,7 @@ class ProxyTokenHandler(APIHandler):
 
     async def post(self, server_name=""):
         user, manager = self._target(server_name)
-        access = await manager.access_for(user.name, server_name)
+        access = await manager.access_for(user, server_name)
         body = self._parse_body()
         new_token = None
         if isinstance(body, dict):

@@ -17,7 +17,7 @@ from jupyterhub.utils import url_path_join
 
 from .config import PortRoutes, PortSpec
 from .routeapi import RouteAPI, RouteAPIError
-from .targets import SharedHostError, check_own_address, port_target
+from .targets import SharedHostError, port_targets
 from .tokens import AccessStore, ServerAccess, with_new_token
 
 # JupyterHub sets login and server cookies on these paths (below base_url): a route there
@@ -66,36 +66,44 @@ class RouteManager:
         self._reconcile_lock = asyncio.Lock()
 
     # ---- access settings -------------------------------------------------------------
-    async def access_for(self, username: str, servername: str) -> ServerAccess:
+    def behavior(self, spawner, name: str) -> str:
+        """``default_startup_behavior`` or ``shutdown_behavior``: the spawner's own setting
+        (``TokenizedDockerSpawner``, as in jhproxy) if it has one, else ``c.PortRoutes``'."""
+        return getattr(spawner, name, None) or getattr(self.settings, name)
+
+    async def access_for(self, user, servername: str) -> ServerAccess:
         """The server's stored settings; on first use, those of ``default_startup_behavior``."""
-        access = self.store.get(username, servername)
+        access = self.store.get(user.name, servername)
         if access is None:
             access = ServerAccess()
-            behavior = self.settings.default_startup_behavior
+            behavior = self.behavior(user.spawners[servername], "default_startup_behavior")
             if behavior == "allow_all":
                 access = access.allow_all()
             elif behavior == "random":
                 access, _ = await with_new_token(access)
-            self.store.put(username, servername, access)
+            self.store.put(user.name, servername, access)
         return access
 
     # ---- wanted routes ---------------------------------------------------------------
     def routespec(self, username: str, servername: str, port: int) -> str:
         return url_path_join(self.base_url, self.template.render(username, servername, port))
 
-    def wanted_routes(self, user, servername: str, access: ServerAccess) -> dict[str, PortRoute]:
+    async def wanted_routes(self, user, servername: str, access: ServerAccess) -> dict[str, PortRoute]:
         spawner = user.spawners[servername]
         if not self.template.serves(servername):
             return {}
         try:
-            check_own_address(spawner, self.settings.allow_shared_host)
+            targets = await port_targets(spawner, [s.port for s in self.specs], self.settings.allow_shared_host)
         except SharedHostError as e:
             self.log.error("jhproxy-routes: no port routes for %s/%s: %s", user.name, servername, e)
             return {}
         routes = {}
         for spec in self.specs:
+            if spec.port not in targets:
+                self.log.warning("jhproxy-routes: port %i of %s/%s has no address (not published)", spec.port, user.name, servername)
+                continue
             routespec = self.routespec(user.name, servername, spec.port)
-            app = port_target(spawner, spec.port)
+            app = targets[spec.port]
             who = {"username": user.name, "servername": servername, "port": spec.port}
             allowed = effective_access(spec, access)
             if self._direct(routespec, spec, access):
@@ -126,14 +134,13 @@ class RouteManager:
 
     # ---- one server ------------------------------------------------------------------
     async def server_started(self, user, servername: str) -> None:
-        access = await self.access_for(user.name, servername)
+        access = await self.access_for(user, servername)
         await self.apply(user, servername, access)
 
     async def apply(self, user, servername: str, access: ServerAccess) -> None:
         """Route every port of a running server as ``access`` says (raises RouteAPIError)."""
-        await asyncio.gather(
-            *(self._apply_route(r) for r in self.wanted_routes(user, servername, access).values())
-        )
+        wanted = await self.wanted_routes(user, servername, access)
+        await asyncio.gather(*(self._apply_route(r) for r in wanted.values()))
 
     async def _apply_route(self, route: PortRoute) -> None:
         if route.sidecar is not None:
@@ -145,7 +152,7 @@ class RouteManager:
 
     async def server_stopped(self, user, servername: str) -> None:
         """Remove a server's port routes and apply ``shutdown_behavior``."""
-        if self.settings.shutdown_behavior == "disable":
+        if self.behavior(user.spawners[servername], "shutdown_behavior") == "disable":
             access = self.store.get(user.name, servername)
             if access is not None and access.mode != "disabled":
                 self.store.put(user.name, servername, access.disabled())
@@ -170,8 +177,8 @@ class RouteManager:
         for user in list(users.values()):
             for servername, spawner in list(user.spawners.items()):
                 if spawner.ready:
-                    access = await self.access_for(user.name, servername)
-                    wanted.update(self.wanted_routes(user, servername, access))
+                    access = await self.access_for(user, servername)
+                    wanted.update(await self.wanted_routes(user, servername, access))
                 elif spawner.pending and self.template.serves(servername):
                     keep.update(self.routespec(user.name, servername, s.port) for s in self.specs)
         chp_routes, sidecar_routes = await asyncio.gather(self.chp.get_all(), self.sidecar.get_all())

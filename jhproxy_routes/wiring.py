@@ -40,6 +40,29 @@ def wire_into_hub(app, settings: PortRoutes) -> None:
     if SCOPE not in app.custom_scopes:
         app.custom_scopes = {**app.custom_scopes, SCOPE: {"description": SCOPE_DESCRIPTION}}
     grant_to_users(app, f"{SCOPE}!user")
+    publish_docker_ports(app, [spec.port for spec in settings.port_specs])
+
+
+def configured(app, cls, name):
+    """The value of ``c.<Class>.<name>`` that traitlets gives ``cls`` (most derived section wins)."""
+    value = None
+    for klass in reversed(cls.mro()):
+        if klass.__name__ in app.config and name in app.config[klass.__name__]:
+            value = app.config[klass.__name__][name]
+    return value
+
+
+def publish_docker_ports(app, ports: list[int]) -> None:
+    """For a DockerSpawner, wrap the admin's ``extra_create_kwargs`` / ``extra_host_config``
+    so that host-binding mode publishes the allowed ports too."""
+    from .docker import DockerSpawner, publish_ports
+
+    cls = app.spawner_class
+    if DockerSpawner is None or not issubclass(cls, DockerSpawner):
+        return
+    create, host = publish_ports(configured(app, cls, "extra_create_kwargs"), configured(app, cls, "extra_host_config"), ports)
+    app.config[cls.__name__].extra_create_kwargs = create
+    app.config[cls.__name__].extra_host_config = host
 
 
 def grant_to_users(app, scope: str) -> None:
