@@ -3,8 +3,8 @@
 The default is the host the spawner reports for the server (``spawner.server.host``, the
 address JupyterHub itself routes to) with the allowed port instead of the server's own. That
 fits every spawner that gives each server an address of its own: DockerSpawner with
-``use_internal_ip``, KubeSpawner (the pod IP). DockerSpawner's host-binding mode publishes
-each port on a host port of its own (``docker.py``).
+``use_internal_ip``, KubeSpawner (the pod IP). For DockerSpawner the container is inspected
+instead (``docker.py``): its current IP, or in host-binding mode each port's host port.
 
 Servers on the hub's own machine (LocalProcessSpawner) share one address: port 5000 there is
 whichever process bound it first, so every user's route to 5000 would reach the same app.
@@ -54,9 +54,9 @@ def port_target(spawner, port: int) -> str:
 async def port_targets(spawner, ports: list[int], allow_shared_host: bool = False) -> dict[int, str]:
     """``{port: target URL}`` for the allowed ports of a running server (raises
     SharedHostError for servers on the hub's machine unless allowed)."""
-    from .docker import host_binding_targets, is_host_binding
+    from .docker import container_targets, is_docker
 
-    if is_host_binding(spawner):
-        return await host_binding_targets(spawner, ports)
+    if is_docker(spawner):
+        return await container_targets(spawner, ports)
     check_own_address(spawner, allow_shared_host)
     return {port: port_target(spawner, port) for port in ports}

@@ -31,7 +31,7 @@ fi
 
 # The service started by docker-engine.sh: its pid file, and only if that pid still is a
 # `podman system service` on our socket (never a broad match on other processes).
-is_our_service() { tr '\0' ' ' <"/proc/$1/cmdline" 2>/dev/null | grep -q "system service.*$SOCK_URL"; }
+is_our_service() { tr '\0' ' ' 2>/dev/null <"/proc/$1/cmdline" | grep -q "system service.*$SOCK_URL"; }
 pid=""
 if [[ -f $PID_FILE ]]; then
     pid="$(cat "$PID_FILE" 2>/dev/null)"

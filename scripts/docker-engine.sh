@@ -47,8 +47,16 @@ trap 'rc=$?; echo "docker-engine: error in step '"'"'$STEP'"'"': command failed 
 # Serialise concurrent callers (parallel test sessions, CI jobs on one machine).
 exec 9>"$LOCK_FILE"
 flock -w 1800 9 || die "timed out waiting for $LOCK_FILE (another docker-engine.sh run?)"
-# Whatever podman leaves running (service, conmon) must not inherit the lock or our stdout.
-podman() { command podman "$@" 3>&- 9>&-; }
+# Whatever podman leaves running (service, conmon) must not inherit the lock, our stdout or any
+# other descriptor of the caller (a capturing pipe would never see EOF): close all fds > 2.
+close_extra_fds() {   # call in a subshell only
+    local f n
+    for f in /proc/$BASHPID/fd/*; do
+        n="${f##*/}"
+        if ((n > 2)); then eval "exec $n>&-"; fi
+    done
+}
+podman() { (close_extra_fds; exec podman "$@"); }
 
 # --------------------------------------------------------------------------------------------
 STEP="install packages"
@@ -109,7 +117,7 @@ our_service_pid() {
     [[ -f $PID_FILE ]] || return 1
     pid="$(cat "$PID_FILE" 2>/dev/null)"
     [[ $pid =~ ^[0-9]+$ ]] || return 1
-    tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q "system service.*$SOCK_URL" || return 1
+    tr '\0' ' ' 2>/dev/null <"/proc/$pid/cmdline" | grep -q "system service.*$SOCK_URL" || return 1
     echo "$pid"
 }
 if ((conf_changed)) && pid="$(our_service_pid)"; then
@@ -127,7 +135,8 @@ else
     fi
     rm -f "$SOCK_PATH"
     log "starting podman system service on $SOCK_URL (log: $LOG_FILE)"
-    setsid nohup podman system service --time=0 "$SOCK_URL" </dev/null >>"$LOG_FILE" 2>&1 3>&- 9>&- &
+    (close_extra_fds; exec setsid nohup podman system service --time=0 "$SOCK_URL") \
+        </dev/null >>"$LOG_FILE" 2>&1 &
     echo $! >"$PID_FILE"
     svc_pid=$!
     for _ in $(seq 60); do

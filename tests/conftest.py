@@ -81,7 +81,8 @@ class App:
 class Hub:
     """A real jupyterhub process in its own directory, driven through its public URL."""
 
-    def __init__(self, workdir: Path, ports: list, extra_config: str = "", crypt_key: str | None = None):
+    def __init__(self, workdir: Path, ports: list, extra_config: str = "", crypt_key: str | None = None, env: dict | None = None):
+        self.extra_env = env or {}
         self.dir = workdir
         self.dir.mkdir(parents=True, exist_ok=True)
         self.port, self.api_port, self.hub_port, self.sidecar_port = (free_port() for _ in range(4))
@@ -128,7 +129,7 @@ class Hub:
 
     # ---- process ---------------------------------------------------------------------
     def env(self) -> dict:
-        env = {**os.environ, "CONFIGPROXY_AUTH_TOKEN": self.chp_token, "PATH": f"{BIN}:{os.environ['PATH']}"}
+        env = {**os.environ, **self.extra_env, "CONFIGPROXY_AUTH_TOKEN": self.chp_token, "PATH": f"{BIN}:{os.environ['PATH']}"}
         env.pop("JUPYTERHUB_CRYPT_KEY", None)
         if self.crypt_key:
             env["JUPYTERHUB_CRYPT_KEY"] = self.crypt_key
@@ -290,3 +291,19 @@ def assert_no_credentials(entries: list[dict], secrets_: list[str]) -> None:
                     cookie = pair.split("=", 1)[0].strip()
                     assert not cookie.startswith(("jupyterhub-", "jhproxy-routes")) and cookie != "_xsrf", entry
         assert "proxy_token" not in entry["query"], entry
+
+
+@pytest.fixture(scope="session")
+def docker_engine() -> dict:
+    """A real Docker-API engine (podman) and the single-user image: scripts/docker-engine.sh.
+
+    Never skipped: if the engine cannot start, every Docker test fails with the reason."""
+    script = REPO / "scripts/docker-engine.sh"
+    result = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=900)
+    if result.returncode != 0:
+        pytest.fail(f"the Docker-API engine did not start ({script}):\n{result.stderr[-3000:]}", pytrace=False)
+    engine = dict(line.split("=", 1) for line in result.stdout.split() if "=" in line)
+    missing = {"DOCKER_HOST", "JHPROXY_ROUTES_IMAGE"} - set(engine)
+    if missing:
+        pytest.fail(f"{script} did not print {missing}: {result.stdout!r}", pytrace=False)
+    return engine
