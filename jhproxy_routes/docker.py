@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import inspect
 
+from .targets import TargetsPending
+
 try:
     from dockerspawner import DockerSpawner
 except ImportError:  # dockerspawner is optional
@@ -59,6 +61,8 @@ async def container_targets(spawner, ports: list[int]) -> dict[int, str]:
     """``{port: URL}`` for a running container: its IP on the spawner's network, or with
     host bindings, the published host port of each allowed port."""
     info = await spawner.docker("inspect_container", spawner.container_id)
+    if not (info.get("State") or {}).get("Running"):
+        raise TargetsPending(f"container {spawner.container_name} is not running")
     settings = info["NetworkSettings"]
     if not spawner.use_internal_ip:
         return _published(settings.get("Ports") or {}, spawner.host_ip, ports)

@@ -24,6 +24,7 @@ from tornado import web
 from .config import PORT_ACCESS
 from .routeapi import RouteAPIError
 from .routes import effective_access
+from .targets import TargetsPending
 from .tokens import ServerAccess, TokenUnreadable, read_token, with_new_token
 from .wiring import SCOPE
 
@@ -76,7 +77,7 @@ class ProxyTokenHandler(APIHandler):
         if spawner.ready:
             try:
                 await manager.apply(user, server_name, access)
-            except RouteAPIError as e:
+            except (RouteAPIError, TargetsPending) as e:
                 raise web.HTTPError(503, f"Saved, but the proxy could not be updated yet: {e}") from None
         if isinstance(body, dict):
             result = await self._settings(user, server_name, access, new_token)

@@ -21,6 +21,7 @@ from tornado.ioloop import PeriodicCallback
 from .config import PortRoutes
 from .routeapi import RouteAPI, RouteAPIError
 from .routes import RouteManager
+from .targets import TargetsPending
 from .wiring import wire_into_hub
 
 
@@ -47,7 +48,7 @@ class PortRoutesProxy(ConfigurableHTTPProxy):
         await super().add_user(user, server_name)
         try:
             await self.route_manager.server_started(user, server_name)
-        except RouteAPIError as e:
+        except (RouteAPIError, TargetsPending) as e:
             self.log.error("jhproxy-routes: port routes of %s not added yet: %s", user.name, e)
 
     async def delete_user(self, user, server_name=""):

@@ -17,7 +17,7 @@ from jupyterhub.utils import url_path_join
 
 from .config import PortRoutes, PortSpec
 from .routeapi import RouteAPI, RouteAPIError
-from .targets import SharedHostError, port_targets
+from .targets import SharedHostError, TargetsPending, port_targets
 from .tokens import AccessStore, ServerAccess, with_new_token
 
 # JupyterHub sets login and server cookies on these paths (below base_url): a route there
@@ -176,11 +176,15 @@ class RouteManager:
         keep: set[str] = set()  # routes of servers in transition: leave them alone
         for user in list(users.values()):
             for servername, spawner in list(user.spawners.items()):
-                if spawner.ready:
-                    access = await self.access_for(user, servername)
-                    wanted.update(await self.wanted_routes(user, servername, access))
-                elif spawner.pending and self.template.serves(servername):
-                    keep.update(self.routespec(user.name, servername, s.port) for s in self.specs)
+                if not (spawner.ready or spawner.pending) or not self.template.serves(servername):
+                    continue
+                try:
+                    if spawner.ready:
+                        wanted.update(await self.wanted_routes(user, servername, await self.access_for(user, servername)))
+                        continue
+                except TargetsPending as e:
+                    self.log.info("jhproxy-routes: routes of %s/%s left as they are: %s", user.name, servername, e)
+                keep.update(self.routespec(user.name, servername, s.port) for s in self.specs)
         chp_routes, sidecar_routes = await asyncio.gather(self.chp.get_all(), self.sidecar.get_all())
 
         def differs(actual: dict | None, want: dict) -> bool:

@@ -23,6 +23,10 @@ class SharedHostError(Exception):
     """The server's address is shared with other users' servers."""
 
 
+class TargetsPending(Exception):
+    """The server is between two states (its container is restarting): ask again later."""
+
+
 def is_hub_machine(host: str) -> bool:
     if host in ("localhost", socket.gethostname(), socket.getfqdn()):
         return True

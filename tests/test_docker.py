@@ -158,16 +158,22 @@ def test_host_binding_mode_publishes_and_finds_the_ports(make_hub, engine):
     ).json()
     assert table["/ports/erin/5000"]["target"] == f"http://127.0.0.1:{host_ports[5000]}"
 
-    # restarted in place: whatever host ports it gets now, the routes follow
+    # restarted in place: JupyterHub's poll sees it stop (routes go with the server); when the
+    # user starts again, the same container comes back, maybe on new host ports: routes follow
     engine["client"].restart(info["Id"], timeout=2)
-    new_port = int(engine["client"].inspect_container(info["Id"])["NetworkSettings"]["Ports"]["5000/tcp"][0]["HostPort"])
+    wait_for(lambda: "" not in hub.api("GET", "/users/erin").json()["servers"], 60, "JupyterHub to see the stop")
+    assert not any(p.startswith("/ports/erin/") for p in hub.port_routes())
+    hub.spawn("erin")
+    assert container(engine, hub, "erin")["Id"] == info["Id"]
+    new_port = int(container(engine, hub, "erin")["NetworkSettings"]["Ports"]["5000/tcp"][0]["HostPort"])
 
     def follows():
         table = httpx.get(
             f"{hub.sidecar_url}/_jhproxy-routes/api/routes", headers={"Authorization": f"token {sidecar_token(hub)}"}
         ).json()
         response = hub.get(port_url(hub, "erin", 5000), headers={"X-Proxy-Token": token})
-        return table["/ports/erin/5000"]["target"] == f"http://127.0.0.1:{new_port}" and response.status_code == 200
+        target = table.get("/ports/erin/5000", {}).get("target")
+        return target == f"http://127.0.0.1:{new_port}" and response.status_code == 200
 
     wait_for(follows, 60, "the routes and the app after a container restart", hub.log_path)
     hub.stop_server("erin")

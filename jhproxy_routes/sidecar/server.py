@@ -114,6 +114,8 @@ class Sidecar:
                     break
         except (ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
             pass
+        except asyncio.CancelledError:
+            pass  # shutting down: the connection just closes (and asyncio logs no traceback)
         except Exception:
             log.exception("unexpected error on a connection from %s", peer)
         finally:
