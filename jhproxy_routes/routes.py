@@ -140,7 +140,13 @@ class RouteManager:
     async def apply(self, user, servername: str, access: ServerAccess) -> None:
         """Route every port of a running server as ``access`` says (raises RouteAPIError)."""
         wanted = await self.wanted_routes(user, servername, access)
-        await asyncio.gather(*(self._apply_route(r) for r in wanted.values()))
+        results = await asyncio.gather(*(self._apply_route(r) for r in wanted.values()), return_exceptions=True)
+        errors = [r for r in results if isinstance(r, BaseException)]
+        for error in errors:
+            if not isinstance(error, RouteAPIError):
+                raise error
+        if errors:  # every port that failed, not only the first
+            raise RouteAPIError("; ".join(map(str, errors)))
 
     async def _apply_route(self, route: PortRoute) -> None:
         if route.sidecar is not None:
