@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# The benchmark in one command (see benchmarks/README.md):
+#   bash benchmarks/run.sh [--quick] [--profile]
+# Sets up .venv and node_modules (scripts/bootstrap.sh), installs what only the benchmark needs
+# when missing (jupyter-server-proxy and py-spy into .venv, wrk from Debian), then runs bench.py.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+bash scripts/bootstrap.sh
+if ! .venv/bin/python -c "import jupyter_server_proxy" 2>/dev/null || [[ ! -x .venv/bin/py-spy ]]; then
+    echo "bench: pip install jupyter-server-proxy py-spy (into .venv)" >&2
+    .venv/bin/python -m pip install --quiet --disable-pip-version-check jupyter-server-proxy py-spy
+fi
+if ! command -v wrk >/dev/null 2>&1; then
+    echo "bench: apt-get install wrk" >&2
+    apt-get install -y wrk >/dev/null 2>&1 || { apt-get update >/dev/null && apt-get install -y wrk >/dev/null; } \
+        || { echo "bench: error: install wrk (Debian: apt-get install wrk)" >&2; exit 1; }
+fi
+exec .venv/bin/python benchmarks/bench.py "$@"
