@@ -158,15 +158,26 @@ class Hub:
         wait_for(up, 60, "jupyterhub to start", self.log_path)
         return self
 
-    def stop(self, cleanup_servers: bool = True) -> None:
+    def stop(self, leave_servers: bool = False) -> None:
+        """Stop the hub; then kill whatever it started that outlived it (CHP, sidecar and
+        servers run in sessions of their own, so a hub that dies leaves them behind)."""
         if self.proc is None or self.proc.poll() is not None:
             return
+        children = [
+            pid for pid in self.child_pids("")
+            if not (leave_servers and pid in self.child_pids("jupyterhub-singleuser"))
+        ]
         self.proc.send_signal(signal.SIGTERM)
         try:
             self.proc.wait(30)
         except subprocess.TimeoutExpired:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(10)
+        for pid in children:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

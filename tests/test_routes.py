@@ -128,7 +128,7 @@ def test_hub_restart_reconciles(make_hub, apps):
     hub = make_hub([protected.port, {"port": public.port, "access": "public"}], "c.JupyterHub.cleanup_servers = False")
     hub.user_token("frank")
     hub.spawn("frank")
-    hub.stop()
+    hub.stop(leave_servers=True)
     hub.start()
     wait_for(lambda: f"/ports/frank/{public.port}" in hub.port_routes(), 30, "routes after restart", hub.log_path)
     assert hub.get(f"/ports/frank/{public.port}/x").status_code == 200
