@@ -40,16 +40,18 @@ class Head:
     start: tuple[str, str, str]  # (method, target, version) or (version, status, reason)
     headers: list[tuple[str, str]]
 
-    def get(self, name: str, default: str | None = None) -> str | None:
-        name = name.lower()
+    def __post_init__(self):
+        # one pass over the headers: every later look-up is a dict access
+        self.index: dict[str, list[str]] = {}
         for key, value in self.headers:
-            if key.lower() == name:
-                return value
-        return default
+            self.index.setdefault(key.lower(), []).append(value)
+
+    def get(self, name: str, default: str | None = None) -> str | None:
+        values = self.index.get(name.lower())
+        return values[0] if values else default
 
     def get_all(self, name: str) -> list[str]:
-        name = name.lower()
-        return [value for key, value in self.headers if key.lower() == name]
+        return self.index.get(name.lower(), [])
 
     def tokens(self, name: str) -> set[str]:
         """Comma-separated, case-insensitive tokens of a header (e.g. Connection)."""

@@ -136,7 +136,8 @@ class Sidecar:
     async def handle(self, request, reader, writer, peer: str) -> bool:
         method, target, version = request.start
         path, _, query = target.partition("?")
-        keep_alive = self._keep_alive(request)
+        connection = request.tokens("Connection")
+        keep_alive = "keep-alive" in connection if version == "HTTP/1.0" else "close" not in connection
         body_framing = request_body_framing(request)
         if path.startswith(API_PREFIX) or (self.service_prefix and path.startswith(self.service_prefix)):
             return await self.handle_api(request, reader, writer, path, body_framing, keep_alive)
@@ -154,21 +155,14 @@ class Sidecar:
         self._check_access(route, request.get(TOKEN_HEADER) or token, cors)
         upstream_path = rest if route.strip_prefix else path
         upstream_target = upstream_path + ("?" + query if query else "")
-        websocket = "upgrade" in request.tokens("Connection") and "websocket" in request.tokens("Upgrade")
-        headers = self._upstream_headers(request, route, peer, body_framing, websocket, path, rest)
+        websocket = "upgrade" in connection and "websocket" in request.tokens("Upgrade")
+        headers = self._upstream_headers(request, connection, route, peer, body_framing, websocket, path, rest)
         if request.get("Expect", "").lower() == "100-continue" and body_framing[0] != "none":
             writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         upstream_head = render_head(f"{method} {upstream_target} HTTP/1.1", headers)
         if websocket:
             return await self.forward_websocket(route, method, upstream_head, reader, writer, cors, version)
         return await self.forward(route, method, upstream_head, body_framing, reader, writer, cors, keep_alive, version)
-
-    @staticmethod
-    def _keep_alive(request) -> bool:
-        connection = request.tokens("Connection")
-        if request.start[2] == "HTTP/1.0":
-            return "keep-alive" in connection
-        return "close" not in connection
 
     def _check_access(self, route, token: str | None, cors) -> None:
         if route.access == "public":
@@ -205,9 +199,9 @@ class Sidecar:
         await writer.drain()
         return keep_alive
 
-    def _upstream_headers(self, request, route, peer, body_framing, websocket, path, rest):
+    def _upstream_headers(self, request, connection, route, peer, body_framing, websocket, path, rest):
         # headers the client names in Connection are hop-by-hop too, but never the Host
-        drop = HOP_BY_HOP | FRAMING | (request.tokens("Connection") - {"host"}) | {TOKEN_HEADER, "expect", "x-forwarded-prefix"}
+        drop = HOP_BY_HOP | FRAMING | (connection - {"host"}) | {TOKEN_HEADER, "expect", "x-forwarded-prefix"}
         headers = []
         forwarded_for = None
         for name, value in request.headers:
