@@ -16,6 +16,7 @@ for their own servers.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 from jupyterhub.apihandlers.base import APIHandler
 from jupyterhub.utils import url_path_join
@@ -23,7 +24,7 @@ from tornado import web
 
 from .config import PORT_ACCESS
 from .routeapi import RouteAPIError
-from .routes import effective_access
+from .routes import effective_access, port_choice
 from .targets import TargetsPending
 from .tokens import ServerAccess, TokenUnreadable, read_token, with_new_token
 from .wiring import SCOPE
@@ -133,7 +134,7 @@ class ProxyTokenHandler(APIHandler):
             if value not in PORT_ACCESS:
                 raise web.HTTPError(400, f"Port {port}: access must be one of {', '.join(PORT_ACCESS)}.")
             port_access[str(port)] = value
-        return ServerAccess(access.mode, access.token_sha256, access.token_encrypted, port_access), new_token
+        return replace(access, port_access=port_access), new_token
 
     async def _seed_value(self, access: ServerAccess):
         if access.mode == "disabled":
@@ -161,7 +162,7 @@ class ProxyTokenHandler(APIHandler):
                 {
                     "port": spec.port,
                     "name": spec.name,
-                    "access": access.port_access.get(str(spec.port), spec.access),
+                    "access": port_choice(spec, access),
                     "effective_access": effective_access(spec, access),
                     "url": url_path_join(base, routespec) if manager.template.serves(server_name) else None,
                 }

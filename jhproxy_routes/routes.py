@@ -26,9 +26,15 @@ COOKIE_PATHS = ("hub/", "user/", "services/")
 MODE_TO_ACCESS = {"disabled": "disabled", "allow_all": "public", "token": "token"}
 
 
+def port_choice(spec: PortSpec, access: ServerAccess) -> str:
+    """The port's access as set: the user's override, else the admin's (``server``,
+    ``public`` or ``disabled``)."""
+    return access.port_access.get(str(spec.port), spec.access)
+
+
 def effective_access(spec: PortSpec, access: ServerAccess) -> str:
     """``public``, ``disabled`` or ``token``: what a request to this port must show."""
-    choice = access.port_access.get(str(spec.port), spec.access)
+    choice = port_choice(spec, access)
     if choice == "server":
         return MODE_TO_ACCESS[access.mode]
     return choice
@@ -88,6 +94,10 @@ class RouteManager:
     def routespec(self, username: str, servername: str, port: int) -> str:
         return url_path_join(self.base_url, self.template.render(username, servername, port))
 
+    def server_routespecs(self, username: str, servername: str) -> list[str]:
+        """The routespecs of every allowed port of one server."""
+        return [self.routespec(username, servername, spec.port) for spec in self.specs]
+
     async def wanted_routes(self, user, servername: str, access: ServerAccess) -> dict[str, PortRoute]:
         spawner = user.spawners[servername]
         if not self.template.serves(servername):
@@ -126,7 +136,7 @@ class RouteManager:
         answers CORS for it as for a token (as jhproxy did)."""
         under_cookies = any(routespec.startswith(self.base_url + p) for p in COOKIE_PATHS)
         return (
-            access.port_access.get(str(spec.port), spec.access) == "public"
+            port_choice(spec, access) == "public"
             and self.settings.direct_public_routes
             and not spec.strip_prefix
             and not under_cookies
@@ -164,7 +174,7 @@ class RouteManager:
                 self.store.put(user.name, servername, access.disabled())
         if not self.template.serves(servername):
             return
-        specs = [self.routespec(user.name, servername, spec.port) for spec in self.specs]
+        specs = self.server_routespecs(user.name, servername)
         await asyncio.gather(*(self.chp.delete(s) for s in specs))
         await asyncio.gather(*(self.sidecar.delete(s) for s in specs))
 
@@ -190,7 +200,7 @@ class RouteManager:
                         continue
                 except TargetsPending as e:
                     self.log.info("jhproxy-routes: routes of %s/%s left as they are: %s", user.name, servername, e)
-                keep.update(self.routespec(user.name, servername, s.port) for s in self.specs)
+                keep.update(self.server_routespecs(user.name, servername))
         chp_routes, sidecar_routes = await asyncio.gather(self.chp.get_all(), self.sidecar.get_all())
 
         def differs(actual: dict | None, want: dict) -> bool:
