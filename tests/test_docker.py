@@ -158,9 +158,10 @@ def test_host_binding_mode_publishes_and_finds_the_ports(make_hub, engine):
     ).json()
     assert table["/ports/erin/5000"]["target"] == f"http://127.0.0.1:{host_ports[5000]}"
 
-    # restarted in place: JupyterHub's poll sees it stop (routes go with the server); when the
-    # user starts again, the same container comes back, maybe on new host ports: routes follow
-    engine["client"].restart(info["Id"], timeout=2)
+    # stopped behind JupyterHub's back: its poll sees it (routes go with the server); when the
+    # user starts again, the same container comes back, maybe on new host ports: routes follow.
+    # (A plain restart can be quicker than the poll, which then never sees the stop.)
+    engine["client"].stop(info["Id"], timeout=2)
     wait_for(lambda: "" not in hub.api("GET", "/users/erin").json()["servers"], 60, "JupyterHub to see the stop")
     assert not any(p.startswith("/ports/erin/") for p in hub.port_routes())
     hub.spawn("erin")
