@@ -141,7 +141,7 @@ class Rig:
         chp_api = f"http://{HOST}:{p['chp_api']}/api/routes"
         who = {"username": "bench", "servername": ""}
         api(f"http://{HOST}:{p['sidecar']}/_jhproxy-routes/api/routes/ports/bench/5000", self.sidecar_token, {
-            "target": app, "access": "token", "token_sha256": hashlib.sha256(self.port_token.encode()).hexdigest(),
+            "target": app, "access": "restricted", "token_sha256": hashlib.sha256(self.port_token.encode()).hexdigest(),
             "cors_origins": ["*"], "strip_prefix": False, "jhproxy_routes": True, **who, "port": 5000})
         api(f"{chp_api}/ports/bench/5000", self.chp_token,
             {"target": f"http://{HOST}:{p['sidecar']}", **who, "port": 5000, "jhproxy_routes": True})

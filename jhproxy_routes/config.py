@@ -25,9 +25,18 @@ from traitlets.config import Configurable
 
 from .templates import RouteTemplate
 
-#: What a port's ``access`` may say. ``server`` follows the server's token mode
-#: (``disabled`` / ``allow_all`` / token), ``public`` needs no check, ``disabled`` refuses all.
-PORT_ACCESS = ("server", "public", "disabled")
+#: What a port's ``access`` may say, besides ``group:<name>``. ``server`` follows the server's
+#: token mode (``disabled`` / ``allow_all`` / token); ``owner``: the owner's hub login only;
+#: ``users``: any hub user's login, or the token; ``public``: no check; ``disabled``: nobody.
+PORT_ACCESS = ("server", "owner", "users", "public", "disabled")
+GROUP_PREFIX = "group:"
+
+
+def valid_port_access(value) -> bool:
+    """One of PORT_ACCESS, or ``group:<name>`` with a non-empty name."""
+    if not isinstance(value, str):
+        return False
+    return value in PORT_ACCESS or (value.startswith(GROUP_PREFIX) and bool(value[len(GROUP_PREFIX):].strip()))
 PORT_KEYS = {"port", "name", "access", "cors_origins", "strip_prefix"}
 
 
@@ -59,8 +68,8 @@ def parse_port(item, where="c.PortRoutes.ports") -> PortSpec:
     if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
         raise TraitError(f"{where}: port {port!r} is outside 1-65535")
     access = item.get("access", "server")
-    if access not in PORT_ACCESS:
-        raise TraitError(f"{where}: port {port}: access {access!r} is not one of {PORT_ACCESS}")
+    if not valid_port_access(access):
+        raise TraitError(f"{where}: port {port}: access {access!r} is not one of {PORT_ACCESS} or 'group:<name>'")
     origins = item.get("cors_origins")
     if origins is not None:
         if isinstance(origins, str) or not all(isinstance(o, str) for o in origins):
@@ -97,8 +106,13 @@ class PortRoutes(Configurable):
 
         - ``port`` (required): 1-65535, each port at most once.
         - ``name``: a label shown to users.
-        - ``access``: ``server`` (default; the server's token mode decides), ``public``
-          (anyone, no check) or ``disabled`` (nobody).
+        - ``access``: who may call the port. ``server`` (default): the server's token mode
+          decides (nobody / anyone / holders of the token); ``owner``: only the owner,
+          logged into the hub, in a browser; ``users``: any logged-in hub user, or the
+          token; ``group:<name>``: members of that hub group, or the token; ``public``:
+          anyone, no check; ``disabled``: nobody, not even the owner. Except for
+          ``disabled``, the owner's browser always gets in through the hub login.
+          Users may change it for their own servers on ``/hub/proxytoken/``.
         - ``cors_origins``: origins allowed to call the port from a browser; default
           ``PortRoutes.cors_origins``.
         - ``strip_prefix``: forward ``/rest`` instead of ``<route>/rest`` to the app

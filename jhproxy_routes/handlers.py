@@ -1,4 +1,8 @@
-"""The token API under ``/hub/proxytoken/``, compatible with jhproxy.
+"""``/hub/proxytoken/``: the token API, compatible with jhproxy, and the page for browsers.
+
+A ``GET`` whose ``Accept`` header asks for ``text/html`` and that carries no
+``Authorization`` header (a browser opening the URL) gets the page; every other request
+(curl, requests, ``fetch``, the seed's clients: they send ``*/*`` or JSON) gets the API.
 
 ``GET /hub/proxytoken/[<servername>]``: the server's token as JSON: the token string,
 ``""`` (allow all) or ``null`` (disabled). ``?format=full`` gives the whole settings object.
@@ -19,12 +23,13 @@ import json
 from dataclasses import replace
 
 from jupyterhub.apihandlers.base import APIHandler
+from jupyterhub.handlers.base import BaseHandler
 from jupyterhub.utils import url_path_join
 from tornado import web
 
-from .config import PORT_ACCESS
+from .config import PORT_ACCESS, valid_port_access
 from .routeapi import RouteAPIError
-from .routes import effective_access, port_choice
+from .routes import port_choice, port_rule
 from .targets import TargetsPending
 from .tokens import ServerAccess, TokenUnreadable, read_token, with_new_token
 from .wiring import SCOPE
@@ -33,7 +38,44 @@ ACTIONS = ("disabled", "allow_all", "random")
 
 
 def token_handlers():
-    return [(r"/proxytoken/?(?P<server_name>[^/]*)/?", ProxyTokenHandler)]
+    return [(r"/proxytoken/?(?P<server_name>[^/]*)/?", ProxyTokenRoute)]
+
+
+def wants_page(request) -> bool:
+    return (
+        request.method in ("GET", "HEAD")
+        and "Authorization" not in request.headers
+        and "text/html" in request.headers.get("Accept", "")
+    )
+
+
+class ProxyTokenRoute(web.RequestHandler):
+    """The handler of ``/hub/proxytoken/``: the page for a browser, else the API."""
+
+    def __new__(cls, application, request, **kwargs):
+        handler = ProxyTokenPageHandler if wants_page(request) else ProxyTokenHandler
+        return handler(application, request, **kwargs)
+
+
+class ProxyTokenPageHandler(BaseHandler):
+    """The page where a user sees and controls the ports of their servers. It reads and
+    changes them through the API (``ProxyTokenHandler``), with JupyterHub's XSRF token."""
+
+    @web.authenticated
+    async def get(self, server_name=""):
+        user = self.current_user
+        manager = getattr(self.proxy, "route_manager", None)
+        if manager is None:
+            raise web.HTTPError(500, "jhproxy-routes is not installed: call jhproxy_routes.install(c).")
+        servers = sorted(user.orm_user.orm_spawners) or [""]
+        html = await self.render_template(
+            "jhproxy-routes.html",
+            api_url=url_path_join(self.hub.base_url, "proxytoken/"),
+            servers=[name for name in servers if manager.template.serves(name)],
+            groups=sorted(g.name for g in user.groups),
+            selected=server_name,
+        )
+        self.finish(html)
 
 
 class ProxyTokenHandler(APIHandler):
@@ -131,8 +173,8 @@ class ProxyTokenHandler(APIHandler):
         for port, value in ports.items():
             if str(port) not in allowed:
                 raise web.HTTPError(400, f"Port {port} is not in the allow-list ({', '.join(sorted(allowed))}).")
-            if value not in PORT_ACCESS:
-                raise web.HTTPError(400, f"Port {port}: access must be one of {', '.join(PORT_ACCESS)}.")
+            if not valid_port_access(value):
+                raise web.HTTPError(400, f"Port {port}: access must be one of {', '.join(PORT_ACCESS)}, or group:<name>.")
             port_access[str(port)] = value
         return replace(access, port_access=port_access), new_token
 
@@ -158,12 +200,14 @@ class ProxyTokenHandler(APIHandler):
         ports = []
         for spec in manager.specs:
             routespec = manager.routespec(user.name, server_name, spec.port)
+            rule = port_rule(spec, access)
             ports.append(
                 {
                     "port": spec.port,
                     "name": spec.name,
                     "access": port_choice(spec, access),
-                    "effective_access": effective_access(spec, access),
+                    "effective_access": rule.access,
+                    "admits": rule.admits,
                     "url": url_path_join(base, routespec) if manager.template.serves(server_name) else None,
                 }
             )

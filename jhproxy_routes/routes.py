@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from jupyterhub.utils import url_path_join
 
-from .config import PortRoutes, PortSpec
+from .config import GROUP_PREFIX, PortRoutes, PortSpec
 from .routeapi import RouteAPI, RouteAPIError
 from .targets import SharedHostError, TargetsPending, port_targets
 from .tokens import AccessStore, ServerAccess, with_new_token
@@ -23,21 +23,47 @@ from .tokens import AccessStore, ServerAccess, with_new_token
 # JupyterHub sets login and server cookies on these paths (below base_url): a route there
 # would hand them to the app unless the sidecar strips them.
 COOKIE_PATHS = ("hub/", "user/", "services/")
-MODE_TO_ACCESS = {"disabled": "disabled", "allow_all": "public", "token": "token"}
 
 
 def port_choice(spec: PortSpec, access: ServerAccess) -> str:
-    """The port's access as set: the user's override, else the admin's (``server``,
-    ``public`` or ``disabled``)."""
+    """The port's access as set: the user's override, else the admin's (see PORT_ACCESS)."""
     return access.port_access.get(str(spec.port), spec.access)
 
 
-def effective_access(spec: PortSpec, access: ServerAccess) -> str:
-    """``public``, ``disabled`` or ``token``: what a request to this port must show."""
+@dataclass(frozen=True)
+class PortRule:
+    """What a request to a port must show. ``restricted`` admits the owner's hub login, a
+    valid token if ``token``, any hub user's login if ``users``, members of ``groups``."""
+
+    access: str  # public | disabled | restricted
+    token: bool = False
+    users: bool = False
+    groups: tuple[str, ...] = ()
+
+    @property
+    def admits(self) -> list[str]:
+        """Who gets in, in words for the token API and the page."""
+        if self.access != "restricted":
+            return ["anyone"] if self.access == "public" else []
+        groups = [GROUP_PREFIX + g for g in self.groups]
+        return ["owner", *(["token"] if self.token else []), *(["users"] if self.users else []), *groups]
+
+
+def port_rule(spec: PortSpec, access: ServerAccess) -> PortRule:
+    """The rule of one port, from its choice and the server's token mode."""
     choice = port_choice(spec, access)
-    if choice == "server":
-        return MODE_TO_ACCESS[access.mode]
-    return choice
+    if choice in ("public", "disabled"):
+        return PortRule(choice)
+    if choice == "owner":
+        return PortRule("restricted")
+    if access.mode == "allow_all":  # server, users, group: the token mode lets anyone in
+        return PortRule("public")
+    token = access.mode == "token"
+    if choice == "users":
+        return PortRule("restricted", token=token, users=True)
+    if choice.startswith(GROUP_PREFIX):
+        return PortRule("restricted", token=token, groups=(choice[len(GROUP_PREFIX):],))
+    return PortRule("restricted", token=token)  # server
 
 
 @dataclass(frozen=True)
@@ -115,14 +141,16 @@ class RouteManager:
             routespec = self.routespec(user.name, servername, spec.port)
             app = targets[spec.port]
             who = {"username": user.name, "servername": servername, "port": spec.port}
-            allowed = effective_access(spec, access)
+            rule = port_rule(spec, access)
             if self._direct(routespec, spec, access):
                 routes[routespec] = PortRoute(routespec, {"target": app, **who}, None)
                 continue
             sidecar = {
                 "target": app,
-                "access": allowed,
-                "token_sha256": access.token_sha256 if allowed == "token" else None,
+                "access": rule.access,
+                "token_sha256": access.token_sha256 if rule.token else None,
+                "users": rule.users,
+                "groups": list(rule.groups),
                 "cors_origins": list(spec.cors_origins or self.settings.cors_origins),
                 "strip_prefix": spec.strip_prefix,
                 **who,

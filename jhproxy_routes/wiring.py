@@ -8,12 +8,18 @@ in whatever order the config file says it.
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 from .config import PortRoutes
 
 SERVICE_NAME = "jhproxy-routes"
 SCOPE = "custom:jhproxy-routes:tokens"
 SCOPE_DESCRIPTION = "Read and change the port tokens and port access of servers."
+# a hub login reaches restricted ports through the sidecar's OAuth client: users need access
+LOGIN_SCOPE = f"access:services!service={SERVICE_NAME}"
+TEMPLATES = Path(__file__).parent / "templates"
+# JupyterHub's default 'server' role, which gives $JUPYTERHUB_API_TOKEN its scopes
+SERVER_ROLE_SCOPES = ["users:activity!user", "access:servers!server"]
 
 
 def sidecar_service(settings: PortRoutes) -> dict:
@@ -26,7 +32,10 @@ def sidecar_service(settings: PortRoutes) -> dict:
             "JHPROXY_ROUTES_SIDECAR_TOKEN": settings.sidecar_api_token,
             "JHPROXY_ROUTES_UPSTREAM_TIMEOUT": str(settings.upstream_timeout),
         },
-        "display": False,
+        # in the hub's Services menu: the sidecar sends browsers on to /hub/proxytoken/
+        "display": True,
+        # logging into a port is part of the hub, not a third party asking for access
+        "oauth_no_confirm": True,
     }
 
 
@@ -37,9 +46,13 @@ def wire_into_hub(app, settings: PortRoutes) -> None:
         app.services = [*app.services, sidecar_service(settings)]
     # in place: the hub reads the list in init_handlers (assigning it would log a deprecation)
     app.extra_handlers.extend(token_handlers())
+    # after the admin's and the hub's own paths: page.html stays theirs, ours can be overridden
+    app.template_paths = [*app.template_paths, str(TEMPLATES)]
     if SCOPE not in app.custom_scopes:
         app.custom_scopes = {**app.custom_scopes, SCOPE: {"description": SCOPE_DESCRIPTION}}
-    grant_to_users(app, f"{SCOPE}!user")
+    grant_to_users(app, f"{SCOPE}!user", LOGIN_SCOPE)
+    # code in a user's own server (a notebook) may manage that user's port tokens
+    grant_to_role(app, "server", SERVER_ROLE_SCOPES, f"{SCOPE}!user")
     publish_docker_ports(app, [spec.port for spec in settings.port_specs])
 
 
@@ -65,15 +78,21 @@ def publish_docker_ports(app, ports: list[int]) -> None:
     app.config[cls.__name__].extra_host_config = host
 
 
-def grant_to_users(app, scope: str) -> None:
-    """Give every user ``scope`` on their own servers (JupyterHub 6: extra_user_scopes)."""
+def grant_to_users(app, *scopes: str) -> None:
+    """Give every user ``scopes`` (JupyterHub 6: extra_user_scopes; 5: the user role)."""
     if app.has_trait("extra_user_scopes"):
-        app.extra_user_scopes = {*app.extra_user_scopes, scope}
-        return
+        app.extra_user_scopes = {*app.extra_user_scopes, *scopes}
+    else:
+        grant_to_role(app, "user", ["self"], *scopes)
+
+
+def grant_to_role(app, name: str, default_scopes: list[str], *scopes: str) -> None:
+    """Add ``scopes`` to the role ``name`` of ``load_roles``, made from its default scopes
+    if the admin did not define it."""
     roles = [dict(role) for role in app.load_roles]
-    user_role = next((role for role in roles if role.get("name") == "user"), None)
-    if user_role is None:
-        roles.append({"name": "user", "scopes": ["self", scope]})
-    elif scope not in user_role.get("scopes", []):
-        user_role["scopes"] = [*user_role.get("scopes", ["self"]), scope]
+    role = next((role for role in roles if role.get("name") == name), None)
+    if role is None:
+        role = {"name": name, "scopes": list(default_scopes)}
+        roles.append(role)
+    role["scopes"] = [*role.get("scopes", default_scopes), *(s for s in scopes if s not in role.get("scopes", []))]
     app.load_roles = roles

@@ -54,9 +54,9 @@ async def sidecar():
     sidecar.pool.close_all()
 
 
-async def route_to(sidecar, app, access="token"):
-    data = {"target": f"http://127.0.0.1:{app.port}", "access": access, "cors_origins": ["*"]}
-    if access == "token":
+async def route_to(sidecar, app, access="restricted"):
+    data = {"target": f"http://127.0.0.1:{app.port}", "access": access, "cors_origins": ["*"], "username": "alice"}
+    if access == "restricted":
         data["token_sha256"] = hash_token(TOKEN)
     sidecar.table.set("/ports/alice/5000", data)
 

@@ -9,7 +9,7 @@ import asyncio
 import pytest
 
 from jhproxy_routes.config import PortSpec
-from jhproxy_routes.routes import effective_access
+from jhproxy_routes.routes import port_rule
 from jhproxy_routes.sidecar.http1 import (
     HTTPError,
     copy_chunked,
@@ -135,7 +135,9 @@ def test_lookup_refuses_dot_segments_and_bad_encoding(path):
         (route(target="https://x:1"), "target"),
         (route(target="http://x"), "target"),
         (route(access="everyone"), "access"),
-        (route(access="token"), "token_sha256"),
+        (route(access="restricted", token_sha256="abc"), "token_sha256"),
+        (route(access="restricted", username=""), "owner"),
+        (route(access="restricted", username="alice", groups="staff"), "groups"),
         (route(cors_origins="*"), "cors_origins"),
     ],
 )
@@ -180,18 +182,26 @@ def test_tokens():
 
 
 @pytest.mark.parametrize(
-    "spec_access, mode, override, expected",
+    "spec_access, mode, override, expected, admits",
     [
-        ("server", "disabled", None, "disabled"),
-        ("server", "allow_all", None, "public"),
-        ("server", "token", None, "token"),
-        ("public", "disabled", None, "public"),
-        ("disabled", "allow_all", None, "disabled"),
-        ("server", "token", "public", "public"),
-        ("public", "token", "server", "token"),
+        # the server's token mode: the owner's login always, the token when there is one
+        ("server", "disabled", None, "restricted", ["owner"]),
+        ("server", "allow_all", None, "public", ["anyone"]),
+        ("server", "token", None, "restricted", ["owner", "token"]),
+        ("public", "disabled", None, "public", ["anyone"]),
+        ("disabled", "allow_all", None, "disabled", []),  # off is off, even for the owner
+        ("server", "token", "public", "public", ["anyone"]),
+        ("public", "token", "server", "restricted", ["owner", "token"]),
+        ("server", "token", "owner", "restricted", ["owner"]),  # no token for an owner-only port
+        ("owner", "allow_all", None, "restricted", ["owner"]),
+        ("server", "token", "users", "restricted", ["owner", "token", "users"]),
+        ("users", "disabled", None, "restricted", ["owner", "users"]),
+        ("server", "token", "group:staff", "restricted", ["owner", "token", "group:staff"]),
+        ("group:staff", "allow_all", None, "public", ["anyone"]),
     ],
 )
-def test_effective_access(spec_access, mode, override, expected):
+def test_port_rule(spec_access, mode, override, expected, admits):
     port_access = {"5000": override} if override else {}
     access = ServerAccess(mode=mode, token_sha256="0" * 64 if mode == "token" else None, port_access=port_access)
-    assert effective_access(PortSpec(5000, access=spec_access), access) == expected
+    rule = port_rule(PortSpec(5000, access=spec_access), access)
+    assert (rule.access, rule.admits) == (expected, admits)

@@ -1,7 +1,9 @@
 """Run the sidecar: ``python -m jhproxy_routes.sidecar [--ip IP] [--port PORT]``.
 
 As a JupyterHub managed service it listens where ``JUPYTERHUB_SERVICE_URL`` says. The
-hub's token for the route API comes from ``JHPROXY_ROUTES_SIDECAR_TOKEN``.
+hub's token for the route API comes from ``JHPROXY_ROUTES_SIDECAR_TOKEN``. With the hub's
+service environment (``JUPYTERHUB_API_TOKEN``, ``JUPYTERHUB_CLIENT_ID``, ...), browsers of
+hub users get into restricted ports by their hub login; without it, only tokens do.
 """
 
 import argparse
@@ -12,6 +14,9 @@ import signal
 import sys
 from urllib.parse import urlsplit
 
+from jupyterhub.utils import url_path_join
+
+from .login import HubLogin
 from .server import Sidecar, serve
 
 
@@ -32,7 +37,19 @@ def main(argv=None) -> None:
     api_token = os.environ.get("JHPROXY_ROUTES_SIDECAR_TOKEN")
     if not api_token:
         sys.exit("jhproxy-routes sidecar: set JHPROXY_ROUTES_SIDECAR_TOKEN (the hub's token for the route API)")
-    asyncio.run(run(Sidecar(api_token, upstream_timeout=args.upstream_timeout), args.ip, args.port))
+    hub_page = url_path_join(os.environ.get("JUPYTERHUB_BASE_URL", "/"), "hub/proxytoken/")
+    sidecar = Sidecar(api_token, upstream_timeout=args.upstream_timeout, login=hub_login(api_token), hub_page=hub_page)
+    asyncio.run(run(sidecar, args.ip, args.port))
+
+
+def hub_login(api_token: str) -> HubLogin:
+    """Hub login through HubOAuth when the hub gave us an OAuth client, else tokens only."""
+    if not (os.environ.get("JUPYTERHUB_API_TOKEN") and os.environ.get("JUPYTERHUB_CLIENT_ID")):
+        logging.warning("no JupyterHub OAuth client in the environment: restricted ports take tokens only")
+        return HubLogin(api_token)
+    from jupyterhub.services.auth import HubOAuth
+
+    return HubLogin(api_token, HubOAuth())
 
 
 async def run(sidecar: Sidecar, ip: str, port: int) -> None:

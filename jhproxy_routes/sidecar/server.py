@@ -1,8 +1,9 @@
 """The auth sidecar: checks every request to a protected port and streams it to the app.
 
 Per request: find the route (longest prefix), answer a CORS preflight, check the access
-(public, disabled, or the port token from ``X-Proxy-Token`` or the ``proxy_token`` query
-parameter), strip credentials (hub and sidecar cookies, the token), forward to the app over
+(public, disabled, or restricted: the port token from ``X-Proxy-Token`` or the ``proxy_token``
+query parameter, or a hub login, see ``login.py``), strip credentials (hub and sidecar
+cookies, the token), forward to the app over
 a pooled keep-alive connection, and stream both bodies without buffering them. Websocket
 upgrades become a byte pipe once the app answers 101. The check is made for every request,
 never per connection: CHP reuses its connections to the sidecar across clients.
@@ -38,6 +39,8 @@ from .http1 import (
     request_body_framing,
     response_body_framing,
 )
+from .login import HubLogin
+from .pages import error_page
 from .table import RouteTable
 from .upstream import UpstreamPool
 
@@ -83,12 +86,27 @@ def split_token_query(query: str) -> tuple[str | None, str]:
     return token, "&".join(kept)
 
 
+def wants_html(request) -> bool:
+    """A browser opening a page (not a script's fetch, which asks for */* or JSON)."""
+    return "text/html" in request.get("Accept", "")
+
+
 class Sidecar:
-    def __init__(self, api_token: str, upstream_timeout: float = 300, connect_timeout: float = 10, service_prefix: str = ""):
+    def __init__(
+        self,
+        api_token: str,
+        upstream_timeout: float = 300,
+        connect_timeout: float = 10,
+        service_prefix: str = "",
+        login: HubLogin | None = None,
+        hub_page: str = "/hub/proxytoken/",
+    ):
         self.api_token = api_token
         self.upstream_timeout = upstream_timeout
         # JupyterHub checks a managed service at its prefix: answer there as at /health
         self.service_prefix = service_prefix or os.environ.get("JUPYTERHUB_SERVICE_PREFIX", "")
+        self.login = login or HubLogin(api_token)
+        self.hub_page = hub_page  # where a user manages their ports: linked from error pages
         self.table = RouteTable()
         self.pool = UpstreamPool(connect_timeout=connect_timeout)
 
@@ -104,11 +122,13 @@ class Sidecar:
                 except asyncio.LimitOverrunError:
                     await self.send_error(writer, HTTPError(431, "Request head too large."))
                     break
+                request = None
                 try:
                     request = parse_request_head(head)
                     keep_alive = await self.handle(request, reader, writer, peer)
                 except HTTPError as e:
-                    await self.send_error(writer, e, getattr(e, "headers", ()))
+                    html = request is not None and wants_html(request)
+                    await self.send_error(writer, e, getattr(e, "headers", ()), html)
                     break
                 if not keep_alive:
                     break
@@ -121,10 +141,14 @@ class Sidecar:
         finally:
             writer.close()
 
-    async def send_error(self, writer, error: HTTPError, extra=()) -> None:
-        """Answer with a JSON error and close: any unread body is left unread, never parsed."""
-        body = json.dumps({"status": error.status, "message": error.message}).encode()
-        headers = [("Content-Type", "application/json"), ("Content-Length", str(len(body))), *extra]
+    async def send_error(self, writer, error: HTTPError, extra=(), html: bool = False) -> None:
+        """Answer with an error (a page for a browser, else JSON) and close: any unread body
+        is left unread, never parsed."""
+        if html:
+            body, kind = error_page(error.status, error.message, self.hub_page).encode(), "text/html; charset=utf-8"
+        else:
+            body, kind = json.dumps({"status": error.status, "message": error.message}).encode(), "application/json"
+        headers = [("Content-Type", kind), ("Content-Length", str(len(body))), *extra]
         headers.append(("Connection", "close"))
         writer.write(render_head(f"HTTP/1.1 {error.status} {HTTPStatus(error.status).phrase}", headers) + body)
         try:
@@ -139,6 +163,11 @@ class Sidecar:
         connection = request.tokens("Connection")
         keep_alive = "keep-alive" in connection if version == "HTTP/1.0" else "close" not in connection
         body_framing = request_body_framing(request)
+        if path == self.login.callback_path:
+            headers = await self.login.finish(query, request.get("Cookie", ""), self.table, self._secure(request))
+            raise HTTPErrorWithHeaders(302, "Logged in; back to the port.", headers)
+        if path == self.service_prefix and wants_html(request):  # the hub's Services menu links here
+            raise HTTPErrorWithHeaders(302, "Your ports are managed on the hub.", [("Location", self.hub_page)])
         if path.startswith(API_PREFIX) or (self.service_prefix and path.startswith(self.service_prefix)):
             return await self.handle_api(request, reader, writer, path, body_framing, keep_alive)
         found = self.table.lookup(path)
@@ -152,10 +181,11 @@ class Sidecar:
             # a preflight has no body; if one came anyway, close rather than read it
             return await self.answer_preflight(request, writer, cors, keep_alive and body_framing[0] == "none")
         token, query = split_token_query(query)
-        self._check_access(route, request.get(TOKEN_HEADER) or token, cors)
+        websocket = "upgrade" in connection and "websocket" in request.tokens("Upgrade")
+        if route.access != "public":
+            await self._check_access(request, route, request.get(TOKEN_HEADER) or token, cors, target, websocket)
         upstream_path = rest if route.strip_prefix else path
         upstream_target = upstream_path + ("?" + query if query else "")
-        websocket = "upgrade" in connection and "websocket" in request.tokens("Upgrade")
         headers = self._upstream_headers(request, connection, route, peer, body_framing, websocket, path, rest)
         if request.get("Expect", "").lower() == "100-continue" and body_framing[0] != "none":
             writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
@@ -164,13 +194,26 @@ class Sidecar:
             return await self.forward_websocket(route, method, upstream_head, reader, writer, cors, version)
         return await self.forward(route, method, upstream_head, body_framing, reader, writer, cors, keep_alive, version)
 
-    def _check_access(self, route, token: str | None, cors) -> None:
-        if route.access == "public":
-            return
+    async def _check_access(self, request, route, token: str | None, cors, target: str, websocket: bool) -> None:
+        """Let the request through, or raise: 403, or a redirect to log in at the hub."""
         if route.access == "disabled":
-            raise HTTPErrorWithHeaders(403, "Unauthorized access (disabled): the owner has turned off access to this port.", cors)
-        if not token or not token_matches(token, route.token_sha256):
-            raise HTTPErrorWithHeaders(403, "Unauthorized access: a valid X-Proxy-Token is required.", cors)
+            raise HTTPErrorWithHeaders(403, "Unauthorized access (disabled): this port is turned off.", cors)
+        if token and route.token_sha256 and token_matches(token, route.token_sha256):
+            return
+        user = await self.login.user(request.get("Cookie", ""), route)
+        if user is not None:
+            if self.login.admits(route, user):
+                return
+            raise HTTPErrorWithHeaders(403, f"Unauthorized access: you are logged in as {user['name']}, and this port is not open to you.", cors)
+        browser_visit = request.start[0] in ("GET", "HEAD") and wants_html(request) and not websocket
+        if browser_visit and not token and self.login.available:
+            raise HTTPErrorWithHeaders(302, "Log in at the hub first.", self.login.start(target, self._secure(request)))
+        needed = "a valid X-Proxy-Token or a hub login" if route.token_sha256 else "a hub login (tokens are disabled for this port)"
+        raise HTTPErrorWithHeaders(403, f"Unauthorized access: {needed} is required.", cors)
+
+    @staticmethod
+    def _secure(request) -> bool:
+        return request.get("X-Forwarded-Proto", "").lower() == "https"
 
     @staticmethod
     def _cors_headers(route, origin: str | None) -> list[tuple[str, str]]:
@@ -408,7 +451,8 @@ class Sidecar:
 
 
 class HTTPErrorWithHeaders(HTTPError):
-    """An error answer that carries CORS headers, so that a browser can read the reason."""
+    """An answer that ends the request, with headers: an error with CORS headers (so that a
+    browser can read the reason), or a redirect with its Location and cookies."""
 
     def __init__(self, status, message, headers):
         super().__init__(status, message)

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from urllib.parse import unquote
+from urllib.parse import unquote, urlsplit
 
 from .http1 import HTTPError
 
-ACCESS = ("public", "disabled", "token")
+ACCESS = ("public", "disabled", "restricted")
 # a '.' or '..' segment, also one hidden behind an encoded slash or backslash; or a NUL
 DOT_SEGMENT = re.compile(r"(^|[/\\])\.{1,2}($|[/\\])|\x00")
 
@@ -26,7 +26,10 @@ class Route:
     host: str
     port: int
     access: str
-    token_sha256: str | None
+    token_sha256: str | None  # restricted: a valid token admits
+    owner: str  # restricted: the owner's hub login admits
+    users: bool  # restricted: any hub user's login admits
+    groups: frozenset  # restricted: logins of members admit
     cors_any: bool
     cors_origins: frozenset
     strip_prefix: bool
@@ -39,8 +42,6 @@ def segments(path: str) -> tuple[str, ...]:
 
 def route_from_data(key: str, data: dict) -> Route:
     """Validate what the hub pushed; raises ValueError with the reason."""
-    from urllib.parse import urlsplit
-
     target = urlsplit(str(data.get("target", "")))
     if target.scheme != "http" or not target.hostname or not target.port:
         raise ValueError(f"target must be http://host:port, got {data.get('target')!r}")
@@ -48,8 +49,14 @@ def route_from_data(key: str, data: dict) -> Route:
     if access not in ACCESS:
         raise ValueError(f"access must be one of {ACCESS}, got {access!r}")
     token_sha256 = data.get("token_sha256")
-    if access == "token" and not (isinstance(token_sha256, str) and len(token_sha256) == 64):
-        raise ValueError("access 'token' needs a 64-character token_sha256")
+    if token_sha256 is not None and not (isinstance(token_sha256, str) and len(token_sha256) == 64):
+        raise ValueError("token_sha256 must be null or 64 hex characters")
+    owner = data.get("username")
+    if access == "restricted" and not (isinstance(owner, str) and owner):
+        raise ValueError("access 'restricted' needs the owner's username")
+    groups = data.get("groups") or []
+    if not isinstance(groups, list) or not all(isinstance(g, str) for g in groups):
+        raise ValueError("groups must be a list of strings")
     origins = data.get("cors_origins") or []
     if not isinstance(origins, list) or not all(isinstance(o, str) for o in origins):
         raise ValueError("cors_origins must be a list of strings")
@@ -59,7 +66,10 @@ def route_from_data(key: str, data: dict) -> Route:
         host=target.hostname,
         port=target.port,
         access=access,
-        token_sha256=token_sha256 if access == "token" else None,
+        token_sha256=token_sha256 if access == "restricted" else None,
+        owner=owner or "",
+        users=bool(data.get("users")),
+        groups=frozenset(groups),
         cors_any="*" in origins,
         cors_origins=frozenset(origins),
         strip_prefix=bool(data.get("strip_prefix")),

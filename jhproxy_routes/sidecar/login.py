@@ -1,0 +1,172 @@
+"""Hub login for restricted ports: a browser gets in by its JupyterHub login, through the
+hub's OAuth, as any JupyterHub service does it (``HubOAuth``).
+
+1. A browser opens a restricted port without a token and without a session of ours: the
+   sidecar sends it to the hub's authorize URL, with a state whose cookie lives only on
+   the callback path.
+2. The hub sends it back to ``<service prefix>oauth_callback``; the sidecar trades the code
+   for an OAuth token (``HubOAuth.token_for_code``) and keeps it in a signed cookie whose
+   path is that one route (``jhproxy-routes-session-<route hash>``, HttpOnly, SameSite=Lax).
+3. On each request the hub is asked whose token that is (``HubOAuth.user_for_token``,
+   cached for ``cache_max_age``): a hub logout revokes the token, and so ends the session.
+
+The route says who gets in: its owner, any hub user, or members of some groups. The cookie
+is a credential of the sidecar: ``server.py`` never lets it reach an app.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import secrets
+from urllib.parse import parse_qsl, urlencode, urlsplit
+
+from tornado.web import create_signed_value, decode_signed_value
+
+from .http1 import HTTPError
+
+log = logging.getLogger("jhproxy_routes.sidecar")
+
+SESSION_COOKIE = "jhproxy-routes-session-"
+STATE_COOKIE = "jhproxy-routes-state-"
+STATE_MAX_AGE = 600  # seconds a login may take at the hub
+SESSION_MAX_AGE_DAYS = 14  # the hub's own token expiry usually ends a session sooner
+
+
+def cookie_values(header: str, name: str) -> list[str]:
+    """Every value of cookie ``name`` in a Cookie header (a browser may send several)."""
+    values = []
+    for pair in header.split(";"):
+        key, _, value = pair.strip().partition("=")
+        if key == name:
+            values.append(value)
+    return values
+
+
+def route_prefix(raw_path: str, depth: int) -> str:
+    """The path of a route as the browser writes it: the first ``depth`` raw segments."""
+    return "/" + "/".join([p for p in raw_path.split("/") if p][:depth]) + "/"
+
+
+def session_cookie_name(route_key: str) -> str:
+    return SESSION_COOKIE + hashlib.sha256(route_key.encode()).hexdigest()[:16]
+
+
+def set_cookie(name: str, value: str, path: str, secure: bool, max_age: int | None = None) -> tuple[str, str]:
+    parts = [f"{name}={value}", f"Path={path}", "HttpOnly", "SameSite=Lax"]
+    if max_age is not None:
+        parts.append(f"Max-Age={max_age}")
+    if secure:
+        parts.append("Secure")
+    return ("Set-Cookie", "; ".join(parts))
+
+
+class HubLogin:
+    """Sessions of hub users on restricted ports. ``auth`` is a configured ``HubOAuth``,
+    or None when the sidecar runs without the hub's service environment (tokens only)."""
+
+    def __init__(self, secret: str, auth=None):
+        # the cookie key is derived from a secret the hub gives every sidecar replica
+        self.key = hmac.new(secret.encode(), b"jhproxy-routes cookies", hashlib.sha256).hexdigest()
+        self.auth = auth
+        self.callback_path = urlsplit(auth.oauth_redirect_uri).path if auth else None
+
+    @property
+    def available(self) -> bool:
+        return self.auth is not None
+
+    # ---- a request to a restricted port --------------------------------------------------
+    async def user(self, cookie_header: str, route) -> dict | None:
+        """The hub user whose session cookie for ``route`` came with the request, if any."""
+        if not self.available or not cookie_header:
+            return None
+        name = session_cookie_name(route.key)
+        for value in cookie_values(cookie_header, name):
+            token = decode_signed_value(self.key, name, value, max_age_days=SESSION_MAX_AGE_DAYS)
+            if token is None:
+                continue
+            model = await self._user_for_token(token.decode())
+            if model is not None:
+                return model
+        return None
+
+    async def _user_for_token(self, token: str) -> dict | None:
+        try:
+            model = await self.auth.user_for_token(token, use_cache=True, sync=False)
+        except Exception as e:  # the hub is down or refuses us: say so, never a traceback
+            log.error("asking the hub who a session belongs to failed: %s", e)
+            raise HTTPError(503, "The hub could not be asked who you are; try again shortly.") from None
+        if not model or model.get("kind", "user") != "user":
+            return None
+        if self.auth.access_scopes and not self.auth.check_scopes(self.auth.access_scopes, model):
+            return None
+        return model
+
+    @staticmethod
+    def admits(route, user: dict) -> bool:
+        return (
+            user["name"] == route.owner
+            or route.users
+            or bool(route.groups.intersection(user.get("groups") or ()))
+        )
+
+    def start(self, target: str, secure: bool) -> list[tuple[str, str]]:
+        """Headers of the redirect that sends a browser to log in at the hub, and back to
+        ``target`` (the path and query it asked for)."""
+        state = secrets.token_urlsafe(16)
+        name = STATE_COOKIE + state
+        signed = create_signed_value(self.key, name, json.dumps({"state": state, "next": target})).decode()
+        query = urlencode(
+            {
+                "client_id": self.auth.oauth_client_id,
+                "redirect_uri": self.auth.oauth_redirect_uri,
+                "response_type": "code",
+                "state": state,
+            }
+        )
+        return [
+            ("Location", f"{self.auth.oauth_authorization_url}?{query}"),
+            set_cookie(name, signed, self.callback_path, secure, STATE_MAX_AGE),
+            ("Cache-Control", "no-store"),
+        ]
+
+    # ---- the OAuth callback ------------------------------------------------------------------
+    async def finish(self, query: str, cookie_header: str, table, secure: bool) -> list[tuple[str, str]]:
+        """Complete a login at the callback: headers of the redirect back to the port, with
+        the session cookie. Raises HTTPError (400) with the reason if anything is off."""
+        args = dict(parse_qsl(query))
+        if "error" in args:
+            raise HTTPError(400, f"The hub did not log you in: {args.get('error_description') or args['error']}.")
+        state, code = args.get("state", ""), args.get("code", "")
+        if not state or not code:
+            raise HTTPError(400, "This login link is incomplete (no code or state); open the port's URL again.")
+        name = STATE_COOKIE + state
+        stored = None
+        for value in cookie_values(cookie_header, name):
+            stored = decode_signed_value(self.key, name, value, max_age_days=STATE_MAX_AGE / 86400) or stored
+        if stored is None:
+            raise HTTPError(400, "This login expired or was started in another browser; open the port's URL again.")
+        data = json.loads(stored)
+        if not hmac.compare_digest(data["state"], state):
+            raise HTTPError(400, "The login state does not match; open the port's URL again.")
+        target = data["next"]
+        path = target.partition("?")[0]
+        found = table.lookup(path) if path.startswith("/") and not path.startswith("//") else None
+        if found is None:
+            raise HTTPError(400, "The port this login was for is no longer routed.")
+        route = found[0]
+        try:
+            token = await self.auth.token_for_code(code, sync=False)
+        except Exception as e:
+            log.warning("the hub refused an OAuth code: %s", e)
+            raise HTTPError(400, "The hub did not accept this login; open the port's URL again.") from None
+        session = session_cookie_name(route.key)
+        signed = create_signed_value(self.key, session, token).decode()
+        return [
+            ("Location", target),
+            set_cookie(session, signed, route_prefix(path, route.depth), secure),
+            set_cookie(name, "", self.callback_path, secure, 0),
+            ("Cache-Control", "no-store"),
+        ]
