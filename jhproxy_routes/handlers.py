@@ -196,7 +196,9 @@ class ProxyTokenHandler(APIHandler):
                 token = await read_token(access)
             except TokenUnreadable:
                 token = None
-        base = self.request.protocol + "://" + self.request.host
+        # the hub's public URL if set: API calls from inside a server come in at its internal address
+        public = self.settings.get("public_url")
+        base = f"{public.scheme}://{public.netloc}" if public else f"{self.request.protocol}://{self.request.host}"
         ports = []
         for spec in manager.specs:
             routespec = manager.routespec(user.name, server_name, spec.port)
