@@ -269,6 +269,15 @@ class PortRoutes(Configurable):
         """,
     )
 
+    login_cache_max_age = Integer(
+        60,
+        config=True,
+        help="""Seconds the sidecar trusts what the hub said about a browser's login before
+        asking again. A hub logout ends the user's sessions on ports within this time;
+        a smaller value asks the hub more often.
+        """,
+    )
+
     @default("sidecar_api_token")
     def _default_sidecar_api_token(self):
         return os.environ.get("JHPROXY_ROUTES_SIDECAR_TOKEN") or secrets.token_hex(32)
@@ -288,7 +297,7 @@ class PortRoutes(Configurable):
         RouteTemplate(proposal.value)  # raises TraitError naming the problem
         return proposal.value
 
-    @validate("reconcile_interval", "concurrency")
+    @validate("reconcile_interval", "concurrency", "login_cache_max_age")
     def _validate_non_negative(self, proposal):
         if proposal.value < 0 or (proposal.trait.name == "concurrency" and proposal.value < 1):
             raise TraitError(f"c.PortRoutes.{proposal.trait.name}: {proposal.value} is too small")

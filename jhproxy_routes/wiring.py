@@ -31,6 +31,7 @@ def sidecar_service(settings: PortRoutes) -> dict:
         "environment": {
             "JHPROXY_ROUTES_SIDECAR_TOKEN": settings.sidecar_api_token,
             "JHPROXY_ROUTES_UPSTREAM_TIMEOUT": str(settings.upstream_timeout),
+            "JHPROXY_ROUTES_LOGIN_CACHE_MAX_AGE": str(settings.login_cache_max_age),
         },
         # in the hub's Services menu: the sidecar sends browsers on to /hub/proxytoken/
         "display": True,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -113,7 +114,7 @@ class Hub:
             c.JupyterHub.services = [{{"name": "test-admin", "api_token": "{ADMIN_TOKEN}"}}]
             c.JupyterHub.load_roles = [{{
                 "name": "test-admin",
-                "scopes": ["admin:users", "admin:servers", "tokens", "proxy", "list:users", "list:services", "read:services"],
+                "scopes": ["admin:users", "admin:servers", "admin:groups", "tokens", "proxy", "list:users", "list:services", "read:services"],
                 "services": ["test-admin"],
             }}]
             c.PortRoutes.ports = {ports!r}
@@ -250,6 +251,18 @@ class Hub:
     def get(self, path: str, **kwargs) -> httpx.Response:
         return httpx.get(self.url + path, timeout=60, **kwargs)
 
+    def login(self, user: str) -> httpx.Client:
+        """A client with a cookie jar, logged in through the hub's login form as a browser is."""
+        client = httpx.Client(base_url=self.url, timeout=60, headers={"Accept": "text/html"})
+        form = client.get("/hub/login")
+        xsrf = re.search(r'name="_xsrf" value="([^"]+)"', form.text)
+        assert xsrf, f"no _xsrf field on the login page: {form.text[:500]}"
+        response = client.post(
+            "/hub/login?next=%2Fhub%2Fhome", data={"username": user, "password": "pw", "_xsrf": xsrf.group(1)}
+        )
+        assert response.status_code == 302 and client.cookies.get("jupyterhub-hub-login"), response.text[:500]
+        return client
+
 
 @pytest.fixture(scope="module")
 def module_tmp(tmp_path_factory, request) -> Path:
@@ -286,7 +299,8 @@ def make_hub(module_tmp):
 
 def pytest_report_header(config):
     chp = shutil.which(str(CHP)) or f"MISSING ({CHP})"
-    return [f"configurable-http-proxy: {chp}", f"python: {sys.executable}"]
+    chromium = "/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else "MISSING (/usr/bin/chromium)"
+    return [f"configurable-http-proxy: {chp}", f"chromium: {chromium}", f"python: {sys.executable}"]
 
 
 def assert_no_credentials(entries: list[dict], secrets_: list[str]) -> None:

@@ -17,9 +17,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from playwright.sync_api import expect
-
 from conftest import REPO, assert_no_credentials, free_port
+from playwright.sync_api import expect
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [

@@ -49,7 +49,8 @@ def hub_login(api_token: str) -> HubLogin:
         return HubLogin(api_token)
     from jupyterhub.services.auth import HubOAuth
 
-    return HubLogin(api_token, HubOAuth())
+    cache_max_age = int(os.environ.get("JHPROXY_ROUTES_LOGIN_CACHE_MAX_AGE", "60"))
+    return HubLogin(api_token, HubOAuth(cache_max_age=cache_max_age))
 
 
 async def run(sidecar: Sidecar, ip: str, port: int) -> None:
