@@ -33,10 +33,12 @@ cat <<BANNER
 ----------------------------------------------------------------------
  Log in:      $HUB/hub/login
               user: any name, e.g. demo; password: $DEMO_PASSWORD
- Start your server, then its apps are at:
+ Start your server, then its apps are at (open them while logged in:
+ your hub login lets you in; others need the port token):
               $HUB/ports/<user>/5000/
               $HUB/ports/<user>/5001/
- Token API:   $HUB/hub/proxytoken/
+ Your ports:  $HUB/hub/proxytoken/  (page in a browser, JSON API for scripts;
+              also in the hub's Services menu)
 
  With curl (user demo, server started from $HUB/hub/home):
    1. create a JupyterHub API token at $HUB/hub/token, then
