@@ -23,6 +23,7 @@ from .tokens import AccessStore, ServerAccess, with_new_token
 # JupyterHub sets login and server cookies on these paths (below base_url): a route there
 # would hand them to the app unless the sidecar strips them.
 COOKIE_PATHS = ("hub/", "user/", "services/")
+YIELD_EVERY = 100  # servers looked at between two yields to the event loop in a reconciliation
 
 
 def port_choice(spec: PortSpec, access: ServerAccess) -> str:
@@ -107,14 +108,19 @@ class RouteManager:
         """The server's stored settings; on first use, those of ``default_startup_behavior``."""
         access = self.store.get(user.name, servername)
         if access is None:
-            access = ServerAccess()
-            behavior = self.behavior(user.spawners[servername], "default_startup_behavior")
-            if behavior == "allow_all":
-                access = access.allow_all()
-            elif behavior == "random":
-                access, _ = await with_new_token(access)
+            access = await self.first_access(user.spawners[servername])
             self.store.put(user.name, servername, access)
         return access
+
+    async def first_access(self, spawner) -> ServerAccess:
+        """The settings a server gets the first time it starts (not stored yet)."""
+        behavior = self.behavior(spawner, "default_startup_behavior")
+        if behavior == "allow_all":
+            return ServerAccess().allow_all()
+        if behavior == "random":
+            access, _ = await with_new_token(ServerAccess())
+            return access
+        return ServerAccess()
 
     # ---- wanted routes ---------------------------------------------------------------
     def routespec(self, username: str, servername: str, port: int) -> str:
@@ -216,19 +222,27 @@ class RouteManager:
                 self.log.error("jhproxy-routes: reconciliation failed, will retry: %s", e)
 
     async def _reconcile(self, users) -> None:
+        # one read of the store, and one write for servers seen for the first time: a query
+        # or a commit per server would take minutes for ten thousand of them
+        stored = await asyncio.to_thread(self.store.all)
+        first_seen: dict[tuple[str, str], ServerAccess] = {}
         wanted: dict[str, PortRoute] = {}
         keep: set[str] = set()  # routes of servers in transition: leave them alone
-        for user in list(users.values()):
-            for servername, spawner in list(user.spawners.items()):
-                if not (spawner.ready or spawner.pending) or not self.template.serves(servername):
+        for count, (user, servername, spawner) in enumerate(self._routed_servers(users), 1):
+            if count % YIELD_EVERY == 0:
+                await asyncio.sleep(0)  # let the hub serve requests in between
+            try:
+                if spawner.ready:
+                    key = (user.name, servername)
+                    if key not in stored:
+                        stored[key] = first_seen[key] = await self.first_access(spawner)
+                    wanted.update(await self.wanted_routes(user, servername, stored[key]))
                     continue
-                try:
-                    if spawner.ready:
-                        wanted.update(await self.wanted_routes(user, servername, await self.access_for(user, servername)))
-                        continue
-                except TargetsPending as e:
-                    self.log.info("jhproxy-routes: routes of %s/%s left as they are: %s", user.name, servername, e)
-                keep.update(self.server_routespecs(user.name, servername))
+            except TargetsPending as e:
+                self.log.info("jhproxy-routes: routes of %s/%s left as they are: %s", user.name, servername, e)
+            keep.update(self.server_routespecs(user.name, servername))
+        if first_seen:
+            await asyncio.to_thread(self.store.add_missing, first_seen)
         chp_routes, sidecar_routes = await asyncio.gather(self.chp.get_all(), self.sidecar.get_all())
 
         def differs(actual: dict | None, want: dict) -> bool:
@@ -241,11 +255,32 @@ class RouteManager:
             s for s in sidecar_routes if s not in keep and (s not in wanted or wanted[s].sidecar is None)
         ]
         for what, routes in (("sidecar", sidecar_adds), ("proxy", chp_adds)):
+            if len(routes) > 20:
+                self.log.info("jhproxy-routes: adding %i %s routes", len(routes), what)
+                continue
             for r in routes:
                 self.log.info("jhproxy-routes: adding %s route %s -> %s", what, r.routespec, r.chp["target"])
-        await asyncio.gather(*(self.sidecar.add(r.routespec, r.sidecar) for r in sidecar_adds))
-        await asyncio.gather(*(self.chp.add(r.routespec, r.chp) for r in chp_adds))
+        await self._each(sidecar_adds, lambda r: self.sidecar.add(r.routespec, r.sidecar))
+        await self._each(chp_adds, lambda r: self.chp.add(r.routespec, r.chp))
         for what, api, stale in (("proxy", self.chp, chp_stale), ("sidecar", self.sidecar, sidecar_stale)):
             for s in stale:
                 self.log.info("jhproxy-routes: removing stale %s route %s", what, s)
-            await asyncio.gather(*(api.delete(s) for s in stale))
+            await self._each(stale, api.delete)
+
+    def _routed_servers(self, users):
+        """(user, servername, spawner) of every server that is ready or in transition."""
+        for user in list(users.values()):
+            for servername, spawner in list(user.spawners.items()):
+                if (spawner.ready or spawner.pending) and self.template.serves(servername):
+                    yield user, servername, spawner
+
+    async def _each(self, items: list, call) -> None:
+        """``await call(item)`` for every item, ``concurrency`` at a time: a few workers
+        rather than one task per route, which for 20,000 routes would block the loop."""
+
+        async def worker(queue):
+            for item in queue:
+                await call(item)
+
+        queue = iter(items)
+        await asyncio.gather(*(worker(queue) for _ in range(min(self.settings.concurrency, len(items)))))

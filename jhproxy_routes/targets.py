@@ -14,6 +14,7 @@ other (or there is one).
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import socket
 from urllib.parse import urlparse
@@ -27,8 +28,19 @@ class TargetsPending(Exception):
     """The server is between two states (its container is restarting): ask again later."""
 
 
+# after the exceptions, which docker.py uses; at import time, not on first use: importing
+# dockerspawner takes ~0.5 s, which would block the hub's event loop mid-reconciliation
+from .docker import container_targets, is_docker  # noqa: E402
+
+
+@functools.cache
+def hub_machine_names() -> frozenset[str]:
+    """The names of this machine, looked up once (getfqdn may ask DNS, for milliseconds)."""
+    return frozenset({"localhost", socket.gethostname(), socket.getfqdn()})
+
+
 def is_hub_machine(host: str) -> bool:
-    if host in ("localhost", socket.gethostname(), socket.getfqdn()):
+    if host in hub_machine_names():
         return True
     try:
         address = ipaddress.ip_address(host)
@@ -58,8 +70,6 @@ def port_target(spawner, port: int) -> str:
 async def port_targets(spawner, ports: list[int], allow_shared_host: bool = False) -> dict[int, str]:
     """``{port: target URL}`` for the allowed ports of a running server (raises
     SharedHostError for servers on the hub's machine unless allowed)."""
-    from .docker import container_targets, is_docker
-
     if is_docker(spawner):
         return await container_targets(spawner, ports)
     check_own_address(spawner, allow_shared_host)

@@ -114,21 +114,37 @@ class AccessStore:
         return {(row.username, row.servername): self._from_row(row) for row in rows}
 
     def put(self, username: str, servername: str, access: ServerAccess) -> None:
+        t = server_access_table
+        values = self._values(access)
+        with self.engine.begin() as conn:
+            where = (t.c.username == username, t.c.servername == servername)
+            if not conn.execute(sa.update(t).where(*where).values(**values)).rowcount:
+                conn.execute(sa.insert(t).values(username=username, servername=servername, **values))
+
+    def add_missing(self, accesses: dict[tuple[str, str], ServerAccess]) -> None:
+        """Store the settings of servers that have none yet, in one transaction; a row
+        written meanwhile (a user's change) is kept."""
+        t = server_access_table
+        with self.engine.begin() as conn:
+            present = {tuple(row) for row in conn.execute(sa.select(t.c.username, t.c.servername))}
+            rows = [
+                {"username": u, "servername": s, **self._values(access)}
+                for (u, s), access in accesses.items()
+                if (u, s) not in present
+            ]
+            if rows:
+                conn.execute(sa.insert(t), rows)
+
+    @staticmethod
+    def _values(access: ServerAccess) -> dict:
         if access.mode not in MODES:
             raise ValueError(f"unknown mode {access.mode!r}")
-        t = server_access_table
-        values = dict(
+        return dict(
             mode=access.mode,
             token_sha256=access.token_sha256,
             token_encrypted=access.token_encrypted,
             port_access=json.dumps(access.port_access, sort_keys=True),
         )
-        with self.engine.begin() as conn:
-            updated = conn.execute(
-                sa.update(t).where(t.c.username == username, t.c.servername == servername).values(**values)
-            ).rowcount
-            if not updated:
-                conn.execute(sa.insert(t).values(username=username, servername=servername, **values))
 
     @staticmethod
     def _from_row(row) -> ServerAccess:
