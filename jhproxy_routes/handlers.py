@@ -43,7 +43,7 @@ def token_handlers():
 
 def wants_page(request) -> bool:
     return (
-        request.method in ("GET", "HEAD")
+        request.method == "GET"
         and "Authorization" not in request.headers
         and "text/html" in request.headers.get("Accept", "")
     )
@@ -67,13 +67,12 @@ class ProxyTokenPageHandler(BaseHandler):
         manager = getattr(self.proxy, "route_manager", None)
         if manager is None:
             raise web.HTTPError(500, "jhproxy-routes is not installed: call jhproxy_routes.install(c).")
-        servers = sorted(user.orm_user.orm_spawners) or [""]
+        servers = sorted({"", *user.orm_user.orm_spawners})
         html = await self.render_template(
             "jhproxy-routes.html",
             api_url=url_path_join(self.hub.base_url, "proxytoken/"),
             servers=[name for name in servers if manager.template.serves(name)],
             groups=sorted(g.name for g in user.groups),
-            selected=server_name,
         )
         self.finish(html)
 

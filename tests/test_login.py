@@ -8,6 +8,7 @@ call. And the example notebook, run with a real server's own API token.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import subprocess
@@ -97,6 +98,25 @@ def test_session_cookie_cannot_be_forged_altered_or_moved(hub, apps):
     api_name = session_cookie_name(port_url(apps, "api").rstrip("/"))
     assert api_name != cookie.name
     assert status(hub.url + port_url(apps, "api"), api_name, cookie.value) == 403
+
+
+def test_session_cookie_holds_no_readable_token_and_frames_cannot_log_in(hub, apps):
+    alice = hub.login("alice")
+    open_port(alice, port_url(apps, "team"))
+    cookie = session_cookie(alice)
+    # the hub token inside is encrypted: an app that ever sees the cookie learns nothing
+    assert "{" not in base64.urlsafe_b64decode(cookie.value + "==").decode("latin-1")
+    # a page of another port cannot make the browser log in inside a hidden frame
+    framed = alice.get(port_url(apps, "api"), headers={"Sec-Fetch-Dest": "iframe"})
+    assert framed.status_code == 403
+    # a websocket from another site may not ride on the login; from the port's own page it may
+    ws = {"Connection": "Upgrade", "Upgrade": "websocket", "Sec-WebSocket-Version": "13",
+          "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==", "Cookie": f"{cookie.name}={cookie.value}"}  # fmt: skip
+    url = hub.url + port_url(apps, "team") + "ws"
+    foreign = httpx.get(url, headers={**ws, "Origin": "http://evil.example"}, timeout=30)
+    assert foreign.status_code == 403 and "another site" in foreign.text
+    with httpx.stream("GET", url, headers={**ws, "Origin": hub.url}, timeout=30) as own:
+        assert own.status_code == 101
 
 
 def test_callback_refuses_a_state_that_is_not_yours(hub, apps):

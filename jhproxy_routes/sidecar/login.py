@@ -5,8 +5,10 @@ hub's OAuth, as any JupyterHub service does it (``HubOAuth``).
    sidecar sends it to the hub's authorize URL, with a state whose cookie lives only on
    the callback path.
 2. The hub sends it back to ``<service prefix>oauth_callback``; the sidecar trades the code
-   for an OAuth token (``HubOAuth.token_for_code``) and keeps it in a signed cookie whose
-   path is that one route (``jhproxy-routes-session-<route hash>``, HttpOnly, SameSite=Lax).
+   for an OAuth token (``HubOAuth.token_for_code``) and keeps it in a cookie whose path is
+   that one route (``jhproxy-routes-session-<route hash>``, HttpOnly, SameSite=Lax), encrypted
+   and bound to the route (Fernet): worth nothing to anyone who reads it, and on no other
+   route. The login starts only for a top-level page, never in a frame.
 3. On each request the hub is asked whose token that is (``HubOAuth.user_for_token``,
    cached for ``cache_max_age``): a hub logout revokes the token, and so ends the session.
 
@@ -16,6 +18,7 @@ is a credential of the sidecar: ``server.py`` never lets it reach an app.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import json
@@ -23,6 +26,7 @@ import logging
 import secrets
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
+from cryptography.fernet import Fernet, InvalidToken
 from tornado.web import create_signed_value, decode_signed_value
 
 from .http1 import HTTPError
@@ -32,7 +36,7 @@ log = logging.getLogger("jhproxy_routes.sidecar")
 SESSION_COOKIE = "jhproxy-routes-session-"
 STATE_COOKIE = "jhproxy-routes-state-"
 STATE_MAX_AGE = 600  # seconds a login may take at the hub
-SESSION_MAX_AGE_DAYS = 14  # the hub's own token expiry usually ends a session sooner
+SESSION_MAX_AGE = 14 * 86400  # seconds; the hub's own token expiry usually ends it sooner
 
 
 def cookie_values(header: str, name: str) -> list[str]:
@@ -68,8 +72,10 @@ class HubLogin:
     or None when the sidecar runs without the hub's service environment (tokens only)."""
 
     def __init__(self, secret: str, auth=None):
-        # the cookie key is derived from a secret the hub gives every sidecar replica
+        # cookie keys are derived from a secret the hub gives every sidecar replica
         self.key = hmac.new(secret.encode(), b"jhproxy-routes cookies", hashlib.sha256).hexdigest()
+        session_key = hmac.new(secret.encode(), b"jhproxy-routes sessions", hashlib.sha256).digest()
+        self.sessions = Fernet(base64.urlsafe_b64encode(session_key))
         self.auth = auth
         self.callback_path = urlsplit(auth.oauth_redirect_uri).path if auth else None
 
@@ -82,15 +88,23 @@ class HubLogin:
         """The hub user whose session cookie for ``route`` came with the request, if any."""
         if not self.available or not cookie_header:
             return None
-        name = session_cookie_name(route.key)
-        for value in cookie_values(cookie_header, name):
-            token = decode_signed_value(self.key, name, value, max_age_days=SESSION_MAX_AGE_DAYS)
-            if token is None:
-                continue
-            model = await self._user_for_token(token.decode())
-            if model is not None:
+        for value in cookie_values(cookie_header, session_cookie_name(route.key)):
+            token = self._open_session(value, route.key)
+            if token is not None and (model := await self._user_for_token(token)) is not None:
                 return model
         return None
+
+    def _seal_session(self, token: str, route_key: str) -> str:
+        return self.sessions.encrypt(json.dumps({"route": route_key, "token": token}).encode()).decode()
+
+    def _open_session(self, value: str, route_key: str) -> str | None:
+        """The hub token in a session cookie of this route, or None (forged, altered,
+        expired, or made for another route)."""
+        try:
+            data = json.loads(self.sessions.decrypt(value.encode(), ttl=SESSION_MAX_AGE))
+        except (InvalidToken, ValueError):
+            return None
+        return data["token"] if hmac.compare_digest(data.get("route", ""), route_key) else None
 
     async def _user_for_token(self, token: str) -> dict | None:
         try:
@@ -138,14 +152,15 @@ class HubLogin:
         the session cookie. Raises HTTPError (400) with the reason if anything is off."""
         args = dict(parse_qsl(query))
         if "error" in args:
-            raise HTTPError(400, f"The hub did not log you in: {args.get('error_description') or args['error']}.")
+            log.warning("the hub refused a login: %s", args.get("error_description") or args["error"])
+            raise HTTPError(400, "The hub did not log you in; open the port's URL again.")
         state, code = args.get("state", ""), args.get("code", "")
         if not state or not code:
             raise HTTPError(400, "This login link is incomplete (no code or state); open the port's URL again.")
         name = STATE_COOKIE + state
         stored = None
         for value in cookie_values(cookie_header, name):
-            stored = decode_signed_value(self.key, name, value, max_age_days=STATE_MAX_AGE / 86400) or stored
+            stored = decode_signed_value(self.key, name, value, max_age_days=STATE_MAX_AGE / 86400, min_version=2) or stored
         if stored is None:
             raise HTTPError(400, "This login expired or was started in another browser; open the port's URL again.")
         data = json.loads(stored)
@@ -162,11 +177,9 @@ class HubLogin:
         except Exception as e:
             log.warning("the hub refused an OAuth code: %s", e)
             raise HTTPError(400, "The hub did not accept this login; open the port's URL again.") from None
-        session = session_cookie_name(route.key)
-        signed = create_signed_value(self.key, session, token).decode()
         return [
             ("Location", target),
-            set_cookie(session, signed, route_prefix(path, route.depth), secure),
+            set_cookie(session_cookie_name(route.key), self._seal_session(token, route.key), route_prefix(path, route.depth), secure),
             set_cookie(name, "", self.callback_path, secure, 0),
             ("Cache-Control", "no-store"),
         ]

@@ -23,7 +23,7 @@ import json
 import logging
 import os
 from http import HTTPStatus
-from urllib.parse import unquote, unquote_plus
+from urllib.parse import unquote, unquote_plus, urlsplit
 
 from ..tokens import token_matches
 from .http1 import (
@@ -202,10 +202,14 @@ class Sidecar:
             return
         user = await self.login.user(request.get("Cookie", ""), route)
         if user is not None:
+            if websocket and not self._same_origin(request):
+                raise HTTPErrorWithHeaders(403, "A websocket from another site may not use your hub login.", cors)
             if self.login.admits(route, user):
                 return
             raise HTTPErrorWithHeaders(403, f"Unauthorized access: you are logged in as {user['name']}, and this port is not open to you.", cors)
-        browser_visit = request.start[0] in ("GET", "HEAD") and wants_html(request) and not websocket
+        # a page opened at the top: never a frame, where another page could read the result
+        top_level = request.get("Sec-Fetch-Dest", "document") == "document"
+        browser_visit = request.start[0] in ("GET", "HEAD") and wants_html(request) and top_level and not websocket
         if browser_visit and not token and self.login.available:
             raise HTTPErrorWithHeaders(302, "Log in at the hub first.", self.login.start(target, self._secure(request)))
         needed = "a valid X-Proxy-Token or a hub login" if route.token_sha256 else "a hub login (tokens are disabled for this port)"
@@ -213,7 +217,15 @@ class Sidecar:
 
     @staticmethod
     def _secure(request) -> bool:
-        return request.get("X-Forwarded-Proto", "").lower() == "https"
+        # the client's scheme comes first: CHP appends its own ("https,http" behind TLS)
+        return request.get("X-Forwarded-Proto", "").split(",")[0].strip().lower() == "https"
+
+    @staticmethod
+    def _same_origin(request) -> bool:
+        """Whether a browser's Origin is the host it talks to (scripts send no Origin)."""
+        origin = request.get("Origin")
+        host = request.get("X-Forwarded-Host", request.get("Host", "")).split(",")[0].strip()
+        return origin is None or urlsplit(origin).netloc == host
 
     @staticmethod
     def _cors_headers(route, origin: str | None) -> list[tuple[str, str]]:
