@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The benchmark in one command (see benchmarks/README.md):
 #   bash benchmarks/run.sh [--quick] [--profile]
+#   bash benchmarks/run.sh --scale [--servers N]     (the route manager at scale: scale.py)
 # Sets up .venv and node_modules (scripts/bootstrap.sh), installs what only the benchmark needs
 # when missing (jupyter-server-proxy and py-spy into .venv, wrk from Debian), then runs bench.py.
 set -euo pipefail
@@ -15,5 +16,9 @@ if ! command -v wrk >/dev/null 2>&1; then
     echo "bench: apt-get install wrk" >&2
     apt-get install -y wrk >/dev/null 2>&1 || { apt-get update >/dev/null && apt-get install -y wrk >/dev/null; } \
         || { echo "bench: error: install wrk (Debian: apt-get install wrk)" >&2; exit 1; }
+fi
+if [[ "${1:-}" == "--scale" ]]; then
+    shift
+    exec .venv/bin/python benchmarks/scale.py "$@"
 fi
 exec .venv/bin/python benchmarks/bench.py "$@"

@@ -135,7 +135,8 @@ else
     fi
     rm -f "$SOCK_PATH"
     log "starting podman system service on $SOCK_URL (log: $LOG_FILE)"
-    (close_extra_fds; exec setsid nohup podman system service --time=0 "$SOCK_URL") \
+    # from /: the service (and every conmon it starts) outlives this checkout, which may be deleted
+    (close_extra_fds; cd /; exec setsid nohup podman system service --time=0 "$SOCK_URL") \
         </dev/null >>"$LOG_FILE" 2>&1 &
     echo $! >"$PID_FILE"
     svc_pid=$!
