@@ -24,9 +24,10 @@ import hmac
 import json
 import logging
 import secrets
-from urllib.parse import parse_qsl, urlencode, urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 from cryptography.fernet import Fernet, InvalidToken
+from tornado.httputil import url_concat
 from tornado.web import create_signed_value, decode_signed_value
 
 from .http1 import HTTPError
@@ -73,7 +74,7 @@ class HubLogin:
 
     def __init__(self, secret: str, auth=None):
         # cookie keys are derived from a secret the hub gives every sidecar replica
-        self.key = hmac.new(secret.encode(), b"jhproxy-routes cookies", hashlib.sha256).hexdigest()
+        self.state_key = hmac.new(secret.encode(), b"jhproxy-routes cookies", hashlib.sha256).hexdigest()
         session_key = hmac.new(secret.encode(), b"jhproxy-routes sessions", hashlib.sha256).digest()
         self.sessions = Fernet(base64.urlsafe_b64encode(session_key))
         self.auth = auth
@@ -131,17 +132,9 @@ class HubLogin:
         ``target`` (the path and query it asked for)."""
         state = secrets.token_urlsafe(16)
         name = STATE_COOKIE + state
-        signed = create_signed_value(self.key, name, json.dumps({"state": state, "next": target})).decode()
-        query = urlencode(
-            {
-                "client_id": self.auth.oauth_client_id,
-                "redirect_uri": self.auth.oauth_redirect_uri,
-                "response_type": "code",
-                "state": state,
-            }
-        )
+        signed = create_signed_value(self.state_key, name, json.dumps({"state": state, "next": target})).decode()
         return [
-            ("Location", f"{self.auth.oauth_authorization_url}?{query}"),
+            ("Location", url_concat(self.auth.login_url, {"state": state})),
             set_cookie(name, signed, self.callback_path, secure, STATE_MAX_AGE),
             ("Cache-Control", "no-store"),
         ]
@@ -160,7 +153,7 @@ class HubLogin:
         name = STATE_COOKIE + state
         stored = None
         for value in cookie_values(cookie_header, name):
-            stored = decode_signed_value(self.key, name, value, max_age_days=STATE_MAX_AGE / 86400, min_version=2) or stored
+            stored = decode_signed_value(self.state_key, name, value, max_age_days=STATE_MAX_AGE / 86400, min_version=2) or stored
         if stored is None:
             raise HTTPError(400, "This login expired or was started in another browser; open the port's URL again.")
         data = json.loads(stored)
