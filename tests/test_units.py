@@ -50,6 +50,11 @@ def test_ambiguous_framing_is_refused(raw, status):
         (head("GET /x HTTP/1.1", "X-A: 1", " folded"), 400),
         (head("GET /x HTTP/1.1", "Bad Name: 1"), 400),
         (head("GET /x HTTP/1.1", "X: a\x00b"), 400),
+        (head("GET /x HTTP/1.1", "X: a\rb"), 400),
+        (head("GET /x HTTP/1.1", "X: a\nb"), 400),
+        (head("GET /x HTTP/1.1", "X\xe9: 1"), 400),
+        (head("GET /x HTTP/1.1", ": 1"), 400),
+        (head("GET /x HTTP/1.1", "no colon"), 400),
         (head("GET http://evil/x HTTP/1.1"), 400),
         (head("GET * HTTP/1.1"), 400),
         (head("GET /x HTTP/2.0"), 505),
@@ -61,6 +66,23 @@ def test_malformed_heads_are_refused(raw, status):
     with pytest.raises(HTTPError) as info:
         parse_request_head(raw)
     assert info.value.status == status
+
+
+def test_header_errors_name_their_reason():
+    reasons = {}
+    for line in ("X-A: 1\r\n folded", "X: a\x01b", "Bad Name: 1"):
+        with pytest.raises(HTTPError) as info:
+            parse_request_head(head("GET /x HTTP/1.1", line))
+        reasons[line] = info.value.message
+    assert "obs-fold" in reasons["X-A: 1\r\n folded"]
+    assert reasons["X: a\x01b"] == "Control characters in header X."
+    assert reasons["Bad Name: 1"] == "Malformed header line."
+
+
+def test_header_names_and_values_as_sent():
+    request = parse_request_head(head("GET /x HTTP/1.1", "X!#$%&'*+.^_`|~: \t v a\tl \t", "Empty:", "Host:h"))
+    assert request.headers == [("X!#$%&'*+.^_`|~", "v a\tl"), ("Empty", ""), ("Host", "h")]
+    assert request.get("host") == "h"
 
 
 def test_framing_of_good_requests():

@@ -18,6 +18,7 @@ COPY_SIZE = 256 * 1024
 TOKEN = re.compile(rb"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 DIGITS = re.compile(r"^[0-9]{1,18}$")
 BAD_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+STATUS = re.compile(rb"[1-5][0-9][0-9]")
 HOP_BY_HOP = {
     "connection", "keep-alive", "proxy-connection", "te", "trailer",
     "transfer-encoding", "upgrade", "proxy-authenticate", "proxy-authorization",
@@ -58,24 +59,47 @@ class Head:
         return {t.strip().lower() for v in self.get_all(name) for t in v.split(",") if t.strip()}
 
 
-def _parse_headers(lines: list[bytes], status: int = 400) -> list[tuple[str, str]]:
+def _header_error(lines: list[str], status: int) -> HTTPError:
+    """The precise reason why header lines failed the fast checks."""
+    for line in lines:
+        if line[:1] in (" ", "\t"):
+            return HTTPError(status, "Folded header lines (obs-fold) are not accepted.")
+        name, colon, value = line.partition(":")
+        if not colon or not TOKEN.match(name.encode("latin-1")):
+            return HTTPError(status, "Malformed header line.")
+        if BAD_VALUE.search(value.encode("latin-1")):
+            return HTTPError(status, f"Control characters in header {name}.")
+    return HTTPError(status, "Malformed header block.")
+
+
+def _is_token(name: str) -> bool:
+    # the common case (letters, digits, '-') without a regex; anything else: the exact rule
+    return (name.isascii() and name.replace("-", "").isalnum()) or TOKEN.match(name.encode("latin-1")) is not None
+
+
+def _parse_headers(block: bytes, status: int = 400) -> list[tuple[str, str]]:
+    """``name: value`` lines separated by CRLF; no control characters anywhere but the CRLFs."""
+    lines = block.decode("latin-1").split("\r\n") if block else []
+    if BAD_VALUE.search(block.replace(b"\r\n", b"")):  # one scan for control characters
+        raise _header_error(lines, status)
     headers = []
     for line in lines:
-        if line[:1] in (b" ", b"\t"):
-            raise HTTPError(status, "Folded header lines (obs-fold) are not accepted.")
-        name, colon, value = line.partition(b":")
-        if not colon or not TOKEN.match(name):
-            raise HTTPError(status, "Malformed header line.")
-        value = value.strip(b" \t")
-        if BAD_VALUE.search(value):
-            raise HTTPError(status, f"Control characters in header {name.decode()}.")
-        headers.append((name.decode("latin-1"), value.decode("latin-1")))
+        name, colon, value = line.partition(":")
+        if not colon or not _is_token(name):
+            raise _header_error(lines, status)
+        headers.append((name, value.strip(" \t")))
     return headers
 
 
+def _split_head(data: bytes) -> tuple[bytes, bytes]:
+    """The start line and the header lines of a head that ends in CRLF CRLF."""
+    end = data.index(b"\r\n")
+    return data[:end], data[end + 2 : -4]
+
+
 def parse_request_head(data: bytes) -> Head:
-    lines = data[:-4].split(b"\r\n")
-    parts = lines[0].split(b" ")
+    start, block = _split_head(data)
+    parts = start.split(b" ")
     if len(parts) != 3 or not TOKEN.match(parts[0]):
         raise HTTPError(400, "Malformed request line.")
     method, target, version = (p.decode("latin-1") for p in parts)
@@ -83,19 +107,18 @@ def parse_request_head(data: bytes) -> Head:
         raise HTTPError(505, "Only HTTP/1.0 and HTTP/1.1 are supported.")
     if not target.startswith("/") or BAD_VALUE.search(parts[1]) or b"#" in parts[1]:
         raise HTTPError(400, "The request target must be a path starting with '/'.")
-    return Head((method, target, version), _parse_headers(lines[1:]))
+    return Head((method, target, version), _parse_headers(block))
 
 
 def parse_response_head(data: bytes) -> Head:
-    lines = data[:-4].split(b"\r\n")
-    version, _, rest = lines[0].partition(b" ")
+    start, block = _split_head(data)
+    version, _, rest = start.partition(b" ")
     status, _, reason = rest.partition(b" ")
-    if version not in (b"HTTP/1.0", b"HTTP/1.1") or not re.fullmatch(rb"[1-5][0-9][0-9]", status):
+    if version not in (b"HTTP/1.0", b"HTTP/1.1") or not STATUS.fullmatch(status):
         raise HTTPError(502, "The app sent a malformed response.")
     if BAD_VALUE.search(reason):
         raise HTTPError(502, "The app sent a malformed status line.")
-    head = Head((version.decode(), status.decode(), reason.decode("latin-1")), _parse_headers(lines[1:], 502))
-    return head
+    return Head((version.decode(), status.decode(), reason.decode("latin-1")), _parse_headers(block, 502))
 
 
 def request_body_framing(head: Head) -> tuple[str, int]:

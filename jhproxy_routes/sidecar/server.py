@@ -57,6 +57,10 @@ CORS_RESPONSE_HEADERS = {
     "access-control-allow-methods", "access-control-allow-headers",
     "access-control-max-age", "access-control-expose-headers",
 }  # fmt: skip
+# never forwarded to an app: hop-by-hop headers, framing (rewritten), the token, and
+# what the sidecar sets itself
+UPSTREAM_DROP = frozenset(HOP_BY_HOP | FRAMING | {TOKEN_HEADER, "expect", "x-forwarded-prefix"})
+RESPONSE_DROP = frozenset(HOP_BY_HOP | FRAMING)
 MAX_API_BODY = 1024 * 1024
 SMALL_BODY = 64 * 1024
 
@@ -256,7 +260,7 @@ class Sidecar:
 
     def _upstream_headers(self, request, connection, route, peer, body_framing, websocket, path, rest):
         # headers the client names in Connection are hop-by-hop too, but never the Host
-        drop = HOP_BY_HOP | FRAMING | (connection - {"host"}) | {TOKEN_HEADER, "expect", "x-forwarded-prefix"}
+        drop = UPSTREAM_DROP | (connection - {"host"})
         headers = []
         forwarded_for = None
         for name, value in request.headers:
@@ -350,13 +354,14 @@ class Sidecar:
         except HTTPError:
             conn.close()
             raise
-        reusable = framing[0] != "close" and "close" not in response.tokens("Connection") and response.start[0] == "HTTP/1.1"
-        drop = HOP_BY_HOP | FRAMING | response.tokens("Connection") | (CORS_RESPONSE_HEADERS if cors else set())
-        headers = [
-            (k, v)
-            for k, v in response.headers
-            if k.lower() not in drop and not (k.lower() == "set-cookie" and protected_cookie(v.split("=", 1)[0].strip()))
-        ]
+        connection = response.tokens("Connection")
+        reusable = framing[0] != "close" and "close" not in connection and response.start[0] == "HTTP/1.1"
+        drop = RESPONSE_DROP | connection | (CORS_RESPONSE_HEADERS if cors else frozenset())
+        headers = []
+        for k, v in response.headers:
+            lower = k.lower()
+            if lower not in drop and not (lower == "set-cookie" and protected_cookie(v.split("=", 1)[0].strip())):
+                headers.append((k, v))
         headers += cors
         kind, length = framing
         if kind == "length":
