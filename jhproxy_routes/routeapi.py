@@ -9,17 +9,55 @@ routes (tagged ``jupyterhub``) and anybody else's are never read back or touched
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import re
 from urllib.parse import quote
 
 import httpx
 from jupyterhub.utils import exponential_backoff
 
+from .transport import KeepAliveTransport
+
 ROUTE_TAG = "jhproxy_routes"
+YIELD_EVERY = 1000  # entries of a big route table handled between two yields to the event loop
+_DECODER = json.JSONDecoder()
+_SPACE = re.compile(r"[ \t\n\r]*")
 
 
 class RouteAPIError(Exception):
     """A route API request failed for good (after retries, or with a 4xx)."""
+
+
+def json_object_items(text: str):
+    """The (key, value) pairs of a JSON object, parsed one at a time: a table of 20,000 routes
+    is read in small steps instead of one long call that would hold up the hub's loop."""
+
+    def skip_space(i: int) -> int:
+        return _SPACE.match(text, i).end()
+
+    def expect(i: int, char: str) -> int:
+        if text[i : i + 1] != char:
+            raise ValueError(f"expected {char!r} at {i} in the route table")
+        return skip_space(i + 1)
+
+    i = expect(skip_space(0), "{")
+    if text[i : i + 1] == "}":
+        i = skip_space(i + 1)
+    else:
+        while True:
+            key, i = _DECODER.raw_decode(text, i)
+            if not isinstance(key, str):
+                raise ValueError(f"a key that is not a string in the route table: {key!r}")
+            value, i = _DECODER.raw_decode(text, expect(skip_space(i), ":"))
+            yield key, value
+            i = skip_space(i)
+            if text[i : i + 1] == "}":
+                i = skip_space(i + 1)
+                break
+            i = expect(i, ",")
+    if i != len(text):
+        raise ValueError(f"unexpected data after the route table at {i}")
 
 
 def routespec_to_api_path(routespec: str) -> str:
@@ -47,24 +85,31 @@ class RouteAPI:
         log: logging.Logger | None = None,
     ):
         self.name = name
-        self.routes_url = api_url.rstrip("/") + "/api/routes"
+        self.api_url = api_url.rstrip("/") + "/api/"
+        self.routes_url = self.api_url + "routes"
         self.retry_timeout = retry_timeout
+        self.concurrency = concurrency
         self.log = log or logging.getLogger(__name__)
         self.semaphore = asyncio.Semaphore(concurrency)
-        self.client = httpx.AsyncClient(
-            timeout=timeout,
-            headers={"Authorization": f"token {auth_token}"},
-            limits=httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency),
-        )
+        self.headers = {"Authorization": f"token {auth_token}", "Accept": "application/json"}
+        self.timeouts = {"connect": timeout, "read": timeout, "write": timeout, "pool": timeout}
+        # requests go to the transport directly: an httpx.AsyncClient's cookie jar, redirect
+        # and URL handling would cost more CPU than the request itself, for nothing here
+        self.transport = KeepAliveTransport()
 
     async def get_all(self) -> dict[str, dict]:
         """Our routes: ``{routespec: data}`` (data includes ``target``)."""
         response = await self._request("GET", "")
-        return {
-            routespec_from_api_key(key): data
-            for key, data in response.json().items()
-            if isinstance(data, dict) and data.get(ROUTE_TAG)
-        }
+        ours = {}
+        try:
+            for count, (key, data) in enumerate(json_object_items(response.content.decode()), 1):
+                if isinstance(data, dict) and data.get(ROUTE_TAG):
+                    ours[routespec_from_api_key(key)] = data
+                if count % YIELD_EVERY == 0:
+                    await asyncio.sleep(0)
+        except ValueError as e:  # also invalid UTF-8
+            raise RouteAPIError(f"GET {self.name} routes: not a JSON object of routes ({e})") from None
+        return ours
 
     async def add(self, routespec: str, data: dict) -> None:
         await self._request("POST", routespec_to_api_path(routespec), {**data, ROUTE_TAG: True})
@@ -72,19 +117,38 @@ class RouteAPI:
     async def delete(self, routespec: str) -> None:
         await self._request("DELETE", routespec_to_api_path(routespec), ok_statuses=(404,))
 
-    async def aclose(self) -> None:
-        await self.client.aclose()
+    async def add_many(self, routes: dict[str, dict]) -> None:
+        """Add (or replace) many routes, ``concurrency`` requests at a time."""
+        await self._each(list(routes.items()), lambda item: self.add(*item))
 
-    async def _request(self, method, path, body=None, ok_statuses=()) -> httpx.Response:
-        url = self.routes_url + quote(path, safe="@/~%")
+    async def delete_many(self, routespecs: list[str]) -> None:
+        await self._each(routespecs, self.delete)
+
+    async def _each(self, items: list, call) -> None:
+        """``await call(item)`` for every item by a few workers: one task per route would,
+        for 20,000 routes, block the loop just creating them."""
+
+        async def worker(queue):
+            for item in queue:
+                await call(item)
+
+        queue = iter(items)
+        await asyncio.gather(*(worker(queue) for _ in range(min(self.concurrency, len(items)))))
+
+    async def aclose(self) -> None:
+        await self.transport.aclose()
+
+    async def _request(self, method, path, body=None, ok_statuses=(), url=None) -> httpx.Response:
+        url = url or self.routes_url + quote(path, safe="@/~%")
         what = f"{method} {self.name} route {path or '(all)'}"
         last_error = "no attempt"
 
         async def attempt():
             nonlocal last_error
             try:
+                request = httpx.Request(method, url, json=body, headers=self.headers, extensions={"timeout": self.timeouts})
                 async with self.semaphore:
-                    response = await self.client.request(method, url, json=body)
+                    response = await self.transport.handle_async_request(request)
             except httpx.HTTPError as e:
                 last_error = f"{type(e).__name__}: {e or 'no answer'}"
                 self.log.warning("%s failed (%s), retrying", what, last_error)
@@ -104,3 +168,20 @@ class RouteAPI:
         if response.status_code >= 400 and response.status_code not in ok_statuses:
             raise RouteAPIError(f"{what}: HTTP {response.status_code} {response.text[:200]}")
         return response
+
+
+class SidecarRouteAPI(RouteAPI):
+    """The sidecar's table: as CHP's, plus a bulk request for many changes at once."""
+
+    BATCH = 500  # routes per bulk request: well under the sidecar's 1 MiB API body limit
+
+    async def add_many(self, routes: dict[str, dict]) -> None:
+        items = list(routes.items())
+        for i in range(0, len(items), self.BATCH):
+            add = {routespec_to_api_path(spec): {**data, ROUTE_TAG: True} for spec, data in items[i : i + self.BATCH]}
+            await self._request("POST", "(bulk add)", {"add": add}, url=self.api_url + "bulk")
+
+    async def delete_many(self, routespecs: list[str]) -> None:
+        for i in range(0, len(routespecs), self.BATCH):
+            delete = [routespec_to_api_path(spec) for spec in routespecs[i : i + self.BATCH]]
+            await self._request("POST", "(bulk delete)", {"delete": delete}, url=self.api_url + "bulk")

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from jupyterhub.utils import url_path_join
 
 from .config import GROUP_PREFIX, PortRoutes, PortSpec
-from .routeapi import RouteAPI, RouteAPIError
+from .routeapi import RouteAPI, RouteAPIError, SidecarRouteAPI
 from .targets import SharedHostError, TargetsPending, port_targets
 from .tokens import AccessStore, ServerAccess, with_new_token
 
@@ -87,7 +87,7 @@ class RouteManager:
         self.log = log
         self.store = AccessStore(settings.db_url)
         self.chp = chp_api
-        self.sidecar = RouteAPI(
+        self.sidecar = SidecarRouteAPI(
             "sidecar",
             url_path_join(settings.sidecar_url, "_jhproxy-routes/"),
             settings.sidecar_api_token,
@@ -248,8 +248,14 @@ class RouteManager:
         def differs(actual: dict | None, want: dict) -> bool:
             return actual is None or any(actual.get(k) != v for k, v in want.items())
 
-        sidecar_adds = [r for r in wanted.values() if r.sidecar and differs(sidecar_routes.get(r.routespec), r.sidecar)]
-        chp_adds = [r for r in wanted.values() if differs(chp_routes.get(r.routespec), r.chp)]
+        sidecar_adds, chp_adds = [], []
+        for count, r in enumerate(wanted.values(), 1):
+            if r.sidecar and differs(sidecar_routes.get(r.routespec), r.sidecar):
+                sidecar_adds.append(r)
+            if differs(chp_routes.get(r.routespec), r.chp):
+                chp_adds.append(r)
+            if count % (10 * YIELD_EVERY) == 0:
+                await asyncio.sleep(0)
         chp_stale = [s for s in chp_routes if s not in wanted and s not in keep]
         sidecar_stale = [
             s for s in sidecar_routes if s not in keep and (s not in wanted or wanted[s].sidecar is None)
@@ -260,12 +266,12 @@ class RouteManager:
                 continue
             for r in routes:
                 self.log.info("jhproxy-routes: adding %s route %s -> %s", what, r.routespec, r.chp["target"])
-        await self._each(sidecar_adds, lambda r: self.sidecar.add(r.routespec, r.sidecar))
-        await self._each(chp_adds, lambda r: self.chp.add(r.routespec, r.chp))
+        await self.sidecar.add_many({r.routespec: r.sidecar for r in sidecar_adds})
+        await self.chp.add_many({r.routespec: r.chp for r in chp_adds})
         for what, api, stale in (("proxy", self.chp, chp_stale), ("sidecar", self.sidecar, sidecar_stale)):
             for s in stale:
                 self.log.info("jhproxy-routes: removing stale %s route %s", what, s)
-            await self._each(stale, api.delete)
+            await api.delete_many(stale)
 
     def _routed_servers(self, users):
         """(user, servername, spawner) of every server that is ready or in transition."""
@@ -273,14 +279,3 @@ class RouteManager:
             for servername, spawner in list(user.spawners.items()):
                 if (spawner.ready or spawner.pending) and self.template.serves(servername):
                     yield user, servername, spawner
-
-    async def _each(self, items: list, call) -> None:
-        """``await call(item)`` for every item, ``concurrency`` at a time: a few workers
-        rather than one task per route, which for 20,000 routes would block the loop."""
-
-        async def worker(queue):
-            for item in queue:
-                await call(item)
-
-        queue = iter(items)
-        await asyncio.gather(*(worker(queue) for _ in range(min(self.settings.concurrency, len(items)))))

@@ -10,7 +10,7 @@ import pytest
 
 from jhproxy_routes.config import PortSpec
 from jhproxy_routes.routes import port_rule
-from jhproxy_routes.sidecar.http1 import (
+from jhproxy_routes.http1 import (
     HTTPError,
     copy_chunked,
     parse_request_head,

@@ -30,7 +30,7 @@ from cryptography.fernet import Fernet, InvalidToken
 from tornado.httputil import url_concat
 from tornado.web import create_signed_value, decode_signed_value
 
-from .http1 import HTTPError
+from ..http1 import HTTPError
 
 log = logging.getLogger("jhproxy_routes.sidecar")
 

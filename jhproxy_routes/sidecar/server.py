@@ -26,7 +26,7 @@ from http import HTTPStatus
 from urllib.parse import unquote, unquote_plus, urlsplit
 
 from ..tokens import token_matches
-from .http1 import (
+from ..http1 import (
     HOP_BY_HOP,
     MAX_HEAD,
     HTTPError,
@@ -435,13 +435,12 @@ class Sidecar:
         auth = request.get("Authorization", "").encode("latin-1")
         if not hmac.compare_digest(auth, f"token {self.api_token}".encode("latin-1")):
             raise HTTPError(403, "The sidecar's route API needs the hub's token.")
+        if path == API_PREFIX + "api/bulk":
+            return await self.handle_bulk(method, body, writer, keep_alive)
         routes_prefix = API_PREFIX + "api/routes"
         if not path.startswith(routes_prefix):
             raise HTTPError(404, "Unknown sidecar API path.")
-        try:
-            key = "/" + "/".join(unquote(s, errors="strict") for s in path[len(routes_prefix):].split("/") if s)
-        except UnicodeDecodeError:
-            raise HTTPError(400, "The route path is not valid UTF-8.") from None
+        key = route_key(path[len(routes_prefix):])
         if method == "GET":
             return await self.send_json(writer, 200, self.table.as_dict(), keep_alive)
         if method == "POST":
@@ -456,6 +455,22 @@ class Sidecar:
             return await self.send_json(writer, 204, None, keep_alive)
         raise HTTPError(405, "Use GET, POST or DELETE.")
 
+    async def handle_bulk(self, method: str, body: bytes, writer, keep_alive: bool) -> bool:
+        """``POST {"add": {path: data, ...}, "delete": [path, ...]}``: many changes in one
+        request (a hub starting with thousands of servers). Adds are checked first: a bad
+        one refuses the whole request and changes nothing."""
+        if method != "POST":
+            raise HTTPError(405, "Use POST.")
+        try:
+            changes = json.loads(body)
+            add = {route_key(k): v for k, v in changes.get("add", {}).items()}
+            delete = [route_key(k) for k in changes.get("delete", [])]
+            self.table.set_many(add)
+        except (ValueError, TypeError, AttributeError) as e:
+            raise HTTPError(400, f"Bad bulk route data: {e}") from None
+        deleted = sum(self.table.delete(key) for key in delete)
+        return await self.send_json(writer, 200, {"added": len(add), "deleted": deleted}, keep_alive)
+
     @staticmethod
     async def send_json(writer, status: int, data, keep_alive: bool) -> bool:
         body = b"" if data is None else json.dumps(data).encode()
@@ -465,6 +480,14 @@ class Sidecar:
         writer.write(render_head(f"HTTP/1.1 {status} {HTTPStatus(status).phrase}", headers) + body)
         await writer.drain()
         return keep_alive
+
+
+def route_key(path: str) -> str:
+    """A table key (unescaped, no trailing slash) from the escaped path of a route API call."""
+    try:
+        return "/" + "/".join(unquote(s, errors="strict") for s in str(path).split("/") if s)
+    except UnicodeDecodeError:
+        raise HTTPError(400, "The route path is not valid UTF-8.") from None
 
 
 class HTTPErrorWithHeaders(HTTPError):

@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
 
-from .http1 import HTTPError
+from ..http1 import HTTPError
 
 ACCESS = ("public", "disabled", "restricted")
 # a '.' or '..' segment, also one hidden behind an encoded slash or backslash; or a NUL
@@ -83,9 +83,14 @@ class RouteTable:
         self.max_depth = 0
 
     def set(self, key: str, data: dict) -> None:
-        route = route_from_data(key, data)
-        self.routes[segments(key)] = route
-        self.max_depth = max(self.max_depth, route.depth)
+        self.set_many({key: data})
+
+    def set_many(self, routes: dict[str, dict]) -> None:
+        """Add or replace routes: all of them, or (ValueError) none."""
+        checked = [route_from_data(key, data) for key, data in routes.items()]
+        for route in checked:
+            self.routes[segments(route.key)] = route
+            self.max_depth = max(self.max_depth, route.depth)
 
     def delete(self, key: str) -> bool:
         return self.routes.pop(segments(key), None) is not None

@@ -11,7 +11,7 @@ import asyncio
 import time
 from collections import defaultdict
 
-from .http1 import MAX_HEAD
+from ..http1 import MAX_HEAD
 
 
 class Connection:
