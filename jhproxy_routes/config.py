@@ -278,6 +278,35 @@ class PortRoutes(Configurable):
         """,
     )
 
+    audit_log = Unicode(
+        "jhproxy-routes-audit.jsonl",
+        config=True,
+        help="""File (JSON lines, appended) where the hub records changes of tokens and port
+        access (who, which server, when, from where) and the sidecar records denied requests.
+        Relative to the hub's working directory; empty: no audit log. Tokens are never written.
+        """,
+    )
+
+    bad_token_limit = Integer(
+        10,
+        config=True,
+        help="""Wrong tokens one client may send to one port within ``bad_token_window``
+        seconds; after that its token attempts on that port get 429 (Too Many Requests) until
+        the window has passed. The client is the address CHP saw. 0: no limit.
+        """,
+    )
+
+    bad_token_window = Float(
+        60,
+        config=True,
+        help="""Seconds over which ``bad_token_limit`` counts wrong tokens.""",
+    )
+
+    @property
+    def audit_log_path(self) -> str:
+        """``audit_log`` as an absolute path ("" when off): the sidecar runs elsewhere."""
+        return os.path.abspath(self.audit_log) if self.audit_log else ""
+
     @default("sidecar_api_token")
     def _default_sidecar_api_token(self):
         return os.environ.get("JHPROXY_ROUTES_SIDECAR_TOKEN") or secrets.token_hex(32)
@@ -297,7 +326,7 @@ class PortRoutes(Configurable):
         RouteTemplate(proposal.value)  # raises TraitError naming the problem
         return proposal.value
 
-    @validate("reconcile_interval", "concurrency", "login_cache_max_age")
+    @validate("reconcile_interval", "concurrency", "login_cache_max_age", "bad_token_limit", "bad_token_window")
     def _validate_non_negative(self, proposal):
         if proposal.value < 0 or (proposal.trait.name == "concurrency" and proposal.value < 1):
             raise TraitError(f"c.PortRoutes.{proposal.trait.name}: {proposal.value} is too small")

@@ -106,15 +106,25 @@ class ProxyTokenHandler(APIHandler):
 
     async def post(self, server_name=""):
         user, manager = self._target(server_name)
-        access = await manager.access_for(user, server_name)
+        before = await manager.access_for(user, server_name)
         body = self._parse_body()
         new_token = None
         if isinstance(body, dict):
-            access, new_token = await self._apply_settings(access, body)
+            access, new_token = await self._apply_settings(before, body)
         else:
-            access, new_token = await self._apply_action(access, body)
+            access, new_token = await self._apply_action(before, body)
         manager.store.put(user.name, server_name, access)
         self.log.info("jhproxy-routes: %s set %s/%s to mode %s", user.name, user.name, server_name, access.mode)
+        manager.audit.record(
+            "settings changed",
+            user=user.name,
+            server=server_name,
+            mode=[before.mode, access.mode],
+            new_token=new_token is not None,
+            ports={p: [before.port_access.get(p), a] for p, a in access.port_access.items() if before.port_access.get(p) != a},
+            client=self.request.remote_ip,
+            credential="token" if self.get_auth_token() else "login",
+        )
         spawner = user.spawners[server_name]
         if spawner.ready:
             try:

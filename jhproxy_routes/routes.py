@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from jupyterhub.utils import url_path_join
 
+from .audit import AuditLog
 from .config import GROUP_PREFIX, PortRoutes, PortSpec
 from .routeapi import RouteAPI, RouteAPIError, SidecarRouteAPI
 from .targets import SharedHostError, TargetsPending, port_targets
@@ -86,6 +87,7 @@ class RouteManager:
         self.template = settings.template
         self.log = log
         self.store = AccessStore(settings.db_url)
+        self.audit = AuditLog(settings.audit_log_path)
         self.chp = chp_api
         self.sidecar = SidecarRouteAPI(
             "sidecar",

@@ -5,9 +5,12 @@ climbing out of a route prefix, a prefix that is a string prefix but not a segme
 """
 
 import asyncio
+import json
+import time
 
 import pytest
 
+from jhproxy_routes.audit import AuditLog
 from jhproxy_routes.config import PortSpec
 from jhproxy_routes.routes import port_rule
 from jhproxy_routes.http1 import (
@@ -16,6 +19,7 @@ from jhproxy_routes.http1 import (
     parse_request_head,
     request_body_framing,
 )
+from jhproxy_routes.sidecar.ratelimit import BadTokenLimiter
 from jhproxy_routes.sidecar.server import filter_cookies, split_token_query
 from jhproxy_routes.sidecar.table import RouteTable
 from jhproxy_routes.tokens import ServerAccess, hash_token, new_token, token_matches
@@ -227,3 +231,27 @@ def test_port_rule(spec_access, mode, override, expected, admits):
     access = ServerAccess(mode=mode, token_sha256="0" * 64 if mode == "token" else None, port_access=port_access)
     rule = port_rule(PortSpec(5000, access=spec_access), access)
     assert (rule.access, rule.admits) == (expected, admits)
+
+
+def test_bad_token_limiter_counts_per_client_and_route_and_forgets():
+    limiter = BadTokenLimiter(limit=3, window=0.3, max_entries=2)
+    assert [limiter.failed("c1", "/r") for _ in range(3)] == [False, False, True]
+    assert limiter.retry_after("c1", "/r") >= 1
+    assert limiter.retry_after("c2", "/r") == 0 and limiter.retry_after("c1", "/other") == 0
+    time.sleep(0.35)
+    assert limiter.retry_after("c1", "/r") == 0  # the window has passed
+    for client in ("a", "b", "c"):  # bounded: the oldest entry goes
+        limiter.failed(client, "/r")
+    assert len(limiter._failures) == 2 and ("a", "/r") not in limiter._failures
+    assert BadTokenLimiter(limit=0).failed("c", "/r") is False  # 0: no limit
+
+
+def test_audit_log_lines_are_whole_json(tmp_path):
+    path = tmp_path / "audit.jsonl"
+    first, second = AuditLog(str(path)), AuditLog(str(path))  # hub and sidecar: one file
+    first.record("denied", reason="wrong token", path="/p\n{\"forged\": 1}")
+    second.record("settings changed", user="ann")
+    lines = path.read_text().splitlines()
+    assert [json.loads(line)["event"] for line in lines] == ["denied", "settings changed"]
+    assert json.loads(lines[0])["path"] == "/p\n{\"forged\": 1}"  # a newline cannot start a line of its own
+    AuditLog("").record("denied")  # off: nothing, no error

@@ -16,7 +16,9 @@ from urllib.parse import urlsplit
 
 from jupyterhub.utils import url_path_join
 
+from ..audit import AuditLog
 from .login import HubLogin
+from .ratelimit import BadTokenLimiter
 from .server import Sidecar, serve
 
 
@@ -38,7 +40,18 @@ def main(argv=None) -> None:
     if not api_token:
         sys.exit("jhproxy-routes sidecar: set JHPROXY_ROUTES_SIDECAR_TOKEN (the hub's token for the route API)")
     hub_page = url_path_join(os.environ.get("JUPYTERHUB_BASE_URL", "/"), "hub/proxytoken/")
-    sidecar = Sidecar(api_token, upstream_timeout=args.upstream_timeout, login=hub_login(api_token), hub_page=hub_page)
+    limiter = BadTokenLimiter(
+        limit=int(os.environ.get("JHPROXY_ROUTES_BAD_TOKEN_LIMIT", "10")),
+        window=float(os.environ.get("JHPROXY_ROUTES_BAD_TOKEN_WINDOW", "60")),
+    )
+    sidecar = Sidecar(
+        api_token,
+        upstream_timeout=args.upstream_timeout,
+        login=hub_login(api_token),
+        hub_page=hub_page,
+        audit=AuditLog(os.environ.get("JHPROXY_ROUTES_AUDIT_LOG")),  # unset or empty: none
+        limiter=limiter,
+    )
     asyncio.run(run(sidecar, args.ip, args.port))
 
 

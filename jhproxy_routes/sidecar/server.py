@@ -25,6 +25,7 @@ import os
 from http import HTTPStatus
 from urllib.parse import unquote, unquote_plus, urlsplit
 
+from ..audit import AuditLog
 from ..tokens import token_matches
 from ..http1 import (
     HOP_BY_HOP,
@@ -41,6 +42,7 @@ from ..http1 import (
 )
 from .login import HubLogin
 from .pages import error_page
+from .ratelimit import BadTokenLimiter
 from .table import RouteTable
 from .upstream import UpstreamPool
 
@@ -90,6 +92,13 @@ def split_token_query(query: str) -> tuple[str | None, str]:
     return token, "&".join(kept)
 
 
+def client_address(request, peer: str) -> str:
+    """The client's address: the last ``X-Forwarded-For`` entry, which CHP appends (earlier
+    entries come from the client and can be anything), else the connection's peer."""
+    forwarded = request.get_all("X-Forwarded-For")
+    return forwarded[-1].rsplit(",", 1)[-1].strip() if forwarded else peer
+
+
 def wants_html(request) -> bool:
     """A browser opening a page (not a script's fetch, which asks for */* or JSON)."""
     return "text/html" in request.get("Accept", "")
@@ -104,6 +113,8 @@ class Sidecar:
         service_prefix: str = "",
         login: HubLogin | None = None,
         hub_page: str = "/hub/proxytoken/",
+        audit: AuditLog | None = None,
+        limiter: BadTokenLimiter | None = None,
     ):
         self.api_token = api_token
         self.upstream_timeout = upstream_timeout
@@ -113,6 +124,8 @@ class Sidecar:
         self.hub_page = hub_page  # where a user manages their ports: linked from error pages
         self.table = RouteTable()
         self.pool = UpstreamPool(connect_timeout=connect_timeout)
+        self.audit = audit or AuditLog(None)
+        self.limiter = limiter or BadTokenLimiter()
 
     # ---- connections ---------------------------------------------------------------
     async def serve_connection(self, reader, writer) -> None:
@@ -187,7 +200,7 @@ class Sidecar:
         token, query = split_token_query(query)
         websocket = "upgrade" in connection and "websocket" in request.tokens("Upgrade")
         if route.access != "public":
-            await self._check_access(request, route, request.get(TOKEN_HEADER) or token, cors, target, websocket)
+            await self._check_access(request, route, request.get(TOKEN_HEADER) or token, cors, target, websocket, peer)
         upstream_path = rest if route.strip_prefix else path
         upstream_target = upstream_path + ("?" + query if query else "")
         headers = self._upstream_headers(request, connection, route, peer, body_framing, websocket, path, rest)
@@ -198,26 +211,42 @@ class Sidecar:
             return await self.forward_websocket(route, method, upstream_head, reader, writer, cors, version)
         return await self.forward(route, method, upstream_head, body_framing, reader, writer, cors, keep_alive, version)
 
-    async def _check_access(self, request, route, token: str | None, cors, target: str, websocket: bool) -> None:
-        """Let the request through, or raise: 403, or a redirect to log in at the hub."""
+    async def _check_access(self, request, route, token: str | None, cors, target: str, websocket: bool, peer: str) -> None:
+        """Let the request through, or raise: 403 or 429 (recorded in the audit log), or a
+        redirect to log in at the hub."""
+        client = client_address(request, peer)
+
+        def deny(status: int, reason: str, message: str, headers=()):
+            self.audit.record("denied", reason=reason, route=route.key, owner=route.owner, port=route.port,
+                              method=request.start[0], path=target.partition("?")[0], client=client)  # fmt: skip
+            return HTTPErrorWithHeaders(status, message, [*cors, *headers])
+
         if route.access == "disabled":
-            raise HTTPErrorWithHeaders(403, "Unauthorized access (disabled): this port is turned off.", cors)
-        if token and route.token_sha256 and token_matches(token, route.token_sha256):
-            return
+            raise deny(403, "port disabled", "Unauthorized access (disabled): this port is turned off.")
+        if token and route.token_sha256:
+            wait = self.limiter.retry_after(client, route.key)
+            if wait:
+                raise deny(429, "rate limited", f"Too many wrong tokens from {client}; try again in {wait}s.", [("Retry-After", str(wait))])
+            if token_matches(token, route.token_sha256):
+                return
+            wrong_token = "wrong token" + (" (now rate limited)" if self.limiter.failed(client, route.key) else "")
+        else:
+            wrong_token = ""
         user = await self.login.user(request.get("Cookie", ""), route)
         if user is not None:
             if websocket and not self._same_origin(request):
-                raise HTTPErrorWithHeaders(403, "A websocket from another site may not use your hub login.", cors)
+                raise deny(403, "cross-site websocket", "A websocket from another site may not use your hub login.")
             if self.login.admits(route, user):
                 return
-            raise HTTPErrorWithHeaders(403, f"Unauthorized access: you are logged in as {user['name']}, and this port is not open to you.", cors)
+            reason = f"login of {user['name']} not admitted" + (f"; {wrong_token}" if wrong_token else "")
+            raise deny(403, reason, f"Unauthorized access: you are logged in as {user['name']}, and this port is not open to you.")
         # a page opened at the top: never a frame, where another page could read the result
         top_level = request.get("Sec-Fetch-Dest", "document") == "document"
         browser_visit = request.start[0] in ("GET", "HEAD") and wants_html(request) and top_level and not websocket
         if browser_visit and not token and self.login.available:
             raise HTTPErrorWithHeaders(302, "Log in at the hub first.", self.login.start(target, self._secure(request)))
         needed = "a valid X-Proxy-Token or a hub login" if route.token_sha256 else "a hub login (tokens are disabled for this port)"
-        raise HTTPErrorWithHeaders(403, f"Unauthorized access: {needed} is required.", cors)
+        raise deny(403, wrong_token or ("token for a port without tokens" if token else "no credentials"), f"Unauthorized access: {needed} is required.")
 
     @staticmethod
     def _secure(request) -> bool:
