@@ -12,7 +12,8 @@ Message framing is never taken from the other side as is: the sidecar drops the 
 ``Content-Length`` and ``Transfer-Encoding`` and writes its own from what it parsed, so
 client, sidecar and app always agree where a message ends (no smuggling through the pool).
 
-The hub keeps the table up to date through a CHP-like API under ``/_jhproxy-routes/api/``.
+The hub keeps the table up to date through a CHP-like API under ``/_jhproxy-routes/api/routes``,
+and ``/_jhproxy-routes/api/bulk`` for many changes in one request.
 """
 
 from __future__ import annotations
