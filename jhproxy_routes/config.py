@@ -269,6 +269,15 @@ class PortRoutes(Configurable):
         """,
     )
 
+    client_timeout = Float(
+        60,
+        config=True,
+        help="""Seconds the sidecar gives a client (CHP) to send a request head: an idle
+        keep-alive connection is closed after this, and one sending a head too slowly
+        (slowloris) gets 408. The sidecar tells CHP so, and CHP closes idle connections first.
+        """,
+    )
+
     login_cache_max_age = Integer(
         60,
         config=True,
@@ -326,9 +335,10 @@ class PortRoutes(Configurable):
         RouteTemplate(proposal.value)  # raises TraitError naming the problem
         return proposal.value
 
-    @validate("reconcile_interval", "concurrency", "login_cache_max_age", "bad_token_limit", "bad_token_window")
+    @validate("reconcile_interval", "concurrency", "login_cache_max_age", "bad_token_limit", "bad_token_window", "client_timeout")
     def _validate_non_negative(self, proposal):
-        if proposal.value < 0 or (proposal.trait.name == "concurrency" and proposal.value < 1):
+        positive = proposal.trait.name in ("concurrency", "client_timeout")
+        if proposal.value < 0 or (positive and proposal.value <= 0):
             raise TraitError(f"c.PortRoutes.{proposal.trait.name}: {proposal.value} is too small")
         return proposal.value
 

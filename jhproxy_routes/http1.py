@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 MAX_HEAD = 64 * 1024
 MAX_CHUNK_LINE = 4096
+MAX_HEADERS = 256
 COPY_SIZE = 256 * 1024
 
 TOKEN = re.compile(rb"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
@@ -80,6 +81,8 @@ def _is_token(name: str) -> bool:
 def _parse_headers(block: bytes, status: int = 400) -> list[tuple[str, str]]:
     """``name: value`` lines separated by CRLF; no control characters anywhere but the CRLFs."""
     lines = block.decode("latin-1").split("\r\n") if block else []
+    if len(lines) > MAX_HEADERS:
+        raise HTTPError(431 if status == 400 else status, f"More than {MAX_HEADERS} header lines.")
     if BAD_VALUE.search(block.replace(b"\r\n", b"")):  # one scan for control characters
         raise _header_error(lines, status)
     headers = []
@@ -104,9 +107,11 @@ def parse_request_head(data: bytes) -> Head:
         raise HTTPError(400, "Malformed request line.")
     method, target, version = (p.decode("latin-1") for p in parts)
     if version not in ("HTTP/1.1", "HTTP/1.0"):
-        raise HTTPError(505, "Only HTTP/1.0 and HTTP/1.1 are supported.")
+        raise HTTPError(400, "Only HTTP/1.0 and HTTP/1.1 are supported.")
     if not target.startswith("/") or BAD_VALUE.search(parts[1]) or b"#" in parts[1]:
         raise HTTPError(400, "The request target must be a path starting with '/'.")
+    if not parts[1].isascii():
+        raise HTTPError(400, "The request target must be ASCII (percent-encode other bytes).")
     return Head((method, target, version), _parse_headers(block))
 
 
@@ -129,7 +134,7 @@ def request_body_framing(head: Head) -> tuple[str, int]:
         if cl:
             raise HTTPError(400, "Both Content-Length and Transfer-Encoding: refused.")
         if head.start[2] != "HTTP/1.1" or len(te) != 1 or te[0].strip().lower() != "chunked":
-            raise HTTPError(501, "Only 'Transfer-Encoding: chunked' is supported.")
+            raise HTTPError(400, "Only a single 'Transfer-Encoding: chunked' is accepted.")
         return "chunked", 0
     if cl:
         if len(cl) != 1 or not DIGITS.match(cl[0]):

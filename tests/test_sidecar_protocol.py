@@ -194,3 +194,23 @@ async def test_pooled_connection_with_leftover_bytes_is_not_reused(sidecar):
     assert first.endswith(b"one")
     second = await exchange(sidecar, raw)
     assert b"forged" not in second and second.endswith(b"one")
+
+
+async def test_slow_heads_get_408_and_idle_connections_close():
+    """Slowloris: a head dribbled in, never finished, must not hold a connection for good."""
+    sidecar = Sidecar("api-secret", client_timeout=0.5)
+    server = await serve(sidecar, "127.0.0.1", 0)
+    sidecar.port = server.sockets[0].getsockname()[1]
+    try:
+        out = await exchange(sidecar, b"GET /ports/alice/5000/ HTTP/1.1\r\nHost: h\r\nX-Slow: ", wait=3)
+        assert out.startswith(b"HTTP/1.1 408 ") and b"Connection: close" in out
+        assert await exchange(sidecar, b"", wait=3) == b""  # idle: closed, nothing said
+    finally:
+        server.close()
+
+
+async def test_kept_connections_carry_the_idle_timeout(sidecar):
+    app = await RawApp(ok_reply()).start()
+    await route_to(sidecar, app)
+    out = await exchange(sidecar, b"GET /ports/alice/5000/ HTTP/1.1\r\nHost: h\r\nX-Proxy-Token: " + TOKEN.encode() + b"\r\n\r\n")
+    assert out.startswith(b"HTTP/1.1 200") and b"Keep-Alive: timeout=60\r\n" in out

@@ -33,6 +33,12 @@ def main(argv=None) -> None:
         default=float(os.environ.get("JHPROXY_ROUTES_UPSTREAM_TIMEOUT", "300")),
         help="seconds to wait for an app's answer before 504",
     )
+    parser.add_argument(
+        "--client-timeout",
+        type=float,
+        default=float(os.environ.get("JHPROXY_ROUTES_CLIENT_TIMEOUT", "60")),
+        help="seconds a client may take to send a request head (idle keep-alive connections close after it)",
+    )
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="[%(levelname).1s %(asctime)s sidecar] %(message)s")
@@ -47,6 +53,7 @@ def main(argv=None) -> None:
     sidecar = Sidecar(
         api_token,
         upstream_timeout=args.upstream_timeout,
+        client_timeout=args.client_timeout,
         login=hub_login(api_token),
         hub_page=hub_page,
         audit=AuditLog(os.environ.get("JHPROXY_ROUTES_AUDIT_LOG")),  # unset or empty: none

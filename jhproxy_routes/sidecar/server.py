@@ -111,6 +111,7 @@ class Sidecar:
         api_token: str,
         upstream_timeout: float = 300,
         connect_timeout: float = 10,
+        client_timeout: float = 60,
         service_prefix: str = "",
         login: HubLogin | None = None,
         hub_page: str = "/hub/proxytoken/",
@@ -119,6 +120,7 @@ class Sidecar:
     ):
         self.api_token = api_token
         self.upstream_timeout = upstream_timeout
+        self.client_timeout = client_timeout
         # JupyterHub checks a managed service at its prefix: answer there as at /health
         self.service_prefix = service_prefix or os.environ.get("JUPYTERHUB_SERVICE_PREFIX", "")
         self.login = login or HubLogin(api_token)
@@ -131,8 +133,11 @@ class Sidecar:
     # ---- connections ---------------------------------------------------------------
     async def serve_connection(self, reader, writer) -> None:
         peer = (writer.get_extra_info("peername") or ("",))[0]
+        loop = asyncio.get_running_loop()
         try:
             while True:
+                # idle or slow (slowloris): a head must be complete within client_timeout
+                deadline = loop.call_later(self.client_timeout, self._head_timed_out, reader, writer)
                 try:
                     head = await reader.readuntil(b"\r\n\r\n")
                 except asyncio.IncompleteReadError:
@@ -140,6 +145,8 @@ class Sidecar:
                 except asyncio.LimitOverrunError:
                     await self.send_error(writer, HTTPError(431, "Request head too large."))
                     break
+                finally:
+                    deadline.cancel()
                 request = None
                 try:
                     request = parse_request_head(head)
@@ -158,6 +165,16 @@ class Sidecar:
             log.exception("unexpected error on a connection from %s", peer)
         finally:
             writer.close()
+
+    @staticmethod
+    def _head_timed_out(reader, writer) -> None:
+        """A connection idle past ``client_timeout`` just closes; one in the middle of sending
+        a head (or sending something that is no HTTP/1.1 head) gets 408 first."""
+        if len(getattr(reader, "_buffer", b"")):
+            body = json.dumps({"status": 408, "message": "The request head did not arrive in time."}).encode()
+            headers = [("Content-Type", "application/json"), ("Content-Length", str(len(body))), ("Connection", "close")]
+            writer.write(render_head("HTTP/1.1 408 Request Timeout", headers) + body)
+        writer.close()
 
     async def send_error(self, writer, error: HTTPError, extra=(), html: bool = False) -> None:
         """Answer with an error (a page for a browser, else JSON) and close: any unread body
@@ -401,8 +418,8 @@ class Sidecar:
                 headers.append(("Transfer-Encoding", "chunked"))
             else:
                 keep_alive = False  # an HTTP/1.0 client: the end of the body is the end of the connection
-        if not keep_alive:
-            headers.append(("Connection", "close"))
+        # CHP (Node's http.Agent) closes its idle connection before the sidecar would
+        headers.append(("Keep-Alive", f"timeout={self.client_timeout:.0f}") if keep_alive else ("Connection", "close"))
         head = render_head(f"HTTP/1.1 {response.start[1]} {response.start[2]}", headers)
         try:
             if kind == "length" and length <= SMALL_BODY:
