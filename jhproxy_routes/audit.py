@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 from datetime import datetime, timezone
 
 log = logging.getLogger(__name__)
@@ -38,3 +39,33 @@ class AuditLog:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+
+
+class DenialLog:
+    """Denied requests into the audit log, at most ``per_minute`` lines per client: a client
+    sending refused requests in a loop fills no disk. What is left out is counted, and the
+    count is written as ``denials suppressed`` with the client's next line."""
+
+    def __init__(self, audit: AuditLog, per_minute: int = 60, max_clients: int = 10_000):
+        self.audit = audit
+        self.per_minute = per_minute
+        self.max_clients = max_clients
+        self._clients: dict[str, list] = {}  # client -> [minute, lines, suppressed]
+
+    def record(self, client: str, **fields) -> None:
+        if self.audit.path is None:
+            return
+        client = client[:100]
+        minute = int(time.monotonic() // 60)
+        state = self._clients.get(client)
+        if state is None or state[0] != minute:
+            if len(self._clients) >= self.max_clients:
+                self._clients.clear()
+            if state is not None and state[2]:
+                self.audit.record("denials suppressed", client=client, count=state[2])
+            state = self._clients[client] = [minute, 0, 0]
+        if state[1] >= self.per_minute:
+            state[2] += 1
+            return
+        state[1] += 1
+        self.audit.record("denied", client=client, **fields)

@@ -16,10 +16,11 @@ MAX_CHUNK_LINE = 4096
 MAX_HEADERS = 256
 COPY_SIZE = 256 * 1024
 
-TOKEN = re.compile(rb"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
-DIGITS = re.compile(r"^[0-9]{1,18}$")
+TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # always with fullmatch
+DIGITS = re.compile(r"[0-9]{1,18}")  # always with fullmatch
 BAD_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 STATUS = re.compile(rb"[1-5][0-9][0-9]")
+BAD_TARGET = re.compile(rb"[^\x21-\x7e]|#")  # control characters, spaces, tabs, non-ASCII, fragments
 HOP_BY_HOP = {
     "connection", "keep-alive", "proxy-connection", "te", "trailer",
     "transfer-encoding", "upgrade", "proxy-authenticate", "proxy-authorization",
@@ -66,7 +67,7 @@ def _header_error(lines: list[str], status: int) -> HTTPError:
         if line[:1] in (" ", "\t"):
             return HTTPError(status, "Folded header lines (obs-fold) are not accepted.")
         name, colon, value = line.partition(":")
-        if not colon or not TOKEN.match(name.encode("latin-1")):
+        if not colon or not TOKEN.fullmatch(name.encode("latin-1")):
             return HTTPError(status, "Malformed header line.")
         if BAD_VALUE.search(value.encode("latin-1")):
             return HTTPError(status, f"Control characters in header {name}.")
@@ -75,7 +76,7 @@ def _header_error(lines: list[str], status: int) -> HTTPError:
 
 def _is_token(name: str) -> bool:
     # the common case (letters, digits, '-') without a regex; anything else: the exact rule
-    return (name.isascii() and name.replace("-", "").isalnum()) or TOKEN.match(name.encode("latin-1")) is not None
+    return (name.isascii() and name.replace("-", "").isalnum()) or TOKEN.fullmatch(name.encode("latin-1")) is not None
 
 
 def _parse_headers(block: bytes, status: int = 400) -> list[tuple[str, str]]:
@@ -103,15 +104,13 @@ def _split_head(data: bytes) -> tuple[bytes, bytes]:
 def parse_request_head(data: bytes) -> Head:
     start, block = _split_head(data)
     parts = start.split(b" ")
-    if len(parts) != 3 or not TOKEN.match(parts[0]):
+    if len(parts) != 3 or not TOKEN.fullmatch(parts[0]):
         raise HTTPError(400, "Malformed request line.")
     method, target, version = (p.decode("latin-1") for p in parts)
     if version not in ("HTTP/1.1", "HTTP/1.0"):
         raise HTTPError(400, "Only HTTP/1.0 and HTTP/1.1 are supported.")
-    if not target.startswith("/") or BAD_VALUE.search(parts[1]) or b"#" in parts[1]:
-        raise HTTPError(400, "The request target must be a path starting with '/'.")
-    if not parts[1].isascii():
-        raise HTTPError(400, "The request target must be ASCII (percent-encode other bytes).")
+    if not target.startswith("/") or BAD_TARGET.search(parts[1]):
+        raise HTTPError(400, "The request target must be a path starting with '/', in printable ASCII without '#'.")
     return Head((method, target, version), _parse_headers(block))
 
 
@@ -137,7 +136,7 @@ def request_body_framing(head: Head) -> tuple[str, int]:
             raise HTTPError(400, "Only a single 'Transfer-Encoding: chunked' is accepted.")
         return "chunked", 0
     if cl:
-        if len(cl) != 1 or not DIGITS.match(cl[0]):
+        if len(cl) != 1 or not DIGITS.fullmatch(cl[0]):
             raise HTTPError(400, "Invalid or repeated Content-Length.")
         return ("length", int(cl[0])) if int(cl[0]) else ("none", 0)
     return "none", 0
@@ -153,7 +152,7 @@ def response_body_framing(head: Head, request_method: str) -> tuple[str, int]:
         return ("chunked", 0) if te[-1] == "chunked" else ("close", 0)
     cl = {v.strip() for v in head.get_all("Content-Length")}
     if cl:
-        if len(cl) != 1 or not DIGITS.match(next(iter(cl))):
+        if len(cl) != 1 or not DIGITS.fullmatch(next(iter(cl))):
             raise HTTPError(502, "The app sent an invalid Content-Length.")
         return "length", int(next(iter(cl)))
     return "close", 0

@@ -58,19 +58,21 @@ class KeepAliveTransport(httpx.AsyncBaseTransport):
         )
         head += b"Content-Length: %d\r\n\r\n" % len(body) if body or request.method in ("POST", "PUT", "PATCH") else b"\r\n"
         for attempt in (1, 2):
-            conn = await self._acquire(key, timeout.get("connect"))
+            conn = await self._acquire(key, timeout.get("connect"), reuse=attempt == 1)
             try:
                 status, headers, content, reusable = await asyncio.wait_for(
                     self._exchange(conn, head + body, request.method), timeout.get("read")
                 )
-            except (ConnectionError, asyncio.IncompleteReadError) as e:
-                conn.writer.close()
-                if attempt == 1 and conn.reused:
-                    continue  # the server had closed the idle connection: a new one
-                raise httpx.RemoteProtocolError(f"connection closed: {e or type(e).__name__}", request=request) from None
-            except asyncio.TimeoutError:
+            except asyncio.TimeoutError:  # before OSError, of which it is a subclass
                 conn.writer.close()
                 raise httpx.ReadTimeout("no answer in time", request=request) from None
+            except (OSError, asyncio.IncompleteReadError) as e:  # OSError: also ssl.SSLError
+                conn.writer.close()
+                if attempt == 1 and conn.reused:
+                    # the server had closed the kept connection: once more, on a new one (the
+                    # route API's requests may be repeated: a route set or deleted twice is the same)
+                    continue
+                raise httpx.RemoteProtocolError(f"connection closed: {e or type(e).__name__}", request=request) from None
             except (HTTPError, asyncio.LimitOverrunError) as e:
                 conn.writer.close()
                 raise httpx.RemoteProtocolError(f"malformed response: {e}", request=request) from None
@@ -85,8 +87,8 @@ class KeepAliveTransport(httpx.AsyncBaseTransport):
             return httpx.Response(status, headers=headers, content=content, extensions={"http_version": b"HTTP/1.1"})
         raise AssertionError("unreachable")
 
-    async def _acquire(self, key, connect_timeout) -> _Connection:
-        idle = self.idle[key]
+    async def _acquire(self, key, connect_timeout, reuse: bool = True) -> _Connection:
+        idle = self.idle[key] if reuse else []
         while idle:
             conn = idle.pop()
             if not conn.reader.at_eof() and not conn.writer.is_closing():
@@ -122,7 +124,12 @@ class KeepAliveTransport(httpx.AsyncBaseTransport):
             content = await conn.reader.read()
         else:
             content = b""
-        reusable = kind != "close" and "close" not in response.tokens("Connection") and response.start[0] == "HTTP/1.1"
+        reusable = (
+            kind != "close"
+            and "close" not in response.tokens("Connection")
+            and response.start[0] == "HTTP/1.1"
+            and not len(getattr(conn.reader, "_buffer", b""))  # nothing unread after the body
+        )
         headers = [(k, v) for k, v in response.headers if k.lower() not in ("transfer-encoding", "content-length")]
         return int(response.start[1]), headers, content, reusable
 

@@ -49,8 +49,8 @@ def test_guessing_is_rate_limited_per_client_and_port(hub, apps, token):
         response = attacker.get(url_a, headers={"X-Proxy-Token": token})  # even the right one, now
         assert response.status_code == 429 and int(response.headers["Retry-After"]) > 0
         assert "Traceback" not in response.text and "Too many wrong tokens" in response.json()["message"]
-        # another port of the same server counts on its own
-        assert attacker.get(url_b, headers={"X-Proxy-Token": token}).status_code == 200
+        # the count is per server token: its other ports are closed to this client too
+        assert attacker.get(url_b, headers={"X-Proxy-Token": token}).status_code == 429
     assert len(apps["a"].received()) == seen, "a refused request reached the app"
     with client_from(hub, "127.0.0.1") as owner:  # another client is not locked out
         assert owner.get(url_a, headers={"X-Proxy-Token": token}).status_code == 200
@@ -70,6 +70,7 @@ def test_audit_log_has_changes_and_denials_but_no_secrets(hub, apps, token):
     assert "rate limited" in reasons
     limited = next(e for e in denials if e["reason"] == "rate limited")
     assert limited["client"] == "127.0.0.2" and limited["port"] == apps["a"].port and limited["owner"] == "mallory-target"
+    assert {e["port"] for e in denials if e["reason"] == "rate limited"} == {apps["a"].port, apps["b"].port}
     last = denials[-1]
     assert last["path"] == f"/ports/mallory-target/{apps['b'].port}/q" and last["client"] == "127.0.0.1"
     text = (hub.dir / "jhproxy-routes-audit.jsonl").read_text()

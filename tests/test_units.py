@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from jhproxy_routes.audit import AuditLog
+from jhproxy_routes.audit import AuditLog, DenialLog
 from jhproxy_routes.config import PortSpec
 from jhproxy_routes.routes import port_rule
 from jhproxy_routes.http1 import (
@@ -63,6 +63,8 @@ def test_ambiguous_framing_is_refused(raw, status):
         (head("GET * HTTP/1.1"), 400),
         (head("GET /x HTTP/2.0"), 400),
         (head("GET /\xff HTTP/1.1"), 400),
+        (head("GET /x\tHTTP/1.1 HTTP/1.1"), 400),
+        (head("GET\n /x HTTP/1.1"), 400),
         (head("GET /x HTTP/1.1", *[f"X-{i}: 1" for i in range(257)]), 431),
         (head("GET  /x HTTP/1.1"), 400),
         (head("G(T /x HTTP/1.1"), 400),
@@ -246,6 +248,21 @@ def test_bad_token_limiter_counts_per_client_and_route_and_forgets():
         limiter.failed(client, "/r")
     assert len(limiter._failures) == 2 and ("a", "/r") not in limiter._failures
     assert BadTokenLimiter(limit=0).failed("c", "/r") is False  # 0: no limit
+
+
+def test_denials_are_capped_per_client(tmp_path):
+    audit = AuditLog(str(tmp_path / "audit.jsonl"))
+    denials = DenialLog(audit, per_minute=3)
+    for i in range(10):
+        denials.record("1.2.3.4", reason="no credentials", path="/p" * 1000)
+    denials.record("5.6.7.8", reason="no credentials")
+    denials._clients["1.2.3.4"][0] -= 1  # as if a minute had passed
+    denials.record("1.2.3.4", reason="no credentials")
+    entries = [json.loads(line) for line in (tmp_path / "audit.jsonl").read_text().splitlines()]
+    assert [(e["event"], e["client"]) for e in entries] == [
+        *[("denied", "1.2.3.4")] * 3, ("denied", "5.6.7.8"), ("denials suppressed", "1.2.3.4"), ("denied", "1.2.3.4"),
+    ]
+    assert entries[4]["count"] == 7
 
 
 def test_audit_log_lines_are_whole_json(tmp_path):

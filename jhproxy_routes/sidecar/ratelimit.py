@@ -1,7 +1,7 @@
-"""Bad-token rate limiting: after ``limit`` wrong tokens from one client for one route within
-``window`` seconds, that client's token attempts on that route get 429 until the window has
-passed, a right token included (otherwise guessing would just go on). Memory is bounded: the
-oldest entries are dropped beyond ``max_entries``.
+"""Bad-token rate limiting: after ``limit`` wrong tokens from one client for one server's
+token (whichever of its ports) within ``window`` seconds, that client's token attempts there
+get 429 until the window has passed, a right token included (otherwise guessing would just go
+on). Memory is bounded: the oldest entries are dropped beyond ``max_entries``.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from collections import OrderedDict, deque
 
 
 class BadTokenLimiter:
-    def __init__(self, limit: int = 10, window: float = 60, max_entries: int = 100_000):
+    def __init__(self, limit: int = 10, window: float = 60, max_entries: int = 10_000):
         self.limit = limit
         self.window = window
         self.max_entries = max_entries
@@ -27,21 +27,21 @@ class BadTokenLimiter:
                 return None
         return failures
 
-    def retry_after(self, client: str, route: str) -> int:
-        """Seconds until this client may try a token on this route again; 0: now."""
+    def retry_after(self, client: str, key: str) -> int:
+        """Seconds until this client may try a token for ``key`` again; 0: now."""
         if not self.limit:
             return 0
         now = time.monotonic()
-        failures = self._recent((client, route), now)
+        failures = self._recent((client, key), now)
         if failures is None or len(failures) < self.limit:
             return 0
         return max(1, round(failures[-self.limit] + self.window - now))
 
-    def failed(self, client: str, route: str) -> bool:
+    def failed(self, client: str, key: str) -> bool:
         """Count a wrong token; True when this one reached the limit."""
         if not self.limit:
             return False
-        key, now = (client, route), time.monotonic()
+        key, now = (client, key), time.monotonic()
         failures = self._recent(key, now)
         if failures is None:
             failures = self._failures[key] = deque(maxlen=self.limit)

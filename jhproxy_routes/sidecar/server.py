@@ -26,7 +26,7 @@ import os
 from http import HTTPStatus
 from urllib.parse import unquote, unquote_plus, urlsplit
 
-from ..audit import AuditLog
+from ..audit import AuditLog, DenialLog
 from ..tokens import token_matches
 from ..http1 import (
     HOP_BY_HOP,
@@ -127,26 +127,27 @@ class Sidecar:
         self.hub_page = hub_page  # where a user manages their ports: linked from error pages
         self.table = RouteTable()
         self.pool = UpstreamPool(connect_timeout=connect_timeout)
-        self.audit = audit or AuditLog(None)
+        self.denials = DenialLog(audit or AuditLog(None))
         self.limiter = limiter or BadTokenLimiter()
 
     # ---- connections ---------------------------------------------------------------
     async def serve_connection(self, reader, writer) -> None:
         peer = (writer.get_extra_info("peername") or ("",))[0]
-        loop = asyncio.get_running_loop()
         try:
             while True:
-                # idle or slow (slowloris): a head must be complete within client_timeout
-                deadline = loop.call_later(self.client_timeout, self._head_timed_out, reader, writer)
+                # slowloris: a head once begun must be complete within client_timeout
+                deadline = HeadDeadline(self.client_timeout, reader, writer)
                 try:
                     head = await reader.readuntil(b"\r\n\r\n")
                 except asyncio.IncompleteReadError:
                     break
                 except asyncio.LimitOverrunError:
-                    await self.send_error(writer, HTTPError(431, "Request head too large."))
-                    break
+                    head = None
                 finally:
                     deadline.cancel()
+                if head is None:
+                    await self.send_error(writer, HTTPError(431, "Request head too large."))
+                    break
                 request = None
                 try:
                     request = parse_request_head(head)
@@ -165,16 +166,6 @@ class Sidecar:
             log.exception("unexpected error on a connection from %s", peer)
         finally:
             writer.close()
-
-    @staticmethod
-    def _head_timed_out(reader, writer) -> None:
-        """A connection idle past ``client_timeout`` just closes; one in the middle of sending
-        a head (or sending something that is no HTTP/1.1 head) gets 408 first."""
-        if len(getattr(reader, "_buffer", b"")):
-            body = json.dumps({"status": 408, "message": "The request head did not arrive in time."}).encode()
-            headers = [("Content-Type", "application/json"), ("Content-Length", str(len(body))), ("Connection", "close")]
-            writer.write(render_head("HTTP/1.1 408 Request Timeout", headers) + body)
-        writer.close()
 
     async def send_error(self, writer, error: HTTPError, extra=(), html: bool = False) -> None:
         """Answer with an error (a page for a browser, else JSON) and close: any unread body
@@ -235,19 +226,20 @@ class Sidecar:
         client = client_address(request, peer)
 
         def deny(status: int, reason: str, message: str, headers=()):
-            self.audit.record("denied", reason=reason, route=route.key, owner=route.owner, port=route.port,
-                              method=request.start[0], path=target.partition("?")[0], client=client)  # fmt: skip
+            self.denials.record(client, reason=reason, route=route.key, owner=route.owner, port=route.port,
+                                method=request.start[0][:20], path=target.partition("?")[0][:300])  # fmt: skip
             return HTTPErrorWithHeaders(status, message, [*cors, *headers])
 
         if route.access == "disabled":
             raise deny(403, "port disabled", "Unauthorized access (disabled): this port is turned off.")
         if token and route.token_sha256:
-            wait = self.limiter.retry_after(client, route.key)
+            # one count per server token, whichever of its ports is tried
+            wait = self.limiter.retry_after(client, route.token_sha256)
             if wait:
                 raise deny(429, "rate limited", f"Too many wrong tokens from {client}; try again in {wait}s.", [("Retry-After", str(wait))])
             if token_matches(token, route.token_sha256):
                 return
-            wrong_token = "wrong token" + (" (now rate limited)" if self.limiter.failed(client, route.key) else "")
+            wrong_token = "wrong token" + (" (now rate limited)" if self.limiter.failed(client, route.token_sha256) else "")
         else:
             wrong_token = ""
         user = await self.login.user(request.get("Cookie", ""), route)
@@ -418,8 +410,8 @@ class Sidecar:
                 headers.append(("Transfer-Encoding", "chunked"))
             else:
                 keep_alive = False  # an HTTP/1.0 client: the end of the body is the end of the connection
-        # CHP (Node's http.Agent) closes its idle connection before the sidecar would
-        headers.append(("Keep-Alive", f"timeout={self.client_timeout:.0f}") if keep_alive else ("Connection", "close"))
+        if not keep_alive:
+            headers.append(("Connection", "close"))
         head = render_head(f"HTTP/1.1 {response.start[1]} {response.start[2]}", headers)
         try:
             if kind == "length" and length <= SMALL_BODY:
@@ -535,6 +527,36 @@ def route_key(path: str) -> str:
         return "/" + "/".join(unquote(s, errors="strict") for s in str(path).split("/") if s)
     except UnicodeDecodeError:
         raise HTTPError(400, "The route path is not valid UTF-8.") from None
+
+
+class HeadDeadline:
+    """Slowloris: a request head, once begun, must be complete within one to two
+    ``timeout`` periods, else 408 and the connection closes. An idle keep-alive connection
+    stays open: CHP keeps its connections to the sidecar as long as they work, and one
+    closed under it could fail the request CHP had just sent on it."""
+
+    __slots__ = ("timeout", "reader", "writer", "begun", "handle")
+
+    def __init__(self, timeout: float, reader, writer):
+        self.timeout, self.reader, self.writer = timeout, reader, writer
+        self.begun = False
+        self.handle = asyncio.get_running_loop().call_later(timeout, self._check)
+
+    def _check(self) -> None:
+        pending = getattr(self.reader, "_buffer", b"")
+        if self.writer.is_closing() or b"\r\n\r\n" in pending:
+            return  # a whole head, its task about to resume: not late
+        if pending and self.begun:
+            body = json.dumps({"status": 408, "message": "The request head did not arrive in time."}).encode()
+            headers = [("Content-Type", "application/json"), ("Content-Length", str(len(body))), ("Connection", "close")]
+            self.writer.write(render_head("HTTP/1.1 408 Request Timeout", headers) + body)
+            self.writer.close()
+            return
+        self.begun = bool(pending)
+        self.handle = asyncio.get_running_loop().call_later(self.timeout, self._check)
+
+    def cancel(self) -> None:
+        self.handle.cancel()
 
 
 class HTTPErrorWithHeaders(HTTPError):
