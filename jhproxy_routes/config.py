@@ -272,9 +272,9 @@ class PortRoutes(Configurable):
     client_timeout = Float(
         60,
         config=True,
-        help="""Seconds the sidecar gives a client (CHP) to send a request head: an idle
-        keep-alive connection is closed after this, and one sending a head too slowly
-        (slowloris) gets 408. The sidecar tells CHP so, and CHP closes idle connections first.
+        help="""Seconds the sidecar gives a client to finish a request head once begun: a
+        head still incomplete one to two of these periods later (slowloris) gets 408 and the
+        connection closes. Idle keep-alive connections (CHP's, between requests) stay open.
         """,
     )
 

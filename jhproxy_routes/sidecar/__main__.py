@@ -37,7 +37,7 @@ def main(argv=None) -> None:
         "--client-timeout",
         type=float,
         default=float(os.environ.get("JHPROXY_ROUTES_CLIENT_TIMEOUT", "60")),
-        help="seconds a client may take to send a request head (idle keep-alive connections close after it)",
+        help="seconds a client may take to finish a request head once begun (else 408)",
     )
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
