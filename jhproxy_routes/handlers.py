@@ -71,7 +71,7 @@ class ProxyTokenPageHandler(BaseHandler):
         html = await self.render_template(
             "jhproxy-routes.html",
             api_url=url_path_join(self.hub.base_url, "proxytoken/"),
-            servers=[name for name in servers if manager.template.serves(name)],
+            servers=[name for name in servers if manager.template.serves(user.name, name)],
             groups=sorted(g.name for g in user.groups),
         )
         self.finish(html)
@@ -209,8 +209,8 @@ class ProxyTokenHandler(APIHandler):
         public = self.settings.get("public_url")
         base = f"{public.scheme}://{public.netloc}" if public else f"{self.request.protocol}://{self.request.host}"
         ports = []
+        routed = manager.template.serves(user.name, server_name)
         for spec in manager.specs:
-            routespec = manager.routespec(user.name, server_name, spec.port)
             rule = port_rule(spec, access)
             ports.append(
                 {
@@ -219,7 +219,7 @@ class ProxyTokenHandler(APIHandler):
                     "access": port_choice(spec, access),
                     "effective_access": rule.access,
                     "admits": rule.admits,
-                    "url": url_path_join(base, routespec) if manager.template.serves(server_name) else None,
+                    "url": url_path_join(base, manager.routespec(user.name, server_name, spec.port)) if routed else None,
                 }
             )
         return {

@@ -129,12 +129,14 @@ class RouteManager:
         return url_path_join(self.base_url, self.template.render(username, servername, port))
 
     def server_routespecs(self, username: str, servername: str) -> list[str]:
-        """The routespecs of every allowed port of one server."""
+        """The routespecs of every allowed port of one server (none if it gets no routes)."""
+        if not self.template.serves(username, servername):
+            return []
         return [self.routespec(username, servername, spec.port) for spec in self.specs]
 
     async def wanted_routes(self, user, servername: str, access: ServerAccess) -> dict[str, PortRoute]:
         spawner = user.spawners[servername]
-        if not self.template.serves(servername):
+        if not self.template.serves(user.name, servername):
             return {}
         try:
             targets = await port_targets(spawner, [s.port for s in self.specs], self.settings.allow_shared_host)
@@ -208,7 +210,7 @@ class RouteManager:
             access = self.store.get(user.name, servername)
             if access is not None and access.mode != "disabled":
                 self.store.put(user.name, servername, access.disabled())
-        if not self.template.serves(servername):
+        if not self.template.serves(user.name, servername):
             return
         specs = self.server_routespecs(user.name, servername)
         await asyncio.gather(*(self.chp.delete(s) for s in specs))
@@ -279,5 +281,5 @@ class RouteManager:
         """(user, servername, spawner) of every server that is ready or in transition."""
         for user in list(users.values()):
             for servername, spawner in list(user.spawners.items()):
-                if (spawner.ready or spawner.pending) and self.template.serves(servername):
+                if (spawner.ready or spawner.pending) and self.template.serves(user.name, servername):
                     yield user, servername, spawner

@@ -13,6 +13,7 @@ from traitlets import TraitError
 
 FIELDS = {"username", "servername", "port"}
 WHOLE_SEGMENT_FIELDS = ("username", "servername")
+DOT_NAMES = (".", "..")
 
 
 def escape_segment(value: str) -> str:
@@ -68,12 +69,18 @@ class RouteTemplate:
             )
         return names
 
-    def serves(self, servername: str) -> bool:
-        """Whether a server of this name gets routes (named servers need ``{servername}``)."""
+    def serves(self, username: str, servername: str) -> bool:
+        """Whether this server gets routes: named servers need ``{servername}``, and a name
+        that would be a ``.`` or ``..`` segment gets none (a proxy resolves those, so such a
+        route would land outside its prefix)."""
+        if username in DOT_NAMES or servername in DOT_NAMES:
+            return False
         return not servername or self.has_servername
 
     def render(self, username: str, servername: str, port: int) -> str:
         """The routespec (escaped, leading and trailing ``/``) of one port of one server."""
+        if username in DOT_NAMES or servername in DOT_NAMES:
+            raise ValueError(f"{username!r}/{servername!r}: a '.' or '..' name cannot be a route segment")
         values = {
             "username": escape_segment(username),
             "servername": escape_segment(servername),

@@ -69,7 +69,7 @@ def test_template_rendering():
     assert default.render("a b@c", "", 1) == "/ports/a%20b@c/1/"
     seed = RouteTemplate("/hub/proxy{port}/{username}/")
     assert seed.render("bob", "", 5000) == "/hub/proxy5000/bob/"
-    assert not seed.serves("named") and seed.serves("")
+    assert not seed.serves("ann", "named") and seed.serves("ann", "")
 
 
 def test_install_sets_only_the_proxy_class():
