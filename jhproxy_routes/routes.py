@@ -210,9 +210,7 @@ class RouteManager:
             access = self.store.get(user.name, servername)
             if access is not None and access.mode != "disabled":
                 self.store.put(user.name, servername, access.disabled())
-        if not self.template.serves(user.name, servername):
-            return
-        specs = self.server_routespecs(user.name, servername)
+        specs = self.server_routespecs(user.name, servername)  # none for a server without routes
         await asyncio.gather(*(self.chp.delete(s) for s in specs))
         await asyncio.gather(*(self.sidecar.delete(s) for s in specs))
 
