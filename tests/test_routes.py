@@ -2,6 +2,8 @@
 
 import os
 import signal
+import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -178,3 +180,28 @@ def test_an_unreachable_or_silent_sidecar_never_blocks_a_spawn(make_hub, apps):
         hub.stop_server("wedged")
     finally:
         silent.close()
+
+
+def test_a_server_that_stopped_while_the_hub_was_down_gets_no_route(make_hub, apps):
+    """The hub is down; one user's server dies meanwhile. After the restart the other
+    server's ports are back, and the dead one's stay gone, also after reconciliations."""
+    _, public = apps
+    hub = make_hub([{"port": public.port, "access": "public"}], "c.JupyterHub.cleanup_servers = False")
+    for user in ("gina", "hank"):
+        hub.user_token(user)
+        hub.spawn(user)
+    servers = {server_user(pid): pid for pid in hub.child_pids("jupyterhub-singleuser")}
+    hub.stop(leave_servers=True)
+    os.kill(servers["hank"], signal.SIGKILL)
+    hub.start()
+    wait_for(lambda: f"/ports/gina/{public.port}" in hub.port_routes(), 30, "gina's route after restart", hub.log_path)
+    time.sleep(5)  # two reconciliations (reconcile_interval = 2)
+    assert not any(p.startswith("/ports/hank/") for p in hub.port_routes())
+    assert hub.get(f"/ports/hank/{public.port}/x").status_code != 200
+    assert hub.get(f"/ports/gina/{public.port}/x").status_code == 200
+    hub.stop_server("gina")  # a child of the first hub process: the fixture would not stop it
+
+
+def server_user(pid: int) -> str:
+    environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    return next(e.split(b"=", 1)[1].decode() for e in environ if e.startswith(b"JUPYTERHUB_USER="))
