@@ -20,7 +20,7 @@ from jupyterhub.utils import exponential_backoff
 from .transport import KeepAliveTransport
 
 ROUTE_TAG = "jhproxy_routes"
-YIELD_EVERY = 1000  # entries of a big route table handled between two yields to the event loop
+ENTRIES_PER_YIELD = 1000  # entries of a big route table handled between two yields to the event loop
 _DECODER = json.JSONDecoder()
 _SPACE = re.compile(r"[ \t\n\r]*")
 
@@ -105,7 +105,7 @@ class RouteAPI:
             for count, (key, data) in enumerate(json_object_items(response.content.decode()), 1):
                 if isinstance(data, dict) and data.get(ROUTE_TAG):
                     ours[routespec_from_api_key(key)] = data
-                if count % YIELD_EVERY == 0:
+                if count % ENTRIES_PER_YIELD == 0:
                     await asyncio.sleep(0)
         except ValueError as e:  # also invalid UTF-8
             raise RouteAPIError(f"GET {self.name} routes: not a JSON object of routes ({e})") from None

@@ -17,14 +17,14 @@ from jupyterhub.utils import url_path_join
 
 from .audit import AuditLog
 from .config import GROUP_PREFIX, PortRoutes, PortSpec
-from .routeapi import RouteAPI, RouteAPIError, SidecarRouteAPI
+from .routeapi import ENTRIES_PER_YIELD, RouteAPI, RouteAPIError, SidecarRouteAPI
 from .targets import SharedHostError, TargetsPending, port_targets
 from .tokens import AccessStore, ServerAccess, with_new_token
 
 # JupyterHub sets login and server cookies on these paths (below base_url): a route there
 # would hand them to the app unless the sidecar strips them.
 COOKIE_PATHS = ("hub/", "user/", "services/")
-YIELD_EVERY = 100  # servers looked at between two yields to the event loop in a reconciliation
+SERVERS_PER_YIELD = 100  # servers looked at between two yields to the event loop in a reconciliation
 
 
 def port_choice(spec: PortSpec, access: ServerAccess) -> str:
@@ -231,7 +231,7 @@ class RouteManager:
         wanted: dict[str, PortRoute] = {}
         keep: set[str] = set()  # routes of servers in transition: leave them alone
         for count, (user, servername, spawner) in enumerate(self._routed_servers(users), 1):
-            if count % YIELD_EVERY == 0:
+            if count % SERVERS_PER_YIELD == 0:
                 await asyncio.sleep(0)  # let the hub serve requests in between
             try:
                 if spawner.ready:
@@ -256,7 +256,7 @@ class RouteManager:
                 sidecar_adds.append(r)
             if differs(chp_routes.get(r.routespec), r.chp):
                 chp_adds.append(r)
-            if count % (10 * YIELD_EVERY) == 0:
+            if count % ENTRIES_PER_YIELD == 0:
                 await asyncio.sleep(0)
         chp_stale = [s for s in chp_routes if s not in wanted and s not in keep]
         sidecar_stale = [
