@@ -311,6 +311,18 @@ class PortRoutes(Configurable):
         help="""Seconds over which ``bad_token_limit`` counts wrong tokens.""",
     )
 
+    metrics_by_route = Bool(
+        True,
+        config=True,
+        help="""Label the sidecar's request and byte metrics with each route (a few series per
+        running server's port). Set False on hubs with many thousands of servers: all routes
+        then share one series. The sidecar serves its metrics at ``/_jhproxy-routes/metrics``
+        and ``/services/jhproxy-routes/metrics``, to a token with the scope ``read:metrics``
+        (unless ``c.JupyterHub.authenticate_prometheus`` is False); the route manager's are
+        in the hub's own ``/hub/metrics``.
+        """,
+    )
+
     @property
     def audit_log_path(self) -> str:
         """``audit_log`` as an absolute path ("" when off): the sidecar runs elsewhere."""

@@ -28,6 +28,7 @@ from jupyterhub.utils import url_path_join
 from tornado import web
 
 from .config import PORT_ACCESS, valid_port_access
+from .metrics import SERVER_UPDATE_ERRORS
 from .routeapi import RouteAPIError
 from .routes import port_choice, port_rule
 from .targets import TargetsPending
@@ -130,6 +131,7 @@ class ProxyTokenHandler(APIHandler):
             try:
                 await manager.apply(user, server_name, access)
             except (RouteAPIError, TargetsPending) as e:
+                SERVER_UPDATE_ERRORS.labels("settings").inc()
                 raise web.HTTPError(503, f"Saved, but the proxy could not be updated yet: {e}") from None
         if isinstance(body, dict):
             result = await self._settings(user, server_name, access, new_token)

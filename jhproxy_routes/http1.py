@@ -163,7 +163,9 @@ def render_head(start_line: str, headers: list[tuple[str, str]]) -> bytes:
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 
 
-async def copy_length(reader, writer, length: int) -> None:
+async def copy_length(reader, writer, length: int) -> int:
+    """Copy exactly ``length`` bytes; returns ``length``."""
+    total = length
     while length:
         data = await reader.read(min(length, COPY_SIZE))
         if not data:
@@ -171,6 +173,7 @@ async def copy_length(reader, writer, length: int) -> None:
         length -= len(data)
         writer.write(data)
         await writer.drain()
+    return total
 
 
 async def read_line(reader) -> bytes:
@@ -183,9 +186,11 @@ async def read_line(reader) -> bytes:
     return line
 
 
-async def copy_chunked(reader, writer, rechunk: bool = True) -> None:
+async def copy_chunked(reader, writer, rechunk: bool = True) -> int:
     """Copy a chunked body, checking its framing; chunk extensions and trailers are dropped.
-    With ``rechunk`` False only the data is written (for an HTTP/1.0 peer)."""
+    With ``rechunk`` False only the data is written (for an HTTP/1.0 peer). Returns the
+    size of the data."""
+    total = 0
     while True:
         line = await read_line(reader)
         size_text = line[:-2].split(b";", 1)[0].strip()
@@ -201,24 +206,27 @@ async def copy_chunked(reader, writer, rechunk: bool = True) -> None:
             if rechunk:
                 writer.write(b"0\r\n\r\n")
             await writer.drain()
-            return
+            return total
         if rechunk:
             writer.write(b"%x\r\n" % size)
-        await copy_length(reader, writer, size)
+        total += await copy_length(reader, writer, size)
         if await reader.readexactly(2) != b"\r\n":
             raise HTTPError(400, "Chunk data not followed by CRLF.")
         if rechunk:
             writer.write(b"\r\n")
 
 
-async def copy_until_close(reader, writer, chunked: bool) -> None:
-    """Copy until EOF; with ``chunked`` the output is framed as chunks."""
+async def copy_until_close(reader, writer, chunked: bool) -> int:
+    """Copy until EOF; with ``chunked`` the output is framed as chunks. Returns the size."""
+    total = 0
     while True:
         data = await reader.read(COPY_SIZE)
         if not data:
             break
+        total += len(data)
         writer.write(b"%x\r\n%b\r\n" % (len(data), data) if chunked else data)
         await writer.drain()
     if chunked:
         writer.write(b"0\r\n\r\n")
         await writer.drain()
+    return total

@@ -19,6 +19,7 @@ from jupyterhub.proxy import ConfigurableHTTPProxy
 from tornado.ioloop import PeriodicCallback
 
 from .config import PortRoutes
+from .metrics import SERVER_UPDATE_ERRORS
 from .routeapi import RouteAPI, RouteAPIError
 from .routes import RouteManager
 from .targets import TargetsPending
@@ -49,12 +50,14 @@ class PortRoutesProxy(ConfigurableHTTPProxy):
         try:
             await self.route_manager.server_started(user, server_name)
         except (RouteAPIError, TargetsPending) as e:
+            SERVER_UPDATE_ERRORS.labels("start").inc()
             self.log.error("jhproxy-routes: port routes of %s not added yet: %s", user.name, e)
 
     async def delete_user(self, user, server_name=""):
         try:
             await self.route_manager.server_stopped(user, server_name)
         except RouteAPIError as e:
+            SERVER_UPDATE_ERRORS.labels("stop").inc()
             self.log.error("jhproxy-routes: port routes of %s not removed yet: %s", user.name, e)
         await super().delete_user(user, server_name)
 

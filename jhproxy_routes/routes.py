@@ -17,6 +17,7 @@ from jupyterhub.utils import url_path_join
 
 from .audit import AuditLog
 from .config import GROUP_PREFIX, PortRoutes, PortSpec
+from .metrics import RECONCILE_DURATION, RECONCILE_ERRORS, RECONCILE_FIXES, ROUTES
 from .routeapi import ENTRIES_PER_YIELD, RouteAPI, RouteAPIError, SidecarRouteAPI
 from .targets import SharedHostError, TargetsPending, port_targets
 from .tokens import AccessStore, ServerAccess, with_new_token
@@ -219,8 +220,10 @@ class RouteManager:
         """Compare wanted and actual routes of all servers; add the missing, drop the stale."""
         async with self._reconcile_lock:
             try:
-                await self._reconcile(users)
+                with RECONCILE_DURATION.time():
+                    await self._reconcile(users)
             except RouteAPIError as e:
+                RECONCILE_ERRORS.inc()
                 self.log.error("jhproxy-routes: reconciliation failed, will retry: %s", e)
 
     async def _reconcile(self, users) -> None:
@@ -269,11 +272,17 @@ class RouteManager:
             for r in routes:
                 self.log.info("jhproxy-routes: adding %s route %s -> %s", what, r.routespec, r.chp["target"])
         await self.sidecar.add_many({r.routespec: r.sidecar for r in sidecar_adds})
+        RECONCILE_FIXES.labels("sidecar", "added").inc(len(sidecar_adds))
         await self.chp.add_many({r.routespec: r.chp for r in chp_adds})
+        RECONCILE_FIXES.labels("proxy", "added").inc(len(chp_adds))
         for what, api, stale in (("proxy", self.chp, chp_stale), ("sidecar", self.sidecar, sidecar_stale)):
             for s in stale:
                 self.log.info("jhproxy-routes: removing stale %s route %s", what, s)
             await api.delete_many(stale)
+            RECONCILE_FIXES.labels(what, "removed").inc(len(stale))
+        direct = sum(r.sidecar is None for r in wanted.values())
+        ROUTES.labels("direct").set(direct)
+        ROUTES.labels("sidecar").set(len(wanted) - direct)
 
     def _routed_servers(self, users):
         """(user, servername, spawner) of every server that is ready or in transition."""

@@ -22,8 +22,9 @@ TEMPLATES = Path(__file__).parent / "templates"
 SERVER_ROLE_SCOPES = ["users:activity!user", "access:servers!server"]
 
 
-def sidecar_service(settings: PortRoutes) -> dict:
-    """The managed-service entry that starts the auth sidecar."""
+def sidecar_service(settings: PortRoutes, authenticate_metrics: bool = True) -> dict:
+    """The managed-service entry that starts the auth sidecar. Its metrics are protected
+    as the hub's are (``c.JupyterHub.authenticate_prometheus``)."""
     return {
         "name": SERVICE_NAME,
         "url": settings.sidecar_url,
@@ -36,6 +37,8 @@ def sidecar_service(settings: PortRoutes) -> dict:
             "JHPROXY_ROUTES_AUDIT_LOG": settings.audit_log_path,
             "JHPROXY_ROUTES_BAD_TOKEN_LIMIT": str(settings.bad_token_limit),
             "JHPROXY_ROUTES_BAD_TOKEN_WINDOW": str(settings.bad_token_window),
+            "JHPROXY_ROUTES_AUTHENTICATE_METRICS": "1" if authenticate_metrics else "0",
+            "JHPROXY_ROUTES_METRICS_BY_ROUTE": "1" if settings.metrics_by_route else "0",
         },
         # in the hub's Services menu: the sidecar sends browsers on to /hub/proxytoken/
         "display": True,
@@ -48,7 +51,7 @@ def wire_into_hub(app, settings: PortRoutes) -> None:
     from .handlers import token_handlers
 
     if settings.sidecar_managed and not any(s.get("name") == SERVICE_NAME for s in app.services):
-        app.services = [*app.services, sidecar_service(settings)]
+        app.services = [*app.services, sidecar_service(settings, app.authenticate_prometheus)]
     # in place: the hub reads the list in init_handlers (assigning it would log a deprecation)
     app.extra_handlers.extend(token_handlers())
     # after the admin's and the hub's own paths: page.html stays theirs, ours can be overridden

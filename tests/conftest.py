@@ -114,7 +114,7 @@ class Hub:
             c.JupyterHub.services = [{{"name": "test-admin", "api_token": "{ADMIN_TOKEN}"}}]
             c.JupyterHub.load_roles = [{{
                 "name": "test-admin",
-                "scopes": ["admin:users", "admin:servers", "admin:groups", "tokens", "proxy", "list:users", "list:services", "read:services"],
+                "scopes": ["admin:users", "admin:servers", "admin:groups", "tokens", "proxy", "list:users", "list:services", "read:services", "read:metrics"],
                 "services": ["test-admin"],
             }}]
             c.PortRoutes.ports = {ports!r}

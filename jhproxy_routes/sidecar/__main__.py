@@ -15,6 +15,7 @@ import sys
 from urllib.parse import urlsplit
 
 from jupyterhub.utils import url_path_join
+from prometheus_client import disable_created_metrics
 
 from ..audit import AuditLog
 from .login import HubLogin
@@ -41,6 +42,9 @@ def main(argv=None) -> None:
     )
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
+    # no *_created series: they would double the size of the metrics, which have a few
+    # series per route (and there can be tens of thousands of routes)
+    disable_created_metrics()
     logging.basicConfig(level=args.log_level.upper(), format="[%(levelname).1s %(asctime)s sidecar] %(message)s")
     api_token = os.environ.get("JHPROXY_ROUTES_SIDECAR_TOKEN")
     if not api_token:
@@ -58,6 +62,8 @@ def main(argv=None) -> None:
         hub_page=hub_page,
         audit=AuditLog(os.environ.get("JHPROXY_ROUTES_AUDIT_LOG")),  # unset or empty: none
         limiter=limiter,
+        authenticate_metrics=os.environ.get("JHPROXY_ROUTES_AUTHENTICATE_METRICS", "1") != "0",
+        metrics_by_route=os.environ.get("JHPROXY_ROUTES_METRICS_BY_ROUTE", "1") != "0",
     )
     asyncio.run(run(sidecar, args.ip, args.port))
 

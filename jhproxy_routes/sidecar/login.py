@@ -107,12 +107,23 @@ class HubLogin:
             return None
         return data["token"] if hmac.compare_digest(data.get("route", ""), route_key) else None
 
-    async def _user_for_token(self, token: str) -> dict | None:
+    async def _owner_of(self, token: str) -> dict | None:
+        """The hub's model of whoever holds ``token`` (cached), or None."""
         try:
-            model = await self.auth.user_for_token(token, use_cache=True, sync=False)
+            return await self.auth.user_for_token(token, use_cache=True, sync=False)
         except Exception as e:  # the hub is down or refuses us: say so, never a traceback
-            log.error("asking the hub who a session belongs to failed: %s", e)
+            log.error("asking the hub whose token this is failed: %s", e)
             raise HTTPError(503, "The hub could not be asked who you are; try again shortly.") from None
+
+    async def token_has_scope(self, token: str, scope: str) -> bool:
+        """Whether a JupyterHub token (of a user or a service) carries ``scope``."""
+        if not self.available:
+            return False
+        model = await self._owner_of(token)
+        return bool(model) and scope in model.get("scopes", ())
+
+    async def _user_for_token(self, token: str) -> dict | None:
+        model = await self._owner_of(token)
         if not model or model.get("kind", "user") != "user":
             return None
         if self.auth.access_scopes and not self.auth.check_scopes(self.auth.access_scopes, model):

@@ -42,6 +42,8 @@ from ..http1 import (
     response_body_framing,
 )
 from .login import HubLogin
+from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from .metrics import SidecarMetrics
 from .pages import error_page
 from .ratelimit import BadTokenLimiter
 from .table import RouteTable
@@ -117,6 +119,8 @@ class Sidecar:
         hub_page: str = "/hub/proxytoken/",
         audit: AuditLog | None = None,
         limiter: BadTokenLimiter | None = None,
+        authenticate_metrics: bool = True,
+        metrics_by_route: bool = True,
     ):
         self.api_token = api_token
         self.upstream_timeout = upstream_timeout
@@ -129,6 +133,8 @@ class Sidecar:
         self.pool = UpstreamPool(connect_timeout=connect_timeout)
         self.denials = DenialLog(audit or AuditLog(None))
         self.limiter = limiter or BadTokenLimiter()
+        self.metrics = SidecarMetrics(lambda: len(self.table.routes), metrics_by_route)
+        self.authenticate_metrics = authenticate_metrics
 
     # ---- connections ---------------------------------------------------------------
     async def serve_connection(self, reader, writer) -> None:
@@ -201,32 +207,36 @@ class Sidecar:
             # CHP sent it here, so the hub is about to tell us about it (or just removed it)
             raise HTTPError(503, "This port route is not (or no longer) known to the sidecar; try again shortly.")
         route, rest = found
-        origin = request.get("Origin")
-        cors = self._cors_headers(route, origin)
-        if method == "OPTIONS" and origin is not None and request.get("Access-Control-Request-Method"):
-            # a preflight has no body; if one came anyway, close rather than read it
-            return await self.answer_preflight(request, writer, cors, keep_alive and body_framing[0] == "none")
-        token, query = split_token_query(query)
-        websocket = "upgrade" in connection and "websocket" in request.tokens("Upgrade")
-        if route.access != "public":
-            await self._check_access(request, route, request.get(TOKEN_HEADER) or token, cors, target, websocket, peer)
-        upstream_path = rest if route.strip_prefix else path
-        upstream_target = upstream_path + ("?" + query if query else "")
-        headers = self._upstream_headers(request, connection, route, peer, body_framing, websocket, path, rest)
-        if request.get("Expect", "").lower() == "100-continue" and body_framing[0] != "none":
-            writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-        upstream_head = render_head(f"{method} {upstream_target} HTTP/1.1", headers)
-        if websocket:
-            return await self.forward_websocket(route, method, upstream_head, reader, writer, cors, version)
-        return await self.forward(route, method, upstream_head, body_framing, reader, writer, cors, keep_alive, version)
+        with self.metrics.outcome(route.key) as outcome:
+            origin = request.get("Origin")
+            cors = self._cors_headers(route, origin)
+            if method == "OPTIONS" and origin is not None and request.get("Access-Control-Request-Method"):
+                outcome.value = "preflight"
+                # a preflight has no body; if one came anyway, close rather than read it
+                return await self.answer_preflight(request, writer, cors, keep_alive and body_framing[0] == "none")
+            token, query = split_token_query(query)
+            websocket = "upgrade" in connection and "websocket" in request.tokens("Upgrade")
+            if route.access != "public":
+                await self._check_access(request, route, request.get(TOKEN_HEADER) or token, cors, target, websocket, peer)
+            upstream_path = rest if route.strip_prefix else path
+            upstream_target = upstream_path + ("?" + query if query else "")
+            headers = self._upstream_headers(request, connection, route, peer, body_framing, websocket, path, rest)
+            if request.get("Expect", "").lower() == "100-continue" and body_framing[0] != "none":
+                writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            upstream_head = render_head(f"{method} {upstream_target} HTTP/1.1", headers)
+            if websocket:
+                return await self.forward_websocket(route, method, upstream_head, reader, writer, cors, version)
+            return await self.forward(route, method, upstream_head, body_framing, reader, writer, cors, keep_alive, version)
 
     async def _check_access(self, request, route, token: str | None, cors, target: str, websocket: bool, peer: str) -> None:
         """Let the request through, or raise: 403 or 429 (recorded in the audit log), or a
         redirect to log in at the hub."""
         client = client_address(request, peer)
 
-        def deny(status: int, reason: str, message: str, headers=()):
-            self.denials.record(client, reason=reason, route=route.key, owner=route.owner, port=route.port,
+        def deny(status: int, kind: str, message: str, headers=(), detail: str = ""):
+            """The refusal, recorded: ``kind`` (a metric label, one of a few) and ``detail``."""
+            self.metrics.denied(kind)
+            self.denials.record(client, reason=detail or kind, route=route.key, owner=route.owner, port=route.port,
                                 method=request.start[0][:20], path=target.partition("?")[0][:300])  # fmt: skip
             return HTTPErrorWithHeaders(status, message, [*cors, *headers])
 
@@ -248,15 +258,17 @@ class Sidecar:
                 raise deny(403, "cross-site websocket", "A websocket from another site may not use your hub login.")
             if self.login.admits(route, user):
                 return
-            reason = f"login of {user['name']} not admitted" + (f"; {wrong_token}" if wrong_token else "")
-            raise deny(403, reason, f"Unauthorized access: you are logged in as {user['name']}, and this port is not open to you.")
+            detail = f"login of {user['name']} not admitted" + (f"; {wrong_token}" if wrong_token else "")
+            message = f"Unauthorized access: you are logged in as {user['name']}, and this port is not open to you."
+            raise deny(403, "login not admitted", message, detail=detail)
         # a page opened at the top: never a frame, where another page could read the result
         top_level = request.get("Sec-Fetch-Dest", "document") == "document"
         browser_visit = request.start[0] in ("GET", "HEAD") and wants_html(request) and top_level and not websocket
         if browser_visit and not token and self.login.available:
             raise HTTPErrorWithHeaders(302, "Log in at the hub first.", self.login.start(target, self._secure(request)))
         needed = "a valid X-Proxy-Token or a hub login" if route.token_sha256 else "a hub login (tokens are disabled for this port)"
-        raise deny(403, wrong_token or ("token for a port without tokens" if token else "no credentials"), f"Unauthorized access: {needed} is required.")
+        kind = "wrong token" if wrong_token else "token for a port without tokens" if token else "no credentials"
+        raise deny(403, kind, f"Unauthorized access: {needed} is required.", detail=wrong_token)
 
     @staticmethod
     def _secure(request) -> bool:
@@ -341,13 +353,14 @@ class Sidecar:
     async def _read_response_head(self, conn, route):
         # a timer that aborts the connection: much cheaper per request than asyncio.wait_for
         timed_out = []
-        timer = asyncio.get_running_loop().call_later(
-            self.upstream_timeout, lambda: (timed_out.append(True), conn.writer.transport.abort())
-        )
+        loop = asyncio.get_running_loop()
+        sent = loop.time()
+        timer = loop.call_later(self.upstream_timeout, lambda: (timed_out.append(True), conn.writer.transport.abort()))
         try:
             response = parse_response_head(await conn.reader.readuntil(b"\r\n\r\n"))
             while response.start[1].startswith("1") and response.start[1] != "101":
                 response = parse_response_head(await conn.reader.readuntil(b"\r\n\r\n"))  # interim: skip
+            self.metrics.upstream_latency.observe(loop.time() - sent)
             return response
         except asyncio.LimitOverrunError:
             raise HTTPError(502, f"The app on port {route.port} sent a response head over 64 KiB.") from None
@@ -365,9 +378,9 @@ class Sidecar:
                 conn.writer.write(upstream_head)
                 kind, length = body_framing
                 if kind == "length":
-                    await copy_length(reader, conn.writer, length)
+                    self.metrics.body(route.key, "to_app", await copy_length(reader, conn.writer, length))
                 elif kind == "chunked":
-                    await copy_chunked(reader, conn.writer)
+                    self.metrics.body(route.key, "to_app", await copy_chunked(reader, conn.writer))
                 else:
                     await conn.writer.drain()
                 response = await self._read_response_head(conn, route)
@@ -417,15 +430,18 @@ class Sidecar:
             if kind == "length" and length <= SMALL_BODY:
                 writer.write(head + (await conn.reader.readexactly(length) if length else b""))
                 await writer.drain()
+                sent = length
             else:
                 writer.write(head)
+                sent = 0
                 if kind == "length":
-                    await copy_length(conn.reader, writer, length)
+                    sent = await copy_length(conn.reader, writer, length)
                 elif kind == "chunked":
-                    await copy_chunked(conn.reader, writer, rechunk=version == "HTTP/1.1")
+                    sent = await copy_chunked(conn.reader, writer, rechunk=version == "HTTP/1.1")
                 elif kind == "close":
-                    await copy_until_close(conn.reader, writer, chunked=version == "HTTP/1.1")
+                    sent = await copy_until_close(conn.reader, writer, chunked=version == "HTTP/1.1")
                 await writer.drain()
+            self.metrics.body(route.key, "to_client", sent)
         except (ConnectionError, asyncio.IncompleteReadError, HTTPError):
             conn.close()
             return False  # the response is half sent: all we can do is close
@@ -457,7 +473,9 @@ class Sidecar:
         try:
             writer.write(render_head(f"HTTP/1.1 101 {response.start[2]}", headers))
             await writer.drain()
-            await pipe_both(reader, writer, conn.reader, conn.writer)
+            to_app, to_client = await pipe_both(reader, writer, conn.reader, conn.writer)
+            self.metrics.body(route.key, "to_app", to_app)
+            self.metrics.body(route.key, "to_client", to_client)
         finally:
             conn.close()
         return False
@@ -469,6 +487,12 @@ class Sidecar:
             raise HTTPError(413, "Send the route as JSON with a Content-Length of at most 1 MiB.")
         body = await reader.readexactly(length) if length else b""
         method = request.start[0]
+        if path in self.metrics_paths:
+            await self._check_metrics_credential(request)
+            gzipped = "gzip" in request.tokens("Accept-Encoding")
+            body = await asyncio.to_thread(self.metrics.exposition, gzipped)
+            extra = [("Content-Encoding", "gzip")] if gzipped else []
+            return await self.send(writer, 200, METRICS_CONTENT_TYPE, body, keep_alive, extra)
         if path == API_PREFIX + "health" or not path.startswith(API_PREFIX):
             return await self.send_json(writer, 200, {"status": "ok", "routes": len(self.table.routes)}, keep_alive)
         auth = request.get("Authorization", "").encode("latin-1")
@@ -491,6 +515,7 @@ class Sidecar:
         if method == "DELETE":
             if not self.table.delete(key):
                 raise HTTPError(404, f"No route {key}.")
+            self.metrics.forget(key)
             return await self.send_json(writer, 204, None, keep_alive)
         raise HTTPError(405, "Use GET, POST or DELETE.")
 
@@ -507,13 +532,39 @@ class Sidecar:
             self.table.set_many(add)
         except (ValueError, TypeError, AttributeError) as e:
             raise HTTPError(400, f"Bad bulk route data: {e}") from None
-        deleted = sum(self.table.delete(key) for key in delete)
+        deleted = 0
+        for key in delete:
+            if self.table.delete(key):
+                self.metrics.forget(key)
+                deleted += 1
         return await self.send_json(writer, 200, {"added": len(add), "deleted": deleted}, keep_alive)
 
-    @staticmethod
-    async def send_json(writer, status: int, data, keep_alive: bool) -> bool:
+    async def _check_metrics_credential(self, request) -> None:
+        """As the hub's ``/hub/metrics``: a token with ``read:metrics`` (or the hub's own)."""
+        if not self.authenticate_metrics:
+            return
+        scheme, _, token = request.get("Authorization", "").partition(" ")
+        token = token.strip()
+        if scheme.lower() in ("token", "bearer") and token:
+            if hmac.compare_digest(token.encode("latin-1"), self.api_token.encode("latin-1")):
+                return
+            if await self.login.token_has_scope(token, "read:metrics"):
+                return
+        raise HTTPError(403, "The sidecar's metrics need a JupyterHub token with the scope read:metrics.")
+
+    @property
+    def metrics_paths(self) -> tuple[str, ...]:
+        own = API_PREFIX + "metrics"
+        return (own, self.service_prefix.rstrip("/") + "/metrics") if self.service_prefix else (own,)
+
+    @classmethod
+    async def send_json(cls, writer, status: int, data, keep_alive: bool) -> bool:
         body = b"" if data is None else json.dumps(data).encode()
-        headers = [("Content-Type", "application/json")] + ([("Content-Length", str(len(body)))] if status != 204 else [])
+        return await cls.send(writer, status, "application/json", body, keep_alive)
+
+    @staticmethod
+    async def send(writer, status: int, content_type: str, body: bytes, keep_alive: bool, extra=()) -> bool:
+        headers = [("Content-Type", content_type), *extra] + ([("Content-Length", str(len(body)))] if status != 204 else [])
         if not keep_alive:
             headers.append(("Connection", "close"))
         writer.write(render_head(f"HTTP/1.1 {status} {HTTPStatus(status).phrase}", headers) + body)
@@ -572,23 +623,26 @@ class _UpstreamClosed(Exception):
     pass
 
 
-async def pipe_both(reader_a, writer_a, reader_b, writer_b) -> None:
-    """Copy bytes both ways until either side closes."""
+async def pipe_both(reader_a, writer_a, reader_b, writer_b) -> tuple[int, int]:
+    """Copy bytes both ways until either side closes; returns the bytes copied a->b, b->a."""
+    copied = [0, 0]
 
-    async def pipe(reader, writer):
+    async def pipe(reader, writer, direction):
         try:
             while data := await reader.read(65536):
                 writer.write(data)
+                copied[direction] += len(data)
                 await writer.drain()
         except ConnectionError:
             pass
 
-    tasks = [asyncio.ensure_future(pipe(reader_a, writer_b)), asyncio.ensure_future(pipe(reader_b, writer_a))]
+    tasks = [asyncio.ensure_future(pipe(reader_a, writer_b, 0)), asyncio.ensure_future(pipe(reader_b, writer_a, 1))]
     try:
         await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
     finally:
         for task in tasks:
             task.cancel()
+    return copied[0], copied[1]
 
 
 async def serve(sidecar: Sidecar, host: str, port: int):
