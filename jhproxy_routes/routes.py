@@ -146,6 +146,13 @@ class RouteManager:
             return {}
         routes = {}
         for spec in self.specs:
+            if spec.port == spawner.port:
+                self.log.error(
+                    "jhproxy-routes: port %i of %s/%s is its Jupyter server's own port: no route, it would"
+                    " open the whole server to the port's token (take it out of c.PortRoutes.ports)",
+                    spec.port, user.name, servername,
+                )  # fmt: skip
+                continue
             if spec.port not in targets:
                 self.log.warning("jhproxy-routes: port %i of %s/%s has no address (not published)", spec.port, user.name, servername)
                 continue

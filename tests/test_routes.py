@@ -8,7 +8,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import wait_for
+from conftest import free_port, wait_for
 
 
 @pytest.fixture(scope="module")
@@ -148,6 +148,21 @@ def test_servers_on_the_hub_machine_get_no_routes_unless_allowed(make_hub, apps)
     assert "no port routes for local/: its address 127.0.0.1 is the hub's own machine" in hub.log()
     assert "c.PortRoutes.allow_shared_host = True" in hub.log()
     hub.stop_server("local")
+
+
+def test_the_jupyter_servers_own_port_never_gets_a_route(make_hub, apps):
+    """An admin lists the port the single-user server itself listens on: its route would give
+    the port's token (or, public, anyone) the whole server. What an attacker hopes for."""
+    protected, _ = apps
+    server_port = free_port()
+    hub = make_hub([protected.port, {"port": server_port, "access": "public"}], f"c.Spawner.port = {server_port}")
+    hub.user_token("own")
+    hub.spawn("own")
+    assert set(hub.port_routes()) == {f"/ports/own/{protected.port}"}
+    assert f"port {server_port} of own/ is its Jupyter server's own port: no route" in hub.log()
+    response = hub.get(f"/ports/own/{server_port}/api/contents")  # CHP's default: the hub
+    assert response.status_code == 302 and response.headers["Location"].startswith("/hub/"), response.text[:300]
+    hub.stop_server("own")
 
 
 def test_an_unreachable_or_silent_sidecar_never_blocks_a_spawn(make_hub, apps):
