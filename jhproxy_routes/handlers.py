@@ -11,14 +11,21 @@ A ``GET`` whose ``Accept`` header asks for ``text/html`` and that carries no
 the new value as JSON. ``POST`` with a JSON object ``{"mode": ..., "ports": {"5001":
 "public"}}`` changes the mode and/or per-port access and answers the settings object.
 
-Auth as for JupyterHub's own API: the user's API token (``Authorization: token ...``), or
-the hub login cookie plus JupyterHub's XSRF token. Either needs the scope
-``custom:jhproxy-routes:tokens`` on that user, which ``install(c)`` grants to every user
-for their own servers.
+``?user=<name>`` acts on another user's server (an admin, or the ``jhproxy-routes`` CLI).
+
+``GET /hub/api/jhproxy-routes/routes[?user=<name>]``: every live port route the credential
+may see, with its owner, port, target, mode and access.
+
+Auth as for JupyterHub's own API: an API token (``Authorization: token ...``), or the hub
+login cookie plus JupyterHub's XSRF token. Either needs the scope
+``custom:jhproxy-routes:tokens`` on the server's owner, which ``install(c)`` grants to every
+user for their own servers, or ``tokens`` on the owner (whoever may make the owner's API
+tokens can act as the owner anyway: so admins may manage everyone's ports).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 from dataclasses import replace
 
@@ -39,7 +46,22 @@ ACTIONS = ("disabled", "allow_all", "random")
 
 
 def token_handlers():
-    return [(r"/proxytoken/?(?P<server_name>[^/]*)/?", ProxyTokenRoute)]
+    return [
+        (r"/proxytoken/?(?P<server_name>[^/]*)/?", ProxyTokenRoute),
+        (r"/api/jhproxy-routes/routes/?", RouteListHandler),
+    ]
+
+
+def may_manage(handler, username: str) -> bool:
+    """Whether the request's credential may read and change ``username``'s port settings."""
+    return handler.has_scope(f"{SCOPE}!user={username}") or handler.has_scope(f"tokens!user={username}")
+
+
+def route_manager(handler):
+    manager = getattr(handler.proxy, "route_manager", None)
+    if manager is None:
+        raise web.HTTPError(500, "jhproxy-routes is not installed: call jhproxy_routes.install(c).")
+    return manager
 
 
 def wants_page(request) -> bool:
@@ -65,9 +87,7 @@ class ProxyTokenPageHandler(BaseHandler):
     @web.authenticated
     async def get(self, server_name=""):
         user = self.current_user
-        manager = getattr(self.proxy, "route_manager", None)
-        if manager is None:
-            raise web.HTTPError(500, "jhproxy-routes is not installed: call jhproxy_routes.install(c).")
+        manager = route_manager(self)
         servers = sorted({"", *user.orm_user.orm_spawners})
         html = await self.render_template(
             "jhproxy-routes.html",
@@ -82,20 +102,25 @@ class ProxyTokenHandler(APIHandler):
     """Read and change the port token and port access of one of the user's servers."""
 
     def _target(self, server_name: str):
-        """The user and server this request is about, after the scope check."""
-        user = self.current_user
-        if user is None:
+        """The user and server this request is about (``?user=``, else the credential's
+        own), after the scope check."""
+        current = self.current_user
+        if current is None:
             raise web.HTTPError(403, "Missing or invalid credentials.")
-        if getattr(user, "kind", "user") != "user":
-            raise web.HTTPError(403, "Only users have port tokens; this credential is not a user's.")
-        if not self.has_scope(f"{SCOPE}!user={user.name}"):
-            raise web.HTTPError(403, f"This credential lacks the scope {SCOPE} for user {user.name}.")
+        name = self.get_argument("user", "")
+        if not name:
+            if getattr(current, "kind", "user") != "user":
+                raise web.HTTPError(403, "This credential is not a user's: name the user with ?user=<name>.")
+            name = current.name
+        # the scope first: whether a user exists is nobody else's business
+        if not may_manage(self, name):
+            raise web.HTTPError(403, f"This credential lacks the scope {SCOPE} (or tokens) for user {name}.")
+        user = current if name == current.name and getattr(current, "kind", "user") == "user" else self.find_user(name)
+        if user is None:
+            raise web.HTTPError(404, f"No user named {name!r}.")
         if server_name and server_name not in user.orm_user.orm_spawners:
             raise web.HTTPError(404, f"User {user.name} has no server named {server_name!r}.")
-        manager = getattr(self.proxy, "route_manager", None)
-        if manager is None:
-            raise web.HTTPError(500, "jhproxy-routes is not installed: call jhproxy_routes.install(c).")
-        return user, manager
+        return user, route_manager(self)
 
     async def get(self, server_name=""):
         user, manager = self._target(server_name)
@@ -115,10 +140,12 @@ class ProxyTokenHandler(APIHandler):
         else:
             access, new_token = await self._apply_action(before, body)
         manager.store.put(user.name, server_name, access)
-        self.log.info("jhproxy-routes: %s set %s/%s to mode %s", user.name, user.name, server_name, access.mode)
+        actor = self.current_user.name
+        self.log.info("jhproxy-routes: %s set %s/%s to mode %s", actor, user.name, server_name, access.mode)
         manager.audit.record(
             "settings changed",
             user=user.name,
+            by=actor,
             server=server_name,
             mode=[before.mode, access.mode],
             new_token=new_token is not None,
@@ -233,3 +260,50 @@ class ProxyTokenHandler(APIHandler):
             "token_readable": access.mode != "token" or token is not None,
             "ports": ports,
         }
+
+
+class RouteListHandler(APIHandler):
+    """``GET /hub/api/jhproxy-routes/routes``: the live port routes (those in the proxy) of
+    every user the credential holds the scope for, read from the proxy's and the sidecar's
+    tables (never from the spawners, which can be slow to ask)."""
+
+    async def get(self):
+        if self.current_user is None:
+            raise web.HTTPError(403, "Missing or invalid credentials.")
+        manager = route_manager(self)
+        only = self.get_argument("user", "")
+        try:
+            chp_routes, sidecar_routes = await asyncio.gather(manager.chp.get_all(), manager.sidecar.get_all())
+        except RouteAPIError as e:
+            raise web.HTTPError(503, f"The route tables could not be read: {e}") from None
+        stored = await asyncio.to_thread(manager.store.all)
+        specs = {spec.port: spec for spec in manager.specs}
+        allowed: dict[str, bool] = {}  # has_scope per user, asked once
+        rows = []
+        for path, data in sorted(chp_routes.items()):
+            name, server, port = data.get("username"), data.get("servername", ""), data.get("port")
+            if not isinstance(name, str) or (only and name != only):
+                continue
+            if name not in allowed:
+                allowed[name] = may_manage(self, name)
+            if not allowed[name]:
+                continue
+            access = stored.get((name, server), ServerAccess())
+            spec = specs.get(port)
+            via_sidecar = data.get("target") == manager.settings.sidecar_url
+            rows.append(
+                {
+                    "user": name,
+                    "server": server,
+                    "port": port,
+                    "name": spec.name if spec else "",
+                    "path": path,
+                    "via": "sidecar" if via_sidecar else "direct",
+                    # the app's address; None for a moment while the sidecar learns the route
+                    "target": (sidecar_routes.get(path, {}) if via_sidecar else data).get("target"),
+                    "mode": access.mode,
+                    "access": port_choice(spec, access) if spec else None,
+                    "admits": port_rule(spec, access).admits if spec else [],
+                }
+            )
+        self.finish(json.dumps(rows))

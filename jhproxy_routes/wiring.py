@@ -10,6 +10,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from jupyterhub.roles import get_default_roles
+
 from .config import PortRoutes
 
 SERVICE_NAME = "jhproxy-routes"
@@ -18,8 +20,6 @@ SCOPE_DESCRIPTION = "Read and change the port tokens and port access of servers.
 # a hub login reaches restricted ports through the sidecar's OAuth client: users need access
 LOGIN_SCOPE = f"access:services!service={SERVICE_NAME}"
 TEMPLATES = Path(__file__).parent / "templates"
-# JupyterHub's default 'server' role, which gives $JUPYTERHUB_API_TOKEN its scopes
-SERVER_ROLE_SCOPES = ["users:activity!user", "access:servers!server"]
 
 
 def sidecar_service(settings: PortRoutes, authenticate_metrics: bool = True) -> dict:
@@ -60,7 +60,7 @@ def wire_into_hub(app, settings: PortRoutes) -> None:
         app.custom_scopes = {**app.custom_scopes, SCOPE: {"description": SCOPE_DESCRIPTION}}
     grant_to_users(app, f"{SCOPE}!user", LOGIN_SCOPE)
     # code in a user's own server (a notebook) may manage that user's port tokens
-    grant_to_role(app, "server", SERVER_ROLE_SCOPES, f"{SCOPE}!user")
+    grant_to_role(app, "server", f"{SCOPE}!user")
     publish_docker_ports(app, [spec.port for spec in settings.port_specs])
 
 
@@ -91,14 +91,16 @@ def grant_to_users(app, *scopes: str) -> None:
     if app.has_trait("extra_user_scopes"):
         app.extra_user_scopes = {*app.extra_user_scopes, *scopes}
     else:
-        grant_to_role(app, "user", ["self"], *scopes)
+        grant_to_role(app, "user", *scopes)
 
 
-def grant_to_role(app, name: str, default_scopes: list[str], *scopes: str) -> None:
-    """Add ``scopes`` to the role ``name`` of ``load_roles``, made from its default scopes
-    if the admin did not define it."""
+def grant_to_role(app, name: str, *scopes: str) -> None:
+    """Add ``scopes`` to JupyterHub's default role ``name`` in ``load_roles``, made from
+    JupyterHub's definition if the admin did not define it (a role defined in ``load_roles``
+    replaces the default's scopes)."""
     roles = [dict(role) for role in app.load_roles]
     role = next((role for role in roles if role.get("name") == name), None)
+    default_scopes = next(r["scopes"] for r in get_default_roles() if r["name"] == name)
     if role is None:
         role = {"name": name, "scopes": list(default_scopes)}
         roles.append(role)

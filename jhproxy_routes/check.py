@@ -1,0 +1,154 @@
+"""``jhproxy-routes check``: read a ``jupyterhub_config.py`` as the hub would, and report
+what would break or surprise at run time, without starting anything."""
+
+from __future__ import annotations
+
+import difflib
+import os
+import warnings
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from traitlets import TraitError
+from traitlets.config.loader import PyFileConfigLoader
+
+from .config import PortRoutes, parse_port
+from .wiring import configured
+
+
+@dataclass(frozen=True)
+class Problem:
+    level: str  # error | warning
+    message: str
+
+
+def check_config_file(path: str) -> list[Problem]:
+    """Everything wrong with the config file at ``path`` (empty: nothing found)."""
+    try:
+        loader = PyFileConfigLoader(os.path.basename(path), path=os.path.dirname(os.path.abspath(path)))
+        config = loader.load_config()
+    except Exception as e:  # the hub would not start either: say why, in one line
+        return [Problem("error", f"the file does not load: {type(e).__name__}: {e}")]
+    return check_config(config)
+
+
+def check_config(config) -> list[Problem]:
+    from jupyterhub.app import JupyterHub
+
+    from . import PROXY_CLASS, _is_ours
+
+    problems = [*_unknown_options(config)]
+    try:
+        with warnings.catch_warnings():  # traitlets' own warnings: we report them ourselves
+            warnings.simplefilter("ignore")
+            hub = JupyterHub(config=config)
+            spawner_class = hub.spawner_class
+    except (TraitError, ValueError, ImportError) as e:
+        return [*problems, Problem("error", f"c.JupyterHub: {e}")]
+    proxy_class = config.JupyterHub.get("proxy_class")
+    if proxy_class != PROXY_CLASS and not _is_ours(proxy_class):
+        shown = "not set" if proxy_class is None else f"{proxy_class!r}"
+        problems.append(Problem("error", f"c.JupyterHub.proxy_class is {shown}: call jhproxy_routes.install(c) at the end of the file"))
+    settings = _port_routes(config, problems)
+    if settings is None:
+        return problems
+    ports = [spec.port for spec in settings.port_specs]
+    if not ports:
+        problems.append(Problem("warning", "c.PortRoutes.ports is empty: no port gets a route"))
+    problems += _spawner_problems(hub, spawner_class, settings, ports)
+    problems += _sidecar_problems(settings)
+    problems += _cors_problems(settings)
+    if hub.subdomain_host:
+        problems.append(Problem("error", "c.JupyterHub.subdomain_host is set: CHP then routes by host, and path routes such as ours never match (not supported yet)"))
+    return problems
+
+
+def _unknown_options(config):
+    known = set(PortRoutes.class_trait_names(config=True))
+    for name in config.get("PortRoutes", {}):
+        if name not in known:
+            close = difflib.get_close_matches(name, known, n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            yield Problem("error", f"c.PortRoutes.{name} is not an option{hint}: it would be ignored")
+
+
+def _port_routes(config, problems) -> PortRoutes | None:
+    """The settings; each invalid option (and port entry) is reported, and the rest
+    checked without it."""
+    valid = config.copy()
+    known = set(PortRoutes.class_trait_names(config=True))
+    for name, value in list(config.get("PortRoutes", {}).items()):
+        if name not in known:
+            del valid.PortRoutes[name]
+            continue
+        if name == "ports" and isinstance(value, list):
+            value = valid.PortRoutes.ports = _valid_ports(value, problems)
+        try:
+            PortRoutes(**{name: value})
+        except TraitError as e:
+            problems.append(Problem("error", str(e) if str(e).startswith("c.PortRoutes") else f"c.PortRoutes.{name}: {e}"))
+            del valid.PortRoutes[name]
+    try:
+        return PortRoutes(config=valid)
+    except TraitError as e:  # options that are only wrong together
+        problems.append(Problem("error", str(e)))
+        return None
+
+
+def _valid_ports(items: list, problems) -> list:
+    """The entries of ``c.PortRoutes.ports`` that are valid; the others reported."""
+    valid, seen = [], set()
+    for item in items:
+        try:
+            spec = parse_port(item)
+        except TraitError as e:
+            problems.append(Problem("error", str(e)))
+            continue
+        if spec.port in seen:
+            problems.append(Problem("error", f"c.PortRoutes.ports: port {spec.port} is listed twice"))
+            continue
+        seen.add(spec.port)
+        valid.append(item)
+    return valid
+
+
+def _spawner_problems(hub, spawner_class, settings: PortRoutes, ports: list[int]):
+    from jupyterhub.spawner import LocalProcessSpawner
+
+    name = spawner_class.__name__
+    try:  # the port the spawner gives the Jupyter server, its own default or the config's
+        server_port = spawner_class(config=hub.config).port
+    except Exception as e:
+        yield Problem("warning", f"{name} cannot be made without a user ({e}): its server port is not checked")
+        server_port = None
+    if server_port in ports:
+        yield Problem("error", f"port {server_port} is where {name} runs the Jupyter server itself: it never gets a route (it would open the whole server to the port's token)")
+    if issubclass(spawner_class, LocalProcessSpawner):
+        if not settings.allow_shared_host:
+            yield Problem("warning", f"{name} runs servers on the hub's machine, where users share ports: they get no port routes unless c.PortRoutes.allow_shared_host = True")
+        else:
+            from .proxy import PortRoutesProxy
+
+            chp_api = urlsplit(configured(hub, PortRoutesProxy, "api_url") or "http://127.0.0.1:8001").port
+            hub_ports = {hub.port: "the proxy's public port", hub.hub_port: "the hub's own port", chp_api: "the proxy's API"}
+            for port in ports:
+                if port in hub_ports:
+                    yield Problem("error", f"port {port} is {hub_ports[port]} on this machine: a route to it would expose the hub")
+
+
+def _sidecar_problems(settings: PortRoutes):
+    if not settings.sidecar_managed and not (settings.config.PortRoutes.get("sidecar_api_token") or os.environ.get("JHPROXY_ROUTES_SIDECAR_TOKEN")):
+        yield Problem("error", "c.PortRoutes.sidecar_managed is False but no sidecar_api_token (or $JHPROXY_ROUTES_SIDECAR_TOKEN) is set: the hub would make a new one the sidecar cannot know")
+    if settings.sidecar_url.startswith("https://"):
+        yield Problem("error", f"c.PortRoutes.sidecar_url {settings.sidecar_url!r}: the sidecar speaks plain HTTP (put it on a private network)")
+
+
+def _cors_problems(settings: PortRoutes):
+    lists = [("c.PortRoutes.cors_origins", settings.cors_origins)]
+    lists += [(f"port {spec.port} cors_origins", spec.cors_origins) for spec in settings.port_specs if spec.cors_origins]
+    for where, origins in lists:
+        for origin in origins:
+            parts = urlsplit(origin)
+            if origin != "*" and (parts.scheme not in ("http", "https") or not parts.netloc or parts.path or parts.query):
+                yield Problem("warning", f"{where}: {origin!r} is not an origin (scheme://host[:port], no path or trailing slash): no browser sends it")
+

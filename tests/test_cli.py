@@ -1,0 +1,164 @@
+"""The ``jhproxy-routes`` command (the installed console script) against a real hub, CHP,
+sidecar, servers and app: list, show, set, and ``check`` on config files."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import httpx
+import pytest
+from conftest import ADMIN_TOKEN
+
+CLI = Path(sys.executable).parent / "jhproxy-routes"
+
+
+def run(*args, token=None, hub=None, cwd=None) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JUPYTERHUB_")}
+    if token:
+        env["JUPYTERHUB_API_TOKEN"] = token
+    command = [str(CLI), *(["--hub-url", hub.url] if hub else []), *args]
+    return subprocess.run(command, capture_output=True, text=True, env=env, cwd=cwd, timeout=60)
+
+
+@pytest.fixture(scope="module")
+def apps(make_app):
+    return {"api": make_app(), "dash": make_app()}
+
+
+@pytest.fixture(scope="module")
+def hub(make_hub, apps):
+    hub = make_hub([apps["api"].port, {"port": apps["dash"].port, "name": "dashboard", "access": "public"}])
+    for user in ("carol", "dave"):
+        hub.user_token(user)
+        hub.spawn(user)
+    return hub
+
+
+def test_list_shows_owner_port_target_mode_and_access(hub, apps):
+    result = run("list", "--json", token=ADMIN_TOKEN, hub=hub)
+    assert result.returncode == 0, result.stderr
+    routes = {(r["user"], r["port"]): r for r in json.loads(result.stdout)}
+    assert set(routes) == {(u, apps[a].port) for u in ("carol", "dave") for a in ("api", "dash")}
+    api = routes[("carol", apps["api"].port)]
+    assert api["via"] == "sidecar" and api["target"] == f"http://127.0.0.1:{apps['api'].port}"
+    assert api["mode"] == "disabled" and api["access"] == "server" and api["path"] == f"/ports/carol/{apps['api'].port}/"
+    dash = routes[("carol", apps["dash"].port)]
+    assert dash["via"] == "direct" and dash["access"] == "public" and dash["name"] == "dashboard"
+
+    text = run("list", "--user", "dave", token=ADMIN_TOKEN, hub=hub).stdout
+    assert text.splitlines()[0].split() == ["USER", "SERVER", "PORT", "VIA", "MODE", "ACCESS", "TARGET", "PATH"]
+    assert len(text.splitlines()) == 3 and "carol" not in text
+
+
+def test_a_user_token_sees_and_changes_only_its_own(hub, apps):
+    carol = hub.user_token("carol")
+    routes = json.loads(run("list", "--json", token=carol, hub=hub).stdout)
+    assert {r["user"] for r in routes} == {"carol"}
+    # what a curious user would try: another user's settings, by name
+    for args in (("show", "dave"), ("set", "dave", "--mode", "allow_all")):
+        result = run(*args, token=carol, hub=hub)
+        assert result.returncode == 1 and "lacks the scope" in result.stderr, result
+        assert "Traceback" not in result.stderr
+    assert json.loads(run("show", "dave", "--json", token=ADMIN_TOKEN, hub=hub).stdout)["mode"] == "disabled"
+
+
+def test_set_and_show_change_what_the_port_admits(hub, apps):
+    url = f"{hub.url}/ports/dave/{apps['api'].port}/x"
+    assert httpx.get(url).status_code == 403
+    result = run("set", "dave", "--mode", "random", token=ADMIN_TOKEN, hub=hub)
+    assert result.returncode == 0, result.stderr
+    token = next(line.split(": ", 1)[1] for line in result.stdout.splitlines() if line.startswith("token: "))
+    assert httpx.get(url, headers={"X-Proxy-Token": token}).status_code == 200
+    shown = run("show", "dave", token=ADMIN_TOKEN, hub=hub).stdout
+    assert "mode token" in shown and token not in shown and "--show-token" in shown
+    assert token in run("show", "dave", "--show-token", token=ADMIN_TOKEN, hub=hub).stdout
+
+    result = run("set", "dave", "--port", f"{apps['api'].port}=public", token=ADMIN_TOKEN, hub=hub)
+    assert result.returncode == 0, result.stderr
+    assert httpx.get(url).status_code == 200
+    assert hub.port_routes()[f"/ports/dave/{apps['api'].port}"]["target"] == f"http://127.0.0.1:{apps['api'].port}"
+    # the audit log says who did it to whom
+    entries = [json.loads(line) for line in (hub.dir / "jhproxy-routes-audit.jsonl").read_text().splitlines()]
+    assert {"user": "dave", "by": "test-admin"}.items() <= entries[-1].items()
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (("show", "nobody"), "404 No user named 'nobody'"),
+        (("show", "dave/nosuch"), "404 User dave has no server named 'nosuch'"),
+        (("set", "dave", "--port", "1=public"), "Port 1 is not in the allow-list"),
+        (("set", "dave", "--port", "5000=everyone"), "write PORT=ACCESS"),
+        (("set", "dave"), "nothing to set"),
+    ],
+)
+def test_mistakes_get_one_clear_line(hub, args, message):
+    result = run(*args, token=ADMIN_TOKEN, hub=hub)
+    assert result.returncode == 1 and message in result.stderr and "Traceback" not in result.stderr, result
+
+
+def test_no_token_or_no_hub_is_said_plainly(hub):
+    result = run("list", hub=hub)
+    assert result.returncode == 1 and "set JUPYTERHUB_API_TOKEN" in result.stderr
+    result = run("--hub-url", "http://127.0.0.1:1", "list", token=ADMIN_TOKEN)
+    assert result.returncode == 1 and "cannot reach the hub at http://127.0.0.1:1/" in result.stderr
+    result = run("list", token="not-a-token", hub=hub)
+    assert result.returncode == 1 and "403" in result.stderr
+
+
+def write_config(tmp_path, body: str) -> Path:
+    path = tmp_path / "jupyterhub_config.py"
+    path.write_text("import jhproxy_routes\n" + textwrap.dedent(body) + "\njhproxy_routes.install(c)\n")
+    return path
+
+
+def test_check_passes_a_good_config(tmp_path):
+    path = write_config(tmp_path, """
+        c.JupyterHub.spawner_class = "docker"
+        c.PortRoutes.ports = [5000, {"port": 8050, "access": "public", "cors_origins": ["https://example.org"]}]
+    """)
+    result = run("check", str(path))
+    assert result.returncode == 0 and "no problems found" in result.stdout, result
+
+
+def test_check_reports_every_problem_of_a_bad_config(tmp_path):
+    path = write_config(tmp_path, """
+        c.JupyterHub.spawner_class = "docker"
+        c.PortRoutes.ports = [5000, 8888, {"port": 5001, "acess": "public"}, 5000]
+        c.PortRoutes.port = [1]
+        c.PortRoutes.reconcile_interval = -1
+        c.PortRoutes.route_template = "/ports/{port}/"
+        c.PortRoutes.cors_origins = ["https://example.org/"]
+        c.PortRoutes.sidecar_managed = False
+    """)
+    result = run("check", str(path))
+    assert result.returncode == 1, result
+    out = result.stdout
+    for expected in (
+        "c.PortRoutes.port is not an option (did you mean ports?)",
+        "unknown key(s) ['acess']",
+        "port 5000 is listed twice",
+        "reconcile_interval: -1 is too small",
+        "must contain {username}",
+        "port 8888 is where DockerSpawner runs the Jupyter server itself",
+        "'https://example.org/' is not an origin",
+        "sidecar_managed is False but no sidecar_api_token",
+        "7 error(s), 1 warning(s)",
+    ):
+        assert expected in out, f"{expected!r} not in:\n{out}"
+    assert "Traceback" not in result.stderr
+
+
+def test_check_local_servers_and_files_that_do_not_load(tmp_path):
+    path = write_config(tmp_path, "c.PortRoutes.ports = [5000, 8081]\nc.PortRoutes.allow_shared_host = True")
+    result = run("check", str(path))
+    assert result.returncode == 1 and "port 8081 is the hub's own port" in result.stdout, result
+    (tmp_path / "broken.py").write_text("c.PortRoutes.ports = [5000\n")
+    result = run("check", str(tmp_path / "broken.py"))
+    assert result.returncode == 1 and "the file does not load: SyntaxError" in result.stdout, result
+    (tmp_path / "plain.py").write_text("c.PortRoutes.ports = [5000]\n")
+    result = run("check", str(tmp_path / "plain.py"))
+    assert "proxy_class is not set: call jhproxy_routes.install(c)" in result.stdout
