@@ -12,7 +12,7 @@ from urllib.parse import urlsplit
 from traitlets import TraitError
 from traitlets.config.loader import PyFileConfigLoader
 
-from .config import PortRoutes, parse_port
+from .config import PortRoutes, check_no_overlap, parse_port
 from .wiring import configured
 
 
@@ -52,10 +52,14 @@ def check_config(config) -> list[Problem]:
     settings = _port_routes(config, problems)
     if settings is None:
         return problems
-    ports = [spec.port for spec in settings.port_specs]
-    if not ports:
+    try:
+        settings.check_together()
+    except TraitError as e:
+        problems.append(Problem("error", str(e)))
+    specs = settings.port_specs
+    if not specs:
         problems.append(Problem("warning", "c.PortRoutes.ports is empty: no port gets a route"))
-    problems += _spawner_problems(hub, spawner_class, settings, ports)
+    problems += _spawner_problems(hub, spawner_class, settings, specs)
     problems += _sidecar_problems(settings)
     problems += _cors_problems(settings)
     if hub.subdomain_host:
@@ -97,22 +101,18 @@ def _port_routes(config, problems) -> PortRoutes | None:
 
 def _valid_ports(items: list, problems) -> list:
     """The entries of ``c.PortRoutes.ports`` that are valid; the others reported."""
-    valid, seen = [], set()
+    valid, specs = [], []
     for item in items:
         try:
-            spec = parse_port(item)
+            specs.append(check_no_overlap(parse_port(item), specs))
         except TraitError as e:
             problems.append(Problem("error", str(e)))
             continue
-        if spec.port in seen:
-            problems.append(Problem("error", f"c.PortRoutes.ports: port {spec.port} is listed twice"))
-            continue
-        seen.add(spec.port)
         valid.append(item)
     return valid
 
 
-def _spawner_problems(hub, spawner_class, settings: PortRoutes, ports: list[int]):
+def _spawner_problems(hub, spawner_class, settings: PortRoutes, specs):
     from jupyterhub.spawner import LocalProcessSpawner
 
     name = spawner_class.__name__
@@ -121,8 +121,10 @@ def _spawner_problems(hub, spawner_class, settings: PortRoutes, ports: list[int]
     except Exception as e:
         yield Problem("warning", f"{name} cannot be made without a user ({e}): its server port is not checked")
         server_port = None
-    if server_port in ports:
-        yield Problem("error", f"port {server_port} is where {name} runs the Jupyter server itself: it never gets a route (it would open the whole server to the port's token)")
+    for spec in specs:
+        if server_port is not None and spec.covers(server_port):
+            within = f" (in {spec.key})" if spec.is_range else ""
+            yield Problem("error", f"port {server_port}{within} is where {name} runs the Jupyter server itself: it never gets a route (it would open the whole server to the port's token)")
     if issubclass(spawner_class, LocalProcessSpawner):
         if not settings.allow_shared_host:
             yield Problem("warning", f"{name} runs servers on the hub's machine, where users share ports: they get no port routes unless c.PortRoutes.allow_shared_host = True")
@@ -131,9 +133,9 @@ def _spawner_problems(hub, spawner_class, settings: PortRoutes, ports: list[int]
 
             chp_api = urlsplit(configured(hub, PortRoutesProxy, "api_url") or "http://127.0.0.1:8001").port
             hub_ports = {hub.port: "the proxy's public port", hub.hub_port: "the hub's own port", chp_api: "the proxy's API"}
-            for port in ports:
-                if port in hub_ports:
-                    yield Problem("error", f"port {port} is {hub_ports[port]} on this machine: a route to it would expose the hub")
+            for port, what in hub_ports.items():
+                if any(spec.covers(port) for spec in specs):
+                    yield Problem("error", f"port {port} is {what} on this machine: a route to it would expose the hub")
 
 
 def _sidecar_problems(settings: PortRoutes):

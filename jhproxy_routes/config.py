@@ -7,6 +7,7 @@ instance and never read config themselves.
 from __future__ import annotations
 
 import os
+import re
 import secrets
 from dataclasses import dataclass
 
@@ -38,33 +39,55 @@ def valid_port_access(value) -> bool:
         return False
     return value in PORT_ACCESS or (value.startswith(GROUP_PREFIX) and bool(value[len(GROUP_PREFIX):].strip()))
 PORT_KEYS = {"port", "name", "access", "cors_origins", "strip_prefix"}
+PORT_RANGE = re.compile(r"([0-9]{1,5})-([0-9]{1,5})")
 
 
 @dataclass(frozen=True)
 class PortSpec:
-    """One allowed port, normalised from ``c.PortRoutes.ports``."""
+    """One allowed port, or a range of ports, normalised from ``c.PortRoutes.ports``."""
 
-    port: int
+    port: int  # the first of a range
     name: str = ""
     access: str = "server"
     cors_origins: tuple[str, ...] | None = None  # None: use PortRoutes.cors_origins
     strip_prefix: bool = False
+    last: int | None = None  # the last port of a range; None for one port
+
+    @property
+    def is_range(self) -> bool:
+        return self.last is not None
+
+    @property
+    def key(self) -> str:
+        """``5000`` or ``8000-8099``: how users and the token API name it."""
+        return f"{self.port}-{self.last}" if self.is_range else str(self.port)
+
+    def covers(self, port: int) -> bool:
+        return self.port <= port <= (self.last if self.is_range else self.port)
 
 
 def parse_port(item, where="c.PortRoutes.ports") -> PortSpec:
-    """Turn one entry of the allow-list (an int or a dict) into a PortSpec."""
+    """Turn one entry of the allow-list (a port, a range such as ``"8000-8099"``, or a dict
+    with either as ``port``) into a PortSpec."""
     if isinstance(item, bool):
         raise TraitError(f"{where}: {item!r} is not a port number")
-    if isinstance(item, int):
+    if isinstance(item, (int, str)):
         item = {"port": item}
     if not isinstance(item, dict):
-        raise TraitError(f"{where}: {item!r} must be a port number or a dict with 'port'")
+        raise TraitError(f"{where}: {item!r} must be a port number, a range 'first-last', or a dict with 'port'")
     unknown = set(item) - PORT_KEYS
     if unknown:
         raise TraitError(
             f"{where}: unknown key(s) {sorted(unknown)} in {item!r}; allowed: {sorted(PORT_KEYS)}"
         )
-    port = item.get("port")
+    port, last = item.get("port"), None
+    if isinstance(port, str):
+        match = PORT_RANGE.fullmatch(port.strip())
+        if not match:
+            raise TraitError(f"{where}: {port!r} is not a port number or a range such as '8000-8099'")
+        port, last = int(match[1]), int(match[2])
+        if not (1 <= port < last <= 65535):
+            raise TraitError(f"{where}: range {item['port']!r} must go from a lower to a higher port within 1-65535")
     if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
         raise TraitError(f"{where}: port {port!r} is outside 1-65535")
     access = item.get("access", "server")
@@ -84,7 +107,17 @@ def parse_port(item, where="c.PortRoutes.ports") -> PortSpec:
         access=access,
         cors_origins=origins,
         strip_prefix=strip,
+        last=last,
     )
+
+
+def check_no_overlap(spec: PortSpec, earlier: list[PortSpec]) -> PortSpec:
+    """``spec``, unless one of its ports is in an earlier entry (TraitError)."""
+    for other in earlier:
+        if spec.port <= (other.last or other.port) and other.port <= (spec.last or spec.port):
+            where = f" ({other.key} and {spec.key})" if spec.is_range or other.is_range else ""
+            raise TraitError(f"c.PortRoutes.ports: port {max(spec.port, other.port)} is listed twice{where}")
+    return spec
 
 
 class PortRoutes(Configurable):
@@ -94,17 +127,22 @@ class PortRoutes(Configurable):
         config=True,
         help="""The allow-list: ports of a user's server that get a route in the proxy.
 
-        Each entry is a port number, or a dict with more options::
+        Each entry is a port number, a range of ports, or a dict with more options::
 
             c.PortRoutes.ports = [
                 5000,
                 {"port": 5001, "name": "dashboard", "access": "public"},
                 {"port": 8050, "strip_prefix": True, "cors_origins": ["https://example.org"]},
+                "8100-8199",
             ]
 
         Keys of a dict entry:
 
-        - ``port`` (required): 1-65535, each port at most once.
+        - ``port`` (required): 1-65535, or a range ``"first-last"``; no port twice. A
+          range takes one proxy route per server, whatever its size: the sidecar reads the
+          port from the URL, answers 404 naming the allowed ports for any other, and needs
+          ``{port}`` as the template's last segment and servers with addresses of their own
+          (DockerSpawner with ``use_internal_ip``, KubeSpawner, or a shared host).
         - ``name``: a label shown to users.
         - ``access``: who may call the port. ``server`` (default): the server's token mode
           decides (nobody / anyone / holders of the token); ``owner``: only the owner,
@@ -334,12 +372,9 @@ class PortRoutes(Configurable):
 
     @validate("ports")
     def _validate_ports(self, proposal):
-        seen = set()
+        specs = []
         for item in proposal.value:
-            spec = parse_port(item)
-            if spec.port in seen:
-                raise TraitError(f"c.PortRoutes.ports: port {spec.port} is listed twice")
-            seen.add(spec.port)
+            specs.append(check_no_overlap(parse_port(item), specs))
         return proposal.value
 
     @validate("route_template")
@@ -357,6 +392,14 @@ class PortRoutes(Configurable):
     @property
     def port_specs(self) -> list[PortSpec]:
         return [parse_port(item) for item in self.ports]
+
+    def check_together(self) -> None:
+        """Raise TraitError for options that are fine alone and wrong together."""
+        if any(spec.is_range for spec in self.port_specs) and not self.template.port_last:
+            raise TraitError(
+                f"c.PortRoutes.ports has a port range, which needs {{port}} as the last segment of"
+                f" c.PortRoutes.route_template ({self.route_template!r} has not)"
+            )
 
     @property
     def template(self) -> RouteTemplate:

@@ -206,7 +206,7 @@ class ProxyTokenHandler(APIHandler):
         ports = body.get("ports", {})
         if not isinstance(ports, dict):
             raise web.HTTPError(400, 'ports must be an object such as {"5001": "public"}.')
-        allowed = {str(spec.port) for spec in self.proxy.route_manager.specs}
+        allowed = {spec.key for spec in self.proxy.route_manager.specs}
         port_access = dict(access.port_access)
         for port, value in ports.items():
             if str(port) not in allowed:
@@ -241,14 +241,20 @@ class ProxyTokenHandler(APIHandler):
         routed = manager.template.serves(user.name, server_name)
         for spec in manager.specs:
             rule = port_rule(spec, access)
+            if not routed:
+                url = None
+            elif spec.is_range:
+                url = url_path_join(base, manager.ranges_routespec(user.name, server_name)) + "{port}/"
+            else:
+                url = url_path_join(base, manager.routespec(user.name, server_name, spec.port))
             ports.append(
                 {
-                    "port": spec.port,
+                    "port": spec.key if spec.is_range else spec.port,  # 5000, or "8000-8099"
                     "name": spec.name,
                     "access": port_choice(spec, access),
                     "effective_access": rule.access,
                     "admits": rule.admits,
-                    "url": url_path_join(base, manager.routespec(user.name, server_name, spec.port)) if routed else None,
+                    "url": url,
                 }
             )
         return {
@@ -277,7 +283,7 @@ class RouteListHandler(APIHandler):
         except RouteAPIError as e:
             raise web.HTTPError(503, f"The route tables could not be read: {e}") from None
         stored = await asyncio.to_thread(manager.store.all)
-        specs = {spec.port: spec for spec in manager.specs}
+        specs = {spec.key: spec for spec in manager.specs}
         allowed: dict[str, bool] = {}  # has_scope per user, asked once
         rows = []
         for path, data in sorted(chp_routes.items()):
@@ -289,8 +295,12 @@ class RouteListHandler(APIHandler):
             if not allowed[name]:
                 continue
             access = stored.get((name, server), ServerAccess())
-            spec = specs.get(port)
+            spec = specs.get(str(port))  # a range route lists its ranges: "8000-8099, 9000-9009"
             via_sidecar = data.get("target") == manager.settings.sidecar_url
+            # the app's address; None for a moment while the sidecar learns the route
+            target = (sidecar_routes.get(path, {}) if via_sidecar else data).get("target")
+            if via_sidecar and target is None and sidecar_routes.get(path, {}).get("ranges"):
+                target = sidecar_routes[path]["ranges"][0]["target"].rsplit(":", 1)[0] + ":{port}"
             rows.append(
                 {
                     "user": name,
@@ -299,8 +309,7 @@ class RouteListHandler(APIHandler):
                     "name": spec.name if spec else "",
                     "path": path,
                     "via": "sidecar" if via_sidecar else "direct",
-                    # the app's address; None for a moment while the sidecar learns the route
-                    "target": (sidecar_routes.get(path, {}) if via_sidecar else data).get("target"),
+                    "target": target,
                     "mode": access.mode,
                     "access": port_choice(spec, access) if spec else None,
                     "admits": port_rule(spec, access).admits if spec else [],

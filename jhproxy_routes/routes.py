@@ -30,7 +30,7 @@ SERVERS_PER_YIELD = 100  # servers looked at between two yields to the event loo
 
 def port_choice(spec: PortSpec, access: ServerAccess) -> str:
     """The port's access as set: the user's override, else the admin's (see PORT_ACCESS)."""
-    return access.port_access.get(str(spec.port), spec.access)
+    return access.port_access.get(spec.key, spec.access)
 
 
 @dataclass(frozen=True)
@@ -84,7 +84,10 @@ class RouteManager:
     def __init__(self, settings: PortRoutes, base_url: str, chp_api: RouteAPI, log: logging.Logger):
         self.settings = settings
         self.base_url = base_url
+        settings.check_together()
         self.specs = settings.port_specs
+        self.single_ports = [spec for spec in self.specs if not spec.is_range]
+        self.port_ranges = [spec for spec in self.specs if spec.is_range]
         self.template = settings.template
         self.log = log
         self.store = AccessStore(settings.db_url)
@@ -129,11 +132,16 @@ class RouteManager:
     def routespec(self, username: str, servername: str, port: int) -> str:
         return url_path_join(self.base_url, self.template.render(username, servername, port))
 
+    def ranges_routespec(self, username: str, servername: str) -> str:
+        """The one route of all port ranges of a server."""
+        return url_path_join(self.base_url, self.template.render_prefix(username, servername))
+
     def server_routespecs(self, username: str, servername: str) -> list[str]:
         """The routespecs of every allowed port of one server (none if it gets no routes)."""
         if not self.template.serves(username, servername):
             return []
-        return [self.routespec(username, servername, spec.port) for spec in self.specs]
+        specs = [self.routespec(username, servername, spec.port) for spec in self.single_ports]
+        return specs + ([self.ranges_routespec(username, servername)] if self.port_ranges else [])
 
     async def wanted_routes(self, user, servername: str, access: ServerAccess) -> dict[str, PortRoute]:
         spawner = user.spawners[servername]
@@ -145,7 +153,7 @@ class RouteManager:
             self.log.error("jhproxy-routes: no port routes for %s/%s: %s", user.name, servername, e)
             return {}
         routes = {}
-        for spec in self.specs:
+        for spec in self.single_ports:
             if spec.port == spawner.port:
                 self.log.error(
                     "jhproxy-routes: port %i of %s/%s is its Jupyter server's own port: no route, it would"
@@ -159,22 +167,52 @@ class RouteManager:
             routespec = self.routespec(user.name, servername, spec.port)
             app = targets[spec.port]
             who = {"username": user.name, "servername": servername, "port": spec.port}
-            rule = port_rule(spec, access)
             if self._direct(routespec, spec, access):
                 routes[routespec] = PortRoute(routespec, {"target": app, **who}, None)
                 continue
-            sidecar = {
-                "target": app,
-                "access": rule.access,
-                "token_sha256": access.token_sha256 if rule.token else None,
-                "users": rule.users,
-                "groups": list(rule.groups),
-                "cors_origins": list(spec.cors_origins or self.settings.cors_origins),
-                "strip_prefix": spec.strip_prefix,
-                **who,
-            }
+            sidecar = {"target": app, **self._sidecar_rule(spec, access), **who}
             routes[routespec] = PortRoute(routespec, {"target": self.settings.sidecar_url, **who}, sidecar)
+        if self.port_ranges:
+            ranges = self._ranges_route(user.name, servername, spawner.port, targets, access)
+            if ranges is not None:
+                routes[ranges.routespec] = ranges
         return routes
+
+    def _sidecar_rule(self, spec: PortSpec, access: ServerAccess) -> dict:
+        """What the sidecar checks on a port (or range), and how it forwards."""
+        rule = port_rule(spec, access)
+        return {
+            "access": rule.access,
+            "token_sha256": access.token_sha256 if rule.token else None,
+            "users": rule.users,
+            "groups": list(rule.groups),
+            "cors_origins": list(spec.cors_origins or self.settings.cors_origins),
+            "strip_prefix": spec.strip_prefix,
+        }
+
+    def _ranges_route(self, username: str, servername: str, server_port: int, targets: dict, access) -> PortRoute | None:
+        """The one route of a server's port ranges: to the sidecar, which reads the port
+        from the path. The Jupyter server's own port, if in a range, is left out."""
+        ranges = []
+        for spec in self.port_ranges:
+            if spec.port not in targets:  # DockerSpawner's host-binding mode publishes single ports only
+                self.log.warning(
+                    "jhproxy-routes: port range %s of %s/%s: the server has no address of its own"
+                    " (DockerSpawner needs use_internal_ip for ranges)", spec.key, username, servername,
+                )  # fmt: skip
+                continue
+            ranges.append({"target": targets[spec.port], "last": spec.last, **self._sidecar_rule(spec, access)})
+        if not ranges:
+            return None
+        routespec = self.ranges_routespec(username, servername)
+        who = {"username": username, "servername": servername, "port": ", ".join(s.key for s in self.port_ranges)}
+        sidecar = {
+            "ranges": ranges,
+            "allowed": ", ".join(spec.key for spec in self.specs),
+            "excluded": [server_port] if any(spec.covers(server_port) for spec in self.port_ranges) else [],
+            **who,
+        }
+        return PortRoute(routespec, {"target": self.settings.sidecar_url, **who}, sidecar)
 
     def _direct(self, routespec: str, spec: PortSpec, access: ServerAccess) -> bool:
         """A port set ``public`` goes straight to the app, untouched, where no cookie needs

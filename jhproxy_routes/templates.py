@@ -54,6 +54,7 @@ class RouteTemplate:
             )
         self.template = template
         self.has_servername = "servername" in used
+        self.port_last = self.segments[-1] == "{port}"  # needed for port ranges
 
     def _fields(self, segment: str, template: str) -> set[str]:
         try:
@@ -76,6 +77,12 @@ class RouteTemplate:
         if username in DOT_NAMES or servername in DOT_NAMES:
             return False
         return not servername or self.has_servername
+
+    def render_prefix(self, username: str, servername: str) -> str:
+        """The routespec of a server's port ranges: the template without its last segment,
+        ``{port}`` (a proxy route there sends every port of the server to the sidecar)."""
+        assert self.port_last, "port ranges need {port} as the template's last segment"
+        return self.render(username, servername, 0)[: -len("0/")]
 
     def render(self, username: str, servername: str, port: int) -> str:
         """The routespec (escaped, leading and trailing ``/``) of one port of one server."""

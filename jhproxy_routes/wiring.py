@@ -61,7 +61,7 @@ def wire_into_hub(app, settings: PortRoutes) -> None:
     grant_to_users(app, f"{SCOPE}!user", LOGIN_SCOPE)
     # code in a user's own server (a notebook) may manage that user's port tokens
     grant_to_role(app, "server", f"{SCOPE}!user")
-    publish_docker_ports(app, [spec.port for spec in settings.port_specs])
+    publish_docker_ports(app, [spec.port for spec in settings.port_specs if not spec.is_range])
 
 
 def configured(app, cls, name):

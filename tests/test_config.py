@@ -20,8 +20,10 @@ def port_routes(**settings) -> PortRoutes:
 
 
 def test_ports_normalise():
-    specs = port_routes(ports=[5000, {"port": 5001, "access": "public", "name": "dash"}]).port_specs
-    assert specs == [PortSpec(5000), PortSpec(5001, name="dash", access="public")]
+    specs = port_routes(ports=[5000, {"port": 5001, "access": "public", "name": "dash"}, " 8000-8099", {"port": "9000-9001"}]).port_specs
+    assert specs == [PortSpec(5000), PortSpec(5001, name="dash", access="public"), PortSpec(8000, last=8099), PortSpec(9000, last=9001)]
+    assert [spec.key for spec in specs] == ["5000", "5001", "8000-8099", "9000-9001"]
+    assert specs[2].covers(8000) and specs[2].covers(8099) and not specs[2].covers(8100) and not specs[0].covers(5001)
 
 
 @pytest.mark.parametrize(
@@ -32,7 +34,14 @@ def test_ports_normalise():
         ([5000, 5000], "listed twice"),
         ([5000, {"port": 5000}], "listed twice"),
         ([True], "not a port number"),
-        (["5000"], "must be a port number"),
+        (["5000"], "not a port number or a range"),
+        ([3.5], "must be a port number"),
+        (["8099-8000"], "from a lower to a higher port"),
+        (["8000-70000"], "within 1-65535"),
+        (["0-10"], "within 1-65535"),
+        (["8000-"], "not a port number or a range"),
+        (["8000-8099", 8050], r"port 8050 is listed twice \(8000-8099 and 8050\)"),
+        (["8000-8099", "8090-8199"], "port 8090 is listed twice"),
         ([{"port": 5000, "acces": "public"}], "unknown key"),
         ([{"port": 5000, "access": "everyone"}], "access 'everyone'"),
         ([{"port": 5000, "cors_origins": "*"}], "list of strings"),
@@ -109,6 +118,8 @@ def test_wiring_adds_to_what_the_admin_set(make_hub, make_app):
         ("c.PortRoutes.ports = [5000, 70000]", "port 70000 is outside 1-65535"),
         ("c.PortRoutes.ports = [5000, 5000]", "port 5000 is listed twice"),
         ("c.PortRoutes.route_template = '/p/{username}/'", "must contain {port}"),
+        ("c.PortRoutes.ports = ['5000-5010']\nc.PortRoutes.route_template = '/hub/proxy{port}/{username}/'",
+         "needs {port} as the last segment"),
     ],
 )
 def test_bad_config_stops_the_hub(make_hub, setting, message):

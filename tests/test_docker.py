@@ -101,6 +101,21 @@ def test_container_ip_mode_targets_the_container(ip_hub, engine):
     assert not any(bindings.values()) and not {"5000/tcp", "5001/tcp"} & set(bindings)
 
 
+def test_a_port_range_reaches_any_port_of_the_container_but_the_servers_own(make_hub, engine):
+    """One route for 5001-8888 (which covers the Jupyter server's 8888 in the container)."""
+    hub = docker_hub(make_hub, engine, internal_ip=True, ports=[5000, "5001-8888"])
+    token = open_port(hub, "rita")
+    assert set(hub.port_routes()) == {"/ports/rita/5000", "/ports/rita"}
+    response = hub.get("/ports/rita/5001/hello", headers={"X-Proxy-Token": token})
+    assert response.status_code == 200 and response.json()["server_of"] == "rita", response.text
+    assert hub.get("/ports/rita/5001/hello").status_code == 403
+    assert hub.get("/ports/rita/5002/", headers={"X-Proxy-Token": token}).status_code == 502  # nothing listens
+    own = hub.get("/ports/rita/8888/api/status", headers={"X-Proxy-Token": token})
+    assert own.status_code == 404 and "not in the allow-list" in own.json()["message"], own.text
+    hub.stop_server("rita")
+    assert hub.port_routes() == {}
+
+
 def sidecar_token(hub) -> str:
     [pid] = hub.child_pids("jhproxy_routes.sidecar")
     env = open(f"/proc/{pid}/environ", "rb").read().split(b"\0")

@@ -147,6 +147,69 @@ def test_lookup_is_longest_whole_segment_prefix():
     assert table.lookup("/ports/a%20b/5000/x")[1] == "/x"
 
 
+def ranges_table() -> RouteTable:
+    table = RouteTable()
+    table.set("/ports/alice/5000", route("http://127.0.0.1:5000"))
+    table.set("/ports/alice", {
+        "ranges": [
+            {**route("http://10.0.0.5:8000"), "last": 8099},
+            {**route("http://10.0.0.5:9000", access="restricted", token_sha256="a" * 64), "last": 9009, "strip_prefix": True},
+        ],
+        "allowed": "5000, 8000-8099, 9000-9009", "excluded": [8088], "username": "alice",
+    })  # fmt: skip
+    return table
+
+
+def test_a_port_range_is_one_entry_that_reads_the_port_from_the_path():
+    table = ranges_table()
+    found, rest = table.lookup("/ports/alice/8050/api/x/")
+    assert (found.host, found.port, found.key, found.entry, found.depth, rest) == ("10.0.0.5", 8050, "/ports/alice/8050", "/ports/alice", 3, "/api/x/")
+    found, rest = table.lookup("/ports/alice/9009")
+    assert (found.port, found.access, found.strip_prefix, rest) == (9009, "restricted", True, "/")
+    assert found.token_sha256 == "a" * 64 and found.owner == "alice"
+    # a single port routed on its own keeps its own, longer, route
+    found, rest = table.lookup("/ports/alice/5000/x")
+    assert (found.host, found.port, found.ranges) == ("127.0.0.1", 5000, ())
+    assert table.as_dict()["/ports/alice"]["allowed"] == "5000, 8000-8099, 9000-9009"
+
+
+@pytest.mark.parametrize(
+    "path, shown",
+    [
+        ("/ports/alice/8100/x", "Port 8100 is not"),  # just past a range
+        ("/ports/alice/7999", "Port 7999 is not"),
+        ("/ports/alice/8088/", "Port 8088 is not"),  # the Jupyter server's own port, inside a range
+        ("/ports/alice/08050/", "Port '08050' is not"),  # one port, one key: no leading zeros
+        ("/ports/alice/dev/8050", "Port 'dev' is not"),  # a named server that is not running
+        ("/ports/alice/%D9%A1/", "is not in the allow-list"),  # a non-ASCII digit
+        ("/ports/alice/", "Name a port"),
+        ("/ports/alice", "Name a port"),
+    ],
+)
+def test_a_port_outside_the_ranges_gets_404_naming_the_allowed(path, shown):
+    with pytest.raises(HTTPError) as info:
+        ranges_table().lookup(path)
+    assert info.value.status == 404 and shown in info.value.message, info.value.message
+    if "allow-list" in info.value.message:
+        assert "(allowed: 5000, 8000-8099, 9000-9009)" in info.value.message
+
+
+@pytest.mark.parametrize(
+    "ranges, message",
+    [
+        ([], "non-empty"),
+        ([{**route("http://h:8000")}], "last must be a higher port"),
+        ([{**route("http://h:8000"), "last": 7000}], "last must be a higher port"),
+        ([{**route("http://h:8000"), "last": True}], "last must be a higher port"),
+        ([{**route("http://h:8000", access="open"), "last": 8001}], "access"),
+        (["8000-8001"], "must be an object"),
+    ],
+)
+def test_bad_ranges_are_refused(ranges, message):
+    with pytest.raises(ValueError, match=message):
+        RouteTable().set("/p", {"ranges": ranges, "username": "alice"})
+
+
 @pytest.mark.parametrize(
     "path", ["/ports/alice/5000/../bob/5000", "/ports/alice/5000/%2e%2e/x", "/ports/alice/5000/..%2fx",
              "/ports/alice/5000/x%5c..%5cy", "/ports/alice/5000/%00", "/ports/alice/5000/%ff"],

@@ -207,7 +207,7 @@ class Sidecar:
             # CHP sent it here, so the hub is about to tell us about it (or just removed it)
             raise HTTPError(503, "This port route is not (or no longer) known to the sidecar; try again shortly.")
         route, rest = found
-        with self.metrics.outcome(route.key) as outcome:
+        with self.metrics.outcome(route.entry) as outcome:
             origin = request.get("Origin")
             cors = self._cors_headers(route, origin)
             if method == "OPTIONS" and origin is not None and request.get("Access-Control-Request-Method"):
@@ -378,9 +378,9 @@ class Sidecar:
                 conn.writer.write(upstream_head)
                 kind, length = body_framing
                 if kind == "length":
-                    self.metrics.body(route.key, "to_app", await copy_length(reader, conn.writer, length))
+                    self.metrics.body(route.entry, "to_app", await copy_length(reader, conn.writer, length))
                 elif kind == "chunked":
-                    self.metrics.body(route.key, "to_app", await copy_chunked(reader, conn.writer))
+                    self.metrics.body(route.entry, "to_app", await copy_chunked(reader, conn.writer))
                 else:
                     await conn.writer.drain()
                 response = await self._read_response_head(conn, route)
@@ -441,7 +441,7 @@ class Sidecar:
                 elif kind == "close":
                     sent = await copy_until_close(conn.reader, writer, chunked=version == "HTTP/1.1")
                 await writer.drain()
-            self.metrics.body(route.key, "to_client", sent)
+            self.metrics.body(route.entry, "to_client", sent)
         except (ConnectionError, asyncio.IncompleteReadError, HTTPError):
             conn.close()
             return False  # the response is half sent: all we can do is close
@@ -474,8 +474,8 @@ class Sidecar:
             writer.write(render_head(f"HTTP/1.1 101 {response.start[2]}", headers))
             await writer.drain()
             to_app, to_client = await pipe_both(reader, writer, conn.reader, conn.writer)
-            self.metrics.body(route.key, "to_app", to_app)
-            self.metrics.body(route.key, "to_client", to_client)
+            self.metrics.body(route.entry, "to_app", to_app)
+            self.metrics.body(route.entry, "to_client", to_client)
         finally:
             conn.close()
         return False

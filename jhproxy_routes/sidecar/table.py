@@ -2,14 +2,18 @@
 
 Keys are CHP-style: unescaped paths without the trailing slash. Lookup is by whole path
 segments, longest prefix first, on the percent-decoded request path; a request whose path
-has a ``.`` or ``..`` segment (also one made of encoded characters) is refused before lookup, so no request can climb out of the
-prefix it matched into another route or the hub.
+has a ``.`` or ``..`` segment (also one made of encoded characters) is refused before lookup,
+so no request can climb out of the prefix it matched into another route or the hub.
+
+An entry with ``ranges`` holds a server's port ranges: the segment after its key is the port,
+which must lie in one of them (else 404 naming the allowed ports); the request then goes to
+that port as if the entry were ``<key>/<port>``, with the range's check.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from urllib.parse import unquote, urlsplit
 
 from ..http1 import HTTPError
@@ -34,6 +38,11 @@ class Route:
     cors_origins: frozenset
     strip_prefix: bool
     depth: int  # number of path segments in the prefix
+    entry: str = ""  # the key of the table entry this route comes from (a range's prefix)
+    last_port: int = 0  # a range: its last port (``port`` is its first)
+    ranges: tuple[Route, ...] = ()  # an entry of port ranges: one Route per range
+    allowed: str = ""  # an entry of port ranges: the server's allowed ports, in words
+    excluded: frozenset = frozenset()  # an entry of port ranges: ports never routed
 
 
 def segments(path: str) -> tuple[str, ...]:
@@ -42,6 +51,8 @@ def segments(path: str) -> tuple[str, ...]:
 
 def route_from_data(key: str, data: dict) -> Route:
     """Validate what the hub pushed; raises ValueError with the reason."""
+    if "ranges" in data:
+        return ranges_from_data(key, data)
     target = urlsplit(str(data.get("target", "")))
     if target.scheme != "http" or not target.hostname or not target.port:
         raise ValueError(f"target must be http://host:port, got {data.get('target')!r}")
@@ -74,7 +85,33 @@ def route_from_data(key: str, data: dict) -> Route:
         cors_origins=frozenset(origins),
         strip_prefix=bool(data.get("strip_prefix")),
         depth=len(segments(key)),
+        entry=key,
     )
+
+
+def ranges_from_data(key: str, data: dict) -> Route:
+    """An entry of port ranges: ``{"ranges": [{rule, "target": "http://host:<first>",
+    "last": <last>}, ...], "allowed": ..., "excluded": [...], "username": ...}``."""
+    ranges = data.get("ranges")
+    if not isinstance(ranges, list) or not ranges:
+        raise ValueError("ranges must be a non-empty list")
+    rules = []
+    for item in ranges:
+        if not isinstance(item, dict):
+            raise ValueError("each range must be an object")
+        rule = route_from_data(key, {**item, "username": data.get("username")})
+        last = item.get("last")
+        if isinstance(last, bool) or not isinstance(last, int) or not rule.port < last <= 65535:
+            raise ValueError(f"range of {rule.port}: last must be a higher port, got {last!r}")
+        rules.append(replace(rule, last_port=last))
+    excluded = data.get("excluded") or []
+    if not isinstance(excluded, list) or not all(isinstance(p, int) for p in excluded):
+        raise ValueError("excluded must be a list of ports")
+    first = rules[0]
+    return replace(
+        first, data=data, access="disabled", token_sha256=None, ranges=tuple(rules),
+        allowed=str(data.get("allowed", "")), excluded=frozenset(excluded), last_port=0,
+    )  # fmt: skip
 
 
 class RouteTable:
@@ -111,8 +148,25 @@ class RouteTable:
         for n in range(min(len(parts), self.max_depth), 0, -1):
             route = self.routes.get(parts[:n])
             if route is not None:
+                if route.ranges:
+                    route = port_in_ranges(route, parts[n] if n < len(parts) else None)
+                    n += 1
                 rest = "/" + "/".join(raw_parts[n:])
                 if raw_parts[n:] and raw_path.endswith("/"):
                     rest += "/"
                 return route, rest
         return None
+
+
+def port_in_ranges(entry: Route, segment: str | None) -> Route:
+    """The route to port ``segment`` of an entry of port ranges, or 404 naming the allowed."""
+    if segment is None:
+        raise HTTPError(404, f"Name a port after this path: <path>/<port>/ (allowed: {entry.allowed}).")
+    # no leading zeros: one port, one route key (and one cookie path)
+    port = int(segment) if segment.isascii() and segment.isdigit() and segment == str(int(segment)) else None
+    shown = repr(segment[:12]) if port is None else str(port)
+    if port is not None and port not in entry.excluded:
+        for rule in entry.ranges:
+            if rule.port <= port <= rule.last_port:
+                return replace(rule, key=f"{entry.key}/{port}", port=port, depth=entry.depth + 1, data=entry.data)
+    raise HTTPError(404, f"Port {shown} is not in the allow-list of this server (allowed: {entry.allowed}).")
