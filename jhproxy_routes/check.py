@@ -139,7 +139,7 @@ def _spawner_problems(hub, spawner_class, settings: PortRoutes, specs):
 
 
 def _sidecar_problems(settings: PortRoutes):
-    if not settings.sidecar_managed and not (settings.config.PortRoutes.get("sidecar_api_token") or os.environ.get("JHPROXY_ROUTES_SIDECAR_TOKEN")):
+    if not settings.sidecar_managed and not settings.has_explicit_sidecar_token:
         yield Problem("error", "c.PortRoutes.sidecar_managed is False but no sidecar_api_token (or $JHPROXY_ROUTES_SIDECAR_TOKEN) is set: the hub would make a new one the sidecar cannot know")
     if settings.sidecar_url.startswith("https://"):
         yield Problem("error", f"c.PortRoutes.sidecar_url {settings.sidecar_url!r}: the sidecar speaks plain HTTP (put it on a private network)")

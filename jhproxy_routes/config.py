@@ -283,11 +283,35 @@ class PortRoutes(Configurable):
         """,
     )
 
+    sidecar_api_urls = List(
+        Unicode(),
+        config=True,
+        help="""Where the hub sends route changes: every replica of the sidecar. Default:
+        ``[sidecar_url]``. With several replicas behind a load balancer (``sidecar_url``, a
+        Kubernetes Service), list each one here, or one name that resolves to all of them
+        (a headless Service) with ``sidecar_api_resolve_all``. A replica reports itself ready
+        at ``/_jhproxy-routes/ready`` once it has received the whole table (at the end of a
+        reconciliation), so a new one gets traffic only when it knows every route.
+        """,
+    )
+
+    sidecar_api_resolve_all = Bool(
+        False,
+        config=True,
+        help="""Each host name in ``sidecar_api_urls`` stands for every address it resolves to,
+        looked up again every few seconds (a Kubernetes headless Service with
+        ``publishNotReadyAddresses: true``, so that new replicas receive their table before
+        they are ready).
+        """,
+    )
+
     sidecar_managed = Bool(
         True,
         config=True,
         help="""Start the sidecar as a JupyterHub managed service. Set False when it runs
-        elsewhere (another container or pod); then set ``sidecar_api_token`` on both sides.
+        elsewhere (another container or pod, maybe several replicas): the hub then registers
+        it as an external service at ``sidecar_url`` whose API token is ``sidecar_api_token``,
+        which must be set, and given to the sidecar, see ``examples/kubernetes/``.
         """,
     )
 
@@ -365,6 +389,11 @@ class PortRoutes(Configurable):
     def audit_log_path(self) -> str:
         """``audit_log`` as an absolute path ("" when off): the sidecar runs elsewhere."""
         return os.path.abspath(self.audit_log) if self.audit_log else ""
+
+    @property
+    def has_explicit_sidecar_token(self) -> bool:
+        """Whether the sidecar's secret was set (config or environment), not made up here."""
+        return "sidecar_api_token" in self.config.get("PortRoutes", {}) or bool(os.environ.get("JHPROXY_ROUTES_SIDECAR_TOKEN"))
 
     @default("sidecar_api_token")
     def _default_sidecar_api_token(self):

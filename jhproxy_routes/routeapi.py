@@ -185,3 +185,7 @@ class SidecarRouteAPI(RouteAPI):
         for i in range(0, len(routespecs), self.BATCH):
             delete = [routespec_to_api_path(spec) for spec in routespecs[i : i + self.BATCH]]
             await self._request("POST", "(bulk delete)", {"delete": delete}, url=self.api_url + "bulk")
+
+    async def mark_complete(self) -> None:
+        """Tell the sidecar its table is the hub's whole table (it then reports ready)."""
+        await self._request("POST", "(complete)", {"complete": True}, url=self.api_url + "bulk")

@@ -18,6 +18,7 @@ from jupyterhub.utils import url_path_join
 from .audit import AuditLog
 from .config import GROUP_PREFIX, PortRoutes, PortSpec
 from .metrics import RECONCILE_DURATION, RECONCILE_ERRORS, RECONCILE_FIXES, ROUTES
+from .replicas import SidecarReplicas
 from .routeapi import ENTRIES_PER_YIELD, RouteAPI, RouteAPIError, SidecarRouteAPI
 from .targets import SharedHostError, TargetsPending, port_targets
 from .tokens import AccessStore, ServerAccess, with_new_token
@@ -93,14 +94,20 @@ class RouteManager:
         self.store = AccessStore(settings.db_url)
         self.audit = AuditLog(settings.audit_log_path)
         self.chp = chp_api
-        self.sidecar = SidecarRouteAPI(
-            "sidecar",
-            url_path_join(settings.sidecar_url, "_jhproxy-routes/"),
-            settings.sidecar_api_token,
-            timeout=settings.api_timeout,
-            retry_timeout=settings.api_retry_timeout,
-            concurrency=settings.concurrency,
-            log=log,
+        replica_urls = settings.sidecar_api_urls or [settings.sidecar_url]
+        several = len(replica_urls) > 1 or settings.sidecar_api_resolve_all
+        self.sidecar = SidecarReplicas(
+            replica_urls,
+            settings.sidecar_api_resolve_all,
+            lambda url: SidecarRouteAPI(
+                f"sidecar {url}" if several else "sidecar",
+                url_path_join(url, "_jhproxy-routes/"),
+                settings.sidecar_api_token,
+                timeout=settings.api_timeout,
+                retry_timeout=settings.api_retry_timeout,
+                concurrency=settings.concurrency,
+                log=log,
+            ),
         )
         self._reconcile_lock = asyncio.Lock()
 
@@ -328,6 +335,7 @@ class RouteManager:
         direct = sum(r.sidecar is None for r in wanted.values())
         ROUTES.labels("direct").set(direct)
         ROUTES.labels("sidecar").set(len(wanted) - direct)
+        await self.sidecar.mark_complete()
 
     def _routed_servers(self, users):
         """(user, servername, spawner) of every server that is ready or in transition."""

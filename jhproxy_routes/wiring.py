@@ -47,11 +47,30 @@ def sidecar_service(settings: PortRoutes, authenticate_metrics: bool = True) -> 
     }
 
 
+def external_sidecar_service(settings: PortRoutes) -> dict:
+    """The service entry of a sidecar that runs elsewhere: the hub gives it an OAuth client
+    (hub login on ports) and accepts ``sidecar_api_token`` as its API token, the one secret
+    the sidecar and the hub share."""
+    if not settings.has_explicit_sidecar_token:
+        raise ValueError(
+            "c.PortRoutes.sidecar_managed is False: set c.PortRoutes.sidecar_api_token (or"
+            " $JHPROXY_ROUTES_SIDECAR_TOKEN) to the secret the sidecar has"
+        )
+    return {
+        "name": SERVICE_NAME,
+        "url": settings.sidecar_url,
+        "api_token": settings.sidecar_api_token,
+        "display": True,
+        "oauth_no_confirm": True,
+    }
+
+
 def wire_into_hub(app, settings: PortRoutes) -> None:
     from .handlers import token_handlers
 
-    if settings.sidecar_managed and not any(s.get("name") == SERVICE_NAME for s in app.services):
-        app.services = [*app.services, sidecar_service(settings, app.authenticate_prometheus)]
+    if not any(s.get("name") == SERVICE_NAME for s in app.services):
+        service = sidecar_service(settings, app.authenticate_prometheus) if settings.sidecar_managed else external_sidecar_service(settings)
+        app.services = [*app.services, service]
     # in place: the hub reads the list in init_handlers (assigning it would log a deprecation)
     app.extra_handlers.extend(token_handlers())
     # after the admin's and the hub's own paths: page.html stays theirs, ours can be overridden

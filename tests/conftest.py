@@ -82,8 +82,10 @@ class App:
 class Hub:
     """A real jupyterhub process in its own directory, driven through its public URL."""
 
-    def __init__(self, workdir: Path, ports: list, extra_config: str = "", crypt_key: str | None = None, env: dict | None = None):
+    def __init__(self, workdir: Path, ports: list, extra_config: str = "", crypt_key: str | None = None, env: dict | None = None,
+                 command_prefix: list | None = None):  # fmt: skip
         self.extra_env = env or {}
+        self.command_prefix = command_prefix or []  # e.g. a private mount namespace (unshare)
         self.dir = workdir
         self.dir.mkdir(parents=True, exist_ok=True)
         self.port, self.api_port, self.hub_port, self.sidecar_port = (free_port() for _ in range(4))
@@ -140,7 +142,7 @@ class Hub:
         with self.log_path.open("a") as log:
             log.write(f"\n===== hub start {time.strftime('%X')} =====\n")
         return subprocess.Popen(
-            [str(BIN / "jupyterhub"), "-f", "jupyterhub_config.py"],
+            [*self.command_prefix, str(BIN / "jupyterhub"), "-f", "jupyterhub_config.py"],
             cwd=self.dir,
             env=self.env(),
             stdout=self.log_path.open("a"),

@@ -118,6 +118,7 @@ def test_wiring_adds_to_what_the_admin_set(make_hub, make_app):
         ("c.PortRoutes.ports = [5000, 70000]", "port 70000 is outside 1-65535"),
         ("c.PortRoutes.ports = [5000, 5000]", "port 5000 is listed twice"),
         ("c.PortRoutes.route_template = '/p/{username}/'", "must contain {port}"),
+        ("c.PortRoutes.sidecar_managed = False", "set c.PortRoutes.sidecar_api_token"),
         ("c.PortRoutes.ports = ['5000-5010']\nc.PortRoutes.route_template = '/hub/proxy{port}/{username}/'",
          "needs {port} as the last segment"),
     ],

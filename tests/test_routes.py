@@ -171,19 +171,23 @@ def test_an_unreachable_or_silent_sidecar_never_blocks_a_spawn(make_hub, apps):
 
     protected, public = apps
     silent = socket.socket()
-    silent.bind(("127.0.0.1", 0))
-    silent.listen(100)
+    silent.bind(("127.0.0.1", 0))  # refusing while the hub starts (it checks external services)
     try:
         hub = make_hub(
             [protected.port, {"port": public.port, "access": "public"}],
             f"""
             c.PortRoutes.sidecar_managed = False
+            c.PortRoutes.sidecar_api_token = "wedged-sidecar-secret-0123456789"
+            # registered without its URL: the hub's start-up check of external services
+            # would wait half a minute for this dead address
+            c.JupyterHub.services.append({{"name": "jhproxy-routes", "api_token": "wedged-sidecar-secret-0123456789"}})
             c.PortRoutes.sidecar_url = "http://127.0.0.1:{silent.getsockname()[1]}"
             c.PortRoutes.api_timeout = 1
             c.PortRoutes.api_retry_timeout = 3
             c.PortRoutes.reconcile_interval = 0
             """,
         )
+        silent.listen(100)  # now wedged: connections are accepted, never answered
         hub.user_token("wedged")
         hub.spawn("wedged")  # completes: the port routes are given up on, not waited for
         log = hub.log()

@@ -4,6 +4,11 @@ As a JupyterHub managed service it listens where ``JUPYTERHUB_SERVICE_URL`` says
 hub's token for the route API comes from ``JHPROXY_ROUTES_SIDECAR_TOKEN``. With the hub's
 service environment (``JUPYTERHUB_API_TOKEN``, ``JUPYTERHUB_CLIENT_ID``, ...), browsers of
 hub users get into restricted ports by their hub login; without it, only tokens do.
+
+Run elsewhere (``sidecar_managed = False``: its own container or pod, maybe several
+replicas), it needs only ``JHPROXY_ROUTES_SIDECAR_TOKEN`` and ``JUPYTERHUB_API_URL`` (and
+``JUPYTERHUB_BASE_URL`` if not ``/``): the rest of the service environment follows from the
+service the hub registers for it (``wiring.external_sidecar_service``).
 """
 
 import argparse
@@ -18,6 +23,7 @@ from jupyterhub.utils import url_path_join
 from prometheus_client import disable_created_metrics
 
 from ..audit import AuditLog
+from ..wiring import SERVICE_NAME
 from .login import HubLogin
 from .ratelimit import BadTokenLimiter
 from .server import Sidecar, serve
@@ -42,6 +48,7 @@ def main(argv=None) -> None:
     )
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
+    external_service_environment()
     # no *_created series: they would double the size of the metrics, which have a few
     # series per route (and there can be tens of thousands of routes)
     disable_created_metrics()
@@ -66,6 +73,24 @@ def main(argv=None) -> None:
         metrics_by_route=os.environ.get("JHPROXY_ROUTES_METRICS_BY_ROUTE", "1") != "0",
     )
     asyncio.run(run(sidecar, args.ip, args.port))
+
+
+def external_service_environment() -> None:
+    """Fill in the service environment of a sidecar the hub does not start, from the
+    service it registers for it: name, OAuth client, prefix, and the shared secret as the
+    API token. A managed sidecar has all of it already; nothing is overwritten."""
+    token = os.environ.get("JHPROXY_ROUTES_SIDECAR_TOKEN")
+    if not (token and os.environ.get("JUPYTERHUB_API_URL")):
+        return
+    prefix = url_path_join(os.environ.get("JUPYTERHUB_BASE_URL", "/"), "services", SERVICE_NAME) + "/"
+    for name, value in {
+        "JUPYTERHUB_API_TOKEN": token,
+        "JUPYTERHUB_SERVICE_NAME": SERVICE_NAME,
+        "JUPYTERHUB_CLIENT_ID": f"service-{SERVICE_NAME}",
+        "JUPYTERHUB_SERVICE_PREFIX": prefix,
+        "JUPYTERHUB_OAUTH_CALLBACK_URL": prefix + "oauth_callback",
+    }.items():
+        os.environ.setdefault(name, value)
 
 
 def hub_login(api_token: str) -> HubLogin:

@@ -134,6 +134,9 @@ class Sidecar:
         self.denials = DenialLog(audit or AuditLog(None))
         self.limiter = limiter or BadTokenLimiter()
         self.metrics = SidecarMetrics(lambda: len(self.table.routes), metrics_by_route)
+        # the hub has sent the whole table at least once (a reconciliation ran): until then
+        # /_jhproxy-routes/ready answers 503, so a new replica gets no traffic yet
+        self.complete = False
         self.authenticate_metrics = authenticate_metrics
 
     # ---- connections ---------------------------------------------------------------
@@ -493,6 +496,8 @@ class Sidecar:
             body = await asyncio.to_thread(self.metrics.exposition, gzipped)
             extra = [("Content-Encoding", "gzip")] if gzipped else []
             return await self.send(writer, 200, METRICS_CONTENT_TYPE, body, keep_alive, extra)
+        if path == API_PREFIX + "ready":
+            return await self.send_json(writer, 200 if self.complete else 503, {"ready": self.complete, "routes": len(self.table.routes)}, keep_alive)
         if path == API_PREFIX + "health" or not path.startswith(API_PREFIX):
             return await self.send_json(writer, 200, {"status": "ok", "routes": len(self.table.routes)}, keep_alive)
         auth = request.get("Authorization", "").encode("latin-1")
@@ -520,9 +525,10 @@ class Sidecar:
         raise HTTPError(405, "Use GET, POST or DELETE.")
 
     async def handle_bulk(self, method: str, body: bytes, writer, keep_alive: bool) -> bool:
-        """``POST {"add": {path: data, ...}, "delete": [path, ...]}``: many changes in one
-        request (a hub starting with thousands of servers). Adds are checked first: a bad
-        one refuses the whole request and changes nothing."""
+        """``POST {"add": {path: data, ...}, "delete": [path, ...], "complete": true}``: many
+        changes in one request (a hub starting with thousands of servers). Adds are checked
+        first: a bad one refuses the whole request and changes nothing. ``complete``: the
+        table is now the hub's whole table (sent at the end of each reconciliation)."""
         if method != "POST":
             raise HTTPError(405, "Use POST.")
         try:
@@ -537,6 +543,8 @@ class Sidecar:
             if self.table.delete(key):
                 self.metrics.forget(key)
                 deleted += 1
+        if changes.get("complete") is True:
+            self.complete = True
         return await self.send_json(writer, 200, {"added": len(add), "deleted": deleted}, keep_alive)
 
     async def _check_metrics_credential(self, request) -> None:
