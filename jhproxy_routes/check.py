@@ -3,6 +3,7 @@ what would break or surprise at run time, without starting anything."""
 
 from __future__ import annotations
 
+import copy
 import difflib
 import os
 import warnings
@@ -67,11 +68,13 @@ def check_config(config) -> list[Problem]:
     return problems
 
 
+KNOWN_OPTIONS = frozenset(PortRoutes.class_trait_names(config=True))
+
+
 def _unknown_options(config):
-    known = set(PortRoutes.class_trait_names(config=True))
     for name in config.get("PortRoutes", {}):
-        if name not in known:
-            close = difflib.get_close_matches(name, known, n=1)
+        if name not in KNOWN_OPTIONS:
+            close = difflib.get_close_matches(name, KNOWN_OPTIONS, n=1)
             hint = f" (did you mean {close[0]}?)" if close else ""
             yield Problem("error", f"c.PortRoutes.{name} is not an option{hint}: it would be ignored")
 
@@ -79,10 +82,9 @@ def _unknown_options(config):
 def _port_routes(config, problems) -> PortRoutes | None:
     """The settings; each invalid option (and port entry) is reported, and the rest
     checked without it."""
-    valid = config.copy()
-    known = set(PortRoutes.class_trait_names(config=True))
+    valid = copy.deepcopy(config)  # the caller's config stays as it was
     for name, value in list(config.get("PortRoutes", {}).items()):
-        if name not in known:
+        if name not in KNOWN_OPTIONS:
             del valid.PortRoutes[name]
             continue
         if name == "ports" and isinstance(value, list):
@@ -132,13 +134,16 @@ def _spawner_problems(hub, spawner_class, settings: PortRoutes, specs):
             from .proxy import PortRoutesProxy
 
             chp_api = urlsplit(configured(hub, PortRoutesProxy, "api_url") or "http://127.0.0.1:8001").port
-            hub_ports = {hub.port: "the proxy's public port", hub.hub_port: "the hub's own port", chp_api: "the proxy's API"}
+            sidecar = urlsplit(settings.sidecar_url).port
+            hub_ports = {hub.port: "the proxy's public port", hub.hub_port: "the hub's own port", chp_api: "the proxy's API", sidecar: "the sidecar's"}
             for port, what in hub_ports.items():
                 if any(spec.covers(port) for spec in specs):
-                    yield Problem("error", f"port {port} is {what} on this machine: a route to it would expose the hub")
+                    yield Problem("warning", f"port {port} is {what} on this machine: it never gets a route")
 
 
 def _sidecar_problems(settings: PortRoutes):
+    if (settings.sidecar_api_resolve_all or len(settings.sidecar_api_urls) > 1) and not settings.reconcile_interval:
+        yield Problem("error", "sidecar replicas need periodic reconciliations (c.PortRoutes.reconcile_interval > 0): only they make a new replica ready")
     if not settings.sidecar_managed and not settings.has_explicit_sidecar_token:
         yield Problem("error", "c.PortRoutes.sidecar_managed is False but no sidecar_api_token (or $JHPROXY_ROUTES_SIDECAR_TOKEN) is set: the hub would make a new one the sidecar cannot know")
     if settings.sidecar_url.startswith("https://"):
@@ -147,7 +152,7 @@ def _sidecar_problems(settings: PortRoutes):
 
 def _cors_problems(settings: PortRoutes):
     lists = [("c.PortRoutes.cors_origins", settings.cors_origins)]
-    lists += [(f"port {spec.port} cors_origins", spec.cors_origins) for spec in settings.port_specs if spec.cors_origins]
+    lists += [(f"port {spec.key} cors_origins", spec.cors_origins) for spec in settings.port_specs if spec.cors_origins]
     for where, origins in lists:
         for origin in origins:
             parts = urlsplit(origin)

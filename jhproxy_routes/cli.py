@@ -19,10 +19,11 @@ import argparse
 import json
 import os
 import sys
+from urllib.parse import quote
 
 import httpx
 
-from .config import PORT_ACCESS, valid_port_access
+from .config import PORT_ACCESS, PORT_RANGE, valid_port_access
 
 MODES = ("disabled", "allow_all", "random")
 
@@ -113,7 +114,7 @@ def show_settings(settings: dict, show_token: bool) -> str:
 
 def show(hub: Hub, args) -> str:
     user, server = split_server(args.server)
-    settings = hub.request("GET", f"hub/proxytoken/{server}", params={"user": user, "format": "full"})
+    settings = hub.request("GET", f"hub/proxytoken/{quote(server, safe='')}", params={"user": user, "format": "full"})
     return json.dumps(settings, indent=2) if args.json else show_settings(settings, args.show_token)
 
 
@@ -125,14 +126,15 @@ def set_settings(hub: Hub, args) -> str:
     ports = {}
     for item in args.port or []:
         port, sep, access = item.partition("=")
-        if not sep or not port.isdigit() or not valid_port_access(access):
-            raise CLIError(f"--port {item!r}: write PORT=ACCESS, ACCESS one of {', '.join(PORT_ACCESS)} or group:<name>")
+        if not sep or not (port.isdigit() or PORT_RANGE.fullmatch(port)) or not valid_port_access(access):
+            raise CLIError(f"--port {item!r}: write PORT=ACCESS (PORT a port or a range such as 8000-8099),"
+                           f" ACCESS one of {', '.join(PORT_ACCESS)} or group:<name>")  # fmt: skip
         ports[port] = access
     if ports:
         body["ports"] = ports
     if not body:
         raise CLIError("nothing to set: give --mode and/or --port PORT=ACCESS")
-    settings = hub.request("POST", f"hub/proxytoken/{server}", params={"user": user}, json=body)
+    settings = hub.request("POST", f"hub/proxytoken/{quote(server, safe='')}", params={"user": user}, json=body)
     # a new token is shown once, as `jupyterhub token` shows a new API token
     return json.dumps(settings, indent=2) if args.json else show_settings(settings, args.show_token or args.mode == "random")
 
@@ -149,7 +151,7 @@ def check(args) -> tuple[str, bool]:
 
 
 def parser() -> argparse.ArgumentParser:
-    top = argparse.ArgumentParser(prog="jhproxy-routes", description=__doc__.split("\n\n")[0].strip("`: "))
+    top = argparse.ArgumentParser(prog="jhproxy-routes", description="The port routes of a running hub, from a terminal.")
     top.add_argument("--hub-url", help="the hub's public URL (default: $JUPYTERHUB_URL, the hub of $JUPYTERHUB_API_URL, http://127.0.0.1:8000)")
     commands = top.add_subparsers(dest="command", required=True)
     p = commands.add_parser("list", help="list the live port routes (owner, port, target, mode, access)")

@@ -424,11 +424,10 @@ class PortRoutes(Configurable):
 
     def check_together(self) -> None:
         """Raise TraitError for options that are fine alone and wrong together."""
-        if any(spec.is_range for spec in self.port_specs) and not self.template.port_last:
-            raise TraitError(
-                f"c.PortRoutes.ports has a port range, which needs {{port}} as the last segment of"
-                f" c.PortRoutes.route_template ({self.route_template!r} has not)"
-            )
+        if any(spec.is_range for spec in self.port_specs):
+            problem = self.template.ranges_problem()
+            if problem:
+                raise TraitError(f"c.PortRoutes.ports has a port range, which needs {problem}")
 
     @property
     def template(self) -> RouteTemplate:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from dataclasses import replace
 
 from jupyterhub.apihandlers.base import APIHandler
@@ -206,7 +207,7 @@ class ProxyTokenHandler(APIHandler):
         ports = body.get("ports", {})
         if not isinstance(ports, dict):
             raise web.HTTPError(400, 'ports must be an object such as {"5001": "public"}.')
-        allowed = {spec.key for spec in self.proxy.route_manager.specs}
+        allowed = {spec.key for spec in route_manager(self).specs}
         port_access = dict(access.port_access)
         for port, value in ports.items():
             if str(port) not in allowed:
@@ -227,7 +228,7 @@ class ProxyTokenHandler(APIHandler):
             raise web.HTTPError(409, f"The token cannot be shown: {e}.") from None
 
     async def _settings(self, user, server_name, access, new_token=None) -> dict:
-        manager = self.proxy.route_manager
+        manager = route_manager(self)
         token = new_token
         if token is None and access.mode == "token":
             try:
@@ -271,48 +272,65 @@ class ProxyTokenHandler(APIHandler):
 class RouteListHandler(APIHandler):
     """``GET /hub/api/jhproxy-routes/routes``: the live port routes (those in the proxy) of
     every user the credential holds the scope for, read from the proxy's and the sidecar's
-    tables (never from the spawners, which can be slow to ask)."""
+    tables (never from the spawners, which can be slow to ask). The tables are read at most
+    every ``ROUTE_LIST_MAX_AGE`` seconds, whoever asks and however often."""
 
     async def get(self):
         if self.current_user is None:
             raise web.HTTPError(403, "Missing or invalid credentials.")
-        manager = route_manager(self)
         only = self.get_argument("user", "")
-        try:
-            chp_routes, sidecar_routes = await asyncio.gather(manager.chp.get_all(), manager.sidecar.get_all())
-        except RouteAPIError as e:
-            raise web.HTTPError(503, f"The route tables could not be read: {e}") from None
-        stored = await asyncio.to_thread(manager.store.all)
-        specs = {spec.key: spec for spec in manager.specs}
         allowed: dict[str, bool] = {}  # has_scope per user, asked once
-        rows = []
-        for path, data in sorted(chp_routes.items()):
-            name, server, port = data.get("username"), data.get("servername", ""), data.get("port")
-            if not isinstance(name, str) or (only and name != only):
-                continue
+
+        def visible(name: str) -> bool:
             if name not in allowed:
                 allowed[name] = may_manage(self, name)
-            if not allowed[name]:
-                continue
-            access = stored.get((name, server), ServerAccess())
-            spec = specs.get(str(port))  # a range route lists its ranges: "8000-8099, 9000-9009"
-            via_sidecar = data.get("target") == manager.settings.sidecar_url
-            # the app's address; None for a moment while the sidecar learns the route
-            target = (sidecar_routes.get(path, {}) if via_sidecar else data).get("target")
-            if via_sidecar and target is None and sidecar_routes.get(path, {}).get("ranges"):
-                target = sidecar_routes[path]["ranges"][0]["target"].rsplit(":", 1)[0] + ":{port}"
-            rows.append(
-                {
-                    "user": name,
-                    "server": server,
-                    "port": port,
-                    "name": spec.name if spec else "",
-                    "path": path,
-                    "via": "sidecar" if via_sidecar else "direct",
-                    "target": target,
-                    "mode": access.mode,
-                    "access": port_choice(spec, access) if spec else None,
-                    "admits": port_rule(spec, access).admits if spec else [],
-                }
-            )
-        self.finish(json.dumps(rows))
+            return (not only or name == only) and allowed[name]
+
+        rows = await route_rows(route_manager(self))
+        self.finish(json.dumps([row for row in rows if visible(row["user"])]))
+
+
+ROUTE_LIST_MAX_AGE = 5.0
+_route_rows: dict = {}  # manager -> (monotonic time, rows)
+
+
+async def route_rows(manager) -> list[dict]:
+    """Every port route in the proxy, as the route list shows it (cached briefly)."""
+    read_at, rows = _route_rows.get(manager, (0.0, None))
+    if rows is not None and time.monotonic() - read_at < ROUTE_LIST_MAX_AGE:
+        return rows
+    try:
+        chp_routes, sidecar_routes = await asyncio.gather(manager.chp.get_all(), manager.sidecar.get_all())
+    except RouteAPIError as e:
+        raise web.HTTPError(503, f"The route tables could not be read: {e}") from None
+    stored = await asyncio.to_thread(manager.store.all)
+    specs = {spec.key: spec for spec in manager.specs}
+    rows = []
+    for path, data in sorted(chp_routes.items()):
+        name, server, port = data.get("username"), data.get("servername", ""), data.get("port")
+        if not isinstance(name, str):
+            continue
+        access = stored.get((name, server), ServerAccess())
+        # a range route names its ranges: "8000-8099, 9000-9009"
+        port_specs = [specs[key] for key in str(port).split(", ") if key in specs]
+        via_sidecar = data.get("target") == manager.settings.sidecar_url
+        # the app's address; None for a moment while the sidecar learns the route
+        target = (sidecar_routes.get(path, {}) if via_sidecar else data).get("target")
+        if via_sidecar and target is None and sidecar_routes.get(path, {}).get("ranges"):
+            target = sidecar_routes[path]["ranges"][0]["target"].rsplit(":", 1)[0] + ":{port}"
+        rows.append(
+            {
+                "user": name,
+                "server": server,
+                "port": port,
+                "name": ", ".join(spec.name for spec in port_specs if spec.name),
+                "path": path,
+                "via": "sidecar" if via_sidecar else "direct",
+                "target": target,
+                "mode": access.mode,
+                "access": ", ".join(port_choice(spec, access) for spec in port_specs) or None,
+                "admits": sorted({who for spec in port_specs for who in port_rule(spec, access).admits}),
+            }
+        )
+    _route_rows[manager] = (time.monotonic(), rows)
+    return rows

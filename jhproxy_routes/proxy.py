@@ -14,6 +14,7 @@ and every wait on CHP or the sidecar is bounded (``PortRoutes.api_retry_timeout`
 from __future__ import annotations
 
 import asyncio
+from urllib.parse import urlsplit
 
 from jupyterhub.proxy import ConfigurableHTTPProxy
 from tornado.ioloop import PeriodicCallback
@@ -41,7 +42,13 @@ class PortRoutesProxy(ConfigurableHTTPProxy):
             concurrency=self.port_routes.concurrency,
             log=self.log,
         )
-        self.route_manager = RouteManager(self.port_routes, self.app.base_url, chp_api, self.log)
+        reserved = {
+            self.app.port: "the proxy's public port",
+            urlsplit(self.api_url).port: "the proxy's API",
+            self.app.hub_port: "the hub's port",
+            urlsplit(self.port_routes.sidecar_url).port: "the sidecar's port",
+        }
+        self.route_manager = RouteManager(self.port_routes, self.app.base_url, chp_api, self.log, reserved)
         self._reconcile_callback = None
         wire_into_hub(self.app, self.port_routes)
 

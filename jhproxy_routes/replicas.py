@@ -1,107 +1,133 @@
-"""Every replica of the sidecar, seen by the route manager as one route table.
+"""Every replica of the sidecar, as the route manager sees them.
 
 The proxy sends a protected port's traffic to ``sidecar_url`` (one replica, or a load
 balancer in front of several: a Kubernetes Service); the hub must tell *every* replica about
-every route. Changes go to all replicas; a read merges their tables so that a reconciliation
-re-sends a route that any replica lacks or holds differently, and deletes a stale route that
-any replica still holds. A change for one server (a spawn, a new token) must reach every
-replica, or it fails; a reconciliation goes on with the replicas that answer (one replica
-gone must not hold up the proxy's routes) and logs the others. A replica that lacks a route
-answers 503 for it: it fails closed. The replicas are ``sidecar_api_urls``; with ``resolve_all`` each host
-name there stands for every address it resolves to (a Kubernetes headless Service), looked up
-again at most every ``RESOLVE_EVERY`` seconds, so replicas that come and go are followed.
+every route. The replicas are ``sidecar_api_urls``; with ``resolve_all`` each host name there
+stands for every address it resolves to (a Kubernetes headless Service), looked up again at
+most every ``RESOLVE_EVERY`` seconds, so replicas that come and go are followed.
+
+A reconciliation takes one snapshot of the replicas, gives each the changes its own table
+needs, and marks complete only those that took all of them; a replica marked complete
+reports itself ready (``/_jhproxy-routes/ready``) until the mark expires, so one the hub can
+no longer reach drops out of the Service instead of serving old settings. A change for one
+server (a spawn, a new token) must reach every replica the last reconciliation completed;
+others (new, or gone) are logged and left to the next reconciliation. A replica that lacks
+a route answers 503 for it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 import time
-from typing import Callable
+from typing import Awaitable, Callable
 from urllib.parse import urlsplit, urlunsplit
 
 from .routeapi import RouteAPIError, SidecarRouteAPI
 
 RESOLVE_EVERY = 5.0  # seconds between two DNS lookups of the replicas' names
-DIFFERS = {"replicas disagree": True}  # matches no wanted route: it is sent again
+DIFFERS = {"replicas disagree": True}  # in a merged table: matches no wanted route
+DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
 class SidecarReplicas:
-    def __init__(self, api_urls: list[str], resolve_all: bool, make_api: Callable[[str], SidecarRouteAPI]):
+    def __init__(self, api_urls: list[str], resolve_all: bool, make_api: Callable[[str], SidecarRouteAPI], log: logging.Logger):
         self.api_urls = api_urls
         self.resolve_all = resolve_all
         self.make_api = make_api
+        self.log = log
         self._apis: dict[str, SidecarRouteAPI] = {}
         self._resolved_at = -RESOLVE_EVERY
-        self._current: list[SidecarRouteAPI] = []
+        self.synced: set[str] = set()  # API URLs of the replicas the last reconciliation completed
 
+    # ---- which replicas --------------------------------------------------------------------
     async def replicas(self) -> list[SidecarRouteAPI]:
-        """The route APIs of the replicas there are now."""
+        """The route APIs of the replicas there are now (connections of vanished ones closed)."""
         if not self.resolve_all:
-            return [self._api(url) for url in self.api_urls]
-        if time.monotonic() - self._resolved_at >= RESOLVE_EVERY:
+            urls = self.api_urls
+        elif time.monotonic() - self._resolved_at < RESOLVE_EVERY:
+            return list(self._apis.values())
+        else:
             urls = []
             for url in self.api_urls:
                 urls += await self._expand(url)
-            self._current = [self._api(url) for url in dict.fromkeys(urls)]
             self._resolved_at = time.monotonic()
-        return self._current
-
-    def _api(self, url: str) -> SidecarRouteAPI:
-        if url not in self._apis:
-            self._apis[url] = self.make_api(url)
-        return self._apis[url]
+        urls = list(dict.fromkeys(urls))
+        for gone in set(self._apis) - set(urls):
+            await self._apis.pop(gone).aclose()
+        for url in urls:
+            if url not in self._apis:
+                self._apis[url] = self.make_api(url)
+        return [self._apis[url] for url in urls]
 
     async def _expand(self, url: str) -> list[str]:
         """``url`` once per address of its host (none if the name does not resolve now)."""
         parts = urlsplit(url)
+        port = parts.port or DEFAULT_PORTS.get(parts.scheme, 80)
         try:
-            infos = await asyncio.get_running_loop().getaddrinfo(parts.hostname, parts.port, type=socket.SOCK_STREAM)
-        except socket.gaierror:
+            infos = await asyncio.get_running_loop().getaddrinfo(parts.hostname, port, type=socket.SOCK_STREAM)
+        except (OSError, UnicodeError) as e:
+            self.log.warning("jhproxy-routes: sidecar replicas: %s does not resolve now: %s", parts.hostname, e)
             return []
         urls = []
         for _, _, _, _, address in infos:
             host = f"[{address[0]}]" if ":" in address[0] else address[0]
-            urls.append(urlunsplit(parts._replace(netloc=f"{host}:{parts.port}")))
+            urls.append(urlunsplit(parts._replace(netloc=f"{host}:{port}")))
         return urls
 
-    async def _all(self, call, lenient: bool = False) -> list:
-        """``call(api)`` on every replica at once: the results. Raises RouteAPIError naming
-        each failure; ``lenient``: only if no replica answered (the others are logged)."""
+    # ---- a reconciliation: per replica, lenient ----------------------------------------------
+    async def each(self, apis, call: Callable[[SidecarRouteAPI], Awaitable]) -> dict:
+        """``{api: result}`` of ``call(api)`` for the replicas where it worked; the others
+        are logged and left out of the rest of this reconciliation."""
+        results = await asyncio.gather(*(call(api) for api in apis), return_exceptions=True)
+        done = {}
+        for api, result in zip(apis, results):
+            if isinstance(result, RouteAPIError):
+                self.log.error("jhproxy-routes: sidecar replica left out of this reconciliation: %s", result)
+            elif isinstance(result, BaseException):
+                raise result
+            else:
+                done[api] = result
+        return done
+
+    async def mark_complete(self, apis, valid_for: float | None) -> set[str]:
+        """Tell these replicas their tables are whole, for ``valid_for`` seconds: the API
+        URLs of those now in sync."""
+        done = await self.each(apis, lambda api: api.mark_complete(valid_for))
+        self.synced = {api.api_url for api in done}
+        return self.synced
+
+    # ---- one server's change: every replica, strict toward the synced ones ---------------
+    async def _all(self, call) -> None:
         apis = await self.replicas()
         if not apis:
             raise RouteAPIError(f"no sidecar replica found at {', '.join(self.api_urls)}")
         results = await asyncio.gather(*(call(api) for api in apis), return_exceptions=True)
-        errors = [r for r in results if isinstance(r, BaseException)]
-        for error in errors:
-            if not isinstance(error, RouteAPIError):
-                raise error
-        if errors and (not lenient or len(errors) == len(results)):
-            raise RouteAPIError("; ".join(map(str, errors)))
-        for api, error in zip(apis, results):
-            if isinstance(error, RouteAPIError):
-                api.log.error("jhproxy-routes: sidecar replica left out of this reconciliation: %s", error)
-        return [r for r in results if not isinstance(r, BaseException)]
+        failed = []
+        for api, result in zip(apis, results):
+            if isinstance(result, BaseException) and not isinstance(result, RouteAPIError):
+                raise result
+            if isinstance(result, RouteAPIError):
+                if api.api_url in self.synced or len(apis) == 1:
+                    failed.append(str(result))
+                else:  # not (yet) in service: its next reconciliation brings it up to date
+                    self.log.warning("jhproxy-routes: sidecar replica not in sync yet, left to the next reconciliation: %s", result)
+        if failed:
+            raise RouteAPIError("; ".join(failed))
 
-    # ---- the route table interface (as RouteAPI) ------------------------------------------
-    # one server's changes: every replica; a reconciliation's (the *_many, get_all): lenient
     async def add(self, routespec: str, data: dict) -> None:
         await self._all(lambda api: api.add(routespec, data))
 
     async def delete(self, routespec: str) -> None:
         await self._all(lambda api: api.delete(routespec))
 
-    async def add_many(self, routes: dict[str, dict]) -> None:
-        await self._all(lambda api: api.add_many(routes), lenient=True)
-
-    async def delete_many(self, routespecs: list[str]) -> None:
-        await self._all(lambda api: api.delete_many(routespecs), lenient=True)
-
     async def get_all(self) -> dict[str, dict]:
-        """The routes, merged: a route the replicas do not all hold alike reads as DIFFERS."""
-        tables = await self._all(lambda api: api.get_all(), lenient=True)
-        if len(tables) == 1:
-            return tables[0]
+        """The replicas' tables merged (for listing): a route they do not all hold alike
+        reads as DIFFERS."""
+        tables = list((await self.each(await self.replicas(), lambda api: api.get_all())).values())
+        if not tables:
+            raise RouteAPIError(f"no sidecar replica answered at {', '.join(self.api_urls)}")
         merged = {}
         for table in tables:
             for key, data in table.items():
@@ -110,7 +136,3 @@ class SidecarReplicas:
 
     async def aclose(self) -> None:
         await asyncio.gather(*(api.aclose() for api in self._apis.values()))
-
-    async def mark_complete(self) -> None:
-        """Tell every replica its table is whole: from then on it reports itself ready."""
-        await self._all(lambda api: api.mark_complete(), lenient=True)

@@ -186,6 +186,7 @@ class SidecarRouteAPI(RouteAPI):
             delete = [routespec_to_api_path(spec) for spec in routespecs[i : i + self.BATCH]]
             await self._request("POST", "(bulk delete)", {"delete": delete}, url=self.api_url + "bulk")
 
-    async def mark_complete(self) -> None:
-        """Tell the sidecar its table is the hub's whole table (it then reports ready)."""
-        await self._request("POST", "(complete)", {"complete": True}, url=self.api_url + "bulk")
+    async def mark_complete(self, valid_for: float | None) -> None:
+        """Tell the sidecar its table is the hub's whole table: it reports ready for
+        ``valid_for`` seconds (None: until it stops), unless told so again."""
+        await self._request("POST", "(complete)", {"complete": True, "valid_for": valid_for}, url=self.api_url + "bulk")

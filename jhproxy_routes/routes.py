@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 from jupyterhub.utils import url_path_join
 
@@ -20,7 +21,7 @@ from .config import GROUP_PREFIX, PortRoutes, PortSpec
 from .metrics import RECONCILE_DURATION, RECONCILE_ERRORS, RECONCILE_FIXES, ROUTES
 from .replicas import SidecarReplicas
 from .routeapi import ENTRIES_PER_YIELD, RouteAPI, RouteAPIError, SidecarRouteAPI
-from .targets import SharedHostError, TargetsPending, port_targets
+from .targets import SharedHostError, TargetsPending, is_hub_machine, port_targets
 from .tokens import AccessStore, ServerAccess, with_new_token
 
 # JupyterHub sets login and server cookies on these paths (below base_url): a route there
@@ -79,11 +80,32 @@ class PortRoute:
     sidecar: dict | None
 
 
+def differs(actual: dict | None, want: dict) -> bool:
+    """Whether a route as a table holds it lacks or contradicts what is wanted."""
+    return actual is None or any(actual.get(k) != v for k, v in want.items())
+
+
+async def table_changes(table: dict, want: dict[str, dict], keep: set[str]) -> tuple[dict, list]:
+    """What a route table needs to hold ``want``: (routes to add, routespecs to delete);
+    routes in ``keep`` are left as they are."""
+    adds = {}
+    for count, (spec, data) in enumerate(want.items(), 1):
+        if differs(table.get(spec), data):
+            adds[spec] = data
+        if count % ENTRIES_PER_YIELD == 0:
+            await asyncio.sleep(0)  # let the hub serve requests in between
+    return adds, [s for s in table if s not in want and s not in keep]
+
+
 class RouteManager:
     """Keeps CHP's and the sidecar's tables in line with the running servers."""
 
-    def __init__(self, settings: PortRoutes, base_url: str, chp_api: RouteAPI, log: logging.Logger):
+    def __init__(self, settings: PortRoutes, base_url: str, chp_api: RouteAPI, log: logging.Logger, reserved_ports: dict[int, str] | None = None):
+        """``reserved_ports``: the hub's, the proxy's and the sidecar's ports (what they are),
+        never routed on the hub's machine."""
         self.settings = settings
+        self.reserved_ports = reserved_ports or {}
+        self._logged: set = set()
         self.base_url = base_url
         settings.check_together()
         self.specs = settings.port_specs
@@ -108,6 +130,7 @@ class RouteManager:
                 concurrency=settings.concurrency,
                 log=log,
             ),
+            log,
         )
         self._reconcile_lock = asyncio.Lock()
 
@@ -159,31 +182,50 @@ class RouteManager:
         except SharedHostError as e:
             self.log.error("jhproxy-routes: no port routes for %s/%s: %s", user.name, servername, e)
             return {}
+        never = self._never_routed(spawner, targets)
+        server = f"{user.name}/{servername}"
         routes = {}
         for spec in self.single_ports:
-            if spec.port == spawner.port:
-                self.log.error(
-                    "jhproxy-routes: port %i of %s/%s is its Jupyter server's own port: no route, it would"
-                    " open the whole server to the port's token (take it out of c.PortRoutes.ports)",
-                    spec.port, user.name, servername,
-                )  # fmt: skip
+            if spec.port in never:
+                self._log_once(logging.ERROR, (server, spec.port), "port %i of %s is %s: no route (take it out of c.PortRoutes.ports)",
+                               spec.port, server, never[spec.port])  # fmt: skip
                 continue
             if spec.port not in targets:
-                self.log.warning("jhproxy-routes: port %i of %s/%s has no address (not published)", spec.port, user.name, servername)
+                self._log_once(logging.WARNING, (server, spec.port), "port %i of %s has no address (not published)", spec.port, server)
                 continue
             routespec = self.routespec(user.name, servername, spec.port)
             app = targets[spec.port]
-            who = {"username": user.name, "servername": servername, "port": spec.port}
+            who = self._who(user.name, servername, spec.port)
             if self._direct(routespec, spec, access):
                 routes[routespec] = PortRoute(routespec, {"target": app, **who}, None)
                 continue
             sidecar = {"target": app, **self._sidecar_rule(spec, access), **who}
             routes[routespec] = PortRoute(routespec, {"target": self.settings.sidecar_url, **who}, sidecar)
         if self.port_ranges:
-            ranges = self._ranges_route(user.name, servername, spawner.port, targets, access)
+            ranges = self._ranges_route(user.name, servername, never, targets, access)
             if ranges is not None:
                 routes[ranges.routespec] = ranges
         return routes
+
+    def _never_routed(self, spawner, targets: dict[int, str]) -> dict[int, str]:
+        """Ports of a server that never get a route, and why: the Jupyter server's own (its
+        route would open the whole server to the port's token); on the hub's machine also
+        the hub's, the proxy's and the sidecar's (``reserved_ports``)."""
+        never = {spawner.port: "its Jupyter server's own port"}
+        if any(is_hub_machine(urlsplit(t).hostname) for t in targets.values()):
+            never.update(self.reserved_ports)
+        return never
+
+    def _log_once(self, level: int, key, message: str, *args) -> None:
+        """Log what every reconciliation would find again only the first time."""
+        if key not in self._logged:
+            self._logged.add(key)
+            self.log.log(level, "jhproxy-routes: " + message, *args)
+
+    @staticmethod
+    def _who(username: str, servername: str, port) -> dict:
+        """The route data that names its server and port (also for the route list)."""
+        return {"username": username, "servername": servername, "port": port}
 
     def _sidecar_rule(self, spec: PortSpec, access: ServerAccess) -> dict:
         """What the sidecar checks on a port (or range), and how it forwards."""
@@ -197,26 +239,25 @@ class RouteManager:
             "strip_prefix": spec.strip_prefix,
         }
 
-    def _ranges_route(self, username: str, servername: str, server_port: int, targets: dict, access) -> PortRoute | None:
+    def _ranges_route(self, username: str, servername: str, never: dict[int, str], targets: dict, access) -> PortRoute | None:
         """The one route of a server's port ranges: to the sidecar, which reads the port
-        from the path. The Jupyter server's own port, if in a range, is left out."""
+        from the path. Ports that are never routed are left out of the ranges."""
         ranges = []
         for spec in self.port_ranges:
             if spec.port not in targets:  # DockerSpawner's host-binding mode publishes single ports only
-                self.log.warning(
-                    "jhproxy-routes: port range %s of %s/%s: the server has no address of its own"
-                    " (DockerSpawner needs use_internal_ip for ranges)", spec.key, username, servername,
-                )  # fmt: skip
+                self._log_once(logging.WARNING, (username, servername, spec.key),
+                               "port range %s of %s/%s: the server has no address of its own"
+                               " (DockerSpawner needs use_internal_ip for ranges)", spec.key, username, servername)  # fmt: skip
                 continue
             ranges.append({"target": targets[spec.port], "last": spec.last, **self._sidecar_rule(spec, access)})
         if not ranges:
             return None
         routespec = self.ranges_routespec(username, servername)
-        who = {"username": username, "servername": servername, "port": ", ".join(s.key for s in self.port_ranges)}
+        who = self._who(username, servername, ", ".join(s.key for s in self.port_ranges))
         sidecar = {
             "ranges": ranges,
             "allowed": ", ".join(spec.key for spec in self.specs),
-            "excluded": [server_port] if any(spec.covers(server_port) for spec in self.port_ranges) else [],
+            "excluded": sorted(p for p in never if any(spec.covers(p) for spec in self.port_ranges)),
             **who,
         }
         return PortRoute(routespec, {"target": self.settings.sidecar_url, **who}, sidecar)
@@ -300,42 +341,44 @@ class RouteManager:
             keep.update(self.server_routespecs(user.name, servername))
         if first_seen:
             await asyncio.to_thread(self.store.add_missing, first_seen)
-        chp_routes, sidecar_routes = await asyncio.gather(self.chp.get_all(), self.sidecar.get_all())
-
-        def differs(actual: dict | None, want: dict) -> bool:
-            return actual is None or any(actual.get(k) != v for k, v in want.items())
-
-        sidecar_adds, chp_adds = [], []
-        for count, r in enumerate(wanted.values(), 1):
-            if r.sidecar and differs(sidecar_routes.get(r.routespec), r.sidecar):
-                sidecar_adds.append(r)
-            if differs(chp_routes.get(r.routespec), r.chp):
-                chp_adds.append(r)
-            if count % ENTRIES_PER_YIELD == 0:
-                await asyncio.sleep(0)
-        chp_stale = [s for s in chp_routes if s not in wanted and s not in keep]
-        sidecar_stale = [
-            s for s in sidecar_routes if s not in keep and (s not in wanted or wanted[s].sidecar is None)
-        ]
-        for what, routes in (("sidecar", sidecar_adds), ("proxy", chp_adds)):
-            if len(routes) > 20:
-                self.log.info("jhproxy-routes: adding %i %s routes", len(routes), what)
-                continue
-            for r in routes:
-                self.log.info("jhproxy-routes: adding %s route %s -> %s", what, r.routespec, r.chp["target"])
-        await self.sidecar.add_many({r.routespec: r.sidecar for r in sidecar_adds})
-        RECONCILE_FIXES.labels("sidecar", "added").inc(len(sidecar_adds))
-        await self.chp.add_many({r.routespec: r.chp for r in chp_adds})
-        RECONCILE_FIXES.labels("proxy", "added").inc(len(chp_adds))
-        for what, api, stale in (("proxy", self.chp, chp_stale), ("sidecar", self.sidecar, sidecar_stale)):
-            for s in stale:
-                self.log.info("jhproxy-routes: removing stale %s route %s", what, s)
-            await api.delete_many(stale)
-            RECONCILE_FIXES.labels(what, "removed").inc(len(stale))
+        await self._sync_tables(wanted, keep)
         direct = sum(r.sidecar is None for r in wanted.values())
         ROUTES.labels("direct").set(direct)
         ROUTES.labels("sidecar").set(len(wanted) - direct)
-        await self.sidecar.mark_complete()
+
+    async def _sync_tables(self, wanted: dict[str, PortRoute], keep: set[str]) -> None:
+        """Make CHP's and every sidecar replica's table the wanted ones (routes in ``keep``
+        left as they are): the replicas learn new routes before CHP, and forget old ones
+        after it. A replica that fails a step is left out of the rest of the pass."""
+        replicas = await self.sidecar.replicas()  # one snapshot for the whole pass
+        chp_routes, tables = await asyncio.gather(self.chp.get_all(), self.sidecar.each(replicas, lambda api: api.get_all()))
+        chp_adds, chp_stale = await table_changes(chp_routes, {s: r.chp for s, r in wanted.items()}, keep)
+        sidecar_want = {s: r.sidecar for s, r in wanted.items() if r.sidecar is not None}
+        changes = {api: await table_changes(table, sidecar_want, keep) for api, table in tables.items()}
+        self._log_changes("sidecar", "adding", {s for adds, _ in changes.values() for s in adds})
+        self._log_changes("proxy", "adding", chp_adds)
+        done = await self.sidecar.each(list(changes), lambda api: api.add_many(changes[api][0]))
+        RECONCILE_FIXES.labels("sidecar", "added").inc(sum(len(changes[api][0]) for api in done))
+        await self.chp.add_many(chp_adds)
+        RECONCILE_FIXES.labels("proxy", "added").inc(len(chp_adds))
+        self._log_changes("proxy", "removing stale", chp_stale)
+        await self.chp.delete_many(chp_stale)
+        RECONCILE_FIXES.labels("proxy", "removed").inc(len(chp_stale))
+        self._log_changes("sidecar", "removing stale", {s for api in done for s in changes[api][1]})
+        done = await self.sidecar.each(list(done), lambda api: api.delete_many(changes[api][1]))
+        RECONCILE_FIXES.labels("sidecar", "removed").inc(sum(len(changes[api][1]) for api in done))
+        interval = self.settings.reconcile_interval
+        # complete until three periodic passes have been missed (never expires without them)
+        synced = await self.sidecar.mark_complete(list(done), 3 * interval + self.settings.api_retry_timeout if interval else None)
+        if len(synced) < len(replicas) or not replicas:
+            RECONCILE_ERRORS.inc()  # a replica left out: this pass failed for it
+
+    def _log_changes(self, table: str, doing: str, routespecs) -> None:
+        if len(routespecs) > 20:
+            self.log.info("jhproxy-routes: %s %i %s routes", doing, len(routespecs), table)
+        else:
+            for s in routespecs:
+                self.log.info("jhproxy-routes: %s %s route %s", doing, table, s)
 
     def _routed_servers(self, users):
         """(user, servername, spawner) of every server that is ready or in transition."""

@@ -14,6 +14,7 @@ from traitlets import TraitError
 FIELDS = {"username", "servername", "port"}
 WHOLE_SEGMENT_FIELDS = ("username", "servername")
 DOT_NAMES = (".", "..")
+HUB_PATHS = ("hub", "user", "services")  # JupyterHub's own, below base_url
 
 
 def escape_segment(value: str) -> str:
@@ -71,12 +72,28 @@ class RouteTemplate:
         return names
 
     def serves(self, username: str, servername: str) -> bool:
-        """Whether this server gets routes: named servers need ``{servername}``, and a name
-        that would be a ``.`` or ``..`` segment gets none (a proxy resolves those, so such a
-        route would land outside its prefix)."""
-        if username in DOT_NAMES or servername in DOT_NAMES:
+        """Whether this server gets routes: named servers need ``{servername}``; a name that
+        would be a ``.`` or ``..`` segment gets none (a proxy resolves those, so such a route
+        would land outside its prefix), nor a server named like a port (``5000``), whose
+        routes the default server's would be confused with."""
+        if username in DOT_NAMES or servername in DOT_NAMES or servername.isdigit():
             return False
         return not servername or self.has_servername
+
+    def ranges_problem(self) -> str:
+        """Why port ranges cannot use this template ("" if they can): their one route per
+        server is the template without its last segment, so that segment must be ``{port}``,
+        the path must begin with a segment of its own (not one of JupyterHub's, which the
+        route would take over for a user of that name), and ``{username}`` must come before
+        ``{servername}``."""
+        if not self.port_last:
+            return f"{{port}} as the last segment of c.PortRoutes.route_template ({self.template!r} has not)"
+        first = self.segments[0]
+        if "{" in first or first in HUB_PATHS:
+            return f"a route template that begins with a fixed segment other than {', '.join(HUB_PATHS)}, such as /ports/ ({self.template!r} does not)"
+        if self.has_servername and self.segments.index("{servername}") < self.segments.index("{username}"):
+            return f"{{username}} before {{servername}} in c.PortRoutes.route_template ({self.template!r})"
+        return ""
 
     def render_prefix(self, username: str, servername: str) -> str:
         """The routespec of a server's port ranges: the template without its last segment,

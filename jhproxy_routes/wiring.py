@@ -15,6 +15,13 @@ from jupyterhub.roles import get_default_roles
 from .config import PortRoutes
 
 SERVICE_NAME = "jhproxy-routes"
+SERVICE_COMMON = {
+    "name": SERVICE_NAME,
+    # in the hub's Services menu: the sidecar sends browsers on to /hub/proxytoken/
+    "display": True,
+    # logging into a port is part of the hub, not a third party asking for access
+    "oauth_no_confirm": True,
+}
 SCOPE = "custom:jhproxy-routes:tokens"
 SCOPE_DESCRIPTION = "Read and change the port tokens and port access of servers."
 # a hub login reaches restricted ports through the sidecar's OAuth client: users need access
@@ -26,7 +33,7 @@ def sidecar_service(settings: PortRoutes, authenticate_metrics: bool = True) -> 
     """The managed-service entry that starts the auth sidecar. Its metrics are protected
     as the hub's are (``c.JupyterHub.authenticate_prometheus``)."""
     return {
-        "name": SERVICE_NAME,
+        **SERVICE_COMMON,
         "url": settings.sidecar_url,
         "command": [sys.executable, "-m", "jhproxy_routes.sidecar"],
         "environment": {
@@ -40,10 +47,6 @@ def sidecar_service(settings: PortRoutes, authenticate_metrics: bool = True) -> 
             "JHPROXY_ROUTES_AUTHENTICATE_METRICS": "1" if authenticate_metrics else "0",
             "JHPROXY_ROUTES_METRICS_BY_ROUTE": "1" if settings.metrics_by_route else "0",
         },
-        # in the hub's Services menu: the sidecar sends browsers on to /hub/proxytoken/
-        "display": True,
-        # logging into a port is part of the hub, not a third party asking for access
-        "oauth_no_confirm": True,
     }
 
 
@@ -56,13 +59,7 @@ def external_sidecar_service(settings: PortRoutes) -> dict:
             "c.PortRoutes.sidecar_managed is False: set c.PortRoutes.sidecar_api_token (or"
             " $JHPROXY_ROUTES_SIDECAR_TOKEN) to the secret the sidecar has"
         )
-    return {
-        "name": SERVICE_NAME,
-        "url": settings.sidecar_url,
-        "api_token": settings.sidecar_api_token,
-        "display": True,
-        "oauth_no_confirm": True,
-    }
+    return {**SERVICE_COMMON, "url": settings.sidecar_url, "api_token": settings.sidecar_api_token}
 
 
 def wire_into_hub(app, settings: PortRoutes) -> None:

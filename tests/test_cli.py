@@ -153,9 +153,12 @@ def test_check_reports_every_problem_of_a_bad_config(tmp_path):
 
 
 def test_check_local_servers_and_files_that_do_not_load(tmp_path):
-    path = write_config(tmp_path, "c.PortRoutes.ports = [5000, 8081]\nc.PortRoutes.allow_shared_host = True")
+    path = write_config(tmp_path, "c.PortRoutes.ports = [5000, '8000-8099']\nc.PortRoutes.allow_shared_host = True")
     result = run("check", str(path))
-    assert result.returncode == 1 and "port 8081 is the hub's own port" in result.stdout, result
+    assert result.returncode == 0 and "port 8081 is the hub's own port on this machine: it never gets a route" in result.stdout, result
+    assert "port 8000 is the proxy's public port" in result.stdout and "port 8001 is the proxy's API" in result.stdout
+    path = write_config(tmp_path, "c.PortRoutes.sidecar_api_urls = ['http://a:1', 'http://b:1']\nc.PortRoutes.reconcile_interval = 0")
+    assert "sidecar replicas need periodic reconciliations" in run("check", str(path)).stdout
     (tmp_path / "broken.py").write_text("c.PortRoutes.ports = [5000\n")
     result = run("check", str(tmp_path / "broken.py"))
     assert result.returncode == 1 and "the file does not load: SyntaxError" in result.stdout, result

@@ -71,6 +71,31 @@ def test_bad_templates_are_refused(template, message):
         port_routes(route_template=template)
 
 
+@pytest.mark.parametrize(
+    "template, message",
+    [
+        ("/hub/proxy{port}/{username}/", "{port} as the last segment"),
+        # a user named "hub" would get a route /hub/ and take the hub's login from everyone
+        ("/{username}/{servername}/{port}/", "begins with a fixed segment other than hub, user, services"),
+        ("/user/{username}/ports/{port}/", "begins with a fixed segment other than hub, user, services"),
+        # user 8042's server "alice" would take over /ports/alice/8042/, alice's port 8042
+        ("/ports/{servername}/{username}/{port}/", "{username} before {servername}"),
+    ],
+)
+def test_templates_that_ranges_cannot_use(template, message):
+    settings = port_routes(ports=[5000, "8000-8099"], route_template=template)
+    with pytest.raises(TraitError, match=message):
+        settings.check_together()
+    port_routes(ports=[5000], route_template=template).check_together()  # fine without ranges
+
+
+def test_servers_named_like_ports_get_no_routes():
+    """Named server "5000" of alice would be /ports/alice/5000/..., her default server's port 5000."""
+    template = RouteTemplate(PortRoutes().route_template)
+    assert template.serves("alice", "") and template.serves("alice", "dev") and template.serves("alice", "v2")
+    assert not template.serves("alice", "5000") and not template.serves("alice", "..")
+
+
 def test_template_rendering():
     default = RouteTemplate(PortRoutes().route_template)
     assert default.render("alice", "", 5000) == "/ports/alice/5000/"

@@ -111,7 +111,7 @@ def test_a_port_range_reaches_any_port_of_the_container_but_the_servers_own(make
     assert hub.get("/ports/rita/5001/hello").status_code == 403
     assert hub.get("/ports/rita/5002/", headers={"X-Proxy-Token": token}).status_code == 502  # nothing listens
     own = hub.get("/ports/rita/8888/api/status", headers={"X-Proxy-Token": token})
-    assert own.status_code == 404 and "not in the allow-list" in own.json()["message"], own.text
+    assert own.status_code == 404 and "Port 8888 of this server is not routed" in own.json()["message"], own.text
     hub.stop_server("rita")
     assert hub.port_routes() == {}
 

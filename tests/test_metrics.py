@@ -161,3 +161,17 @@ def test_one_series_for_all_routes_when_not_by_route():
     assert value(scraped, "jhproxy_routes_sidecar_requests_total", route="", outcome="forwarded") == 2
     assert value(scraped, "jhproxy_routes_sidecar_body_bytes_total", route="", direction="to_app") == 20
     assert "/ports/" not in metrics.exposition().decode()
+
+
+def test_a_request_still_running_on_a_removed_route_does_not_bring_its_series_back():
+    live = {"/ports/a/5000"}
+    metrics = SidecarMetrics(lambda: len(live), routed=lambda key: key in live)
+    with metrics.outcome("/ports/a/5000"):
+        live.clear()  # the hub removes the route while the request runs
+        metrics.forget("/ports/a/5000")
+        metrics.body("/ports/a/5000", "to_client", 5)
+    assert "/ports/a/5000" not in metrics.exposition().decode()
+    live.add("/ports/a/5000")  # routed again: counted again
+    with metrics.outcome("/ports/a/5000"):
+        pass
+    assert value(samples(metrics.exposition().decode()), "jhproxy_routes_sidecar_requests_total", route="/ports/a/5000", outcome="forwarded") == 1

@@ -73,8 +73,8 @@ def test_no_path_climbs_out_of_a_prefix(tail):
 @example(a=("..", "", 5000), b=("x", "", 5000))
 def test_templates_give_each_server_port_its_own_route(a, b):
     template = RouteTemplate("/ports/{username}/{servername}/{port}/")
-    if not template.serves(a[0], a[1]):  # a name that would be a dot segment: no routes at all
-        assert {a[0], a[1]} & {".", ".."}
+    if not template.serves(a[0], a[1]):  # a dot-segment name, or a server named like a port: no routes
+        assert {a[0], a[1]} & {".", ".."} or a[1].isdigit()
         return
     assume(template.serves(b[0], b[1]))
     spec_a, spec_b = template.render(*a), template.render(*b)

@@ -89,8 +89,10 @@ def test_other_ports_get_a_clear_404(hub, block, token, segment):
     response = httpx.get(f"{hub.url}/ports/ranger/{port}/api/status", headers={"X-Proxy-Token": token})
     assert response.status_code == 404, response.text
     message = response.json()["message"]
-    assert "is not in the allow-list of this server" in message
-    assert f"(allowed: {hub.single.port}, {block}-{block + 3})" in message
+    if segment == "own":
+        assert f"Port {block + 1} of this server is not routed: it is the Jupyter server's own" in message
+    else:
+        assert f"is not in the allow-list of this server (allowed: {hub.single.port}, {block}-{block + 3})" in message
 
 
 def test_access_of_a_range_is_set_like_a_port(hub, block, token):
@@ -110,3 +112,24 @@ def test_access_of_a_range_is_set_like_a_port(hub, block, token):
 def test_routes_go_with_the_server(hub, token):
     hub.stop_server("ranger")
     assert hub.port_routes() == {}
+
+
+def test_on_the_hubs_machine_the_hubs_own_ports_are_never_routed(make_hub, make_app):
+    """A range (or a port) over the sidecar's, the hub's or the proxy's ports, on a shared
+    host: what a user there would try to reach the hub's insides (or loop the sidecar)."""
+    app = make_app()
+    hub = make_hub([app.port], start=False)
+    config = hub.dir / "jupyterhub_config.py"
+    reserved = [hub.sidecar_port, hub.hub_port, hub.api_port]
+    ports = [app.port, *(f"{p}-{p + 1}" for p in reserved[:1]), *reserved[1:]]
+    config.write_text(config.read_text() + f"c.PortRoutes.ports = {ports!r}\n")
+    hub.start()
+    token_api = hub.user_token("shared")
+    hub.spawn("shared")
+    token = hub.proxytoken(token_api, "POST", content="random").json()
+    assert set(hub.port_routes()) == {f"/ports/shared/{app.port}", "/ports/shared"}
+    response = httpx.get(f"{hub.url}/ports/shared/{hub.sidecar_port}/_jhproxy-routes/health", headers={"X-Proxy-Token": token})
+    assert response.status_code == 404 and "is not routed" in response.json()["message"], response.text
+    assert f"port {hub.hub_port} of shared/ is the hub's port: no route" in hub.log()
+    assert f"port {hub.api_port} of shared/ is the proxy's API: no route" in hub.log()
+    hub.stop_server("shared")

@@ -220,24 +220,34 @@ def test_a_hub_login_made_on_one_replica_holds_on_the_others(rig, token):
 def test_a_new_replica_is_found_by_name_and_ready_once_it_has_the_table(rig, token, module_tmp):
     third = Replica(module_tmp, "127.0.0.3", rig["port"], rig["hub_api"])
     assert third.ready() == 503 and third.table() == {}
-    with rig["hosts"].open("a") as hosts:  # in place: the hub's bind mount sees it
-        hosts.write(f"127.0.0.3 {REPLICAS_NAME}\n")
+    set_listed(rig["hosts"], "127.0.0.3", True)
     wait_for(lambda: third.ready() == 200, 30, "the new replica to be ready", rig["hub"].log_path)
     assert third.table() == rig["replicas"][0].table()
+    # the hub loses sight of it (here: the name forgets it): its table may go stale, so it
+    # stops reporting ready once three reconciliations have passed it by
+    set_listed(rig["hosts"], "127.0.0.3", False)
+    wait_for(lambda: third.ready() == 503, 30, "the unreachable replica to report not ready")
+    set_listed(rig["hosts"], "127.0.0.3", True)
     third.stop()  # and dies, still listed under the name: the next test runs so
+
+
+def set_listed(hosts: Path, ip: str, listed: bool) -> None:
+    """Add or remove ``ip`` under the replicas' name, in place (the hub's bind mount sees it)."""
+    with hosts.open("r+") as f:
+        kept = [line for line in f if ip not in line] + ([f"{ip} {REPLICAS_NAME}\n"] if listed else [])
+        f.seek(0)
+        f.writelines(kept)
+        f.truncate()
 
 
 def test_a_restarted_remote_chp_gets_the_port_routes_back_despite_a_dead_replica(rig, token):
     hub = rig["hub"]
+    wait_for(lambda: "sidecar replica left out of this reconciliation: GET sidecar http://127.0.0.3" in hub.log(),
+             30, "the hub to meet the dead replica")  # fmt: skip
     rig["chp"].stop()
     rig["chp"].start()
     assert route_of(rig) not in hub.port_routes()
     wait_for(lambda: route_of(rig) in hub.port_routes(), 30, "the route back in the restarted CHP", hub.log_path)
     url = hub.url + route_of(rig) + "/z"
     assert httpx.get(url, headers={"X-Proxy-Token": token}).status_code == 200
-    assert "sidecar replica left out of this reconciliation" in hub.log()
-    with rig["hosts"].open("r+") as hosts:  # the name forgets the dead replica
-        kept = [line for line in hosts if "127.0.0.3" not in line]
-        hosts.seek(0)
-        hosts.writelines(kept)
-        hosts.truncate()
+    set_listed(rig["hosts"], "127.0.0.3", False)  # the name forgets the dead replica

@@ -178,7 +178,8 @@ def test_a_port_range_is_one_entry_that_reads_the_port_from_the_path():
     [
         ("/ports/alice/8100/x", "Port 8100 is not"),  # just past a range
         ("/ports/alice/7999", "Port 7999 is not"),
-        ("/ports/alice/8088/", "Port 8088 is not"),  # the Jupyter server's own port, inside a range
+        ("/ports/alice/8088/", "Port 8088 of this server is not routed"),  # the Jupyter server's own, in a range
+        ("/ports/alice/" + "8" * 5000 + "/", "Port '888888888888' is not"),  # past int()'s digit limit
         ("/ports/alice/08050/", "Port '08050' is not"),  # one port, one key: no leading zeros
         ("/ports/alice/dev/8050", "Port 'dev' is not"),  # a named server that is not running
         ("/ports/alice/%D9%A1/", "is not in the allow-list"),  # a non-ASCII digit
@@ -203,6 +204,7 @@ def test_a_port_outside_the_ranges_gets_404_naming_the_allowed(path, shown):
         ([{**route("http://h:8000"), "last": True}], "last must be a higher port"),
         ([{**route("http://h:8000", access="open"), "last": 8001}], "access"),
         (["8000-8001"], "must be an object"),
+        ([{**route("http://h:8000"), "last": 8001, "ranges": []}], "without ranges of its own"),
     ],
 )
 def test_bad_ranges_are_refused(ranges, message):

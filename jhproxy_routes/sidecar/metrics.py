@@ -33,8 +33,11 @@ def outcome_of(status: int) -> str:
 
 
 class SidecarMetrics:
-    def __init__(self, route_count: Callable[[], int], by_route: bool = True):
+    def __init__(self, route_count: Callable[[], int], by_route: bool = True, routed: Callable[[str], bool] = lambda key: True):
+        """``routed(key)``: whether the table still has that entry (a request still running
+        on a removed route must not bring its series back)."""
         self.by_route = by_route
+        self.routed = routed
         self.registry = CollectorRegistry()
         self.requests = Counter(
             "jhproxy_routes_sidecar_requests",
@@ -68,7 +71,11 @@ class SidecarMetrics:
 
     def _child(self, metric, route: str, label: str):
         route = route if self.by_route else ""
-        series = self._series.setdefault(route, {})
+        series = self._series.get(route)
+        if series is None:
+            if route and not self.routed(route):
+                return NOT_COUNTED
+            series = self._series[route] = {}
         child = series.get((metric, label))
         if child is None:
             child = series[(metric, label)] = metric.labels(route, label)
@@ -101,6 +108,17 @@ class SidecarMetrics:
         sidecar runs it in a thread."""
         text = generate_latest(self.registry)
         return gzip.compress(text, compresslevel=1) if compress else text
+
+
+class _NotCounted:
+    """The series of a route that is gone."""
+
+    @staticmethod
+    def inc(amount: float = 1) -> None:
+        pass
+
+
+NOT_COUNTED = _NotCounted()
 
 
 class RequestOutcome:

@@ -133,10 +133,11 @@ class Sidecar:
         self.pool = UpstreamPool(connect_timeout=connect_timeout)
         self.denials = DenialLog(audit or AuditLog(None))
         self.limiter = limiter or BadTokenLimiter()
-        self.metrics = SidecarMetrics(lambda: len(self.table.routes), metrics_by_route)
-        # the hub has sent the whole table at least once (a reconciliation ran): until then
-        # /_jhproxy-routes/ready answers 503, so a new replica gets no traffic yet
-        self.complete = False
+        self.metrics = SidecarMetrics(lambda: len(self.table.routes), metrics_by_route, self.table.has)
+        # until when the table is known to be the hub's whole table (the end of a
+        # reconciliation, valid for a few of its intervals): /_jhproxy-routes/ready answers
+        # 503 before (a new replica) and after (a replica the hub no longer reaches)
+        self.complete_until = 0.0
         self.authenticate_metrics = authenticate_metrics
 
     # ---- connections ---------------------------------------------------------------
@@ -497,7 +498,8 @@ class Sidecar:
             extra = [("Content-Encoding", "gzip")] if gzipped else []
             return await self.send(writer, 200, METRICS_CONTENT_TYPE, body, keep_alive, extra)
         if path == API_PREFIX + "ready":
-            return await self.send_json(writer, 200 if self.complete else 503, {"ready": self.complete, "routes": len(self.table.routes)}, keep_alive)
+            ready = asyncio.get_running_loop().time() < self.complete_until
+            return await self.send_json(writer, 200 if ready else 503, {"ready": ready, "routes": len(self.table.routes)}, keep_alive)
         if path == API_PREFIX + "health" or not path.startswith(API_PREFIX):
             return await self.send_json(writer, 200, {"status": "ok", "routes": len(self.table.routes)}, keep_alive)
         auth = request.get("Authorization", "").encode("latin-1")
@@ -525,14 +527,18 @@ class Sidecar:
         raise HTTPError(405, "Use GET, POST or DELETE.")
 
     async def handle_bulk(self, method: str, body: bytes, writer, keep_alive: bool) -> bool:
-        """``POST {"add": {path: data, ...}, "delete": [path, ...], "complete": true}``: many
-        changes in one request (a hub starting with thousands of servers). Adds are checked
-        first: a bad one refuses the whole request and changes nothing. ``complete``: the
-        table is now the hub's whole table (sent at the end of each reconciliation)."""
+        """``POST {"add": {path: data, ...}, "delete": [path, ...]}``: many changes in one
+        request (a hub starting with thousands of servers). Adds are checked first: a bad
+        one refuses the whole request and changes nothing. ``{"complete": true, "valid_for":
+        seconds or null}``: the table is now the hub's whole table (the end of a
+        reconciliation), for that long."""
         if method != "POST":
             raise HTTPError(405, "Use POST.")
         try:
             changes = json.loads(body)
+            valid_for = changes.get("valid_for")
+            if not (valid_for is None or (isinstance(valid_for, (int, float)) and not isinstance(valid_for, bool) and valid_for > 0)):
+                raise ValueError("valid_for must be null or a positive number of seconds")
             add = {route_key(k): v for k, v in changes.get("add", {}).items()}
             delete = [route_key(k) for k in changes.get("delete", [])]
             self.table.set_many(add)
@@ -544,7 +550,7 @@ class Sidecar:
                 self.metrics.forget(key)
                 deleted += 1
         if changes.get("complete") is True:
-            self.complete = True
+            self.complete_until = asyncio.get_running_loop().time() + valid_for if valid_for else float("inf")
         return await self.send_json(writer, 200, {"added": len(add), "deleted": deleted}, keep_alive)
 
     async def _check_metrics_credential(self, request) -> None:

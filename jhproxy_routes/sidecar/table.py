@@ -97,15 +97,15 @@ def ranges_from_data(key: str, data: dict) -> Route:
         raise ValueError("ranges must be a non-empty list")
     rules = []
     for item in ranges:
-        if not isinstance(item, dict):
-            raise ValueError("each range must be an object")
+        if not isinstance(item, dict) or "ranges" in item:
+            raise ValueError("each range must be an object (without ranges of its own)")
         rule = route_from_data(key, {**item, "username": data.get("username")})
         last = item.get("last")
         if isinstance(last, bool) or not isinstance(last, int) or not rule.port < last <= 65535:
             raise ValueError(f"range of {rule.port}: last must be a higher port, got {last!r}")
         rules.append(replace(rule, last_port=last))
     excluded = data.get("excluded") or []
-    if not isinstance(excluded, list) or not all(isinstance(p, int) for p in excluded):
+    if not isinstance(excluded, list) or not all(type(p) is int for p in excluded):
         raise ValueError("excluded must be a list of ports")
     first = rules[0]
     return replace(
@@ -128,6 +128,9 @@ class RouteTable:
         for route in checked:
             self.routes[segments(route.key)] = route
             self.max_depth = max(self.max_depth, route.depth)
+
+    def has(self, key: str) -> bool:
+        return segments(key) in self.routes
 
     def delete(self, key: str) -> bool:
         return self.routes.pop(segments(key), None) is not None
@@ -162,11 +165,14 @@ def port_in_ranges(entry: Route, segment: str | None) -> Route:
     """The route to port ``segment`` of an entry of port ranges, or 404 naming the allowed."""
     if segment is None:
         raise HTTPError(404, f"Name a port after this path: <path>/<port>/ (allowed: {entry.allowed}).")
-    # no leading zeros: one port, one route key (and one cookie path)
-    port = int(segment) if segment.isascii() and segment.isdigit() and segment == str(int(segment)) else None
-    shown = repr(segment[:12]) if port is None else str(port)
-    if port is not None and port not in entry.excluded:
+    # at most 5 ASCII digits, no leading zeros: one port, one route key (and one cookie path)
+    digits = segment.isascii() and segment.isdigit() and len(segment) <= 5 and not segment.startswith("0")
+    port = int(segment) if digits else None
+    if port in entry.excluded:
+        raise HTTPError(404, f"Port {port} of this server is not routed: it is the Jupyter server's own, or the hub's.")
+    if port is not None:
         for rule in entry.ranges:
             if rule.port <= port <= rule.last_port:
                 return replace(rule, key=f"{entry.key}/{port}", port=port, depth=entry.depth + 1, data=entry.data)
+    shown = str(port) if port is not None else repr(segment[:12])
     raise HTTPError(404, f"Port {shown} is not in the allow-list of this server (allowed: {entry.allowed}).")
