@@ -12,6 +12,8 @@ import httpx
 import pytest
 from conftest import ADMIN_TOKEN
 
+from jhproxy_routes.cli import main
+
 CLI = Path(sys.executable).parent / "jhproxy-routes"
 
 
@@ -115,13 +117,21 @@ def write_config(tmp_path, body: str) -> Path:
     return path
 
 
-def test_check_passes_a_good_config(tmp_path):
+def check_here(path: Path, capsys) -> tuple[int, str]:
+    """``jhproxy-routes check`` in this process (each run of the command loads JupyterHub
+    anew, ~4 s; the console script itself is run in the test of a bad config)."""
+    with pytest.raises(SystemExit) as exit_:
+        main(["check", str(path)])
+    return exit_.value.code, capsys.readouterr().out
+
+
+def test_check_passes_a_good_config(tmp_path, capsys):
     path = write_config(tmp_path, """
         c.JupyterHub.spawner_class = "docker"
         c.PortRoutes.ports = [5000, {"port": 8050, "access": "public", "cors_origins": ["https://example.org"]}]
     """)
-    result = run("check", str(path))
-    assert result.returncode == 0 and "no problems found" in result.stdout, result
+    code, out = check_here(path, capsys)
+    assert code == 0 and "no problems found" in out, out
 
 
 def test_check_reports_every_problem_of_a_bad_config(tmp_path):
@@ -152,16 +162,15 @@ def test_check_reports_every_problem_of_a_bad_config(tmp_path):
     assert "Traceback" not in result.stderr
 
 
-def test_check_local_servers_and_files_that_do_not_load(tmp_path):
+def test_check_local_servers_and_files_that_do_not_load(tmp_path, capsys):
     path = write_config(tmp_path, "c.PortRoutes.ports = [5000, '8000-8099']\nc.PortRoutes.allow_shared_host = True")
-    result = run("check", str(path))
-    assert result.returncode == 0 and "port 8081 is the hub's own port on this machine: it never gets a route" in result.stdout, result
-    assert "port 8000 is the proxy's public port" in result.stdout and "port 8001 is the proxy's API" in result.stdout
+    code, out = check_here(path, capsys)
+    assert code == 0 and "port 8081 is the hub's own port on this machine: it never gets a route" in out, out
+    assert "port 8000 is the proxy's public port" in out and "port 8001 is the proxy's API" in out
     path = write_config(tmp_path, "c.PortRoutes.sidecar_api_urls = ['http://a:1', 'http://b:1']\nc.PortRoutes.reconcile_interval = 0")
-    assert "sidecar replicas need periodic reconciliations" in run("check", str(path)).stdout
+    assert "sidecar replicas need periodic reconciliations" in check_here(path, capsys)[1]
     (tmp_path / "broken.py").write_text("c.PortRoutes.ports = [5000\n")
-    result = run("check", str(tmp_path / "broken.py"))
-    assert result.returncode == 1 and "the file does not load: SyntaxError" in result.stdout, result
+    code, out = check_here(tmp_path / "broken.py", capsys)
+    assert code == 1 and "the file does not load: SyntaxError" in out, out
     (tmp_path / "plain.py").write_text("c.PortRoutes.ports = [5000]\n")
-    result = run("check", str(tmp_path / "plain.py"))
-    assert "proxy_class is not set: call jhproxy_routes.install(c)" in result.stdout
+    assert "proxy_class is not set: call jhproxy_routes.install(c)" in check_here(tmp_path / "plain.py", capsys)[1]

@@ -135,6 +135,7 @@ c.PortRoutes.sidecar_url = "http://127.0.0.1:{{balancer}}"
 c.PortRoutes.sidecar_api_urls = ["http://{REPLICAS_NAME}:{sidecar_port}"]
 c.PortRoutes.db_url = "sqlite:///jhproxy_routes.sqlite"
 c.PortRoutes.audit_log = "jhproxy-routes-audit.jsonl"
+c.PortRoutes.api_retry_timeout = 2  # a dead replica is given up on sooner (and marks expire sooner)
 """
     unshare = ["unshare", "--mount", "sh", "-c", 'mount --bind "$0" /etc/hosts && exec "$@"', str(hosts)]
     hub = make_hub([app.port], "", start=False, env={"JHPROXY_ROUTES_SIDECAR_TOKEN": SECRET}, command_prefix=unshare)
