@@ -48,7 +48,7 @@ def fake_users(first: int, count: int) -> dict:
     for i in range(first, first + count):
         name = f"user{i:05d}"
         server = SimpleNamespace(host=f"http://10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}:8888")
-        spawner = SimpleNamespace(name="", ready=True, pending=None, server=server)
+        spawner = SimpleNamespace(name="", ready=True, pending=None, server=server, port=8888)
         users[name] = SimpleNamespace(name=name, spawners={"": spawner})
     return users
 
