@@ -26,6 +26,9 @@ from traitlets.config import Configurable
 
 from .templates import RouteTemplate
 
+#: The sidecar's name as a JupyterHub service (its URL prefix, its OAuth client).
+SERVICE_NAME = "jhproxy-routes"
+
 #: What a port's ``access`` may say, besides ``group:<name>``. ``server`` follows the server's
 #: token mode (``disabled`` / ``allow_all`` / token); ``owner``: the owner's hub login only;
 #: ``users``: any hub user's login, or the token; ``public``: no check; ``disabled``: nobody.

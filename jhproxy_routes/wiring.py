@@ -12,9 +12,8 @@ from pathlib import Path
 
 from jupyterhub.roles import get_default_roles
 
-from .config import PortRoutes
+from .config import SERVICE_NAME, PortRoutes
 
-SERVICE_NAME = "jhproxy-routes"
 SERVICE_COMMON = {
     "name": SERVICE_NAME,
     # in the hub's Services menu: the sidecar sends browsers on to /hub/proxytoken/

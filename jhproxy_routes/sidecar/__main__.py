@@ -23,7 +23,7 @@ from jupyterhub.utils import url_path_join
 from prometheus_client import disable_created_metrics
 
 from ..audit import AuditLog
-from ..wiring import SERVICE_NAME
+from ..config import SERVICE_NAME
 from .login import HubLogin
 from .ratelimit import BadTokenLimiter
 from .server import Sidecar, serve
