@@ -209,3 +209,12 @@ async def test_slow_heads_get_408_but_idle_connections_stay(sidecar):
     writer.write(b"GET /ports/alice/5000/ HTTP/1.1\r\nHost: h\r\nX-Proxy-Token: " + TOKEN.encode() + b"\r\n\r\n")
     assert (await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)).startswith(b"HTTP/1.1 200")
     writer.close()
+
+
+async def test_head_probes_get_headers_only_and_the_connection_stays_in_step(sidecar):
+    """A probe that sends HEAD /health then GET /health on one connection: a body after the
+    HEAD answer would be read as the start of the next answer."""
+    out = await exchange(sidecar, b"HEAD /_jhproxy-routes/health HTTP/1.1\r\n\r\nGET /_jhproxy-routes/ready HTTP/1.1\r\n\r\n")
+    first, _, rest = out.partition(b"\r\n\r\n")
+    assert first.startswith(b"HTTP/1.1 200") and b"Content-Length: " in first
+    assert rest.startswith(b"HTTP/1.1 503"), out  # the ready answer comes right after the HEAD's headers

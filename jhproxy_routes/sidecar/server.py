@@ -491,17 +491,18 @@ class Sidecar:
             raise HTTPError(413, "Send the route as JSON with a Content-Length of at most 1 MiB.")
         body = await reader.readexactly(length) if length else b""
         method = request.start[0]
+        head = method == "HEAD"  # the same answer without its body (a probe may ask so)
         if path in self.metrics_paths:
             await self._check_metrics_credential(request)
             gzipped = "gzip" in request.tokens("Accept-Encoding")
             body = await asyncio.to_thread(self.metrics.exposition, gzipped)
             extra = [("Content-Encoding", "gzip")] if gzipped else []
-            return await self.send(writer, 200, METRICS_CONTENT_TYPE, body, keep_alive, extra)
+            return await self.send(writer, 200, METRICS_CONTENT_TYPE, body, keep_alive, extra, head)
         if path == API_PREFIX + "ready":
             ready = asyncio.get_running_loop().time() < self.complete_until
-            return await self.send_json(writer, 200 if ready else 503, {"ready": ready, "routes": len(self.table.routes)}, keep_alive)
+            return await self.send_json(writer, 200 if ready else 503, {"ready": ready, "routes": len(self.table.routes)}, keep_alive, head)
         if path == API_PREFIX + "health" or not path.startswith(API_PREFIX):
-            return await self.send_json(writer, 200, {"status": "ok", "routes": len(self.table.routes)}, keep_alive)
+            return await self.send_json(writer, 200, {"status": "ok", "routes": len(self.table.routes)}, keep_alive, head)
         auth = request.get("Authorization", "").encode("latin-1")
         if not hmac.compare_digest(auth, f"token {self.api_token}".encode("latin-1")):
             raise HTTPError(403, "The sidecar's route API needs the hub's token.")
@@ -572,16 +573,17 @@ class Sidecar:
         return (own, self.service_prefix.rstrip("/") + "/metrics") if self.service_prefix else (own,)
 
     @classmethod
-    async def send_json(cls, writer, status: int, data, keep_alive: bool) -> bool:
+    async def send_json(cls, writer, status: int, data, keep_alive: bool, head: bool = False) -> bool:
         body = b"" if data is None else json.dumps(data).encode()
-        return await cls.send(writer, status, "application/json", body, keep_alive)
+        return await cls.send(writer, status, "application/json", body, keep_alive, head=head)
 
     @staticmethod
-    async def send(writer, status: int, content_type: str, body: bytes, keep_alive: bool, extra=()) -> bool:
+    async def send(writer, status: int, content_type: str, body: bytes, keep_alive: bool, extra=(), head: bool = False) -> bool:
+        """An answer of the sidecar's own; ``head``: its headers only (a HEAD request)."""
         headers = [("Content-Type", content_type), *extra] + ([("Content-Length", str(len(body)))] if status != 204 else [])
         if not keep_alive:
             headers.append(("Connection", "close"))
-        writer.write(render_head(f"HTTP/1.1 {status} {HTTPStatus(status).phrase}", headers) + body)
+        writer.write(render_head(f"HTTP/1.1 {status} {HTTPStatus(status).phrase}", headers) + (b"" if head else body))
         await writer.drain()
         return keep_alive
 
