@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 from traitlets import TraitError
 from traitlets.config.loader import PyFileConfigLoader
 
-from .config import PortRoutes, check_no_overlap, parse_port
+from .config import PortRoutes, check_no_overlap, parse_port, url_port
 from .wiring import configured
 
 
@@ -133,9 +133,13 @@ def _spawner_problems(hub, spawner_class, settings: PortRoutes, specs):
         else:
             from .proxy import PortRoutesProxy
 
-            chp_api = urlsplit(configured(hub, PortRoutesProxy, "api_url") or "http://127.0.0.1:8001").port
-            sidecar = urlsplit(settings.sidecar_url).port
-            hub_ports = {hub.port: "the proxy's public port", hub.hub_port: "the hub's own port", chp_api: "the proxy's API", sidecar: "the sidecar's"}
+            urls = {
+                hub.bind_url: "the proxy's public port",
+                hub.hub_bind_url or f"http://127.0.0.1:{hub.hub_port}": "the hub's own port",
+                configured(hub, PortRoutesProxy, "api_url") or "http://127.0.0.1:8001": "the proxy's API",
+                settings.sidecar_url: "the sidecar's",
+            }
+            hub_ports = {port: what for url, what in urls.items() if (port := url_port(url))}
             for port, what in hub_ports.items():
                 if any(spec.covers(port) for spec in specs):
                     yield Problem("warning", f"port {port} is {what} on this machine: it never gets a route")
@@ -146,8 +150,6 @@ def _sidecar_problems(settings: PortRoutes):
         yield Problem("error", "sidecar replicas need periodic reconciliations (c.PortRoutes.reconcile_interval > 0): only they make a new replica ready")
     if not settings.sidecar_managed and not settings.has_explicit_sidecar_token:
         yield Problem("error", "c.PortRoutes.sidecar_managed is False but no sidecar_api_token (or $JHPROXY_ROUTES_SIDECAR_TOKEN) is set: the hub would make a new one the sidecar cannot know")
-    if settings.sidecar_url.startswith("https://"):
-        yield Problem("error", f"c.PortRoutes.sidecar_url {settings.sidecar_url!r}: the sidecar speaks plain HTTP (put it on a private network)")
 
 
 def _cors_problems(settings: PortRoutes):

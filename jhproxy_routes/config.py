@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import re
 import secrets
+from urllib.parse import urlsplit
 from dataclasses import dataclass
 
 from traitlets import (
@@ -112,6 +113,16 @@ def parse_port(item, where="c.PortRoutes.ports") -> PortSpec:
         strip_prefix=strip,
         last=last,
     )
+
+
+def url_port(url: str) -> int | None:
+    """The port of an http(s) URL, the scheme's default if none is written (None if it
+    has no valid port)."""
+    parts = urlsplit(url)
+    try:
+        return parts.port or {"http": 80, "https": 443}.get(parts.scheme)
+    except ValueError:
+        return None
 
 
 def check_no_overlap(spec: PortSpec, earlier: list[PortSpec]) -> PortSpec:
@@ -294,7 +305,7 @@ class PortRoutes(Configurable):
         Kubernetes Service), list each one here, or one name that resolves to all of them
         (a headless Service) with ``sidecar_api_resolve_all``. A replica reports itself ready
         at ``/_jhproxy-routes/ready`` once it has received the whole table (at the end of a
-        reconciliation), so a new one gets traffic only when it knows every route.
+        reconciliation; ``reconcile_interval`` must be above 0), for ``sidecar_ready_for``.
         """,
     )
 
@@ -305,6 +316,19 @@ class PortRoutes(Configurable):
         looked up again every few seconds (a Kubernetes headless Service with
         ``publishNotReadyAddresses: true``, so that new replicas receive their table before
         they are ready).
+        """,
+    )
+
+    sidecar_ready_for = Float(
+        0,
+        config=True,
+        help="""Seconds a sidecar replica keeps reporting ready (``/_jhproxy-routes/ready``)
+        after a reconciliation last gave it the whole table. 0: for ever, so the replicas
+        keep serving while the hub is down, but one the hub can no longer reach keeps its
+        last settings. A few reconciliation periods (say 300 s) take such a replica out of its
+        Service, at the cost of taking all of them out when the hub is down longer than that.
+        Until then, a change for one server fails unless every replica that may still be
+        serving took it.
         """,
     )
 
@@ -414,7 +438,15 @@ class PortRoutes(Configurable):
         RouteTemplate(proposal.value)  # raises TraitError naming the problem
         return proposal.value
 
-    @validate("reconcile_interval", "concurrency", "login_cache_max_age", "bad_token_limit", "bad_token_window", "client_timeout")
+    @validate("sidecar_url", "sidecar_api_urls")
+    def _validate_sidecar_urls(self, proposal):
+        for url in [proposal.value] if isinstance(proposal.value, str) else proposal.value:
+            parts = urlsplit(url)
+            if parts.scheme != "http" or not parts.hostname or url_port(url) is None or parts.path.strip("/"):
+                raise TraitError(f"c.PortRoutes.{proposal.trait.name}: {url!r} must be http://host[:port] (the sidecar speaks plain HTTP)")
+        return proposal.value
+
+    @validate("reconcile_interval", "concurrency", "login_cache_max_age", "bad_token_limit", "bad_token_window", "client_timeout", "sidecar_ready_for")
     def _validate_non_negative(self, proposal):
         positive = proposal.trait.name in ("concurrency", "client_timeout")
         if proposal.value < 0 or (positive and proposal.value <= 0):

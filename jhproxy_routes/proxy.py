@@ -14,12 +14,11 @@ and every wait on CHP or the sidecar is bounded (``PortRoutes.api_retry_timeout`
 from __future__ import annotations
 
 import asyncio
-from urllib.parse import urlsplit
 
 from jupyterhub.proxy import ConfigurableHTTPProxy
 from tornado.ioloop import PeriodicCallback
 
-from .config import PortRoutes
+from .config import PortRoutes, url_port
 from .metrics import SERVER_UPDATE_ERRORS
 from .routeapi import RouteAPI, RouteAPIError
 from .routes import RouteManager
@@ -42,15 +41,20 @@ class PortRoutesProxy(ConfigurableHTTPProxy):
             concurrency=self.port_routes.concurrency,
             log=self.log,
         )
-        reserved = {
-            self.app.port: "the proxy's public port",
-            urlsplit(self.api_url).port: "the proxy's API",
-            self.app.hub_port: "the hub's port",
-            urlsplit(self.port_routes.sidecar_url).port: "the sidecar's port",
-        }
-        self.route_manager = RouteManager(self.port_routes, self.app.base_url, chp_api, self.log, reserved)
+        self.route_manager = RouteManager(self.port_routes, self.app.base_url, chp_api, self.log, self.own_ports)
         self._reconcile_callback = None
         wire_into_hub(self.app, self.port_routes)
+
+    def own_ports(self) -> dict[int, str]:
+        """The ports the hub, the proxy and the sidecar listen on (as bound, also with
+        ``bind_url``/``hub_bind_url``): never a port route's target on the hub's machine."""
+        urls = {
+            self.public_url: "the proxy's public port",
+            self.api_url: "the proxy's API",
+            self.app.hub.bind_url if self.app.hub else "": "the hub's port",
+            self.port_routes.sidecar_url: "the sidecar's port",
+        }
+        return {port: what for url, what in urls.items() if url and (port := url_port(url))}
 
     async def add_user(self, user, server_name=""):
         await super().add_user(user, server_name)
@@ -84,7 +88,8 @@ class PortRoutesProxy(ConfigurableHTTPProxy):
             return
 
         def run():
-            asyncio.ensure_future(self.route_manager.reconcile(user_dict))
+            if not self.route_manager.reconciling:  # a slow pass: skip this turn, never queue up
+                asyncio.ensure_future(self.route_manager.reconcile(user_dict))
 
         self._reconcile_callback = PeriodicCallback(run, 1e3 * interval)
         self._reconcile_callback.start()

@@ -8,11 +8,12 @@ most every ``RESOLVE_EVERY`` seconds, so replicas that come and go are followed.
 
 A reconciliation takes one snapshot of the replicas, gives each the changes its own table
 needs, and marks complete only those that took all of them; a replica marked complete
-reports itself ready (``/_jhproxy-routes/ready``) until the mark expires, so one the hub can
-no longer reach drops out of the Service instead of serving old settings. A change for one
-server (a spawn, a new token) must reach every replica the last reconciliation completed;
-others (new, or gone) are logged and left to the next reconciliation. A replica that lacks
-a route answers 503 for it.
+reports itself ready (``/_jhproxy-routes/ready``) until the mark expires (``ready_for``;
+never if None), so one the hub can no longer reach can drop out of the Service instead of
+serving old settings. A change for one server (a spawn, a new token) must reach every
+replica whose mark may still be valid (after a hub restart: every replica, until a mark of
+the previous hub would have expired), and at least one; the others (new, or gone) are
+logged and left to the next reconciliation. A replica that lacks a route answers 503 for it.
 """
 
 from __future__ import annotations
@@ -24,22 +25,25 @@ import time
 from typing import Awaitable, Callable
 from urllib.parse import urlsplit, urlunsplit
 
+from .config import url_port
 from .routeapi import RouteAPIError, SidecarRouteAPI
 
 RESOLVE_EVERY = 5.0  # seconds between two DNS lookups of the replicas' names
 DIFFERS = {"replicas disagree": True}  # in a merged table: matches no wanted route
-DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
 class SidecarReplicas:
-    def __init__(self, api_urls: list[str], resolve_all: bool, make_api: Callable[[str], SidecarRouteAPI], log: logging.Logger):
+    def __init__(self, api_urls: list[str], resolve_all: bool, make_api: Callable[[str], SidecarRouteAPI], log: logging.Logger,
+                 ready_for: float | None = None):  # fmt: skip
         self.api_urls = api_urls
         self.resolve_all = resolve_all
         self.make_api = make_api
         self.log = log
+        self.ready_for = ready_for
         self._apis: dict[str, SidecarRouteAPI] = {}
         self._resolved_at = -RESOLVE_EVERY
-        self.synced: set[str] = set()  # API URLs of the replicas the last reconciliation completed
+        self._started = time.monotonic()
+        self._marked_until: dict[str, float] = {}  # API URL -> until when our mark is valid
 
     # ---- which replicas --------------------------------------------------------------------
     async def replicas(self) -> list[SidecarRouteAPI]:
@@ -64,7 +68,7 @@ class SidecarReplicas:
     async def _expand(self, url: str) -> list[str]:
         """``url`` once per address of its host (none if the name does not resolve now)."""
         parts = urlsplit(url)
-        port = parts.port or DEFAULT_PORTS.get(parts.scheme, 80)
+        port = url_port(url)
         try:
             infos = await asyncio.get_running_loop().getaddrinfo(parts.hostname, port, type=socket.SOCK_STREAM)
         except (OSError, UnicodeError) as e:
@@ -91,30 +95,38 @@ class SidecarReplicas:
                 done[api] = result
         return done
 
-    async def mark_complete(self, apis, valid_for: float | None) -> set[str]:
-        """Tell these replicas their tables are whole, for ``valid_for`` seconds: the API
-        URLs of those now in sync."""
-        done = await self.each(apis, lambda api: api.mark_complete(valid_for))
-        self.synced = {api.api_url for api in done}
-        return self.synced
+    async def mark_complete(self, apis) -> list[SidecarRouteAPI]:
+        """Tell these replicas their tables are whole (for ``ready_for``): those told."""
+        now = time.monotonic()
+        done = await self.each(apis, lambda api: api.mark_complete(self.ready_for))
+        for api in done:
+            self._marked_until[api.api_url] = now + self.ready_for if self.ready_for else float("inf")
+        return list(done)
 
-    # ---- one server's change: every replica, strict toward the synced ones ---------------
+    def _may_be_marked(self, api: SidecarRouteAPI) -> bool:
+        """Whether the replica may report ready now (by our mark or a previous hub's)."""
+        if not self.ready_for:
+            return True
+        return self._marked_until.get(api.api_url, self._started + self.ready_for) > time.monotonic()
+
+    # ---- one server's change: every replica that may be serving ---------------------------
     async def _all(self, call) -> None:
         apis = await self.replicas()
         if not apis:
             raise RouteAPIError(f"no sidecar replica found at {', '.join(self.api_urls)}")
         results = await asyncio.gather(*(call(api) for api in apis), return_exceptions=True)
-        failed = []
+        failed, took = [], 0
         for api, result in zip(apis, results):
             if isinstance(result, BaseException) and not isinstance(result, RouteAPIError):
                 raise result
-            if isinstance(result, RouteAPIError):
-                if api.api_url in self.synced or len(apis) == 1:
-                    failed.append(str(result))
-                else:  # not (yet) in service: its next reconciliation brings it up to date
-                    self.log.warning("jhproxy-routes: sidecar replica not in sync yet, left to the next reconciliation: %s", result)
-        if failed:
-            raise RouteAPIError("; ".join(failed))
+            if not isinstance(result, RouteAPIError):
+                took += 1
+            elif self._may_be_marked(api):
+                failed.append(str(result))
+            else:  # not in service: its next reconciliation brings it up to date
+                self.log.warning("jhproxy-routes: sidecar replica not in service, left to the next reconciliation: %s", result)
+        if failed or not took:
+            raise RouteAPIError("; ".join(failed) or f"no sidecar replica took the change at {', '.join(self.api_urls)}")
 
     async def add(self, routespec: str, data: dict) -> None:
         await self._all(lambda api: api.add(routespec, data))

@@ -100,11 +100,11 @@ async def table_changes(table: dict, want: dict[str, dict], keep: set[str]) -> t
 class RouteManager:
     """Keeps CHP's and the sidecar's tables in line with the running servers."""
 
-    def __init__(self, settings: PortRoutes, base_url: str, chp_api: RouteAPI, log: logging.Logger, reserved_ports: dict[int, str] | None = None):
-        """``reserved_ports``: the hub's, the proxy's and the sidecar's ports (what they are),
-        never routed on the hub's machine."""
+    def __init__(self, settings: PortRoutes, base_url: str, chp_api: RouteAPI, log: logging.Logger, reserved_ports=dict):
+        """``reserved_ports()``: the hub's, the proxy's and the sidecar's ports (what they
+        are), never routed on the hub's machine."""
         self.settings = settings
-        self.reserved_ports = reserved_ports or {}
+        self.reserved_ports = reserved_ports
         self._logged: set = set()
         self.base_url = base_url
         settings.check_together()
@@ -131,6 +131,7 @@ class RouteManager:
                 log=log,
             ),
             log,
+            ready_for=settings.sidecar_ready_for or None,
         )
         self._reconcile_lock = asyncio.Lock()
 
@@ -208,12 +209,19 @@ class RouteManager:
         return routes
 
     def _never_routed(self, spawner, targets: dict[int, str]) -> dict[int, str]:
-        """Ports of a server that never get a route, and why: the Jupyter server's own (its
-        route would open the whole server to the port's token); on the hub's machine also
-        the hub's, the proxy's and the sidecar's (``reserved_ports``)."""
+        """Allowed ports of a server that never get a route, and why: the Jupyter server's
+        own (its route would open the whole server to the port's token); and a port whose
+        target is one of the hub's, the proxy's or the sidecar's own ports on the hub's
+        machine (``reserved_ports``). A DockerSpawner's published port 8000 is some other
+        port of the host, and is routed; a local server's 8000 is the proxy's."""
         never = {spawner.port: "its Jupyter server's own port"}
-        if any(is_hub_machine(urlsplit(t).hostname) for t in targets.values()):
-            never.update(self.reserved_ports)
+        reserved = self.reserved_ports()
+        for port, target in targets.items():
+            where = urlsplit(target)
+            if where.port in reserved and is_hub_machine(where.hostname):
+                never[port] = reserved[where.port]
+        if self.port_ranges and any(is_hub_machine(urlsplit(t).hostname) for t in targets.values()):
+            never.update({p: what for p, what in reserved.items() if any(s.covers(p) for s in self.port_ranges)})
         return never
 
     def _log_once(self, level: int, key, message: str, *args) -> None:
@@ -309,6 +317,10 @@ class RouteManager:
         await asyncio.gather(*(self.sidecar.delete(s) for s in specs))
 
     # ---- everything --------------------------------------------------------------------
+    @property
+    def reconciling(self) -> bool:
+        return self._reconcile_lock.locked()
+
     async def reconcile(self, users) -> None:
         """Compare wanted and actual routes of all servers; add the missing, drop the stale."""
         async with self._reconcile_lock:
@@ -367,10 +379,8 @@ class RouteManager:
         self._log_changes("sidecar", "removing stale", {s for api in done for s in changes[api][1]})
         done = await self.sidecar.each(list(done), lambda api: api.delete_many(changes[api][1]))
         RECONCILE_FIXES.labels("sidecar", "removed").inc(sum(len(changes[api][1]) for api in done))
-        interval = self.settings.reconcile_interval
-        # complete until three periodic passes have been missed (never expires without them)
-        synced = await self.sidecar.mark_complete(list(done), 3 * interval + self.settings.api_retry_timeout if interval else None)
-        if len(synced) < len(replicas) or not replicas:
+        marked = await self.sidecar.mark_complete(list(done))
+        if len(marked) < len(replicas) or not replicas:
             RECONCILE_ERRORS.inc()  # a replica left out: this pass failed for it
 
     def _log_changes(self, table: str, doing: str, routespecs) -> None:

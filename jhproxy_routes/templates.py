@@ -48,6 +48,13 @@ class RouteTemplate:
             for name in WHOLE_SEGMENT_FIELDS:
                 if name in names and segment != "{%s}" % name:
                     raise TraitError(f"{where}: {template!r}: {{{name}}} must be a whole segment")
+        if "servername" in used and "username" in used:
+            order = [next(n for n in FIELDS if "{%s}" % n in seg) for seg in self.segments if "{" in seg]
+            if order.index("servername") < order.index("username"):
+                raise TraitError(
+                    f"{where}: {template!r}: {{username}} must come before {{servername}}, so that one"
+                    " user's server can never be named into another user's routes"
+                )
         missing = {"port", "username"} - used
         if missing:
             raise TraitError(
@@ -83,16 +90,13 @@ class RouteTemplate:
     def ranges_problem(self) -> str:
         """Why port ranges cannot use this template ("" if they can): their one route per
         server is the template without its last segment, so that segment must be ``{port}``,
-        the path must begin with a segment of its own (not one of JupyterHub's, which the
-        route would take over for a user of that name), and ``{username}`` must come before
-        ``{servername}``."""
+        and the path must begin with a segment of its own (not one of JupyterHub's, which the
+        route would take over for a user of that name)."""
         if not self.port_last:
             return f"{{port}} as the last segment of c.PortRoutes.route_template ({self.template!r} has not)"
         first = self.segments[0]
         if "{" in first or first in HUB_PATHS:
             return f"a route template that begins with a fixed segment other than {', '.join(HUB_PATHS)}, such as /ports/ ({self.template!r} does not)"
-        if self.has_servername and self.segments.index("{servername}") < self.segments.index("{username}"):
-            return f"{{username}} before {{servername}} in c.PortRoutes.route_template ({self.template!r})"
         return ""
 
     def render_prefix(self, username: str, servername: str) -> str:

@@ -135,7 +135,8 @@ c.PortRoutes.sidecar_url = "http://127.0.0.1:{{balancer}}"
 c.PortRoutes.sidecar_api_urls = ["http://{REPLICAS_NAME}:{sidecar_port}"]
 c.PortRoutes.db_url = "sqlite:///jhproxy_routes.sqlite"
 c.PortRoutes.audit_log = "jhproxy-routes-audit.jsonl"
-c.PortRoutes.api_retry_timeout = 2  # a dead replica is given up on sooner (and marks expire sooner)
+c.PortRoutes.api_retry_timeout = 2  # a dead replica is given up on sooner
+c.PortRoutes.sidecar_ready_for = 8  # (values.yaml: 300) a replica the hub lost drops out sooner
 """
     unshare = ["unshare", "--mount", "sh", "-c", 'mount --bind "$0" /etc/hosts && exec "$@"', str(hosts)]
     hub = make_hub([app.port], "", start=False, env={"JHPROXY_ROUTES_SIDECAR_TOKEN": SECRET}, command_prefix=unshare)

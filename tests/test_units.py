@@ -339,3 +339,25 @@ def test_audit_log_lines_are_whole_json(tmp_path):
     assert [json.loads(line)["event"] for line in lines] == ["denied", "settings changed"]
     assert json.loads(lines[0])["path"] == "/p\n{\"forged\": 1}"  # a newline cannot start a line of its own
     AuditLog("").record("denied")  # off: nothing, no error
+
+
+def test_the_hubs_own_ports_are_never_targets_but_a_containers_published_8000_is():
+    """A local server's 8000 is the proxy itself; a container's 8000, published on some other
+    host port, or a pod's 8000 at its own address, is the user's app."""
+    import logging
+    from types import SimpleNamespace
+
+    from jhproxy_routes.config import PortRoutes
+    from jhproxy_routes.routeapi import RouteAPI
+    from jhproxy_routes.routes import RouteManager
+
+    settings = PortRoutes(ports=[8000, 5000, "8080-8090"], db_url="sqlite://", audit_log="")
+    reserved = {8000: "the proxy's public port", 8081: "the hub's port"}
+    manager = RouteManager(settings, "/", RouteAPI("proxy", "http://127.0.0.1:1", "x"), logging.getLogger("test"), lambda: reserved)
+    spawner = SimpleNamespace(port=8888)
+    local = {8000: "http://127.0.0.1:8000", 5000: "http://127.0.0.1:5000", 8080: "http://127.0.0.1:8080"}
+    assert manager._never_routed(spawner, local) == {8888: "its Jupyter server's own port", **reserved}
+    published = {8000: "http://127.0.0.1:49153", 5000: "http://127.0.0.1:49154"}  # DockerSpawner's default mode
+    assert 8000 not in manager._never_routed(spawner, published)
+    pod = {8000: "http://10.0.0.7:8000", 5000: "http://10.0.0.7:5000", 8080: "http://10.0.0.7:8080"}
+    assert manager._never_routed(spawner, pod) == {8888: "its Jupyter server's own port"}
