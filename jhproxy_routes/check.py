@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 from traitlets import TraitError
 from traitlets.config.loader import PyFileConfigLoader
 
-from .config import PortRoutes, check_no_overlap, parse_port, url_port
+from .config import PortRoutes, check_no_overlap, listening_ports, parse_port
 from .wiring import configured
 
 
@@ -133,13 +133,12 @@ def _spawner_problems(hub, spawner_class, settings: PortRoutes, specs):
         else:
             from .proxy import PortRoutesProxy
 
-            urls = {
+            hub_ports = listening_ports({
                 hub.bind_url: "the proxy's public port",
                 hub.hub_bind_url or f"http://127.0.0.1:{hub.hub_port}": "the hub's own port",
                 configured(hub, PortRoutesProxy, "api_url") or "http://127.0.0.1:8001": "the proxy's API",
                 settings.sidecar_url: "the sidecar's",
-            }
-            hub_ports = {port: what for url, what in urls.items() if (port := url_port(url))}
+            })  # fmt: skip
             for port, what in hub_ports.items():
                 if any(spec.covers(port) for spec in specs):
                     yield Problem("warning", f"port {port} is {what} on this machine: it never gets a route")

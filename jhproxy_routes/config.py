@@ -125,6 +125,11 @@ def url_port(url: str) -> int | None:
         return None
 
 
+def listening_ports(urls: dict[str, str]) -> dict[int, str]:
+    """``{port: what}`` from ``{url: what}`` (URLs without a valid port left out)."""
+    return {port: what for url, what in urls.items() if url and (port := url_port(url))}
+
+
 def check_no_overlap(spec: PortSpec, earlier: list[PortSpec]) -> PortSpec:
     """``spec``, unless one of its ports is in an earlier entry (TraitError)."""
     for other in earlier:

@@ -18,7 +18,7 @@ import asyncio
 from jupyterhub.proxy import ConfigurableHTTPProxy
 from tornado.ioloop import PeriodicCallback
 
-from .config import PortRoutes, url_port
+from .config import PortRoutes, listening_ports
 from .metrics import SERVER_UPDATE_ERRORS
 from .routeapi import RouteAPI, RouteAPIError
 from .routes import RouteManager
@@ -48,13 +48,12 @@ class PortRoutesProxy(ConfigurableHTTPProxy):
     def own_ports(self) -> dict[int, str]:
         """The ports the hub, the proxy and the sidecar listen on (as bound, also with
         ``bind_url``/``hub_bind_url``): never a port route's target on the hub's machine."""
-        urls = {
+        return listening_ports({
             self.public_url: "the proxy's public port",
             self.api_url: "the proxy's API",
             self.app.hub.bind_url if self.app.hub else "": "the hub's port",
             self.port_routes.sidecar_url: "the sidecar's port",
-        }
-        return {port: what for url, what in urls.items() if url and (port := url_port(url))}
+        })  # fmt: skip
 
     async def add_user(self, user, server_name=""):
         await super().add_user(user, server_name)

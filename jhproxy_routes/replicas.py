@@ -29,7 +29,7 @@ from .config import url_port
 from .routeapi import RouteAPIError, SidecarRouteAPI
 
 RESOLVE_EVERY = 5.0  # seconds between two DNS lookups of the replicas' names
-DIFFERS = {"replicas disagree": True}  # in a merged table: matches no wanted route
+DIFFERS = {"replicas disagree": True}  # in a merged table (the route list): no target to show
 
 
 class SidecarReplicas:
@@ -80,19 +80,28 @@ class SidecarReplicas:
             urls.append(urlunsplit(parts._replace(netloc=f"{host}:{port}")))
         return urls
 
-    # ---- a reconciliation: per replica, lenient ----------------------------------------------
-    async def each(self, apis, call: Callable[[SidecarRouteAPI], Awaitable]) -> dict:
-        """``{api: result}`` of ``call(api)`` for the replicas where it worked; the others
-        are logged and left out of the rest of this reconciliation."""
+    @staticmethod
+    async def _gather(apis, call: Callable[[SidecarRouteAPI], Awaitable]) -> tuple[dict, dict]:
+        """``call(api)`` on these replicas at once: ``({api: result}, {api: RouteAPIError})``;
+        any other exception is raised."""
         results = await asyncio.gather(*(call(api) for api in apis), return_exceptions=True)
-        done = {}
+        done, failed = {}, {}
         for api, result in zip(apis, results):
             if isinstance(result, RouteAPIError):
-                self.log.error("jhproxy-routes: sidecar replica left out of this reconciliation: %s", result)
+                failed[api] = result
             elif isinstance(result, BaseException):
                 raise result
             else:
                 done[api] = result
+        return done, failed
+
+    # ---- a reconciliation: per replica, lenient ----------------------------------------------
+    async def each(self, apis, call: Callable[[SidecarRouteAPI], Awaitable]) -> dict:
+        """``{api: result}`` of ``call(api)`` for the replicas where it worked; the others
+        are logged and left out of the rest of this reconciliation."""
+        done, failed = await self._gather(apis, call)
+        for error in failed.values():
+            self.log.error("jhproxy-routes: sidecar replica left out of this reconciliation: %s", error)
         return done
 
     async def mark_complete(self, apis) -> list[SidecarRouteAPI]:
@@ -114,19 +123,13 @@ class SidecarReplicas:
         apis = await self.replicas()
         if not apis:
             raise RouteAPIError(f"no sidecar replica found at {', '.join(self.api_urls)}")
-        results = await asyncio.gather(*(call(api) for api in apis), return_exceptions=True)
-        failed, took = [], 0
-        for api, result in zip(apis, results):
-            if isinstance(result, BaseException) and not isinstance(result, RouteAPIError):
-                raise result
-            if not isinstance(result, RouteAPIError):
-                took += 1
-            elif self._may_be_marked(api):
-                failed.append(str(result))
-            else:  # not in service: its next reconciliation brings it up to date
-                self.log.warning("jhproxy-routes: sidecar replica not in service, left to the next reconciliation: %s", result)
-        if failed or not took:
-            raise RouteAPIError("; ".join(failed) or f"no sidecar replica took the change at {', '.join(self.api_urls)}")
+        done, failed = await self._gather(apis, call)
+        serving = [str(error) for api, error in failed.items() if self._may_be_marked(api)]
+        for api, error in failed.items():
+            if not self._may_be_marked(api):  # not in service: its next reconciliation brings it up to date
+                self.log.warning("jhproxy-routes: sidecar replica not in service, left to the next reconciliation: %s", error)
+        if serving or not done:
+            raise RouteAPIError("; ".join(serving) or f"no sidecar replica took the change at {', '.join(self.api_urls)}")
 
     async def add(self, routespec: str, data: dict) -> None:
         await self._all(lambda api: api.add(routespec, data))
@@ -137,9 +140,10 @@ class SidecarReplicas:
     async def get_all(self) -> dict[str, dict]:
         """The replicas' tables merged (for listing): a route they do not all hold alike
         reads as DIFFERS."""
-        tables = list((await self.each(await self.replicas(), lambda api: api.get_all())).values())
+        done, failed = await self._gather(await self.replicas(), lambda api: api.get_all())
+        tables = list(done.values())
         if not tables:
-            raise RouteAPIError(f"no sidecar replica answered at {', '.join(self.api_urls)}")
+            raise RouteAPIError("; ".join(map(str, failed.values())) or f"no sidecar replica at {', '.join(self.api_urls)}")
         merged = {}
         for table in tables:
             for key, data in table.items():

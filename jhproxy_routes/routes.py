@@ -215,12 +215,10 @@ class RouteManager:
         machine (``reserved_ports``). A DockerSpawner's published port 8000 is some other
         port of the host, and is routed; a local server's 8000 is the proxy's."""
         never = {spawner.port: "its Jupyter server's own port"}
-        reserved = self.reserved_ports()
-        for port, target in targets.items():
-            where = urlsplit(target)
-            if where.port in reserved and is_hub_machine(where.hostname):
-                never[port] = reserved[where.port]
-        if self.port_ranges and any(is_hub_machine(urlsplit(t).hostname) for t in targets.values()):
+        on_hub_machine = {port: urlsplit(t).port for port, t in targets.items() if is_hub_machine(urlsplit(t).hostname)}
+        if on_hub_machine:  # a local server (or published ports): the hub's own are there too
+            reserved = self.reserved_ports()
+            never.update({port: reserved[at] for port, at in on_hub_machine.items() if at in reserved})
             never.update({p: what for p, what in reserved.items() if any(s.covers(p) for s in self.port_ranges)})
         return never
 

@@ -180,13 +180,8 @@ class Sidecar:
     async def send_error(self, writer, error: HTTPError, extra=(), html: bool = False) -> None:
         """Answer with an error (a page for a browser, else JSON) and close: any unread body
         is left unread, never parsed."""
-        if html:
-            body, kind = error_page(error.status, error.message, self.hub_page).encode(), "text/html; charset=utf-8"
-        else:
-            body, kind = json.dumps({"status": error.status, "message": error.message}).encode(), "application/json"
-        headers = [("Content-Type", kind), ("Content-Length", str(len(body))), *extra]
-        headers.append(("Connection", "close"))
-        writer.write(render_head(f"HTTP/1.1 {error.status} {HTTPStatus(error.status).phrase}", headers) + body)
+        page = error_page(error.status, error.message, self.hub_page) if html else None
+        writer.write(error_response(error, extra, page))
         try:
             await writer.drain()
         except ConnectionError:
@@ -588,6 +583,17 @@ class Sidecar:
         return keep_alive
 
 
+def error_response(error: HTTPError, extra=(), page: str | None = None) -> bytes:
+    """A whole answer that ends the connection: the HTML ``page``, else JSON with the
+    status and the message."""
+    if page is not None:
+        body, kind = page.encode(), "text/html; charset=utf-8"
+    else:
+        body, kind = json.dumps({"status": error.status, "message": error.message}).encode(), "application/json"
+    headers = [("Content-Type", kind), ("Content-Length", str(len(body))), *extra, ("Connection", "close")]
+    return render_head(f"HTTP/1.1 {error.status} {HTTPStatus(error.status).phrase}", headers) + body
+
+
 def route_key(path: str) -> str:
     """A table key (unescaped, no trailing slash) from the escaped path of a route API call."""
     try:
@@ -614,9 +620,7 @@ class HeadDeadline:
         if self.writer.is_closing() or b"\r\n\r\n" in pending:
             return  # a whole head, its task about to resume: not late
         if pending and self.begun:
-            body = json.dumps({"status": 408, "message": "The request head did not arrive in time."}).encode()
-            headers = [("Content-Type", "application/json"), ("Content-Length", str(len(body))), ("Connection", "close")]
-            self.writer.write(render_head("HTTP/1.1 408 Request Timeout", headers) + body)
+            self.writer.write(error_response(HTTPError(408, "The request head did not arrive in time.")))
             self.writer.close()
             return
         self.begun = bool(pending)
