@@ -63,8 +63,8 @@ def check_config(config) -> list[Problem]:
     problems += _spawner_problems(hub, spawner_class, settings, specs)
     problems += _sidecar_problems(settings)
     problems += _cors_problems(settings)
-    if hub.subdomain_host:
-        problems.append(Problem("error", "c.JupyterHub.subdomain_host is set: CHP then routes by host, and path routes such as ours never match (not supported yet)"))
+    if settings.template.by_host and not hub.subdomain_host:
+        problems.append(Problem("error", f"c.PortRoutes.route_template {settings.route_template!r} is a host template: it needs c.JupyterHub.subdomain_host"))
     return problems
 
 

@@ -183,12 +183,17 @@ class PortRoutes(Configurable):
     route_template = Unicode(
         "/ports/{username}/{servername}/{port}/",
         config=True,
-        help="""Path of a port's route, below the hub's ``base_url``.
+        help="""Path of a port's route, below the hub's ``base_url``; or, with
+        ``c.JupyterHub.subdomain_host``, a host of its own: ``{port}--{username}.{subdomain_host}``
+        (its own origin; the whole host is the app's).
 
         Fields: ``{username}``, ``{servername}``, ``{port}``; ``{port}`` and ``{username}``
         are required. For the default server ``{servername}`` is empty and its segment
         disappears (``/ports/alice/5000/``), as in JupyterHub's ``/user/alice/`` against
         ``/user/alice/dev/``. Without ``{servername}``, named servers get no port routes.
+        In a host, names become DNS labels as JupyterHub makes them; ``{port}--`` begins a
+        label, ``{username}`` is a whole label or ends the port's, ``{servername}`` is a
+        whole label.
 
         The default lies outside ``/hub/`` and ``/user/``: those paths receive the hub's
         login cookie and the user server's cookies, so a route there always goes through

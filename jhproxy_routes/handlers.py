@@ -245,9 +245,9 @@ class ProxyTokenHandler(APIHandler):
             if not routed:
                 url = None
             elif spec.is_range:
-                url = url_path_join(base, manager.ranges_routespec(user.name, server_name)) + "{port}/"
+                url = manager.public_url(manager.ranges_routespec(user.name, server_name), base) + "{port}/"
             else:
-                url = url_path_join(base, manager.routespec(user.name, server_name, spec.port))
+                url = manager.public_url(manager.routespec(user.name, server_name, spec.port), base)
             ports.append(
                 {
                     "port": spec.key if spec.is_range else spec.port,  # 5000, or "8000-8099"

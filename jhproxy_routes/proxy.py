@@ -40,8 +40,12 @@ class PortRoutesProxy(ConfigurableHTTPProxy):
             retry_timeout=self.port_routes.api_retry_timeout,
             concurrency=self.port_routes.concurrency,
             log=self.log,
+            host_routing=self.host_routing,
         )
-        self.route_manager = RouteManager(self.port_routes, self.app.base_url, chp_api, self.log, self.own_ports)
+        self.route_manager = RouteManager(
+            self.port_routes, self.app.base_url, chp_api, self.log, self.own_ports,
+            subdomain_host=self.app.subdomain_host, hub_domain=self.app.domain,
+        )  # fmt: skip
         self._reconcile_callback = None
         wire_into_hub(self.app, self.port_routes)
 

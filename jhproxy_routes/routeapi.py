@@ -2,7 +2,7 @@
 
 Two tables speak it: CHP itself (``/api/routes``) and the sidecar's mirror of it
 (``/_jhproxy-routes/api/routes``). Route keys are routespecs: escaped paths with a leading
-and a trailing ``/``. Only routes whose data carry ``ROUTE_TAG`` are ours; JupyterHub's own
+and a trailing ``/``, or with host routing (JupyterHub's ``subdomain_host``) ``host/path/``. Only routes whose data carry ``ROUTE_TAG`` are ours; JupyterHub's own
 routes (tagged ``jupyterhub``) and anybody else's are never read back or touched.
 """
 
@@ -61,13 +61,17 @@ def json_object_items(text: str):
 
 
 def routespec_to_api_path(routespec: str) -> str:
-    # CHP keeps no trailing slash in its keys (and its DELETE dislikes one)
-    return routespec.rstrip("/") or "/"
+    # CHP keeps no trailing slash in its keys (and its DELETE dislikes one); a host
+    # routespec (``host/path/``) is ``/host/path`` there
+    return "/" + routespec.strip("/")
 
 
-def routespec_from_api_key(key: str) -> str:
-    # CHP returns keys unescaped: escape them back as JupyterHub does
+def routespec_from_api_key(key: str, host_routing: bool = False) -> str:
+    # CHP returns keys unescaped: escape them back as JupyterHub does (host routespecs
+    # without the leading ``/``)
     spec = quote(key, safe="@/~")
+    if host_routing:
+        spec = spec.lstrip("/")
     return spec if spec.endswith("/") else spec + "/"
 
 
@@ -83,8 +87,10 @@ class RouteAPI:
         retry_timeout: float = 30,
         concurrency: int = 10,
         log: logging.Logger | None = None,
+        host_routing: bool = False,
     ):
         self.name = name
+        self.host_routing = host_routing  # keys begin with a host (CHP's --host-routing)
         self.api_url = api_url.rstrip("/") + "/api/"
         self.routes_url = self.api_url + "routes"
         self.retry_timeout = retry_timeout
@@ -104,7 +110,7 @@ class RouteAPI:
         try:
             for count, (key, data) in enumerate(json_object_items(response.content.decode()), 1):
                 if isinstance(data, dict) and data.get(ROUTE_TAG):
-                    ours[routespec_from_api_key(key)] = data
+                    ours[routespec_from_api_key(key, self.host_routing)] = data
                 if count % ENTRIES_PER_YIELD == 0:
                     await asyncio.sleep(0)
         except ValueError as e:  # also invalid UTF-8

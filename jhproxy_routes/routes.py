@@ -15,11 +15,13 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from jupyterhub.utils import url_path_join
+from traitlets import TraitError
 
 from .audit import AuditLog
 from .config import GROUP_PREFIX, PortRoutes, PortSpec
 from .metrics import RECONCILE_DURATION, RECONCILE_ERRORS, RECONCILE_FIXES, ROUTES
 from .replicas import SidecarReplicas
+from .templates import RouteTemplate
 from .routeapi import ENTRIES_PER_YIELD, RouteAPI, RouteAPIError, SidecarRouteAPI
 from .targets import SharedHostError, TargetsPending, is_hub_machine, port_targets
 from .tokens import AccessStore, ServerAccess, with_new_token
@@ -100,10 +102,15 @@ async def table_changes(table: dict, want: dict[str, dict], keep: set[str]) -> t
 class RouteManager:
     """Keeps CHP's and the sidecar's tables in line with the running servers."""
 
-    def __init__(self, settings: PortRoutes, base_url: str, chp_api: RouteAPI, log: logging.Logger, reserved_ports=dict):
+    def __init__(self, settings: PortRoutes, base_url: str, chp_api: RouteAPI, log: logging.Logger, reserved_ports=dict,
+                 subdomain_host: str = "", hub_domain: str = ""):  # fmt: skip
         """``reserved_ports()``: the hub's, the proxy's and the sidecar's ports (what they
-        are), never routed on the hub's machine."""
+        are), never routed on the hub's machine. ``subdomain_host``: JupyterHub's, if set
+        (CHP routes by host: a path route lives on ``hub_domain``, the hub's own host)."""
         self.settings = settings
+        self.subdomain_host = subdomain_host
+        self.host_routing = bool(subdomain_host)
+        self.hub_domain = hub_domain
         self.reserved_ports = reserved_ports
         self._logged: set = set()
         self.base_url = base_url
@@ -111,7 +118,9 @@ class RouteManager:
         self.specs = settings.port_specs
         self.single_ports = [spec for spec in self.specs if not spec.is_range]
         self.port_ranges = [spec for spec in self.specs if spec.is_range]
-        self.template = settings.template
+        self.template = RouteTemplate(settings.route_template, domain=urlsplit(subdomain_host).hostname or "")
+        if self.template.by_host and not self.host_routing:
+            raise TraitError(f"c.PortRoutes.route_template {settings.route_template!r} is a host template: it needs c.JupyterHub.subdomain_host")
         self.log = log
         self.store = AccessStore(settings.db_url)
         self.audit = AuditLog(settings.audit_log_path)
@@ -129,6 +138,7 @@ class RouteManager:
                 retry_timeout=settings.api_retry_timeout,
                 concurrency=settings.concurrency,
                 log=log,
+                host_routing=self.host_routing,
             ),
             log,
             ready_for=settings.sidecar_ready_for or None,
@@ -161,11 +171,28 @@ class RouteManager:
 
     # ---- wanted routes ---------------------------------------------------------------
     def routespec(self, username: str, servername: str, port: int) -> str:
-        return url_path_join(self.base_url, self.template.render(username, servername, port))
+        return self._place(self.template.render(username, servername, port))
 
     def ranges_routespec(self, username: str, servername: str) -> str:
         """The one route of all port ranges of a server."""
-        return url_path_join(self.base_url, self.template.render_prefix(username, servername))
+        return self._place(self.template.render_prefix(username, servername))
+
+    def _place(self, rendered: str) -> str:
+        """Where a rendered template lives: a path below ``base_url``, on the hub's own host
+        when CHP routes by host; a host template's routespec as it is."""
+        if self.template.by_host:
+            return rendered
+        path = url_path_join(self.base_url, rendered)
+        return self.hub_domain + path if self.host_routing else path
+
+    def public_url(self, routespec: str, origin: str) -> str:
+        """The URL of a route for a browser: ``origin`` (the hub's, scheme://host[:port])
+        and the path; under ``subdomain_host`` its scheme and port with the route's host."""
+        if not self.host_routing:
+            return url_path_join(origin, routespec)
+        public = urlsplit(self.subdomain_host)
+        host, _, path = routespec.partition("/")
+        return f"{public.scheme}://{host}{f':{public.port}' if public.port else ''}/{path}"
 
     def server_routespecs(self, username: str, servername: str) -> list[str]:
         """The routespecs of every allowed port of one server (none if it gets no routes)."""
@@ -228,6 +255,11 @@ class RouteManager:
             self._logged.add(key)
             self.log.log(level, "jhproxy-routes: " + message, *args)
 
+    @property
+    def _by_host(self) -> dict:
+        """In a sidecar entry: the route's key begins with its host (CHP's host routing)."""
+        return {"by_host": True} if self.host_routing else {}
+
     @staticmethod
     def _who(username: str, servername: str, port) -> dict:
         """The route data that names its server and port (also for the route list)."""
@@ -243,6 +275,7 @@ class RouteManager:
             "groups": list(rule.groups),
             "cors_origins": list(spec.cors_origins or self.settings.cors_origins),
             "strip_prefix": spec.strip_prefix,
+            **self._by_host,
         }
 
     def _ranges_route(self, username: str, servername: str, never: dict[int, str], targets: dict, access) -> PortRoute | None:
@@ -265,14 +298,17 @@ class RouteManager:
             "allowed": ", ".join(spec.key for spec in self.specs),
             "excluded": sorted(p for p in never if any(spec.covers(p) for spec in self.port_ranges)),
             **who,
+            **self._by_host,
         }
         return PortRoute(routespec, {"target": self.settings.sidecar_url, **who}, sidecar)
 
     def _direct(self, routespec: str, spec: PortSpec, access: ServerAccess) -> bool:
         """A port set ``public`` goes straight to the app, untouched, where no cookie needs
-        stripping. A server in ``allow_all`` mode still goes through the sidecar, which
-        answers CORS for it as for a token (as jhproxy did)."""
-        under_cookies = any(routespec.startswith(self.base_url + p) for p in COOKIE_PATHS)
+        stripping (a port's own host gets none but ``jupyterhub-session-id``, as any path
+        outside the hub's). A server in ``allow_all`` mode still goes through the sidecar,
+        which answers CORS for it as for a token (as jhproxy did)."""
+        path = routespec[routespec.index("/"):]  # without the host (host routing)
+        under_cookies = any(path.startswith(self.base_url + p) for p in COOKIE_PATHS)
         return (
             port_choice(spec, access) == "public"
             and self.settings.direct_public_routes

@@ -1,20 +1,40 @@
 """Route templates: where a port of a server appears in the proxy's URL space.
 
-A template is a path such as ``/ports/{username}/{servername}/{port}/``. It renders to a
-*routespec* in JupyterHub's sense: an escaped path that starts and ends with ``/``.
+A *path template* such as ``/ports/{username}/{servername}/{port}/`` renders to an escaped
+path that starts and ends with ``/`` (below the hub's ``base_url``, and on the hub's own
+domain under ``subdomain_host``).
+
+A *host template* such as ``{port}--{username}.{subdomain_host}`` gives each port a host of
+its own, so its own origin (JupyterHub's ``subdomain_host``, with CHP's host routing). It
+renders to a host routespec in JupyterHub's sense: ``5000--alice.hub.example.org/``. Names
+become DNS labels as JupyterHub makes them for its own subdomains (``dns_label``); a label
+begins with ``{port}--``, which none of JupyterHub's own subdomains do.
 """
 
 from __future__ import annotations
 
+import re
 import string
 from urllib.parse import quote
 
+from jupyterhub.utils import _strict_dns_safe_encode, _trim_and_hash
 from traitlets import TraitError
 
 FIELDS = {"username", "servername", "port"}
 WHOLE_SEGMENT_FIELDS = ("username", "servername")
 DOT_NAMES = (".", "..")
 HUB_PATHS = ("hub", "user", "services")  # JupyterHub's own, below base_url
+SUBDOMAIN_HOST = ".{subdomain_host}"
+DNS_LITERAL = re.compile(r"[a-z0-9-]*")
+USERNAME_LABEL_LENGTH = 40  # as JupyterHub's User.dns_safe_name: room for "{port}--"
+
+
+def dns_label(name: str, max_length: int = 63) -> str:
+    """A name as one DNS label, as JupyterHub encodes names for its subdomains; a name it
+    would keep with capitals is hashed instead, since hosts are compared in lower case
+    (``Alice`` and ``alice`` must never share a host)."""
+    label = _strict_dns_safe_encode(name, max_length=max_length)
+    return label if label == label.lower() else _trim_and_hash(name)
 
 
 def escape_segment(value: str) -> str:
@@ -25,10 +45,14 @@ def escape_segment(value: str) -> str:
 class RouteTemplate:
     """A validated route template; ``render`` gives the routespec of one server's port."""
 
-    def __init__(self, template: str, where: str = "c.PortRoutes.route_template"):
+    def __init__(self, template: str, where: str = "c.PortRoutes.route_template", domain: str = ""):
+        """``domain``: the host name of JupyterHub's ``subdomain_host`` (host templates)."""
         self.where = where
-        if not template.startswith("/"):
-            raise TraitError(f"{where}: {template!r} must start with '/'")
+        self.domain = domain
+        self.by_host = not template.startswith("/")
+        if self.by_host:
+            self._parse_host(template.rstrip("/"))
+            return
         if not template.endswith("/"):
             template += "/"
         if any(c in template for c in "?#%\\") or any(c.isspace() for c in template):
@@ -64,6 +88,40 @@ class RouteTemplate:
         self.has_servername = "servername" in used
         self.port_last = self.segments[-1] == "{port}"  # needed for port ranges
 
+    def _parse_host(self, template: str) -> None:
+        """``<labels>.{subdomain_host}``: each label literal (a-z, 0-9, '-') with fields;
+        ``{port}`` begins a label and is followed by ``--`` (the port is read unambiguously,
+        and no such host is one of JupyterHub's own); ``{username}`` is a whole label or the
+        rest of the port's; ``{servername}`` is a whole label (left out for the default server)."""
+        where = self.where
+        if not template.endswith(SUBDOMAIN_HOST) or "/" in template:
+            raise TraitError(
+                f"{where}: {template!r} must be a path starting with '/', or a host name ending in"
+                " '.{subdomain_host}' (such as '{port}--{username}.{subdomain_host}')"
+            )
+        self.labels = template[: -len(SUBDOMAIN_HOST)].split(".")
+        used: list[str] = []
+        for label in self.labels:
+            names = self._fields(label, template)
+            used += names
+            literal = re.sub(r"\{[a-z]+\}", "", label)
+            if not label or not DNS_LITERAL.fullmatch(literal) or label.startswith("-") or label.endswith("-"):
+                raise TraitError(f"{where}: {template!r}: label {label!r} must be a-z, 0-9 and '-' (not at either end) besides its fields")
+            if "servername" in names and label != "{servername}":
+                raise TraitError(f"{where}: {template!r}: {{servername}} must be a whole label")
+            if "port" in names and not label.startswith("{port}--"):
+                raise TraitError(f"{where}: {template!r}: {{port}} must begin a label and be followed by '--', as in '{{port}}--{{username}}'")
+            if "username" in names and label != "{username}" and not (label.startswith("{port}--") and label.endswith("{username}")):
+                raise TraitError(f"{where}: {template!r}: {{username}} must be a whole label or end the label of {{port}}")
+        if len(used) != len(set(used)):
+            raise TraitError(f"{where}: {template!r}: each field may appear once")
+        missing = {"port", "username"} - set(used)
+        if missing:
+            raise TraitError(f"{where}: {template!r} must contain " + " and ".join(f"{{{m}}}" for m in sorted(missing)))
+        self.template = template
+        self.has_servername = "servername" in used
+        self.port_last = False
+
     def _fields(self, segment: str, template: str) -> set[str]:
         try:
             parsed = list(string.Formatter().parse(segment))
@@ -92,6 +150,8 @@ class RouteTemplate:
         server is the template without its last segment, so that segment must be ``{port}``,
         and the path must begin with a segment of its own (not one of JupyterHub's, which the
         route would take over for a user of that name)."""
+        if self.by_host:
+            return f"a path template: CHP cannot route every port of a host ({self.template!r}) to one place"
         if not self.port_last:
             return f"{{port}} as the last segment of c.PortRoutes.route_template ({self.template!r} has not)"
         first = self.segments[0]
@@ -106,7 +166,10 @@ class RouteTemplate:
         return self.render(username, servername, 0)[: -len("0/")]
 
     def render(self, username: str, servername: str, port: int) -> str:
-        """The routespec (escaped, leading and trailing ``/``) of one port of one server."""
+        """The routespec of one port of one server: a path (escaped, leading and trailing
+        ``/``), or for a host template ``<host>/``."""
+        if self.by_host:
+            return self._render_host(username, servername, port)
         if username in DOT_NAMES or servername in DOT_NAMES:
             raise ValueError(f"{username!r}/{servername!r}: a '.' or '..' name cannot be a route segment")
         values = {
@@ -120,3 +183,14 @@ class RouteTemplate:
             if not (segment == "{servername}" and not servername)
         ]
         return "/" + "/".join(parts) + "/"
+
+    def _render_host(self, username: str, servername: str, port: int) -> str:
+        if not self.domain:
+            raise ValueError(f"{self.where}: {self.template!r} is a host template: it needs c.JupyterHub.subdomain_host")
+        values = {
+            "username": dns_label(username, USERNAME_LABEL_LENGTH),
+            "servername": dns_label(servername),
+            "port": str(int(port)),
+        }
+        labels = [label.format(**values) for label in self.labels if not (label == "{servername}" and not servername)]
+        return ".".join([*labels, self.domain]) + "/"

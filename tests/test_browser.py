@@ -13,33 +13,11 @@ import functools
 import http.server
 import re
 import threading
-from pathlib import Path
 
 import httpx
 import pytest
-from conftest import REPO, assert_no_credentials, free_port
+from conftest import REPO, assert_no_credentials, free_port, shoot
 from playwright.sync_api import expect
-
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-]  # fmt: skip
-SCREENSHOTS = REPO / "tests/screenshots"
-
-
-@pytest.fixture(scope="module")
-def browser():
-    """Chromium through Playwright; each launch gets a fresh, temporary user-data dir."""
-    if not CHROMIUM.exists():
-        pytest.fail(f"{CHROMIUM} is missing: apt-get install chromium (.ci/run does)", pytrace=False)
-    from playwright.sync_api import sync_playwright
-    SCREENSHOTS.mkdir(exist_ok=True)
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
-
 
 @pytest.fixture(scope="module")
 def apps(make_app):
@@ -90,10 +68,6 @@ def login(browser, hub, user: str):
 
 def port_path(hub, port: int, user: str = "alice") -> str:
     return f"/ports/{user}/{port}/"
-
-
-def shoot(page, name: str) -> None:
-    page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
 
 
 def server_section(page):

@@ -169,6 +169,12 @@ def test_check_local_servers_and_files_that_do_not_load(tmp_path, capsys):
     assert "port 8000 is the proxy's public port" in out and "port 8001 is the proxy's API" in out
     path = write_config(tmp_path, "c.PortRoutes.sidecar_api_urls = ['http://a:1', 'http://b:1']\nc.PortRoutes.reconcile_interval = 0")
     assert "sidecar replicas need periodic reconciliations" in check_here(path, capsys)[1]
+    host_template = "c.PortRoutes.ports = [5000]\nc.PortRoutes.route_template = '{port}--{username}.{subdomain_host}'"
+    path = write_config(tmp_path, host_template)
+    assert "is a host template: it needs c.JupyterHub.subdomain_host" in check_here(path, capsys)[1]
+    path = write_config(tmp_path, host_template + "\nc.JupyterHub.subdomain_host = 'https://hub.example.org'")
+    code, out = check_here(path, capsys)
+    assert code == 0 and "host template" not in out and "0 error(s)" in out, out
     (tmp_path / "broken.py").write_text("c.PortRoutes.ports = [5000\n")
     code, out = check_here(tmp_path / "broken.py", capsys)
     assert code == 1 and "the file does not load: SyntaxError" in out, out

@@ -8,7 +8,7 @@ from traitlets.config import Config
 
 from jhproxy_routes import install
 from jhproxy_routes.config import PortRoutes, PortSpec
-from jhproxy_routes.templates import RouteTemplate
+from jhproxy_routes.templates import RouteTemplate, dns_label
 from jhproxy_routes.wiring import SCOPE, SERVICE_NAME
 
 
@@ -58,7 +58,7 @@ def test_bad_ports_are_refused(ports, message):
     [
         ("/x/{username}/", "must contain {port}"),
         ("/x/{port}/", "must contain {username}"),
-        ("x/{port}/{username}/", "must start with '/'"),
+        ("x/{port}/{username}/", "must be a path starting with '/', or a host name ending in '.{subdomain_host}'"),
         ("/{username}{port}/", "share one segment"),
         ("/a/../{port}/{username}/", "'..' segment"),
         ("/{foo}/{port}/{username}/", "unknown field"),
@@ -71,6 +71,53 @@ def test_bad_ports_are_refused(ports, message):
 def test_bad_templates_are_refused(template, message):
     with pytest.raises(TraitError, match=message):
         port_routes(route_template=template)
+
+
+@pytest.mark.parametrize(
+    "template, message",
+    [
+        ("{port}--{username}.example.org", r"ending in '\.\{subdomain_host\}'"),
+        ("{port}--{username}.{subdomain_host}/app/", r"ending in '\.\{subdomain_host\}'"),
+        # "5000-alice" is what JupyterHub makes of a user named 5000-alice: the port's host
+        # must begin with digits and '--', which none of JupyterHub's own subdomains do
+        ("{port}-{username}.{subdomain_host}", "followed by '--'"),
+        ("{username}--{port}.{subdomain_host}", "must begin a label"),
+        ("{port}--{servername}-{username}.{subdomain_host}", "{servername} must be a whole label"),
+        ("{username}x.{port}--a.{subdomain_host}", "{username} must be a whole label or end the label of {port}"),
+        ("{port}--{username}.{username}.{subdomain_host}", "each field may appear once"),
+        ("{port}--Ports-{username}.{subdomain_host}", "must be a-z, 0-9 and '-'"),
+        ("{port}--{username}-.{subdomain_host}", "not at either end"),
+        ("{port}--{username}..{subdomain_host}", "must be a-z"),
+        ("{port}--x.{subdomain_host}", "must contain {username}"),
+        ("{port}--{username}.{subdomain_host}.{subdomain_host}", "unknown field"),
+    ],
+)
+def test_bad_host_templates_are_refused(template, message):
+    with pytest.raises(TraitError, match=message):
+        port_routes(route_template=template)
+
+
+def test_host_template_rendering():
+    """Names become DNS labels as JupyterHub makes them; 'Alice' never shares alice's host."""
+    template = RouteTemplate("{port}--{username}.{subdomain_host}", domain="hub.example.org")
+    assert template.render("alice", "", 5000) == "5000--alice.hub.example.org/"
+    assert not template.serves("alice", "dev")  # no {servername}: named servers get no routes
+    hosts = {template.render(name, "", 5000) for name in ["alice", "Alice", "a.b", "ab", "ü", "x--y", "x" * 50]}
+    assert len(hosts) == 7
+    for host in hosts:
+        labels = host.rstrip("/").split(".")
+        assert all(0 < len(label) <= 63 and label == label.lower() for label in labels), host
+    named = RouteTemplate("{servername}.{port}--{username}.{subdomain_host}/", domain="hub.example.org")
+    assert named.render("alice", "", 8050) == "8050--alice.hub.example.org/"
+    assert named.render("alice", "My Dev", 8050) == f"{dns_label('My Dev')}.8050--alice.hub.example.org/"
+    with pytest.raises(ValueError, match="needs c.JupyterHub.subdomain_host"):
+        RouteTemplate("{port}--{username}.{subdomain_host}").render("alice", "", 5000)
+
+
+def test_host_templates_cannot_take_ranges():
+    settings = port_routes(ports=[5000, "8000-8099"], route_template="{port}--{username}.{subdomain_host}")
+    with pytest.raises(TraitError, match="needs a path template"):
+        settings.check_together()
 
 
 @pytest.mark.parametrize(

@@ -19,7 +19,7 @@ import httpx
 import pytest
 from conftest import REPO, assert_no_credentials, wait_for
 
-from jhproxy_routes.sidecar.login import session_cookie_name
+from jhproxy_routes.sidecar.login import TICKET_QUERY, session_cookie_name
 
 CALLBACK = "/services/jhproxy-routes/oauth_callback"
 
@@ -68,14 +68,18 @@ def test_owner_login_reaches_the_port_and_nothing_leaks(hub, apps):
     alice = hub.login("alice")
     response = open_port(alice, port_url(apps, "team"))
     assert response.status_code == 200, response.text
+    # to the hub, back to the sidecar's callback, back to the port with a ticket, to the page
     assert [r.url.path for r in response.history] == [
-        port_url(apps, "team"), "/hub/api/oauth2/authorize", CALLBACK,
+        port_url(apps, "team"), "/hub/api/oauth2/authorize", CALLBACK, port_url(apps, "team"),
     ]  # fmt: skip
+    ticket = response.history[-1].url.params[TICKET_QUERY]
     cookie = session_cookie(alice)
     assert cookie.path == port_url(apps, "team")
     assert cookie.has_nonstandard_attr("HttpOnly")
+    assert not [c for c in alice.cookies.jar if c.name.startswith("jhproxy-routes-state-")]  # used up
     assert json.loads(response.text)["path"] == port_url(apps, "team")
-    secrets_ = [cookie.value, alice.cookies.get("jupyterhub-hub-login")]
+    assert TICKET_QUERY not in response.text
+    secrets_ = [cookie.value, ticket, alice.cookies.get("jupyterhub-hub-login")]
     assert_no_credentials(apps["team"].received(), secrets_)
     # a script (no text/html) without a token is refused, not redirected
     assert httpx.get(hub.url + port_url(apps, "team"), timeout=30).status_code == 403
@@ -128,10 +132,19 @@ def test_callback_refuses_a_state_that_is_not_yours(hub, apps):
         assert response.status_code == 400, (query, response.text)
         assert "text/html" in response.headers["content-type"] and "Traceback" not in response.text
         assert "jhproxy-routes-session" not in response.headers.get("set-cookie", "")
-    # the right state in someone else's browser: no state cookie there
-    state = httpx.URL(start.headers["location"]).params["state"]
-    response = httpx.get(f"{hub.url}{CALLBACK}?code=x&state={state}", timeout=30)
-    assert response.status_code == 400
+    # mallory's login link, followed by alice (login CSRF): the hub gives alice's browser a
+    # code and the callback a ticket for the port, but her browser did not start this login
+    alice = hub.login("alice")
+    response = alice.get(start.headers["location"], follow_redirects=True)
+    assert response.status_code == 400 and "started in another browser" in response.text
+    assert response.url.path == port_url(apps, "team") and TICKET_QUERY in str(response.url)
+    assert not [c for c in alice.cookies.jar if c.name.startswith("jhproxy-routes-session-")]
+    # a ticket is no session cookie, and no other port's ticket
+    ticket = response.url.params[TICKET_QUERY]
+    cookie = session_cookie_name(port_url(apps, "team").rstrip("/"))
+    assert httpx.get(hub.url + port_url(apps, "team"), headers={"Cookie": f"{cookie}={ticket}"}, timeout=30).status_code == 403
+    other = alice.get(f"{port_url(apps, 'api')}?{TICKET_QUERY}={ticket}")
+    assert other.status_code == 400 and "another port" in other.text
 
 
 def test_other_users_and_groups(hub, apps):
@@ -187,7 +200,9 @@ def test_page_for_browsers_json_for_everything_else(hub):
 
 def test_services_menu_link_leads_to_the_page(hub):
     response = httpx.get(hub.url + "/services/jhproxy-routes/", headers={"Accept": "text/html"}, timeout=30)
-    assert response.status_code == 302 and response.headers["location"] == "/hub/proxytoken/"
+    # this hub has a public_url: the hub's page by its public URL (under subdomain_host
+    # the sidecar's own pages are on another host)
+    assert response.status_code == 302 and response.headers["location"] == hub.url + "/hub/proxytoken/"
 
 
 def test_example_notebook_with_the_servers_own_token(hub, apps):

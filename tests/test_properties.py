@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
 from jhproxy_routes.http1 import HTTPError, parse_request_head
-from jhproxy_routes.sidecar.server import Sidecar, filter_cookies, protected_cookie, split_token_query
+from jhproxy_routes.sidecar.server import Sidecar, filter_cookies, protected_cookie, split_query
 from jhproxy_routes.sidecar.table import RouteTable
 from jhproxy_routes.templates import RouteTemplate
 
@@ -113,7 +113,7 @@ def test_the_token_never_reaches_the_app(token, query):
     target = "/ports/alice/5000/x?" + "&".join(f"{k}={quote(v, safe='')}" for k, v in pairs)
     raw = f"GET {target} HTTP/1.1\r\nHost: h\r\nX-Proxy-Token: {token}\r\nx-proxy-token: {token}\r\n\r\n".encode()
     request = parse_request_head(raw)
-    _, rest_query = split_token_query(request.start[1].partition("?")[2])
+    _, rest_query = split_query(request.start[1].partition("?")[2])
     sidecar = Sidecar("x")
     sidecar.table.set("/ports/alice/5000", route(5000))
     found_route, rest = sidecar.table.lookup("/ports/alice/5000/x")

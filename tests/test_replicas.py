@@ -25,7 +25,7 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
-from conftest import ADMIN_TOKEN, CHP, REPO, free_port, port_open, wait_for
+from conftest import CHP, REPO, free_port, port_open, wait_for
 from prometheus_client.parser import text_string_to_metric_families
 
 K8S = REPO / "examples/kubernetes"

@@ -12,6 +12,7 @@ import pytest
 
 from jhproxy_routes.audit import AuditLog, DenialLog
 from jhproxy_routes.config import PortSpec
+from jhproxy_routes.routeapi import routespec_from_api_key, routespec_to_api_path
 from jhproxy_routes.routes import port_rule
 from jhproxy_routes.http1 import (
     HTTPError,
@@ -19,8 +20,9 @@ from jhproxy_routes.http1 import (
     parse_request_head,
     request_body_framing,
 )
+from jhproxy_routes.sidecar.login import HubLogin
 from jhproxy_routes.sidecar.ratelimit import BadTokenLimiter
-from jhproxy_routes.sidecar.server import filter_cookies, split_token_query
+from jhproxy_routes.sidecar.server import filter_cookies, split_query
 from jhproxy_routes.sidecar.table import RouteTable
 from jhproxy_routes.tokens import ServerAccess, hash_token, new_token, token_matches
 
@@ -147,6 +149,73 @@ def test_lookup_is_longest_whole_segment_prefix():
     assert table.lookup("/ports/a%20b/5000/x")[1] == "/x"
 
 
+def test_host_routes_are_found_by_host_and_path_routes_by_path():
+    """CHP's host routing: an entry with by_host is matched against the Host header (without
+    its port, as CHP does) and the path; it is never found by a path that names its host,
+    and a path entry never by a host."""
+    table = RouteTable()
+    table.set("/5000--alice.hub.localhost", route(by_host=True))
+    table.set("/hub.localhost/ports/alice", {
+        "ranges": [{**route("http://10.0.0.5:8000"), "last": 8099}], "allowed": "8000-8099", "username": "alice", "by_host": True,
+    })  # fmt: skip
+    table.set("/ports/bob/5000", route("http://127.0.0.1:6000"))
+    assert table.by_host == 2
+    found, rest = table.lookup("/a/b/", "5000--alice.hub.localhost")
+    assert (found.key, found.path_depth, rest) == ("/5000--alice.hub.localhost", 0, "/a/b/")
+    found, rest = table.lookup("/ports/alice/8042/x", "hub.localhost")
+    assert (found.port, found.key, found.path_depth, rest) == (8042, "/hub.localhost/ports/alice/8042", 3, "/x")
+    assert table.lookup("/5000--alice.hub.localhost/a") is None
+    assert table.lookup("/", "5000--ALICE.hub.localhost") is None  # as CHP: hosts as sent
+    assert table.lookup("/ports/bob/5000/x", "hub.localhost") is None
+    assert table.lookup("/ports/bob/5000/x")[0].port == 6000
+    with pytest.raises(HTTPError) as info:
+        table.lookup("/x", "..")
+    assert info.value.status == 400
+    table.set("/5000--alice.hub.localhost", route())  # replaced by a path entry: counted once
+    assert table.by_host == 1 and table.delete("/hub.localhost/ports/alice") and table.by_host == 0
+    with pytest.raises(ValueError, match="must begin with a host name"):
+        table.set("/5000--Alice.hub.localhost", route(by_host=True))
+
+
+@pytest.mark.parametrize(
+    "origin, by_host, refused",
+    [
+        ("http://5000--alice.hub.localhost:8000", True, ""),
+        ("http://hub.localhost:8000", False, ""),
+        # a Host header with userinfo or another port, when the login began: the ticket would
+        # go to that address, with the state cookie of whoever began it
+        ("http://5000--alice.hub.localhost:8000@evil.example:8000", True, "no longer routed"),
+        ("http://5000--alice.hub.localhost:9999", True, "another address"),
+        ("https://5000--alice.hub.localhost:8000", True, "another address"),
+        ("http://5000--alice.hub.localhost:80008000", True, "another address"),
+        ("http://evil.example:8000", True, "no longer routed"),
+        ("http://evil.example:8000", False, "no longer routed"),
+        ("http://hub.localhost:8000@evil.example:8000", False, "no longer routed"),
+        ("http://5000--alice.hub.localhost:8000", False, "no longer routed"),  # a path route's login: the callback's own host only
+    ],
+)
+def test_a_login_ticket_goes_only_to_the_ports_own_origin(origin, by_host, refused):
+    table = RouteTable()
+    if by_host:
+        table.set("/5000--alice.hub.localhost", route(by_host=True))
+    else:
+        table.set("/ports/alice/5000", route())
+    target = "/x?y=1" if by_host else "/ports/alice/5000/x?y=1"
+    if not refused:
+        assert HubLogin._route_at(table, origin, target, "http://hub.localhost:8000").port == 5000
+        return
+    with pytest.raises(HTTPError, match=refused):
+        HubLogin._route_at(table, origin, target, "http://hub.localhost:8000")
+
+
+def test_route_keys_in_host_routing():
+    assert routespec_to_api_path("5000--alice.hub.localhost/") == "/5000--alice.hub.localhost"
+    assert routespec_to_api_path("/ports/a b/5000/") == "/ports/a b/5000"
+    assert routespec_from_api_key("/5000--alice.hub.localhost", host_routing=True) == "5000--alice.hub.localhost/"
+    assert routespec_from_api_key("/hub.localhost/ports/a b/5000", host_routing=True) == "hub.localhost/ports/a%20b/5000/"
+    assert routespec_from_api_key("/ports/a b/5000") == "/ports/a%20b/5000/"
+
+
 def ranges_table() -> RouteTable:
     table = RouteTable()
     table.set("/ports/alice/5000", route("http://127.0.0.1:5000"))
@@ -256,14 +325,14 @@ def test_cookie_filter(cookie, kept):
 
 
 def test_token_query_parameter_is_removed():
-    assert split_token_query("a=1&proxy_token=t&b=2") == ("t", "a=1&b=2")
-    assert split_token_query("a=1") == (None, "a=1")
-    token, rest = split_token_query("proxy_token=t1&proxy_token=t2")
+    assert split_query("a=1&proxy_token=t&b=2") == ("t", "a=1&b=2")
+    assert split_query("a=1") == (None, "a=1")
+    token, rest = split_query("proxy_token=t1&proxy_token=t2")
     assert token == "t1" and "proxy_token" not in rest
     # an encoded name is still the token, and is still removed
-    assert split_token_query("proxy%5Ftoken=t&x=1") == ("t", "x=1")
+    assert split_query("proxy%5Ftoken=t&x=1") == ("t", "x=1")
     # the rest of the query is passed on byte for byte, not re-encoded
-    assert split_token_query("a=%FF&proxy_token=t&b=\u00e9;c") == ("t", "a=%FF&b=\u00e9;c")
+    assert split_query("a=%FF&proxy_token=t&b=\u00e9;c") == ("t", "a=%FF&b=\u00e9;c")
 
 
 def test_tokens():

@@ -2,18 +2,24 @@
 hub's OAuth, as any JupyterHub service does it (``HubOAuth``).
 
 1. A browser opens a restricted port without a token and without a session of ours: the
-   sidecar sends it to the hub's authorize URL, with a state whose cookie lives only on
-   the callback path.
-2. The hub sends it back to ``<service prefix>oauth_callback``; the sidecar trades the code
-   for an OAuth token (``HubOAuth.token_for_code``) and keeps it in a cookie whose path is
-   that one route (``jhproxy-routes-session-<route hash>``, HttpOnly, SameSite=Lax), encrypted
+   sidecar sends it to the hub's authorize URL. A state cookie on the port's own path (and
+   host) marks this browser as the one that asked; the OAuth state, sealed by the sidecar,
+   names the port's origin and path.
+2. The hub sends it back to ``<service prefix>oauth_callback``, which can be another host
+   than the port's (``subdomain_host``: each port has a host of its own). The sidecar trades
+   the code for an OAuth token (``HubOAuth.token_for_code``) and sends the browser back to the
+   port with a ticket: the token sealed for that route, valid for a minute.
+3. The port's route takes the ticket only with the state cookie of step 1 (from another
+   browser it is worthless) and keeps the token in a cookie whose path is that one route, on
+   that one host (``jhproxy-routes-session-<route hash>``, HttpOnly, SameSite=Lax), encrypted
    and bound to the route (Fernet): worth nothing to anyone who reads it, and on no other
    route. The login starts only for a top-level page, never in a frame.
-3. On each request the hub is asked whose token that is (``HubOAuth.user_for_token``,
+4. On each request the hub is asked whose token that is (``HubOAuth.user_for_token``,
    cached for ``cache_max_age``): a hub logout revokes the token, and so ends the session.
 
-The route says who gets in: its owner, any hub user, or members of some groups. The cookie
-is a credential of the sidecar: ``server.py`` never lets it reach an app.
+The route says who gets in: its owner, any hub user, or members of some groups. The cookie,
+the state cookie and the ticket are credentials of the sidecar: ``server.py`` never lets
+them reach an app.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ import hashlib
 import hmac
 import json
 import logging
+import re
 import secrets
 from urllib.parse import parse_qsl, urlsplit
 
@@ -31,12 +38,17 @@ from tornado.httputil import url_concat
 from tornado.web import create_signed_value, decode_signed_value
 
 from ..http1 import HTTPError
+from .table import HOST_NAME
 
 log = logging.getLogger("jhproxy_routes.sidecar")
 
 SESSION_COOKIE = "jhproxy-routes-session-"
 STATE_COOKIE = "jhproxy-routes-state-"
 STATE_MAX_AGE = 600  # seconds a login may take at the hub
+TICKET_MAX_AGE = 60  # seconds from the callback back to the port
+#: the query parameter that brings a ticket to the port (taken by the sidecar, never forwarded)
+TICKET_QUERY = "jhproxy_routes_login"
+HOST_AND_PORT = re.compile(r"(.*?)(:[0-9]+)?")
 SESSION_MAX_AGE = 14 * 86400  # seconds; the hub's own token expiry usually ends it sooner
 
 
@@ -51,8 +63,10 @@ def cookie_values(header: str, name: str) -> list[str]:
 
 
 def route_prefix(raw_path: str, depth: int) -> str:
-    """The path of a route as the browser writes it: the first ``depth`` raw segments."""
-    return "/" + "/".join([p for p in raw_path.split("/") if p][:depth]) + "/"
+    """The path of a route as the browser writes it: the first ``depth`` raw segments
+    (``/`` for a route that is a whole host)."""
+    prefix = "/".join([p for p in raw_path.split("/") if p][:depth])
+    return f"/{prefix}/" if prefix else "/"
 
 
 def session_cookie_name(route_key: str) -> str:
@@ -96,16 +110,13 @@ class HubLogin:
         return None
 
     def _seal_session(self, token: str, route_key: str) -> str:
-        return self.sessions.encrypt(json.dumps({"route": route_key, "token": token}).encode()).decode()
+        return self._seal("session", {"route": route_key, "token": token})
 
     def _open_session(self, value: str, route_key: str) -> str | None:
         """The hub token in a session cookie of this route, or None (forged, altered,
-        expired, or made for another route)."""
-        try:
-            data = json.loads(self.sessions.decrypt(value.encode(), ttl=SESSION_MAX_AGE))
-        except (InvalidToken, ValueError):
-            return None
-        return data["token"] if hmac.compare_digest(data.get("route", ""), route_key) else None
+        expired, made for another route, or not a session)."""
+        data = self._open("session", value, SESSION_MAX_AGE)
+        return data["token"] if data and hmac.compare_digest(data["route"], route_key) else None
 
     async def _owner_of(self, token: str) -> dict | None:
         """The hub's model of whoever holds ``token`` (cached), or None."""
@@ -138,52 +149,95 @@ class HubLogin:
             or bool(route.groups.intersection(user.get("groups") or ()))
         )
 
-    def start(self, target: str, secure: bool) -> list[tuple[str, str]]:
+    def start(self, origin: str, target: str, cookie_path: str, secure: bool) -> list[tuple[str, str]]:
         """Headers of the redirect that sends a browser to log in at the hub, and back to
-        ``target`` (the path and query it asked for)."""
+        ``target`` (the path and query it asked for) at ``origin`` (scheme://host[:port])."""
         state = secrets.token_urlsafe(16)
         name = STATE_COOKIE + state
-        signed = create_signed_value(self.state_key, name, json.dumps({"state": state, "next": target})).decode()
+        # the target's path as one leading slash: "//evil.example/" would be another host
+        target = "/" + target.lstrip("/\\")
+        sealed = self._seal("state", {"state": state, "origin": origin, "next": target})
         return [
-            ("Location", url_concat(self.auth.login_url, {"state": state})),
-            set_cookie(name, signed, self.callback_path, secure, STATE_MAX_AGE),
+            ("Location", url_concat(self.auth.login_url, {"state": sealed})),
+            set_cookie(name, create_signed_value(self.state_key, name, state).decode(), cookie_path, secure, STATE_MAX_AGE),
             ("Cache-Control", "no-store"),
         ]
 
     # ---- the OAuth callback ------------------------------------------------------------------
-    async def finish(self, query: str, cookie_header: str, table, secure: bool) -> list[tuple[str, str]]:
+    async def finish(self, query: str, callback_origin: str, table) -> list[tuple[str, str]]:
         """Complete a login at the callback: headers of the redirect back to the port, with
-        the session cookie. Raises HTTPError (400) with the reason if anything is off."""
+        a ticket. Raises HTTPError (400) with the reason if anything is off."""
         args = dict(parse_qsl(query))
         if "error" in args:
             log.warning("the hub refused a login: %s", args.get("error_description") or args["error"])
             raise HTTPError(400, "The hub did not log you in; open the port's URL again.")
-        state, code = args.get("state", ""), args.get("code", "")
-        if not state or not code:
+        if not args.get("state") or not args.get("code"):
             raise HTTPError(400, "This login link is incomplete (no code or state); open the port's URL again.")
-        name = STATE_COOKIE + state
-        stored = None
-        for value in cookie_values(cookie_header, name):
-            stored = decode_signed_value(self.state_key, name, value, max_age_days=STATE_MAX_AGE / 86400, min_version=2) or stored
-        if stored is None:
-            raise HTTPError(400, "This login expired or was started in another browser; open the port's URL again.")
-        data = json.loads(stored)
-        if not hmac.compare_digest(data["state"], state):
-            raise HTTPError(400, "The login state does not match; open the port's URL again.")
-        target = data["next"]
-        path = target.partition("?")[0]
-        found = table.lookup(path) if path.startswith("/") and not path.startswith("//") else None
-        if found is None:
-            raise HTTPError(400, "The port this login was for is no longer routed.")
-        route = found[0]
+        data = self._open("state", args["state"], STATE_MAX_AGE)
+        if data is None:
+            raise HTTPError(400, "This login expired or is not one of ours; open the port's URL again.")
+        origin, target = data["origin"], data["next"]
+        route = self._route_at(table, origin, target, callback_origin)
         try:
-            token = await self.auth.token_for_code(code, sync=False)
+            token = await self.auth.token_for_code(args["code"], sync=False)
         except Exception as e:
             log.warning("the hub refused an OAuth code: %s", e)
             raise HTTPError(400, "The hub did not accept this login; open the port's URL again.") from None
+        ticket = self._seal("ticket", {"state": data["state"], "route": route.key, "token": token, "next": target})
+        return [("Location", url_concat(origin + target, {TICKET_QUERY: ticket})), ("Cache-Control", "no-store")]
+
+    @staticmethod
+    def _route_at(table, origin: str, target: str, callback_origin: str):
+        """The route a login is for. The ticket goes only to a port's own origin, which the
+        browser reached the callback by (its scheme and port) with the callback's own host
+        for a path route, or a host the table routes by host. Whatever else the Host header
+        said when the login began (``host:1@evil.example``, another port) is refused."""
+        scheme, _, callback_host = callback_origin.partition("://")
+        callback_name, port = HOST_AND_PORT.fullmatch(callback_host).groups(default="")
+        prefix = f"{scheme}://"
+        if not (origin.startswith(prefix) and origin.endswith(port)):
+            raise HTTPError(400, "This login began at another address than the hub's; open the port's URL again.")
+        host = origin[len(prefix) : len(origin) - len(port)]
+        path = target.partition("?")[0]
+        if table.by_host:
+            found = table.lookup(path, host) if HOST_NAME.fullmatch(host) else None
+        else:
+            found = table.lookup(path) if host == callback_name else None
+        if found is None:
+            raise HTTPError(400, "The port this login was for is no longer routed (or not at this address).")
+        return found[0]
+
+    # ---- back at the port --------------------------------------------------------------------
+    def land(self, ticket: str, cookie_header: str, route, cookie_path: str, secure: bool) -> list[tuple[str, str]]:
+        """Take a ticket at the port: headers of the redirect to the page the login was
+        for, with the session cookie. Only the browser that started the login (its state
+        cookie) may; else HTTPError (400) with the reason."""
+        data = self._open("ticket", ticket, TICKET_MAX_AGE)
+        if data is None or not hmac.compare_digest(data["route"], route.key):
+            raise HTTPError(400, "This login ticket expired or is for another port; open the port's URL again.")
+        name = STATE_COOKIE + data["state"]
+        started_here = any(
+            decode_signed_value(self.state_key, name, value, max_age_days=STATE_MAX_AGE / 86400, min_version=2) == data["state"].encode()
+            for value in cookie_values(cookie_header, name)
+        )
+        if not started_here:
+            raise HTTPError(400, "This login was started in another browser (or took too long); open the port's URL again.")
         return [
-            ("Location", target),
-            set_cookie(session_cookie_name(route.key), self._seal_session(token, route.key), route_prefix(path, route.depth), secure),
-            set_cookie(name, "", self.callback_path, secure, 0),
+            ("Location", data["next"]),
+            set_cookie(session_cookie_name(route.key), self._seal_session(data["token"], route.key), cookie_path, secure),
+            set_cookie(name, "", cookie_path, secure, 0),
             ("Cache-Control", "no-store"),
         ]
+
+    def _seal(self, kind: str, data: dict) -> str:
+        """``data`` encrypted and signed as a ``kind`` (state, ticket, session): one kind is
+        never taken for another (a ticket is no session cookie)."""
+        return self.sessions.encrypt(json.dumps({**data, "kind": kind}).encode()).decode()
+
+    def _open(self, kind: str, sealed: str, max_age: int) -> dict | None:
+        """What ``_seal`` sealed as ``kind``, if younger than ``max_age`` seconds."""
+        try:
+            data = json.loads(self.sessions.decrypt(sealed.encode(), ttl=max_age))
+        except (InvalidToken, ValueError):
+            return None
+        return data if isinstance(data, dict) and data.get("kind") == kind else None

@@ -41,7 +41,7 @@ from ..http1 import (
     request_body_framing,
     response_body_framing,
 )
-from .login import HubLogin
+from .login import TICKET_QUERY, HubLogin, route_prefix
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .metrics import SidecarMetrics
 from .pages import error_page
@@ -81,18 +81,19 @@ def filter_cookies(value: str) -> str:
     return "; ".join(p for p in kept if p and not protected_cookie(p.split("=", 1)[0].strip()))
 
 
-def split_token_query(query: str) -> tuple[str | None, str]:
-    """The ``proxy_token`` query parameter, and the query without it (the rest byte for byte)."""
-    if "token" not in query.lower():
+def split_query(query: str, name: str = TOKEN_QUERY) -> tuple[str | None, str]:
+    """The query parameter ``name`` (the first if several), and the query without any of
+    them (the rest byte for byte)."""
+    if name.rsplit("_", 1)[-1] not in query.lower():  # the common case, quickly
         return None, query
-    token, kept = None, []
+    found, kept = None, []
     for pair in query.split("&"):
         key, _, value = pair.partition("=")
-        if unquote_plus(key) == TOKEN_QUERY:
-            token = unquote_plus(value) if token is None else token
+        if unquote_plus(key) == name:
+            found = unquote_plus(value) if found is None else found
         else:
             kept.append(pair)
-    return token, "&".join(kept)
+    return found, "&".join(kept)
 
 
 def client_address(request, peer: str) -> str:
@@ -194,14 +195,17 @@ class Sidecar:
         connection = request.tokens("Connection")
         keep_alive = "keep-alive" in connection if version == "HTTP/1.0" else "close" not in connection
         body_framing = request_body_framing(request)
-        if path == self.login.callback_path:
-            headers = await self.login.finish(query, request.get("Cookie", ""), self.table, self._secure(request))
-            raise HTTPErrorWithHeaders(302, "Logged in; back to the port.", headers)
-        if path == self.service_prefix and wants_html(request):  # the hub's Services menu links here
-            raise HTTPErrorWithHeaders(302, "Your ports are managed on the hub.", [("Location", self.hub_page)])
-        if path.startswith(API_PREFIX) or (self.service_prefix and path.startswith(self.service_prefix)):
-            return await self.handle_api(request, reader, writer, path, body_framing, keep_alive)
-        found = self.table.lookup(path)
+        # a port with a host of its own: everything on that host is the port's
+        found = self.table.lookup(path, request.get("Host", "").split(":")[0]) if self.table.by_host else None
+        if found is None:
+            if path == self.login.callback_path:
+                headers = await self.login.finish(query, self._origin(request), self.table)
+                raise HTTPErrorWithHeaders(302, "Logged in; back to the port.", headers)
+            if path == self.service_prefix and wants_html(request):  # the hub's Services menu links here
+                raise HTTPErrorWithHeaders(302, "Your ports are managed on the hub.", [("Location", self.hub_page)])
+            if path.startswith(API_PREFIX) or (self.service_prefix and path.startswith(self.service_prefix)):
+                return await self.handle_api(request, reader, writer, path, body_framing, keep_alive)
+            found = self.table.lookup(path)
         if found is None:
             # CHP sent it here, so the hub is about to tell us about it (or just removed it)
             raise HTTPError(503, "This port route is not (or no longer) known to the sidecar; try again shortly.")
@@ -213,7 +217,12 @@ class Sidecar:
                 outcome.value = "preflight"
                 # a preflight has no body; if one came anyway, close rather than read it
                 return await self.answer_preflight(request, writer, cors, keep_alive and body_framing[0] == "none")
-            token, query = split_token_query(query)
+            ticket, query = split_query(query, TICKET_QUERY)
+            if ticket is not None and self.login.available:  # back from logging in at the hub
+                cookie_path = route_prefix(path, route.path_depth)
+                headers = self.login.land(ticket, request.get("Cookie", ""), route, cookie_path, self._secure(request))
+                raise HTTPErrorWithHeaders(302, "Logged in.", headers)
+            token, query = split_query(query)
             websocket = "upgrade" in connection and "websocket" in request.tokens("Upgrade")
             if route.access != "public":
                 await self._check_access(request, route, request.get(TOKEN_HEADER) or token, cors, target, websocket, peer)
@@ -264,7 +273,9 @@ class Sidecar:
         top_level = request.get("Sec-Fetch-Dest", "document") == "document"
         browser_visit = request.start[0] in ("GET", "HEAD") and wants_html(request) and top_level and not websocket
         if browser_visit and not token and self.login.available:
-            raise HTTPErrorWithHeaders(302, "Log in at the hub first.", self.login.start(target, self._secure(request)))
+            cookie_path = route_prefix(target.partition("?")[0], route.path_depth)
+            headers = self.login.start(self._origin(request), target, cookie_path, self._secure(request))
+            raise HTTPErrorWithHeaders(302, "Log in at the hub first.", headers)
         needed = "a valid X-Proxy-Token or a hub login" if route.token_sha256 else "a hub login (tokens are disabled for this port)"
         kind = "wrong token" if wrong_token else "token for a port without tokens" if token else "no credentials"
         raise deny(403, kind, f"Unauthorized access: {needed} is required.", detail=wrong_token)
@@ -273,6 +284,11 @@ class Sidecar:
     def _secure(request) -> bool:
         # the client's scheme comes first: CHP appends its own ("https,http" behind TLS)
         return request.get("X-Forwarded-Proto", "").split(",")[0].strip().lower() == "https"
+
+    @classmethod
+    def _origin(cls, request) -> str:
+        """scheme://host[:port] as the browser addressed this request."""
+        return f"{'https' if cls._secure(request) else 'http'}://{request.get('Host', '')}"
 
     @staticmethod
     def _same_origin(request) -> bool:

@@ -5,6 +5,11 @@ segments, longest prefix first, on the percent-decoded request path; a request w
 has a ``.`` or ``..`` segment (also one made of encoded characters) is refused before lookup,
 so no request can climb out of the prefix it matched into another route or the hub.
 
+An entry with ``by_host`` comes from CHP's host routing (JupyterHub's ``subdomain_host``): its
+key's first segment is a host, matched against the request's Host header as CHP does
+(without the port, as sent), and the rest against the path. Such an entry is only ever found
+by its host, and a path entry only by its path.
+
 An entry with ``ranges`` holds a server's port ranges: the segment after its key is the port,
 which must lie in one of them (else 404 naming the allowed ports); the request then goes to
 that port as if the entry were ``<key>/<port>``, with the range's check.
@@ -21,6 +26,7 @@ from ..http1 import HTTPError
 ACCESS = ("public", "disabled", "restricted")
 # a '.' or '..' segment, also one hidden behind an encoded slash or backslash; or a NUL
 DOT_SEGMENT = re.compile(r"(^|[/\\])\.{1,2}($|[/\\])|\x00")
+HOST_NAME = re.compile(r"[a-z0-9-]+(\.[a-z0-9-]+)*")
 
 
 @dataclass(frozen=True)
@@ -37,12 +43,18 @@ class Route:
     cors_any: bool
     cors_origins: frozenset
     strip_prefix: bool
-    depth: int  # number of path segments in the prefix
+    depth: int  # number of segments in the key (a host, then the path's)
     entry: str = ""  # the key of the table entry this route comes from (a range's prefix)
     last_port: int = 0  # a range: its last port (``port`` is its first)
     ranges: tuple[Route, ...] = ()  # an entry of port ranges: one Route per range
     allowed: str = ""  # an entry of port ranges: the server's allowed ports, in words
     excluded: frozenset = frozenset()  # an entry of port ranges: ports never routed
+    by_host: bool = False  # the key begins with a host (CHP's host routing)
+
+    @property
+    def path_depth(self) -> int:
+        """Number of segments of the request path that the route's prefix takes."""
+        return self.depth - self.by_host
 
 
 def segments(path: str) -> tuple[str, ...]:
@@ -71,6 +83,9 @@ def route_from_data(key: str, data: dict) -> Route:
     origins = data.get("cors_origins") or []
     if not isinstance(origins, list) or not all(isinstance(o, str) for o in origins):
         raise ValueError("cors_origins must be a list of strings")
+    by_host = data.get("by_host") is True
+    if by_host and not HOST_NAME.fullmatch(next(iter(segments(key)), "")):
+        raise ValueError(f"by_host: the key {key!r} must begin with a host name (lower case)")
     return Route(
         key=key,
         data=data,
@@ -86,6 +101,7 @@ def route_from_data(key: str, data: dict) -> Route:
         strip_prefix=bool(data.get("strip_prefix")),
         depth=len(segments(key)),
         entry=key,
+        by_host=by_host,
     )
 
 
@@ -99,7 +115,7 @@ def ranges_from_data(key: str, data: dict) -> Route:
     for item in ranges:
         if not isinstance(item, dict) or "ranges" in item:
             raise ValueError("each range must be an object (without ranges of its own)")
-        rule = route_from_data(key, {**item, "username": data.get("username")})
+        rule = route_from_data(key, {**item, "username": data.get("username"), "by_host": data.get("by_host")})
         last = item.get("last")
         if isinstance(last, bool) or not isinstance(last, int) or not rule.port < last <= 65535:
             raise ValueError(f"range of {rule.port}: last must be a higher port, got {last!r}")
@@ -118,6 +134,7 @@ class RouteTable:
     def __init__(self):
         self.routes: dict[tuple[str, ...], Route] = {}
         self.max_depth = 0
+        self.by_host = 0  # how many entries are found by host
 
     def set(self, key: str, data: dict) -> None:
         self.set_many({key: data})
@@ -126,31 +143,39 @@ class RouteTable:
         """Add or replace routes: all of them, or (ValueError) none."""
         checked = [route_from_data(key, data) for key, data in routes.items()]
         for route in checked:
+            old = self.routes.get(segments(route.key))
             self.routes[segments(route.key)] = route
+            self.by_host += route.by_host - (old is not None and old.by_host)
             self.max_depth = max(self.max_depth, route.depth)
 
     def has(self, key: str) -> bool:
         return segments(key) in self.routes
 
     def delete(self, key: str) -> bool:
-        return self.routes.pop(segments(key), None) is not None
+        old = self.routes.pop(segments(key), None)
+        self.by_host -= old is not None and old.by_host
+        return old is not None
 
     def as_dict(self) -> dict[str, dict]:
         return {route.key: route.data for route in self.routes.values()}
 
-    def lookup(self, raw_path: str) -> tuple[Route, str] | None:
-        """The route with the longest whole-segment prefix of ``raw_path``, and the rest of
-        the path after that prefix (raw, as the client sent it)."""
+    def lookup(self, raw_path: str, host: str | None = None) -> tuple[Route, str] | None:
+        """The route with the longest whole-segment prefix of ``raw_path`` (``host`` given:
+        of ``/<host><raw_path>``, as CHP looks up with host routing, among the entries found
+        by host), and the rest of the path after that prefix (raw, as the client sent it)."""
         raw_parts = [p for p in raw_path.split("/") if p]
         try:
             parts = tuple(unquote(p, errors="strict") if "%" in p else p for p in raw_parts)
         except UnicodeDecodeError:
             raise HTTPError(400, "The path is not valid UTF-8 after percent-decoding.") from None
+        if host is not None:  # CHP splits the host as part of the path; it decodes only the path
+            host_parts = [p for p in host.split("/") if p]
+            raw_parts, parts = host_parts + raw_parts, (*host_parts, *parts)
         if any(DOT_SEGMENT.search(p) for p in parts):
             raise HTTPError(400, "Paths with '.' or '..' segments (even encoded) are not accepted.")
         for n in range(min(len(parts), self.max_depth), 0, -1):
             route = self.routes.get(parts[:n])
-            if route is not None:
+            if route is not None and route.by_host == (host is not None):
                 if route.ranges:
                     route = port_in_ranges(route, parts[n] if n < len(parts) else None)
                     n += 1
