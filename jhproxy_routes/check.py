@@ -14,6 +14,7 @@ from traitlets import TraitError
 from traitlets.config.loader import PyFileConfigLoader
 
 from .config import PortRoutes, check_no_overlap, listening_ports, parse_port
+from .templates import host_template_problem
 from .wiring import configured
 
 
@@ -63,8 +64,9 @@ def check_config(config) -> list[Problem]:
     problems += _spawner_problems(hub, spawner_class, settings, specs)
     problems += _sidecar_problems(settings)
     problems += _cors_problems(settings)
-    if settings.template.by_host and not hub.subdomain_host:
-        problems.append(Problem("error", f"c.PortRoutes.route_template {settings.route_template!r} is a host template: it needs c.JupyterHub.subdomain_host"))
+    problem = host_template_problem(settings.route_template, hub.subdomain_host, hub.subdomain_hook)
+    if problem:
+        problems.append(Problem("error", problem))
     return problems
 
 

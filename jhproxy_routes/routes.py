@@ -14,14 +14,14 @@ import logging
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from jupyterhub.utils import url_path_join
+from jupyterhub.utils import subdomain_hook_idna, url_path_join
 from traitlets import TraitError
 
 from .audit import AuditLog
 from .config import GROUP_PREFIX, PortRoutes, PortSpec
 from .metrics import RECONCILE_DURATION, RECONCILE_ERRORS, RECONCILE_FIXES, ROUTES
 from .replicas import SidecarReplicas
-from .templates import RouteTemplate
+from .templates import RouteTemplate, host_template_problem
 from .routeapi import ENTRIES_PER_YIELD, RouteAPI, RouteAPIError, SidecarRouteAPI
 from .targets import SharedHostError, TargetsPending, is_hub_machine, port_targets
 from .tokens import AccessStore, ServerAccess, with_new_token
@@ -103,10 +103,15 @@ class RouteManager:
     """Keeps CHP's and the sidecar's tables in line with the running servers."""
 
     def __init__(self, settings: PortRoutes, base_url: str, chp_api: RouteAPI, log: logging.Logger, reserved_ports=dict,
-                 subdomain_host: str = "", hub_domain: str = ""):  # fmt: skip
+                 subdomain_host: str = "", hub_domain: str = "", subdomain_hook=subdomain_hook_idna,
+                 hub_cookies_everywhere: bool = False):  # fmt: skip
         """``reserved_ports()``: the hub's, the proxy's and the sidecar's ports (what they
-        are), never routed on the hub's machine. ``subdomain_host``: JupyterHub's, if set
-        (CHP routes by host: a path route lives on ``hub_domain``, the hub's own host)."""
+        are), never routed on the hub's machine. ``subdomain_host``, ``subdomain_hook``:
+        JupyterHub's (CHP routes by host: a path route lives on ``hub_domain``, the hub's
+        own host). ``hub_cookies_everywhere``: the hub's cookies have path ``/``
+        (JupyterHub's ``cookie_host_prefix_enabled``), so a path on its host is no place
+        for a direct route."""
+        self.hub_cookies_everywhere = hub_cookies_everywhere
         self.settings = settings
         self.subdomain_host = subdomain_host
         self.host_routing = bool(subdomain_host)
@@ -118,9 +123,10 @@ class RouteManager:
         self.specs = settings.port_specs
         self.single_ports = [spec for spec in self.specs if not spec.is_range]
         self.port_ranges = [spec for spec in self.specs if spec.is_range]
+        problem = host_template_problem(settings.route_template, subdomain_host, subdomain_hook)
+        if problem:
+            raise TraitError(problem)
         self.template = RouteTemplate(settings.route_template, domain=urlsplit(subdomain_host).hostname or "")
-        if self.template.by_host and not self.host_routing:
-            raise TraitError(f"c.PortRoutes.route_template {settings.route_template!r} is a host template: it needs c.JupyterHub.subdomain_host")
         self.log = log
         self.store = AccessStore(settings.db_url)
         self.audit = AuditLog(settings.audit_log_path)
@@ -308,7 +314,8 @@ class RouteManager:
         outside the hub's). A server in ``allow_all`` mode still goes through the sidecar,
         which answers CORS for it as for a token (as jhproxy did)."""
         path = routespec[routespec.index("/"):]  # without the host (host routing)
-        under_cookies = any(path.startswith(self.base_url + p) for p in COOKIE_PATHS)
+        on_hub_host = not self.template.by_host
+        under_cookies = (on_hub_host and self.hub_cookies_everywhere) or any(path.startswith(self.base_url + p) for p in COOKIE_PATHS)
         return (
             port_choice(spec, access) == "public"
             and self.settings.direct_public_routes

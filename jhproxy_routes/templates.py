@@ -8,16 +8,19 @@ A *host template* such as ``{port}--{username}.{subdomain_host}`` gives each por
 its own, so its own origin (JupyterHub's ``subdomain_host``, with CHP's host routing). It
 renders to a host routespec in JupyterHub's sense: ``5000--alice.hub.example.org/``. Names
 become DNS labels as JupyterHub makes them for its own subdomains (``dns_label``); a label
-begins with ``{port}--``, which none of JupyterHub's own subdomains do.
+begins with ``{port}--``, which none of JupyterHub's own subdomains do (with its default
+``subdomain_hook``, which host templates therefore need).
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
 import string
 from urllib.parse import quote
 
-from jupyterhub.utils import _strict_dns_safe_encode, _trim_and_hash
+import idna
+from jupyterhub.utils import subdomain_hook_idna
 from traitlets import TraitError
 
 FIELDS = {"username", "servername", "port"}
@@ -26,20 +29,44 @@ DOT_NAMES = (".", "..")
 HUB_PATHS = ("hub", "user", "services")  # JupyterHub's own, below base_url
 SUBDOMAIN_HOST = ".{subdomain_host}"
 DNS_LITERAL = re.compile(r"[a-z0-9-]*")
+DNS_SAFE = re.compile(r"[a-z0-9]([a-z0-9-]*[a-z0-9])?")
 USERNAME_LABEL_LENGTH = 40  # as JupyterHub's User.dns_safe_name: room for "{port}--"
 
 
 def dns_label(name: str, max_length: int = 63) -> str:
-    """A name as one DNS label, as JupyterHub encodes names for its subdomains; a name it
-    would keep with capitals is hashed instead, since hosts are compared in lower case
-    (``Alice`` and ``alice`` must never share a host)."""
-    label = _strict_dns_safe_encode(name, max_length=max_length)
-    return label if label == label.lower() else _trim_and_hash(name)
+    """A name as one DNS label, one to one, in the manner of JupyterHub's default
+    subdomains: the name itself if it is a lower-case label without ``--``; else its IDNA
+    form (``xn--...``); else ``u-<stub>--<80-bit hash>``. The three forms never meet (only
+    the last two have ``--``, at different places), and hosts are compared in lower case,
+    so ``Alice`` is hashed rather than sharing ``alice``'s host."""
+    if "--" not in name and DNS_SAFE.fullmatch(name) and not name.isdigit() and len(name) <= max_length:
+        return name
+    try:  # only a name that is not ASCII: idna takes "xn--tda" as it is, which is "ü"'s
+        encoded = "" if name.isascii() else idna.encode(name).decode("ascii")
+    except (idna.IDNAError, UnicodeError):
+        encoded = ""
+    if encoded.startswith("xn--") and DNS_SAFE.fullmatch(encoded) and len(encoded) <= max_length:
+        return encoded
+    stub = "".join(c for c in name.lower() if c.isascii() and c.isalnum())[:8] or "x"
+    return f"u-{stub}--{hashlib.sha256(name.encode()).hexdigest()[:20]}"
 
 
 def escape_segment(value: str) -> str:
     """Escape a name for one path segment, as JupyterHub's ``url_escape_path`` does."""
     return quote(value, safe="@~")
+
+
+def host_template_problem(route_template: str, subdomain_host: str, subdomain_hook) -> str:
+    """Why a host template cannot work on this hub ("" if it can, or is a path)."""
+    if route_template.startswith("/"):
+        return ""
+    where = f"c.PortRoutes.route_template {route_template!r} is a host template"
+    if not subdomain_host:
+        return f"{where}: it needs c.JupyterHub.subdomain_host"
+    if subdomain_hook is not subdomain_hook_idna:
+        return (f"{where}: it needs JupyterHub's default subdomain_hook ('idna'); with another, a user's"
+                " own host could be a port's (a user named 5000--alice)")  # fmt: skip
+    return ""
 
 
 class RouteTemplate:

@@ -102,8 +102,9 @@ def test_host_template_rendering():
     template = RouteTemplate("{port}--{username}.{subdomain_host}", domain="hub.example.org")
     assert template.render("alice", "", 5000) == "5000--alice.hub.example.org/"
     assert not template.serves("alice", "dev")  # no {servername}: named servers get no routes
-    hosts = {template.render(name, "", 5000) for name in ["alice", "Alice", "a.b", "ab", "ü", "x--y", "x" * 50]}
-    assert len(hosts) == 7
+    names = ["alice", "Alice", "a.b", "ab", "ü", "ü" + "a" * 60, "x--y", "xn--tda", "x" * 50, "5000", ""]
+    hosts = {template.render(name, "", 65535) for name in names}
+    assert len(hosts) == len(names)
     for host in hosts:
         labels = host.rstrip("/").split(".")
         assert all(0 < len(label) <= 63 and label == label.lower() for label in labels), host

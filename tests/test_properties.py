@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from jhproxy_routes.http1 import HTTPError, parse_request_head
 from jhproxy_routes.sidecar.server import Sidecar, filter_cookies, protected_cookie, split_query
 from jhproxy_routes.sidecar.table import RouteTable
-from jhproxy_routes.templates import RouteTemplate
+from jhproxy_routes.templates import DNS_SAFE, RouteTemplate, dns_label
 
 # no per-example deadline (a loaded CI machine is slow, not wrong), no example database on disk
 settings.register_profile("jhproxy-routes", deadline=None, database=None, max_examples=300)
@@ -120,3 +120,21 @@ def test_the_token_never_reaches_the_app(token, query):
     headers = sidecar._upstream_headers(request, set(), found_route, "127.0.0.1", ("none", 0), False, "/ports/alice/5000/x", rest)
     assert not any(k.lower() == "x-proxy-token" for k, _ in headers)
     assert "proxy_token" not in rest_query and "proxy%5Ftoken" not in rest_query.lower()
+
+
+label_names = st.one_of(
+    st.text(max_size=50),
+    st.text(st.sampled_from("aAxn-ü.5_"), max_size=12),
+    st.sampled_from(["xn--tda", "ü", "u-x--1", "5000", "", "alice", "Alice"]),
+)
+
+
+@given(label_names, label_names)
+@example("xn--tda", "ü")
+def test_names_become_distinct_dns_labels(a, b):
+    """One user's or server's host is never another's: the label is one to one (up to a
+    hash of 80 bits), lower case, and a valid DNS label within its length."""
+    label_a, label_b = dns_label(a, 40), dns_label(b, 40)
+    assert DNS_SAFE.fullmatch(label_a) and len(label_a) <= 40 and not label_a.isdigit()
+    if a != b:
+        assert label_a != label_b

@@ -167,4 +167,6 @@ def test_browser_login_on_a_port_host_and_origins_apart(browser, hub, apps):
     # the login of alice is for that one port: bob's port of the same app still wants his
     page.goto(f"http://{host_of(apps['team'], 'bob')}:{hub.port}/")
     assert "logged in as alice" in page.content()
+    # its link to the token page leads to the hub's host, not into the port's app
+    assert page.locator(f'a[href="{hub_url}/hub/proxytoken/"]').count() == 1
     context.close()

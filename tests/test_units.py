@@ -9,6 +9,7 @@ import json
 import time
 
 import pytest
+from traitlets import TraitError
 
 from jhproxy_routes.audit import AuditLog, DenialLog
 from jhproxy_routes.config import PortSpec
@@ -208,6 +209,44 @@ def test_a_login_ticket_goes_only_to_the_ports_own_origin(origin, by_host, refus
         HubLogin._route_at(table, origin, target, "http://hub.localhost:8000")
 
 
+def test_a_login_on_a_path_route_on_the_hubs_host_under_subdomain_host():
+    """Path templates under subdomain_host: the route's key begins with the hub's host, the
+    callback is on the sidecar's own host, and the ticket goes back to the hub's host."""
+    table = RouteTable()
+    table.set("/hub.localhost/ports/alice/5000", route(by_host=True))
+    found = HubLogin._route_at(table, "http://hub.localhost:8000", "/ports/alice/5000/x", "http://jhproxy-routes--service.hub.localhost:8000")
+    assert found.key == "/hub.localhost/ports/alice/5000" and found.path_depth == 3
+    with pytest.raises(HTTPError, match="no longer routed"):
+        HubLogin._route_at(table, "http://evil.localhost:8000", "/ports/alice/5000/x", "http://jhproxy-routes--service.hub.localhost:8000")
+
+
+def test_route_places_under_subdomain_host():
+    """Where routes live: a path template on the hub's own host (with base_url), a host
+    template on its port's host; and the URLs the token page shows for them."""
+    from jhproxy_routes.config import PortRoutes
+    from jhproxy_routes.routeapi import RouteAPI
+    from jhproxy_routes.routes import RouteManager
+
+    def manager(template, subdomain_host="http://hub.localhost:8000", **kwargs):
+        settings = PortRoutes(ports=[5000, "8000-8099"] if template.startswith("/") else [5000], route_template=template,
+                              db_url="sqlite://", audit_log="")  # fmt: skip
+        return RouteManager(settings, "/base/", RouteAPI("proxy", "http://127.0.0.1:1", "x"), None,
+                            subdomain_host=subdomain_host, hub_domain="hub.localhost", **kwargs)  # fmt: skip
+
+    paths = manager("/ports/{username}/{servername}/{port}/")
+    assert paths.routespec("alice", "", 5000) == "hub.localhost/base/ports/alice/5000/"
+    assert paths.ranges_routespec("alice", "dev") == "hub.localhost/base/ports/alice/dev/"
+    assert paths.public_url(paths.routespec("alice", "", 5000), "ignored") == "http://hub.localhost:8000/base/ports/alice/5000/"
+    hosts = manager("{port}--{username}.{subdomain_host}")
+    assert hosts.routespec("alice", "", 5000) == "5000--alice.hub.localhost/"
+    assert hosts.public_url("5000--alice.hub.localhost/", "ignored") == "http://5000--alice.hub.localhost:8000/"
+    with pytest.raises(TraitError, match="needs c.JupyterHub.subdomain_host"):
+        manager("{port}--{username}.{subdomain_host}", subdomain_host="")
+    # with another subdomain hook a user named "5000--alice" could own alice's port host
+    with pytest.raises(TraitError, match="default subdomain_hook"):
+        manager("{port}--{username}.{subdomain_host}", subdomain_hook=lambda name, domain, kind: f"{name}.{domain}")
+
+
 def test_route_keys_in_host_routing():
     assert routespec_to_api_path("5000--alice.hub.localhost/") == "/5000--alice.hub.localhost"
     assert routespec_to_api_path("/ports/a b/5000/") == "/ports/a b/5000"
@@ -318,6 +357,8 @@ def test_table_refuses_bad_route_data(data, message):
         ("jhproxy-routes-auth=s", ""),
         ("jupyterhub-user-alice=z", ""),
         ("not_jupyterhub-x=1", "not_jupyterhub-x=1"),
+        # JupyterHub's cookie_host_prefix_enabled, and the sidecar's own behind HTTPS
+        ("__Host-jupyterhub-hub-login=a; __host-jhproxy-routes-session-1=b; __Secure-_xsrf=c; __Host-app=1", "__Host-app=1"),
     ],
 )
 def test_cookie_filter(cookie, kept):
@@ -331,6 +372,8 @@ def test_token_query_parameter_is_removed():
     assert token == "t1" and "proxy_token" not in rest
     # an encoded name is still the token, and is still removed
     assert split_query("proxy%5Ftoken=t&x=1") == ("t", "x=1")
+    assert split_query("proxy_%74oken=t&x=1") == ("t", "x=1")
+    assert split_query("jhproxy_routes_%6Cogin=t&x=1", "jhproxy_routes_login") == ("t", "x=1")
     # the rest of the query is passed on byte for byte, not re-encoded
     assert split_query("a=%FF&proxy_token=t&b=\u00e9;c") == ("t", "a=%FF&b=\u00e9;c")
 

@@ -56,9 +56,11 @@ def main(argv=None) -> None:
     api_token = os.environ.get("JHPROXY_ROUTES_SIDECAR_TOKEN")
     if not api_token:
         sys.exit("jhproxy-routes sidecar: set JHPROXY_ROUTES_SIDECAR_TOKEN (the hub's token for the route API)")
-    # the hub's public URL when the hub gives it: under subdomain_host the sidecar's own
-    # pages are on another host than the hub's
-    hub_url = os.environ.get("JUPYTERHUB_PUBLIC_HUB_URL") or url_path_join(os.environ.get("JUPYTERHUB_BASE_URL", "/"), "hub/")
+    # the hub's public URL when the hub gives it, else its public host (under subdomain_host
+    # the sidecar's own pages and the ports are on other hosts than the hub's)
+    hub_url = os.environ.get("JUPYTERHUB_PUBLIC_HUB_URL") or os.environ.get("JUPYTERHUB_HOST", "") + url_path_join(
+        os.environ.get("JUPYTERHUB_BASE_URL", "/"), "hub/"
+    )
     hub_page = url_path_join(hub_url, "proxytoken/")
     limiter = BadTokenLimiter(
         limit=int(os.environ.get("JHPROXY_ROUTES_BAD_TOKEN_LIMIT", "10")),

@@ -73,8 +73,14 @@ def session_cookie_name(route_key: str) -> str:
     return SESSION_COOKIE + hashlib.sha256(route_key.encode()).hexdigest()[:16]
 
 
+def cookie_name(name: str, path: str, secure: bool) -> str:
+    """A cookie of a whole host behind HTTPS gets the ``__Host-`` prefix: a page of another
+    host below the same domain cannot then plant one for it (cookie tossing)."""
+    return "__Host-" + name if secure and path == "/" else name
+
+
 def set_cookie(name: str, value: str, path: str, secure: bool, max_age: int | None = None) -> tuple[str, str]:
-    parts = [f"{name}={value}", f"Path={path}", "HttpOnly", "SameSite=Lax"]
+    parts = [f"{cookie_name(name, path, secure)}={value}", f"Path={path}", "HttpOnly", "SameSite=Lax"]
     if max_age is not None:
         parts.append(f"Max-Age={max_age}")
     if secure:
@@ -99,11 +105,12 @@ class HubLogin:
         return self.auth is not None
 
     # ---- a request to a restricted port --------------------------------------------------
-    async def user(self, cookie_header: str, route) -> dict | None:
+    async def user(self, cookie_header: str, route, secure: bool) -> dict | None:
         """The hub user whose session cookie for ``route`` came with the request, if any."""
         if not self.available or not cookie_header:
             return None
-        for value in cookie_values(cookie_header, session_cookie_name(route.key)):
+        name = cookie_name(session_cookie_name(route.key), "/" if route.path_depth == 0 else "", secure)
+        for value in cookie_values(cookie_header, name):
             token = self._open_session(value, route.key)
             if token is not None and (model := await self._user_for_token(token)) is not None:
                 return model
@@ -218,7 +225,7 @@ class HubLogin:
         name = STATE_COOKIE + data["state"]
         started_here = any(
             decode_signed_value(self.state_key, name, value, max_age_days=STATE_MAX_AGE / 86400, min_version=2) == data["state"].encode()
-            for value in cookie_values(cookie_header, name)
+            for value in cookie_values(cookie_header, cookie_name(name, cookie_path, secure))
         )
         if not started_here:
             raise HTTPError(400, "This login was started in another browser (or took too long); open the port's URL again.")

@@ -56,6 +56,7 @@ TOKEN_HEADER = "x-proxy-token"
 TOKEN_QUERY = "proxy_token"
 PROTECTED_COOKIE_PREFIXES = ("jupyterhub-", "jhproxy-routes")
 PROTECTED_COOKIES = {"_xsrf"}
+COOKIE_NAME_PREFIXES = ("__host-", "__secure-")
 FRAMING = {"content-length", "transfer-encoding"}
 CORS_RESPONSE_HEADERS = {
     "access-control-allow-origin", "access-control-allow-credentials",
@@ -71,7 +72,13 @@ SMALL_BODY = 64 * 1024
 
 
 def protected_cookie(name: str) -> bool:
-    """A cookie of the hub or the sidecar: never sent to an app, never set by one."""
+    """A cookie of the hub or the sidecar (also as ``__Host-``/``__Secure-``, as JupyterHub's
+    ``cookie_host_prefix_enabled`` names them): never sent to an app, never set by one."""
+    lower = name.lower()
+    for prefix in COOKIE_NAME_PREFIXES:
+        if lower.startswith(prefix):
+            name = name[len(prefix):]
+            break
     return name.startswith(PROTECTED_COOKIE_PREFIXES) or name in PROTECTED_COOKIES
 
 
@@ -84,7 +91,7 @@ def filter_cookies(value: str) -> str:
 def split_query(query: str, name: str = TOKEN_QUERY) -> tuple[str | None, str]:
     """The query parameter ``name`` (the first if several), and the query without any of
     them (the rest byte for byte)."""
-    if name.rsplit("_", 1)[-1] not in query.lower():  # the common case, quickly
+    if "%" not in query and name.rsplit("_", 1)[-1] not in query.lower():  # the common case, quickly
         return None, query
     found, kept = None, []
     for pair in query.split("&"):
@@ -260,7 +267,7 @@ class Sidecar:
             wrong_token = "wrong token" + (" (now rate limited)" if self.limiter.failed(client, route.token_sha256) else "")
         else:
             wrong_token = ""
-        user = await self.login.user(request.get("Cookie", ""), route)
+        user = await self.login.user(request.get("Cookie", ""), route, self._secure(request))
         if user is not None:
             if websocket and not self._same_origin(request):
                 raise deny(403, "cross-site websocket", "A websocket from another site may not use your hub login.")
