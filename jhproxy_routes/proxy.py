@@ -45,7 +45,7 @@ class PortRoutesProxy(ConfigurableHTTPProxy):
         self.route_manager = RouteManager(
             self.port_routes, self.app.base_url, chp_api, self.log, self.own_ports,
             subdomain_host=self.app.subdomain_host, hub_domain=self.app.domain, subdomain_hook=self.app.subdomain_hook,
-            hub_cookies_everywhere=self.app.cookie_host_prefix_enabled,
+            hub_cookies_at_root=self.app.cookie_host_prefix_enabled,
         )  # fmt: skip
         self._reconcile_callback = None
         wire_into_hub(self.app, self.port_routes)

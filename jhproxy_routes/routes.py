@@ -104,14 +104,14 @@ class RouteManager:
 
     def __init__(self, settings: PortRoutes, base_url: str, chp_api: RouteAPI, log: logging.Logger, reserved_ports=dict,
                  subdomain_host: str = "", hub_domain: str = "", subdomain_hook=subdomain_hook_idna,
-                 hub_cookies_everywhere: bool = False):  # fmt: skip
+                 hub_cookies_at_root: bool = False):  # fmt: skip
         """``reserved_ports()``: the hub's, the proxy's and the sidecar's ports (what they
         are), never routed on the hub's machine. ``subdomain_host``, ``subdomain_hook``:
         JupyterHub's (CHP routes by host: a path route lives on ``hub_domain``, the hub's
-        own host). ``hub_cookies_everywhere``: the hub's cookies have path ``/``
+        own host). ``hub_cookies_at_root``: the hub's cookies have path ``/``
         (JupyterHub's ``cookie_host_prefix_enabled``), so a path on its host is no place
         for a direct route."""
-        self.hub_cookies_everywhere = hub_cookies_everywhere
+        self.hub_cookies_at_root = hub_cookies_at_root
         self.settings = settings
         self.subdomain_host = subdomain_host
         self.host_routing = bool(subdomain_host)
@@ -311,11 +311,12 @@ class RouteManager:
     def _direct(self, routespec: str, spec: PortSpec, access: ServerAccess) -> bool:
         """A port set ``public`` goes straight to the app, untouched, where no cookie needs
         stripping (a port's own host gets none but ``jupyterhub-session-id``, as any path
-        outside the hub's). A server in ``allow_all`` mode still goes through the sidecar,
+        outside the hub's; with ``hub_cookies_at_root`` every path on the hub's host gets
+        the hub's login). A server in ``allow_all`` mode still goes through the sidecar,
         which answers CORS for it as for a token (as jhproxy did)."""
         path = routespec[routespec.index("/"):]  # without the host (host routing)
         on_hub_host = not self.template.by_host
-        under_cookies = (on_hub_host and self.hub_cookies_everywhere) or any(path.startswith(self.base_url + p) for p in COOKIE_PATHS)
+        under_cookies = (on_hub_host and self.hub_cookies_at_root) or any(path.startswith(self.base_url + p) for p in COOKIE_PATHS)
         return (
             port_choice(spec, access) == "public"
             and self.settings.direct_public_routes

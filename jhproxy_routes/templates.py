@@ -7,7 +7,7 @@ domain under ``subdomain_host``).
 A *host template* such as ``{port}--{username}.{subdomain_host}`` gives each port a host of
 its own, so its own origin (JupyterHub's ``subdomain_host``, with CHP's host routing). It
 renders to a host routespec in JupyterHub's sense: ``5000--alice.hub.example.org/``. Names
-become DNS labels as JupyterHub makes them for its own subdomains (``dns_label``); a label
+become DNS labels one to one, in the manner of JupyterHub's default subdomains (``dns_label``); a label
 begins with ``{port}--``, which none of JupyterHub's own subdomains do (with its default
 ``subdomain_hook``, which host templates therefore need).
 """
@@ -31,6 +31,7 @@ SUBDOMAIN_HOST = ".{subdomain_host}"
 DNS_LITERAL = re.compile(r"[a-z0-9-]*")
 DNS_SAFE = re.compile(r"[a-z0-9]([a-z0-9-]*[a-z0-9])?")
 USERNAME_LABEL_LENGTH = 40  # as JupyterHub's User.dns_safe_name: room for "{port}--"
+LONGEST_VALUE = {"port": 5, "username": USERNAME_LABEL_LENGTH, "servername": 63}
 
 
 def dns_label(name: str, max_length: int = 63) -> str:
@@ -140,6 +141,9 @@ class RouteTemplate:
                 raise TraitError(f"{where}: {template!r}: {{port}} must begin a label and be followed by '--', as in '{{port}}--{{username}}'")
             if "username" in names and label != "{username}" and not (label.startswith("{port}--") and label.endswith("{username}")):
                 raise TraitError(f"{where}: {template!r}: {{username}} must be a whole label or end the label of {{port}}")
+            longest = len(literal) + sum(LONGEST_VALUE[name] for name in names)
+            if longest > 63:
+                raise TraitError(f"{where}: {template!r}: label {label!r} can be {longest} characters long (DNS allows 63)")
         if len(used) != len(set(used)):
             raise TraitError(f"{where}: {template!r}: each field may appear once")
         missing = {"port", "username"} - set(used)

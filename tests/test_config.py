@@ -89,6 +89,7 @@ def test_bad_templates_are_refused(template, message):
         ("{port}--{username}-.{subdomain_host}", "not at either end"),
         ("{port}--{username}..{subdomain_host}", "must be a-z"),
         ("{port}--x.{subdomain_host}", "must contain {username}"),
+        ("{port}--" + "p" * 20 + "{username}.{subdomain_host}", "can be 67 characters long"),
         ("{port}--{username}.{subdomain_host}.{subdomain_host}", "unknown field"),
     ],
 )

@@ -122,15 +122,21 @@ def test_routes_are_kept_and_follow_the_server(hub, apps):
     assert "/" + host_of(apps["team"], "bob") in hub.port_routes()
 
 
-def test_browser_login_on_a_port_host_and_origins_apart(browser, hub, apps):
+def browser_login(browser, hub, user: str):
+    """A new browser context logged in at the hub's own host; (context, page, hub URL)."""
     context = browser.new_context()
     page = context.new_page()
     hub_url = f"http://{HUB_HOST}:{hub.port}"
     page.goto(f"{hub_url}/hub/login?next=%2Fhub%2Fhome")
-    page.fill("#username_input", "alice")
+    page.fill("#username_input", user)
     page.fill("#password_input", "pw")
     page.click("#login_submit")
     page.wait_for_url(re.compile(r"/hub/home$"))
+    return context, page, hub_url
+
+
+def test_browser_login_on_a_port_host_and_origins_apart(browser, hub, apps):
+    context, page, hub_url = browser_login(browser, hub, "alice")
     # the owner-only port, opened by name: OAuth on the sidecar's host, back with a ticket
     team = f"http://{host_of(apps['team'])}:{hub.port}"
     visited = []
@@ -169,4 +175,31 @@ def test_browser_login_on_a_port_host_and_origins_apart(browser, hub, apps):
     assert "logged in as alice" in page.content()
     # its link to the token page leads to the hub's host, not into the port's app
     assert page.locator(f'a[href="{hub_url}/hub/proxytoken/"]').count() == 1
+    context.close()
+
+
+def test_path_routes_and_ranges_live_on_the_hubs_host(browser, make_hub, make_app):
+    """A path template under subdomain_host: routes on the hub's own host (CHP keys begin
+    with it), a port range read from the path there, and a login whose OAuth callback is on
+    the sidecar's host while the port is on the hub's."""
+    app = make_app()
+    hub = make_hub([f"{app.port}-{app.port + 1}"], f"""
+c.JupyterHub.subdomain_host = f"http://{HUB_HOST}:{{c.JupyterHub.port}}"
+""", name="paths")
+    hub.user_token("alice")
+    hub.spawn("alice")
+    assert f"/{HUB_HOST}/ports/alice" in hub.port_routes()
+    context, page, hub_url = browser_login(browser, hub, "alice")
+    port_url = f"{hub_url}/ports/alice/{app.port}/x"
+    page.goto(port_url)
+    page.wait_for_url(port_url)
+    assert json.loads(page.locator("body").inner_text())["path"] == f"/ports/alice/{app.port}/x"
+    session = next(c for c in context.cookies() if c["name"].startswith("jhproxy-routes-session-"))
+    assert session["domain"] == HUB_HOST and session["path"] == f"/ports/alice/{app.port}/"
+    page.goto(f"{hub_url}/ports/alice/{app.port + 2}/")
+    assert "is not in the allow-list of this server" in page.content()
+    # the same path on a port's host, or on the sidecar's, is not this route
+    token = hub.proxytoken(hub.user_token("alice"), "POST", content="random").json()
+    assert at(hub, f"jhproxy-routes--service.{HUB_HOST}", f"/ports/alice/{app.port}/", headers={"X-Proxy-Token": token}).status_code in (302, 404)
+    assert at(hub, HUB_HOST, f"/ports/alice/{app.port}/", headers={"X-Proxy-Token": token}).status_code == 200
     context.close()

@@ -7,7 +7,9 @@ climbing out of a route prefix, a prefix that is a string prefix but not a segme
 import asyncio
 import json
 import time
+from types import SimpleNamespace
 
+import httpx
 import pytest
 from traitlets import TraitError
 
@@ -247,6 +249,32 @@ def test_route_places_under_subdomain_host():
         manager("{port}--{username}.{subdomain_host}", subdomain_hook=lambda name, domain, kind: f"{name}.{domain}")
 
 
+def test_behind_https_the_cookies_of_a_whole_host_are_host_cookies():
+    """On a port's own host behind HTTPS the state and session cookies are ``__Host-``
+    cookies: a page of a sibling host cannot plant one (cookie tossing), so a cookie under
+    the plain name, as a Domain cookie would come, is not taken."""
+    auth = SimpleNamespace(login_url="https://hub.example.org/hub/api/oauth2/authorize",
+                           oauth_redirect_uri="https://jhproxy-routes--service.hub.example.org/services/jhproxy-routes/oauth_callback")  # fmt: skip
+    login = HubLogin("secret", auth)
+    table = RouteTable()
+    table.set("/5000--alice.hub.example.org", route(by_host=True))
+    port_route = table.lookup("/", "5000--alice.hub.example.org")[0]
+    start = login.start("https://5000--alice.hub.example.org", "/x", "/", True)
+    cookie = dict(start)["Set-Cookie"]
+    name, _, value = cookie.split(";")[0].partition("=")
+    assert name.startswith("__Host-jhproxy-routes-state-") and "; Path=/;" in cookie and cookie.endswith("Secure")
+    state = login._open("state", httpx.URL(dict(start)["Location"]).params["state"], 60)
+    ticket = login._seal("ticket", {"state": state["state"], "route": port_route.key, "token": "t", "next": "/x"})
+    with pytest.raises(HTTPError, match="another browser"):
+        login.land(ticket, f"{name.removeprefix('__Host-')}={value}", port_route, "/", True)
+    landed = login.land(ticket, f"{name}={value}", port_route, "/", True)
+    session = [v for k, v in landed if k == "Set-Cookie" and "session" in v][0]
+    assert session.startswith("__Host-jhproxy-routes-session-") and session.endswith("Secure")
+    # a path route's cookies have a path of their own: no __Host- (which needs Path=/)
+    path_start = dict(login.start("https://hub.example.org", "/ports/alice/5000/x", "/ports/alice/5000/", True))
+    assert path_start["Set-Cookie"].startswith("jhproxy-routes-state-")
+
+
 def test_route_keys_in_host_routing():
     assert routespec_to_api_path("5000--alice.hub.localhost/") == "/5000--alice.hub.localhost"
     assert routespec_to_api_path("/ports/a b/5000/") == "/ports/a b/5000"
@@ -359,6 +387,7 @@ def test_table_refuses_bad_route_data(data, message):
         ("not_jupyterhub-x=1", "not_jupyterhub-x=1"),
         # JupyterHub's cookie_host_prefix_enabled, and the sidecar's own behind HTTPS
         ("__Host-jupyterhub-hub-login=a; __host-jhproxy-routes-session-1=b; __Secure-_xsrf=c; __Host-app=1", "__Host-app=1"),
+        ("__Host-service-announcements=t; service-x=1", "service-x=1"),
     ],
 )
 def test_cookie_filter(cookie, kept):

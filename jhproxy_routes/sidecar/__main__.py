@@ -58,7 +58,7 @@ def main(argv=None) -> None:
         sys.exit("jhproxy-routes sidecar: set JHPROXY_ROUTES_SIDECAR_TOKEN (the hub's token for the route API)")
     # the hub's public URL when the hub gives it, else its public host (under subdomain_host
     # the sidecar's own pages and the ports are on other hosts than the hub's)
-    hub_url = os.environ.get("JUPYTERHUB_PUBLIC_HUB_URL") or os.environ.get("JUPYTERHUB_HOST", "") + url_path_join(
+    hub_url = os.environ.get("JUPYTERHUB_PUBLIC_HUB_URL") or os.environ.get("JUPYTERHUB_HOST", "").rstrip("/") + url_path_join(
         os.environ.get("JUPYTERHUB_BASE_URL", "/"), "hub/"
     )
     hub_page = url_path_join(hub_url, "proxytoken/")

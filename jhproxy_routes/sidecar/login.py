@@ -11,7 +11,8 @@ hub's OAuth, as any JupyterHub service does it (``HubOAuth``).
    port with a ticket: the token sealed for that route, valid for a minute.
 3. The port's route takes the ticket only with the state cookie of step 1 (from another
    browser it is worthless) and keeps the token in a cookie whose path is that one route, on
-   that one host (``jhproxy-routes-session-<route hash>``, HttpOnly, SameSite=Lax), encrypted
+   that one host (``jhproxy-routes-session-<route hash>``, HttpOnly, SameSite=Lax; for a
+   whole host behind HTTPS a ``__Host-`` cookie, which no sibling host can plant), encrypted
    and bound to the route (Fernet): worth nothing to anyone who reads it, and on no other
    route. The login starts only for a top-level page, never in a frame.
 4. On each request the hub is asked whose token that is (``HubOAuth.user_for_token``,
@@ -73,14 +74,14 @@ def session_cookie_name(route_key: str) -> str:
     return SESSION_COOKIE + hashlib.sha256(route_key.encode()).hexdigest()[:16]
 
 
-def cookie_name(name: str, path: str, secure: bool) -> str:
-    """A cookie of a whole host behind HTTPS gets the ``__Host-`` prefix: a page of another
-    host below the same domain cannot then plant one for it (cookie tossing)."""
-    return "__Host-" + name if secure and path == "/" else name
+def cookie_name(name: str, whole_host: bool, secure: bool) -> str:
+    """A cookie of a whole host (path ``/``) behind HTTPS gets the ``__Host-`` prefix: a
+    page of another host below the same domain cannot then plant one for it (cookie tossing)."""
+    return "__Host-" + name if secure and whole_host else name
 
 
 def set_cookie(name: str, value: str, path: str, secure: bool, max_age: int | None = None) -> tuple[str, str]:
-    parts = [f"{cookie_name(name, path, secure)}={value}", f"Path={path}", "HttpOnly", "SameSite=Lax"]
+    parts = [f"{cookie_name(name, path == '/', secure)}={value}", f"Path={path}", "HttpOnly", "SameSite=Lax"]
     if max_age is not None:
         parts.append(f"Max-Age={max_age}")
     if secure:
@@ -109,7 +110,7 @@ class HubLogin:
         """The hub user whose session cookie for ``route`` came with the request, if any."""
         if not self.available or not cookie_header:
             return None
-        name = cookie_name(session_cookie_name(route.key), "/" if route.path_depth == 0 else "", secure)
+        name = cookie_name(session_cookie_name(route.key), route.path_depth == 0, secure)
         for value in cookie_values(cookie_header, name):
             token = self._open_session(value, route.key)
             if token is not None and (model := await self._user_for_token(token)) is not None:
@@ -225,7 +226,7 @@ class HubLogin:
         name = STATE_COOKIE + data["state"]
         started_here = any(
             decode_signed_value(self.state_key, name, value, max_age_days=STATE_MAX_AGE / 86400, min_version=2) == data["state"].encode()
-            for value in cookie_values(cookie_header, cookie_name(name, cookie_path, secure))
+            for value in cookie_values(cookie_header, cookie_name(name, cookie_path == "/", secure))
         )
         if not started_here:
             raise HTTPError(400, "This login was started in another browser (or took too long); open the port's URL again.")

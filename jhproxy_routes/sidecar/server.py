@@ -56,7 +56,6 @@ TOKEN_HEADER = "x-proxy-token"
 TOKEN_QUERY = "proxy_token"
 PROTECTED_COOKIE_PREFIXES = ("jupyterhub-", "jhproxy-routes")
 PROTECTED_COOKIES = {"_xsrf"}
-COOKIE_NAME_PREFIXES = ("__host-", "__secure-")
 FRAMING = {"content-length", "transfer-encoding"}
 CORS_RESPONSE_HEADERS = {
     "access-control-allow-origin", "access-control-allow-credentials",
@@ -72,13 +71,15 @@ SMALL_BODY = 64 * 1024
 
 
 def protected_cookie(name: str) -> bool:
-    """A cookie of the hub or the sidecar (also as ``__Host-``/``__Secure-``, as JupyterHub's
-    ``cookie_host_prefix_enabled`` names them): never sent to an app, never set by one."""
+    """A cookie of the hub or the sidecar: never sent to an app, never set by one. Also as
+    ``__Host-``/``__Secure-``: the sidecar's behind HTTPS, and with JupyterHub's
+    ``cookie_host_prefix_enabled`` the hub's and its services' OAuth cookies
+    (``__Host-service-<name>``), which then have path ``/``."""
     lower = name.lower()
-    for prefix in COOKIE_NAME_PREFIXES:
-        if lower.startswith(prefix):
-            name = name[len(prefix):]
-            break
+    if lower.startswith("__host-"):
+        return protected_cookie(name[len("__host-"):]) or name[len("__host-"):].startswith("service-")
+    if lower.startswith("__secure-"):
+        return protected_cookie(name[len("__secure-"):])
     return name.startswith(PROTECTED_COOKIE_PREFIXES) or name in PROTECTED_COOKIES
 
 
