@@ -29,10 +29,10 @@ def apps(make_app):
 def hub(make_hub, apps):
     return make_hub(
         [apps["own"].port, apps["victim"].port],
-        # client_timeout: a head that never completes (bare LF line ends) gets 408 in 3 s
+        # client_timeout: a head that never completes (bare LF line ends) gets 408 within 2 s
         "c.PortRoutes.cors_origins = ['https://good.example']\n"
         "c.PortRoutes.bad_token_limit = 0\n"
-        "c.PortRoutes.client_timeout = 3",
+        "c.PortRoutes.client_timeout = 1",
     )
 
 
