@@ -157,7 +157,7 @@ class ProxyTokenHandler(APIHandler):
         spawner = user.spawners[server_name]
         if spawner.ready:
             try:
-                await manager.apply(user, server_name, access)
+                await manager.apply_change(user, server_name, access)
             except (RouteAPIError, TargetsPending) as e:
                 SERVER_UPDATE_ERRORS.labels("settings").inc()
                 raise web.HTTPError(503, f"Saved, but the proxy could not be updated yet: {e}") from None

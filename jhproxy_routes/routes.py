@@ -149,7 +149,7 @@ class RouteManager:
             log,
             ready_for=settings.sidecar_ready_for or None,
         )
-        self._reconcile_lock = asyncio.Lock()
+        self._reconcile_lock = asyncio.Lock()  # one reconciliation, or one settings change, at a time
 
     # ---- access settings -------------------------------------------------------------
     def behavior(self, spawner, name: str) -> str:
@@ -339,6 +339,14 @@ class RouteManager:
                 raise error
         if errors:  # every port that failed, not only the first
             raise RouteAPIError("; ".join(map(str, errors)))
+
+    async def apply_change(self, user, servername: str, access: ServerAccess) -> None:
+        """``apply`` for settings just changed, after any reconciliation in progress: one
+        that read the settings before the change would otherwise write them back over it
+        (until its next pass: a port set public could meanwhile go to a sidecar that had
+        already forgotten it)."""
+        async with self._reconcile_lock:
+            await self.apply(user, servername, access)
 
     async def _apply_route(self, route: PortRoute) -> None:
         if route.sidecar is not None:
