@@ -14,7 +14,6 @@ from traitlets import TraitError
 from traitlets.config.loader import PyFileConfigLoader
 
 from .config import PortRoutes, check_no_overlap, listening_ports, parse_port
-from .templates import host_template_problem
 from .wiring import configured
 
 
@@ -64,7 +63,7 @@ def check_config(config) -> list[Problem]:
     problems += _spawner_problems(hub, spawner_class, settings, specs)
     problems += _sidecar_problems(settings)
     problems += _cors_problems(settings)
-    problem = host_template_problem(settings.route_template, hub.subdomain_host, hub.subdomain_hook)
+    problem = settings.template.hub_problem(hub.subdomain_host, hub.subdomain_hook)
     if problem:
         problems.append(Problem("error", problem))
     return problems

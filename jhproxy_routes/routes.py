@@ -21,7 +21,7 @@ from .audit import AuditLog
 from .config import GROUP_PREFIX, PortRoutes, PortSpec
 from .metrics import RECONCILE_DURATION, RECONCILE_ERRORS, RECONCILE_FIXES, ROUTES
 from .replicas import SidecarReplicas
-from .templates import RouteTemplate, host_template_problem
+from .templates import RouteTemplate
 from .routeapi import ENTRIES_PER_YIELD, RouteAPI, RouteAPIError, SidecarRouteAPI
 from .targets import SharedHostError, TargetsPending, is_hub_machine, port_targets
 from .tokens import AccessStore, ServerAccess, with_new_token
@@ -123,10 +123,10 @@ class RouteManager:
         self.specs = settings.port_specs
         self.single_ports = [spec for spec in self.specs if not spec.is_range]
         self.port_ranges = [spec for spec in self.specs if spec.is_range]
-        problem = host_template_problem(settings.route_template, subdomain_host, subdomain_hook)
+        self.template = RouteTemplate(settings.route_template, domain=urlsplit(subdomain_host).hostname or "")
+        problem = self.template.hub_problem(subdomain_host, subdomain_hook)
         if problem:
             raise TraitError(problem)
-        self.template = RouteTemplate(settings.route_template, domain=urlsplit(subdomain_host).hostname or "")
         self.log = log
         self.store = AccessStore(settings.db_url)
         self.audit = AuditLog(settings.audit_log_path)

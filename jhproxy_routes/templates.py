@@ -57,19 +57,6 @@ def escape_segment(value: str) -> str:
     return quote(value, safe="@~")
 
 
-def host_template_problem(route_template: str, subdomain_host: str, subdomain_hook) -> str:
-    """Why a host template cannot work on this hub ("" if it can, or is a path)."""
-    if route_template.startswith("/"):
-        return ""
-    where = f"c.PortRoutes.route_template {route_template!r} is a host template"
-    if not subdomain_host:
-        return f"{where}: it needs c.JupyterHub.subdomain_host"
-    if subdomain_hook is not subdomain_hook_idna:
-        return (f"{where}: it needs JupyterHub's default subdomain_hook ('idna'); with another, a user's"
-                " own host could be a port's (a user named 5000--alice)")  # fmt: skip
-    return ""
-
-
 class RouteTemplate:
     """A validated route template; ``render`` gives the routespec of one server's port."""
 
@@ -175,6 +162,19 @@ class RouteTemplate:
         if username in DOT_NAMES or servername in DOT_NAMES or servername.isdigit():
             return False
         return not servername or self.has_servername
+
+    def hub_problem(self, subdomain_host: str, subdomain_hook) -> str:
+        """Why this template cannot work on a hub with these settings ("" if it can): a host
+        template needs ``subdomain_host``, and JupyterHub's default ``subdomain_hook``."""
+        if not self.by_host:
+            return ""
+        where = f"{self.where} {self.template!r} is a host template"
+        if not subdomain_host:
+            return f"{where}: it needs c.JupyterHub.subdomain_host"
+        if subdomain_hook is not subdomain_hook_idna:
+            return (f"{where}: it needs JupyterHub's default subdomain_hook ('idna'); with another, a user's"
+                    " own host could be a port's (a user named 5000--alice)")  # fmt: skip
+        return ""
 
     def ranges_problem(self) -> str:
         """Why port ranges cannot use this template ("" if they can): their one route per
