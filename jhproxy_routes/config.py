@@ -42,7 +42,7 @@ def valid_port_access(value) -> bool:
     if not isinstance(value, str):
         return False
     return value in PORT_ACCESS or (value.startswith(GROUP_PREFIX) and bool(value[len(GROUP_PREFIX):].strip()))
-PORT_KEYS = {"port", "name", "access", "cors_origins", "strip_prefix"}
+PORT_KEYS = {"port", "name", "access", "cors_origins", "strip_prefix", "activity"}
 PORT_RANGE = re.compile(r"([0-9]{1,5})-([0-9]{1,5})")
 
 
@@ -56,6 +56,7 @@ class PortSpec:
     cors_origins: tuple[str, ...] | None = None  # None: use PortRoutes.cors_origins
     strip_prefix: bool = False
     last: int | None = None  # the last port of a range; None for one port
+    activity: bool | None = None  # None: use PortRoutes.activity
 
     @property
     def is_range(self) -> bool:
@@ -105,6 +106,9 @@ def parse_port(item, where="c.PortRoutes.ports") -> PortSpec:
     strip = item.get("strip_prefix", False)
     if not isinstance(strip, bool):
         raise TraitError(f"{where}: port {port}: strip_prefix must be true or false")
+    activity = item.get("activity")
+    if activity is not None and not isinstance(activity, bool):
+        raise TraitError(f"{where}: port {port}: activity must be true or false")
     return PortSpec(
         port=port,
         name=str(item.get("name", "")),
@@ -112,6 +116,7 @@ def parse_port(item, where="c.PortRoutes.ports") -> PortSpec:
         cors_origins=origins,
         strip_prefix=strip,
         last=last,
+        activity=activity,
     )
 
 
@@ -175,6 +180,9 @@ class PortRoutes(Configurable):
         - ``strip_prefix``: forward ``/rest`` instead of ``<route>/rest`` to the app
           (the prefix is sent as ``X-Forwarded-Prefix``). Stripping needs the sidecar,
           so such a port never gets a direct route.
+        - ``activity``: whether requests on this port count as the server's activity
+          (for ``jupyterhub-idle-culler``); default ``PortRoutes.activity``. Set False for
+          a port that a health check or a monitoring scraper calls.
 
         A wrong entry stops the hub at start-up with a message naming it.
         """,
@@ -234,6 +242,20 @@ class PortRoutes(Configurable):
         origins (``https://example.org``) is echoed back for those origins only. Preflight
         requests (``OPTIONS``) are answered by the sidecar and need no token. Public ports on
         a direct route are forwarded untouched: the app sets its own CORS headers.
+        """,
+    )
+
+    activity = Bool(
+        True,
+        config=True,
+        help="""Requests let through to a server's ports count as that server's activity, as
+        requests to ``/user/<name>/`` do: the server's and its user's ``last_activity`` in the
+        hub follow them, so ``jupyterhub-idle-culler`` keeps a server whose apps are in use.
+
+        The hub collects it every ``c.JupyterHub.last_activity_interval``: from the proxy for
+        public ports on a direct route, from the sidecar for every other port (only requests
+        it let through; refused ones never count). A websocket counts with every message.
+        Per port: ``{"port": 9100, "activity": False}`` (a health check or a scraper).
         """,
     )
 
@@ -462,6 +484,10 @@ class PortRoutes(Configurable):
         if proposal.value < 0 or (positive and proposal.value <= 0):
             raise TraitError(f"c.PortRoutes.{proposal.trait.name}: {proposal.value} is too small")
         return proposal.value
+
+    def counts_activity(self, spec: PortSpec) -> bool:
+        """Whether requests on the port (or range) count as its server's activity."""
+        return self.activity if spec.activity is None else spec.activity
 
     @property
     def port_specs(self) -> list[PortSpec]:

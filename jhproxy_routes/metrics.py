@@ -31,3 +31,14 @@ SERVER_UPDATE_ERRORS = Counter(
     " by event (start, stop, settings)",
     ["event"],
 )
+ACTIVITY_UPDATES = Counter(
+    "jhproxy_routes_activity_updates",
+    "Servers whose last_activity the hub moved forward because of traffic on their ports,"
+    " by source (proxy: public ports on a direct route; sidecar: every other port)",
+    ["source"],
+)
+ACTIVITY_PENDING = Gauge(
+    "jhproxy_routes_activity_pending_seconds",
+    "Age of the oldest port activity not yet written into the hub's database: the time since the"
+    " last collection that reached the proxy and every sidecar replica (it grows while they fail)",
+)

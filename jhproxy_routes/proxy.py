@@ -18,6 +18,7 @@ import asyncio
 from jupyterhub.proxy import ConfigurableHTTPProxy
 from tornado.ioloop import PeriodicCallback
 
+from .activity import ActivityCollector
 from .config import PortRoutes, listening_ports
 from .metrics import SERVER_UPDATE_ERRORS
 from .routeapi import RouteAPI, RouteAPIError
@@ -47,7 +48,9 @@ class PortRoutesProxy(ConfigurableHTTPProxy):
             subdomain_host=self.app.subdomain_host, hub_domain=self.app.domain, subdomain_hook=self.app.subdomain_hook,
             hub_cookies_at_root=self.app.cookie_host_prefix_enabled,
         )  # fmt: skip
+        self.activity = ActivityCollector(self.route_manager, lambda: self.db, self.log)
         self._reconcile_callback = None
+        self._background_tasks: set[asyncio.Task] = set()
         wire_into_hub(self.app, self.port_routes)
 
     def own_ports(self) -> dict[int, str]:
@@ -77,10 +80,26 @@ class PortRoutesProxy(ConfigurableHTTPProxy):
         await super().delete_user(user, server_name)
 
     async def check_routes(self, user_dict, service_dict, routes=None):
+        """At start-up, and every ``last_activity_interval`` right after the hub's own
+        activity update: reconcile, and collect the ports' activity."""
         await super().check_routes(user_dict, service_dict, routes)
         # in the background: a slow or absent sidecar must not hold up the hub's start-up
-        asyncio.ensure_future(self.route_manager.reconcile(user_dict))
+        self._in_background(self.route_manager.reconcile(user_dict))
+        if not self.activity.collecting:
+            self._in_background(self.activity.collect(user_dict))
         self._start_periodic_reconcile(user_dict)
+
+    def _in_background(self, coroutine) -> None:
+        """Run ``coroutine`` as a task that is kept until it ends; its failure is logged."""
+        task = asyncio.ensure_future(coroutine)
+        self._background_tasks.add(task)
+
+        def done(task):
+            self._background_tasks.discard(task)
+            if not task.cancelled() and task.exception() is not None:
+                self.log.error("jhproxy-routes: %s failed", coroutine.__qualname__, exc_info=task.exception())
+
+        task.add_done_callback(done)
 
     async def restore_routes(self):
         await super().restore_routes()

@@ -192,6 +192,18 @@ class SidecarRouteAPI(RouteAPI):
             delete = [routespec_to_api_path(spec) for spec in routespecs[i : i + self.BATCH]]
             await self._request("POST", "(bulk delete)", {"delete": delete}, url=self.api_url + "bulk")
 
+    async def activity(self, since: float) -> dict:
+        """The servers' activity the sidecar saw at or after ``since`` (the ``now`` of its
+        last answer, which this acknowledges): ``{"now": t, "servers": [[user, server, t]]}``."""
+        response = await self._request("GET", "(activity)", url=f"{self.api_url}activity?since={since!r}")
+        try:
+            answer = response.json()
+            if not isinstance(answer.get("now"), (int, float)) or not isinstance(answer.get("servers"), list):
+                raise ValueError("now or servers missing")
+        except (ValueError, AttributeError) as e:
+            raise RouteAPIError(f"GET {self.name} activity: not an activity answer ({e})") from None
+        return answer
+
     async def mark_complete(self, valid_for: float | None) -> None:
         """Tell the sidecar its table is the hub's whole table: it reports ready for
         ``valid_for`` seconds (None: until it stops), unless told so again."""

@@ -281,6 +281,7 @@ class RouteManager:
             "groups": list(rule.groups),
             "cors_origins": list(spec.cors_origins or self.settings.cors_origins),
             "strip_prefix": spec.strip_prefix,
+            "activity": self.settings.counts_activity(spec),
             **self._by_host,
         }
 

@@ -33,9 +33,11 @@ def outcome_of(status: int) -> str:
 
 
 class SidecarMetrics:
-    def __init__(self, route_count: Callable[[], int], by_route: bool = True, routed: Callable[[str], bool] = lambda key: True):
+    def __init__(self, route_count: Callable[[], int], by_route: bool = True, routed: Callable[[str], bool] = lambda key: True,
+                 activity_pending: Callable[[], float] = lambda: 0.0):  # fmt: skip
         """``routed(key)``: whether the table still has that entry (a request still running
-        on a removed route must not bring its series back)."""
+        on a removed route must not bring its series back). ``activity_pending()``: age of
+        the oldest server activity the hub has not collected."""
         self.by_route = by_route
         self.routed = routed
         self.registry = CollectorRegistry()
@@ -66,6 +68,13 @@ class SidecarMetrics:
         )
         routes = Gauge("jhproxy_routes_sidecar_routes", "Routes in the sidecar's table", registry=self.registry)
         routes.set_function(route_count)
+        pending = Gauge(
+            "jhproxy_routes_sidecar_activity_pending_seconds",
+            "Age of the oldest server activity (a request let through) the hub has not collected yet:"
+            " it grows when the hub stops asking (every last_activity_interval)",
+            registry=self.registry,
+        )
+        pending.set_function(activity_pending)
         # route -> {(metric, label): child}: labels() costs a lock and a lookup per call
         self._series: dict[str, dict] = {}
 

@@ -41,6 +41,7 @@ from ..http1 import (
     request_body_framing,
     response_body_framing,
 )
+from .activity import ServerActivity
 from .login import TICKET_QUERY, HubLogin, route_prefix
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .metrics import SidecarMetrics
@@ -142,7 +143,8 @@ class Sidecar:
         self.pool = UpstreamPool(connect_timeout=connect_timeout)
         self.denials = DenialLog(audit or AuditLog(None))
         self.limiter = limiter or BadTokenLimiter()
-        self.metrics = SidecarMetrics(lambda: len(self.table.routes), metrics_by_route, self.table.has)
+        self.activity = ServerActivity()
+        self.metrics = SidecarMetrics(lambda: len(self.table.routes), metrics_by_route, self.table.has, self.activity.pending_seconds)
         # until when the table is known to be the hub's whole table (the end of a
         # reconciliation, valid for a few of its intervals): /_jhproxy-routes/ready answers
         # 503 before (a new replica) and after (a replica the hub no longer reaches)
@@ -234,6 +236,8 @@ class Sidecar:
             websocket = "upgrade" in connection and "websocket" in request.tokens("Upgrade")
             if route.access != "public":
                 await self._check_access(request, route, request.get(TOKEN_HEADER) or token, cors, target, websocket, peer)
+            if route.activity is not None:  # let through: the server is in use
+                self.activity.seen(route.activity)
             upstream_path = rest if route.strip_prefix else path
             upstream_target = upstream_path + ("?" + query if query else "")
             headers = self._upstream_headers(request, connection, route, peer, body_framing, websocket, path, rest)
@@ -496,7 +500,8 @@ class Sidecar:
         try:
             writer.write(render_head(f"HTTP/1.1 101 {response.start[2]}", headers))
             await writer.drain()
-            to_app, to_client = await pipe_both(reader, writer, conn.reader, conn.writer)
+            in_use = (lambda: self.activity.seen(route.activity)) if route.activity is not None else None
+            to_app, to_client = await pipe_both(reader, writer, conn.reader, conn.writer, in_use)
             self.metrics.body(route.entry, "to_app", to_app)
             self.metrics.body(route.entry, "to_client", to_client)
         finally:
@@ -527,6 +532,8 @@ class Sidecar:
             raise HTTPError(403, "The sidecar's route API needs the hub's token.")
         if path == API_PREFIX + "api/bulk":
             return await self.handle_bulk(method, body, writer, keep_alive)
+        if path == API_PREFIX + "api/activity":
+            return await self.send_json(writer, 200, self.activity.answer(activity_since(request.start[1])), keep_alive)
         routes_prefix = API_PREFIX + "api/routes"
         if not path.startswith(routes_prefix):
             raise HTTPError(404, "Unknown sidecar API path.")
@@ -618,6 +625,18 @@ def error_response(error: HTTPError, extra=(), page: str | None = None) -> bytes
     return render_head(f"HTTP/1.1 {error.status} {HTTPStatus(error.status).phrase}", headers) + body
 
 
+def activity_since(target: str) -> float:
+    """``since`` of an activity request (400 unless a number of seconds)."""
+    since, _ = split_query(target.partition("?")[2], "since")
+    try:
+        value = float(since or 0)
+    except ValueError:
+        raise HTTPError(400, "since must be a number of seconds (the now of the last answer).") from None
+    if value != value or value in (float("inf"), float("-inf")):
+        raise HTTPError(400, "since must be a finite number of seconds.")
+    return value
+
+
 def route_key(path: str) -> str:
     """A table key (unescaped, no trailing slash) from the escaped path of a route API call."""
     try:
@@ -667,13 +686,16 @@ class _UpstreamClosed(Exception):
     pass
 
 
-async def pipe_both(reader_a, writer_a, reader_b, writer_b) -> tuple[int, int]:
-    """Copy bytes both ways until either side closes; returns the bytes copied a->b, b->a."""
+async def pipe_both(reader_a, writer_a, reader_b, writer_b, on_data=None) -> tuple[int, int]:
+    """Copy bytes both ways until either side closes; returns the bytes copied a->b, b->a.
+    ``on_data()`` is called for every piece copied."""
     copied = [0, 0]
 
     async def pipe(reader, writer, direction):
         try:
             while data := await reader.read(65536):
+                if on_data is not None:
+                    on_data()
                 writer.write(data)
                 copied[direction] += len(data)
                 await writer.drain()

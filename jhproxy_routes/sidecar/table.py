@@ -50,6 +50,7 @@ class Route:
     allowed: str = ""  # an entry of port ranges: the server's allowed ports, in words
     excluded: frozenset = frozenset()  # an entry of port ranges: ports never routed
     by_host: bool = False  # the key begins with a host (CHP's host routing)
+    activity: tuple[str, str] | None = None  # (user, server) whose activity a request let through is; None: not counted
 
     @property
     def path_depth(self) -> int:
@@ -83,6 +84,9 @@ def route_from_data(key: str, data: dict) -> Route:
     origins = data.get("cors_origins") or []
     if not isinstance(origins, list) or not all(isinstance(o, str) for o in origins):
         raise ValueError("cors_origins must be a list of strings")
+    servername = data.get("servername", "")
+    if not isinstance(servername, str):
+        raise ValueError("servername must be a string")
     by_host = data.get("by_host") is True
     if by_host and not HOST_NAME.fullmatch(next(iter(segments(key)), "")):
         raise ValueError(f"by_host: the key {key!r} must begin with a host name (lower case)")
@@ -102,6 +106,7 @@ def route_from_data(key: str, data: dict) -> Route:
         depth=len(segments(key)),
         entry=key,
         by_host=by_host,
+        activity=(owner, servername) if isinstance(owner, str) and owner and data.get("activity", True) is not False else None,
     )
 
 
@@ -115,7 +120,7 @@ def ranges_from_data(key: str, data: dict) -> Route:
     for item in ranges:
         if not isinstance(item, dict) or "ranges" in item:
             raise ValueError("each range must be an object (without ranges of its own)")
-        rule = route_from_data(key, {**item, "username": data.get("username"), "by_host": data.get("by_host")})
+        rule = route_from_data(key, {**item, **{k: data.get(k) for k in ("username", "servername", "by_host") if k in data}})
         last = item.get("last")
         if isinstance(last, bool) or not isinstance(last, int) or not rule.port < last <= 65535:
             raise ValueError(f"range of {rule.port}: last must be a higher port, got {last!r}")
