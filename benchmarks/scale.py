@@ -9,11 +9,17 @@ and with it off, which shows how long the route manager's own steps block:
 
 - cold: empty tables, every route is added (a hub starting with N running servers);
 - warm: everything in place, nothing to change (the periodic run);
-- churn: 1% of the servers stopped and as many new ones started.
+- churn: 1% of the servers stopped and as many new ones started;
+- activity, first: the first collection of the ports' activity (``activity.py``): every
+  direct route has a time (CHP sets one when a route is added), so all N servers are written;
+- activity: a tenth of the servers had a request on each port since (through CHP, to the
+  sidecar and to the app), and the collection moves those forward.
 
-The servers are stand-ins (name, address, ready): the hub's own objects need a hub. Each has
-one protected port (CHP -> sidecar) and one public port (CHP -> app): 2N CHP routes and N
-sidecar routes. Results go to benchmarks/results/scale.json and scale.md.
+The servers are stand-ins (name, address, ready) over real rows of JupyterHub's database
+(``jupyterhub.orm``, sqlite): the hub's own objects need a hub. All run on 127.0.0.1, where
+one small app answers every server's public port. Each has one protected port (CHP ->
+sidecar; mode allow_all) and one public port (CHP -> app): 2N CHP routes and N sidecar routes.
+Results go to benchmarks/results/scale.json and scale.md.
 """
 
 from __future__ import annotations
@@ -35,6 +41,10 @@ from types import SimpleNamespace
 
 from bench import CHP, HOST, RESULTS, free_port, wait_http
 
+import httpx
+from jupyterhub import orm
+
+from jhproxy_routes.activity import ActivityCollector
 from jhproxy_routes.config import PortRoutes
 from jhproxy_routes.routeapi import RouteAPI
 from jhproxy_routes.routes import RouteManager
@@ -42,14 +52,15 @@ from jhproxy_routes.routes import RouteManager
 TARGETS = {"time_s": 10.0, "block_ms": 50.0}
 
 
-def fake_users(first: int, count: int) -> dict:
-    """``count`` users with one ready server each, at addresses of their own."""
+def fake_users(db, first: int, count: int) -> dict:
+    """``count`` users with one ready server each (on 127.0.0.1), and their rows in ``db``."""
+    rows = [orm.User(name=f"user{i:05d}") for i in range(first, first + count)]
+    db.add_all(rows + [orm.Spawner(user=row, name="") for row in rows])
+    db.commit()
     users = {}
-    for i in range(first, first + count):
-        name = f"user{i:05d}"
-        server = SimpleNamespace(host=f"http://10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}:8888")
-        spawner = SimpleNamespace(name="", ready=True, pending=None, server=server, port=8888)
-        users[name] = SimpleNamespace(name=name, spawners={"": spawner})
+    for row in rows:
+        spawner = SimpleNamespace(name="", ready=True, pending=None, server=SimpleNamespace(host=f"http://{HOST}:8888"), port=8888)
+        users[row.name] = SimpleNamespace(name=row.name, spawners={"": spawner}, orm_user=row)
     return users
 
 
@@ -72,26 +83,30 @@ class LoopWatch:
     async def _tick(self):
         loop = asyncio.get_running_loop()
         while True:
-            start = loop.time()
+            self._tick_start = loop.time()
             await asyncio.sleep(self.interval)
-            self.longest = max(self.longest, loop.time() - start - self.interval)
+            self.longest = max(self.longest, loop.time() - self._tick_start - self.interval)
 
     def __enter__(self):
         self.longest = self.longest_gc = 0.0
+        self._tick_start = asyncio.get_running_loop().time()
         gc.callbacks.append(self._on_gc)
         self._task = asyncio.ensure_future(self._tick())
         return self
 
     def __exit__(self, *exc):
+        # a block at the very end of the step: the ticker has not run since it began
+        self.longest = max(self.longest, asyncio.get_running_loop().time() - self._tick_start - self.interval)
         self._task.cancel()
         gc.callbacks.remove(self._on_gc)
 
 
-async def measure(manager: RouteManager, users: dict) -> dict:
+async def measure(step, users: dict) -> dict:
+    """Time and loop blocks of ``await step(users)`` (a reconciliation, a collection)."""
     await asyncio.sleep(0.05)  # the ticker's first tick
     with LoopWatch() as watch:
         start = time.perf_counter()
-        await manager.reconcile(users)
+        await step(users)
         elapsed = time.perf_counter() - start
     return {
         "time_s": round(elapsed, 2),
@@ -100,8 +115,19 @@ async def measure(manager: RouteManager, users: dict) -> dict:
     }
 
 
+async def call_ports(chp_url: str, names: list[str], ports: list[int]) -> None:
+    """One request to each of these ports of these servers, through the proxy."""
+    async with httpx.AsyncClient(base_url=chp_url, timeout=60, limits=httpx.Limits(max_connections=20)) as client:
+        for i in range(0, len(names), 100):
+            batch = [client.get(f"/ports/{name}/{port}/bytes?n=16") for name in names[i : i + 100] for port in ports]
+            statuses = {r.status_code for r in await asyncio.gather(*batch)}
+            if statuses != {200}:
+                raise SystemExit(f"requests to the ports failed: {statuses}")
+
+
 async def run(servers: int, tmp: Path) -> dict:
     chp_port, chp_api_port, sidecar_port = free_port(), free_port(), free_port()
+    protected, public = free_port(), free_port()
     chp_token, sidecar_token = secrets.token_hex(16), secrets.token_hex(16)
     env = {**os.environ, "CONFIGPROXY_AUTH_TOKEN": chp_token, "JHPROXY_ROUTES_SIDECAR_TOKEN": sidecar_token}
     for key in [k for k in env if k.startswith("JUPYTERHUB_")]:
@@ -117,31 +143,51 @@ async def run(servers: int, tmp: Path) -> dict:
              "--log-level", "WARNING"],
             env=env, stdout=subprocess.DEVNULL, stderr=(tmp / "sidecar.log").open("w"),
         ),
+        *(
+            subprocess.Popen([sys.executable, str(Path(__file__).parent / "app.py"), "--port", str(port)],
+                             stdout=subprocess.DEVNULL, stderr=(tmp / f"app-{port}.log").open("w"))
+            for port in (protected, public)
+        ),
     ]  # fmt: skip
     try:
         wait_http(f"http://{HOST}:{chp_api_port}/api/routes", 30, proc=procs[0])
         wait_http(f"http://{HOST}:{sidecar_port}/_jhproxy-routes/health", 30, proc=procs[1])
+        for port in (protected, public):
+            wait_http(f"http://{HOST}:{port}/bytes", 30)
         settings = PortRoutes(
-            ports=[5000, {"port": 8050, "access": "public"}],
+            ports=[protected, {"port": public, "access": "public"}],
             sidecar_url=f"http://{HOST}:{sidecar_port}",
             sidecar_api_token=sidecar_token,
             db_url=f"sqlite:///{tmp / 'access.sqlite'}",
+            default_startup_behavior="allow_all",
+            allow_shared_host=True,
         )
         log = logging.getLogger("scale")
         chp = RouteAPI("proxy", f"http://{HOST}:{chp_api_port}", chp_token, concurrency=settings.concurrency, log=log)
         manager = RouteManager(settings, "/", chp, log)
-        users = fake_users(0, servers)
-        results = {"cold": await measure(manager, users)}
+        db = orm.new_session_factory(f"sqlite:///{tmp / 'jupyterhub.sqlite'}")()
+        users = fake_users(db, 0, servers)
+        results = {"cold": await measure(manager.reconcile, users)}
         chp_routes, sidecar_routes = await asyncio.gather(manager.chp.get_all(), manager.sidecar.get_all())
         if len(chp_routes) != 2 * servers or len(sidecar_routes) != servers:
             raise SystemExit(f"cold reconcile left {len(chp_routes)} CHP and {len(sidecar_routes)} sidecar routes")
         del chp_routes, sidecar_routes  # not kept alive through the next runs (the collector would walk them)
-        results["warm"] = await measure(manager, users)
+        results["warm"] = await measure(manager.reconcile, users)
         churn = max(1, servers // 100)
         for name in list(users)[:churn]:
             del users[name]
-        users.update(fake_users(servers, churn))
-        results["churn"] = await measure(manager, users)
+        users.update(fake_users(db, servers, churn))
+        results["churn"] = await measure(manager.reconcile, users)
+        activity = ActivityCollector(manager, lambda: db, log)
+        results["activity, first"] = await measure(activity.collect, users)
+        before = {name: user.orm_user.orm_spawners[""].last_activity for name, user in users.items()}
+        active = list(users)[:: 10]  # a tenth of the servers
+        await call_ports(f"http://{HOST}:{chp_port}", active, [protected, public])
+        await asyncio.sleep(0.01)
+        results["activity"] = await measure(activity.collect, users)
+        moved = [name for name, user in users.items() if user.orm_user.orm_spawners[""].last_activity != before[name]]
+        if sorted(moved) != sorted(active):
+            raise SystemExit(f"the collection moved {len(moved)} servers, not the {len(active)} with traffic")
         chp_routes = await manager.chp.get_all()
         if len(chp_routes) != 2 * servers or not any("user" + f"{servers:05d}" in r for r in chp_routes):
             raise SystemExit("the churn reconcile did not leave the expected routes")

@@ -12,8 +12,8 @@ each server's ports:
   refused requests too, and is never read.
 
 It then moves each server's and its user's ``last_activity`` forward (never back) in the hub's
-database, as ``JupyterHub.update_last_activity`` does for ``/user/`` routes, with one commit
-for all. Ports with ``activity`` False are left out. One hub request per port request is never
+database, as ``JupyterHub.update_last_activity`` does for ``/user/`` routes (a hundred servers
+per commit, the loop free in between). Ports with ``activity`` False are left out. One hub request per port request is never
 made: the sidecar aggregates per server between two collections.
 """
 
@@ -28,9 +28,10 @@ from dateutil.parser import isoparse
 from sqlalchemy.exc import SQLAlchemyError
 
 from .metrics import ACTIVITY_PENDING, ACTIVITY_UPDATES
-from .routeapi import RouteAPIError
+from .routeapi import ENTRIES_PER_YIELD, RouteAPIError
 
-SERVERS_PER_YIELD = 500  # servers written between two yields to the hub's event loop
+SERVERS_PER_YIELD = 500  # servers looked at between two yields to the hub's event loop
+SERVERS_PER_COMMIT = 100  # servers moved forward per commit: each commit blocks the hub's loop (~25 ms for 100 here)
 
 
 def naive_utc(t: float) -> datetime:
@@ -46,6 +47,8 @@ class ActivityCollector:
         self.db_factory = db_factory
         self.log = log
         self._since: dict[str, float] = {}  # sidecar replica API URL -> now of its last answer (its clock)
+        self._proxy_stamps: dict[str, str] = {}  # direct routespec -> its last_activity at the last collection
+        self._new_proxy_stamps: dict[str, str] = {}
         self._lock = asyncio.Lock()
         self._complete_at = time.monotonic()  # the start of the last collection that reached every source
         ACTIVITY_PENDING.set_function(lambda: time.monotonic() - self._complete_at)
@@ -69,6 +72,7 @@ class ActivityCollector:
                 self._from_sidecar(seen, answer)
             if seen and not await self._write(users, seen):
                 return  # not stored: the sidecars keep theirs until the next collection acknowledges it
+            self._proxy_stamps = self._new_proxy_stamps
             for api, answer in answers.items():
                 self._since[api.api_url] = answer["now"]
             if complete:
@@ -84,15 +88,22 @@ class ActivityCollector:
             self.log.error("jhproxy-routes: port activity: the proxy's routes could not be read: %s", e)
             return False
         sidecar_url = self.manager.settings.sidecar_url
-        for data in routes.values():
+        stamps = {}
+        for count, (spec, data) in enumerate(routes.items(), 1):
+            if count % ENTRIES_PER_YIELD == 0:
+                await asyncio.sleep(0)
             stamp = data.get("last_activity")
             if data.get("target") == sidecar_url or data.get("port") not in self._direct_ports or not isinstance(stamp, str):
                 continue
+            stamps[spec] = stamp
+            if self._proxy_stamps.get(spec) == stamp:
+                continue  # no request since the last collection
             try:
                 t = isoparse(stamp).timestamp()
             except (ValueError, OverflowError):
                 continue
             note(seen, (data.get("username"), data.get("servername", "")), t, "proxy")
+        self._new_proxy_stamps = stamps  # kept once written
         return True
 
     @staticmethod
@@ -104,31 +115,40 @@ class ActivityCollector:
                 note(seen, (entry[0], entry[1]), entry[2] + offset, "sidecar")
 
     async def _write(self, users, seen: dict) -> bool:
-        """Move ``last_activity`` of those servers and their users forward; one commit."""
+        """Move ``last_activity`` of those servers and their users forward, a few servers per
+        commit (one commit for thousands would hold up the hub's loop for a second)."""
         by_name = {user.name: user for user in list(users.values())}
         db = self.db_factory()
         updated = {"proxy": 0, "sidecar": 0}
+        pending = 0  # servers changed since the last commit
         for count, ((name, servername), (t, source)) in enumerate(seen.items(), 1):
-            if count % SERVERS_PER_YIELD == 0:
-                await asyncio.sleep(0)
             user = by_name.get(name)
             spawner = user.orm_user.orm_spawners.get(servername) if user is not None else None
-            if spawner is None:  # gone meanwhile
-                continue
             when = naive_utc(t)
-            if spawner.last_activity is None or when > spawner.last_activity:
+            if spawner is not None and (spawner.last_activity is None or when > spawner.last_activity):
                 spawner.last_activity = when
+                if user.orm_user.last_activity is None or when > user.orm_user.last_activity:
+                    user.orm_user.last_activity = when
                 updated[source] += 1
-            if user.orm_user.last_activity is None or when > user.orm_user.last_activity:
-                user.orm_user.last_activity = when
+                pending += 1
+            if pending >= SERVERS_PER_COMMIT or (pending and count == len(seen)):
+                if not self._commit(db):
+                    return False
+                pending = 0
+                await asyncio.sleep(0)
+            elif count % SERVERS_PER_YIELD == 0:
+                await asyncio.sleep(0)
+        for source, servers in updated.items():
+            ACTIVITY_UPDATES.labels(source).inc(servers)
+        return True
+
+    def _commit(self, db) -> bool:
         try:
             db.commit()
         except SQLAlchemyError as e:
             db.rollback()
             self.log.error("jhproxy-routes: port activity not stored, kept for the next collection: %s", e)
             return False
-        for source, servers in updated.items():
-            ACTIVITY_UPDATES.labels(source).inc(servers)
         return True
 
 

@@ -19,6 +19,8 @@ import signal
 import subprocess
 import sys
 import threading
+import time
+from datetime import datetime, timedelta, timezone
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -137,6 +139,7 @@ c.PortRoutes.db_url = "sqlite:///jhproxy_routes.sqlite"
 c.PortRoutes.audit_log = "jhproxy-routes-audit.jsonl"
 c.PortRoutes.api_retry_timeout = 2  # a dead replica is given up on sooner
 c.PortRoutes.sidecar_ready_for = 8  # (values.yaml: 300) a replica the hub lost drops out sooner
+c.JupyterHub.last_activity_interval = 2  # (default 300) port activity is collected this often
 """
     unshare = ["unshare", "--mount", "sh", "-c", 'mount --bind "$0" /etc/hosts && exec "$@"', str(hosts)]
     hub = make_hub([app.port], "", start=False, env={"JHPROXY_ROUTES_SIDECAR_TOKEN": SECRET}, command_prefix=unshare)
@@ -206,6 +209,20 @@ def test_requests_are_checked_by_whichever_replica_gets_them(rig, token):
         refused = list(pool.map(lambda _: httpx.get(url, headers={"X-Proxy-Token": "guess"}).status_code, range(8)))
     assert answers == [200] * 64 and refused == [403] * 8
     assert all(replica.forwarded(route_of(rig)) > 0 for replica in rig["replicas"]), "the balancer used one replica only"
+
+
+def test_traffic_on_each_replica_is_the_servers_activity(rig, token):
+    hub = rig["hub"]
+
+    def last_activity() -> datetime:
+        stamp = hub.api("GET", "/users/kube").json()["servers"][""]["last_activity"]
+        return datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+
+    for replica in rig["replicas"]:  # straight to each replica, as CHP would send it
+        time.sleep(1.1)  # past the time the other one's request gave
+        sent = datetime.now(timezone.utc)
+        assert httpx.get(replica.url + route_of(rig) + "/busy", headers={"X-Proxy-Token": token}).status_code == 200
+        wait_for(lambda: last_activity() >= sent - timedelta(seconds=0.5), 20, f"activity on {replica.url} in the hub", hub.log_path)
 
 
 def test_a_hub_login_made_on_one_replica_holds_on_the_others(rig, token):
