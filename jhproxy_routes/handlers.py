@@ -18,8 +18,9 @@ may see, with its owner, port, target, mode and access.
 
 Auth as for JupyterHub's own API: an API token (``Authorization: token ...``), or the hub
 login cookie plus JupyterHub's XSRF token. Either needs the scope
-``custom:jhproxy-routes:tokens`` on the server's owner, which ``install(c)`` grants to every
-user for their own servers, or ``tokens`` on the owner (whoever may make the owner's API
+``custom:jhproxy-routes:tokens`` on the server (``!server=<user>/<server>``, or on its owner:
+``!user=<user>``), which ``install(c)`` grants to every user for their own servers and to a
+server's own token for that server only, or ``tokens`` on the owner (whoever may make the owner's API
 tokens can act as the owner anyway: so admins may manage everyone's ports).
 """
 
@@ -53,9 +54,11 @@ def token_handlers():
     ]
 
 
-def may_manage(handler, username: str) -> bool:
-    """Whether the request's credential may read and change ``username``'s port settings."""
-    return handler.has_scope(f"{SCOPE}!user={username}") or handler.has_scope(f"tokens!user={username}")
+def may_manage(handler, username: str, servername: str) -> bool:
+    """Whether the request's credential may read and change the port settings of the server
+    ``username/servername``: the scope for that server (a user-level grant covers all the
+    user's servers; a server's own token has it for that server only), or ``tokens``."""
+    return handler.has_scope(f"{SCOPE}!server={username}/{servername}") or handler.has_scope(f"tokens!user={username}")
 
 
 def route_manager(handler):
@@ -114,8 +117,8 @@ class ProxyTokenHandler(APIHandler):
                 raise web.HTTPError(403, "This credential is not a user's: name the user with ?user=<name>.")
             name = current.name
         # the scope first: whether a user exists is nobody else's business
-        if not may_manage(self, name):
-            raise web.HTTPError(403, f"This credential lacks the scope {SCOPE} (or tokens) for user {name}.")
+        if not may_manage(self, name, server_name):
+            raise web.HTTPError(403, f"This credential lacks the scope {SCOPE} (or tokens) for the server {name}/{server_name}.")
         user = current if name == current.name and getattr(current, "kind", "user") == "user" else self.find_user(name)
         if user is None:
             raise web.HTTPError(404, f"No user named {name!r}.")
@@ -279,15 +282,15 @@ class RouteListHandler(APIHandler):
         if self.current_user is None:
             raise web.HTTPError(403, "Missing or invalid credentials.")
         only = self.get_argument("user", "")
-        allowed: dict[str, bool] = {}  # has_scope per user, asked once
+        allowed: dict[tuple[str, str], bool] = {}  # has_scope per server, asked once
 
-        def visible(name: str) -> bool:
-            if name not in allowed:
-                allowed[name] = may_manage(self, name)
-            return (not only or name == only) and allowed[name]
+        def visible(name: str, server: str) -> bool:
+            if (name, server) not in allowed:
+                allowed[name, server] = may_manage(self, name, server)
+            return (not only or name == only) and allowed[name, server]
 
         rows = await route_rows(route_manager(self))
-        self.finish(json.dumps([row for row in rows if visible(row["user"])]))
+        self.finish(json.dumps([row for row in rows if visible(row["user"], row["server"])]))
 
 
 ROUTE_LIST_MAX_AGE = 5.0
