@@ -104,14 +104,16 @@ class RouteManager:
 
     def __init__(self, settings: PortRoutes, base_url: str, chp_api: RouteAPI, log: logging.Logger, reserved_ports=dict,
                  subdomain_host: str = "", hub_domain: str = "", subdomain_hook=subdomain_hook_idna,
-                 hub_cookies_at_root: bool = False):  # fmt: skip
+                 hub_cookies_at_root: bool = False, hub_servers=None):  # fmt: skip
         """``reserved_ports()``: the hub's, the proxy's and the sidecar's ports (what they
         are), never routed on the hub's machine. ``subdomain_host``, ``subdomain_hook``:
         JupyterHub's (CHP routes by host: a path route lives on ``hub_domain``, the hub's
         own host). ``hub_cookies_at_root``: the hub's cookies have path ``/``
         (JupyterHub's ``cookie_host_prefix_enabled``), so a path on its host is no place
-        for a direct route."""
+        for a direct route. ``hub_servers()``: the users and the (user, named server) pairs
+        in the hub's database, for finding settings whose server is gone."""
         self.hub_cookies_at_root = hub_cookies_at_root
+        self.hub_servers = hub_servers
         self.settings = settings
         self.subdomain_host = subdomain_host
         self.host_routing = bool(subdomain_host)
@@ -174,6 +176,29 @@ class RouteManager:
             access, _ = await with_new_token(ServerAccess())
             return access
         return ServerAccess()
+
+    async def forget(self, gone: dict[tuple[str, str | None], str]) -> None:
+        """Delete the settings of servers that no longer exist (servername ``None``: all of
+        the user's), ``{(username, servername): why}``; each deletion is audited."""
+        deleted = await asyncio.to_thread(self.store.delete, list(gone))
+        for username, servername in deleted:
+            why = gone.get((username, servername)) or gone.get((username, None))
+            self.log.info("jhproxy-routes: settings of %s/%s deleted: %s", username, servername, why)
+            self.audit.record("settings deleted", user=username, server=servername, why=why)
+
+    async def orphans(self, stored) -> dict[tuple[str, str], str]:
+        """The stored settings whose user or named server the hub's database no longer has
+        (deleted while the hub was down), and why."""
+        users, servers = self.hub_servers()
+        gone = {}
+        for count, (username, servername) in enumerate(list(stored), 1):
+            if count % SERVERS_PER_YIELD == 0:
+                await asyncio.sleep(0)
+            if username not in users:
+                gone[username, servername] = "the user no longer exists"
+            elif servername and (username, servername) not in servers:
+                gone[username, servername] = "the server no longer exists"
+        return gone
 
     # ---- wanted routes ---------------------------------------------------------------
     def routespec(self, username: str, servername: str, port: int) -> str:
@@ -380,11 +405,20 @@ class RouteManager:
             except RouteAPIError as e:
                 RECONCILE_ERRORS.inc()
                 self.log.error("jhproxy-routes: reconciliation failed, will retry: %s", e)
+            except Exception:  # a bug: logged and counted, never a task's unretrieved exception
+                RECONCILE_ERRORS.inc()
+                self.log.exception("jhproxy-routes: reconciliation failed, will retry")
 
     async def _reconcile(self, users) -> None:
         # one read of the store, and one write for servers seen for the first time: a query
         # or a commit per server would take minutes for ten thousand of them
         stored = await asyncio.to_thread(self.store.all)
+        if self.hub_servers is not None:  # read after the store: a server in it existed before
+            gone = await self.orphans(stored)
+            if gone:
+                await self.forget(gone)
+                for key in gone:
+                    del stored[key]
         first_seen: dict[tuple[str, str], ServerAccess] = {}
         wanted: dict[str, PortRoute] = {}
         keep: set[str] = set()  # routes of servers in transition: leave them alone
@@ -400,6 +434,9 @@ class RouteManager:
                     continue
             except TargetsPending as e:
                 self.log.info("jhproxy-routes: routes of %s/%s left as they are: %s", user.name, servername, e)
+            except Exception:  # one server's failure (its spawner, a bug) must not stop the others'
+                RECONCILE_ERRORS.inc()
+                self.log.exception("jhproxy-routes: routes of %s/%s left as they are, will retry", user.name, servername)
             keep.update(self.server_routespecs(user.name, servername))
         if first_seen:
             await asyncio.to_thread(self.store.add_missing, first_seen)
