@@ -158,12 +158,14 @@ class ProxyTokenHandler(APIHandler):
             credential="token" if self.get_auth_token() else "login",
         )
         spawner = user.spawners[server_name]
-        if spawner.ready:
-            try:
+        try:
+            if spawner.ready:
                 await manager.apply_change(user, server_name, access)
-            except (RouteAPIError, TargetsPending) as e:
-                SERVER_UPDATE_ERRORS.labels("settings").inc()
-                raise web.HTTPError(503, f"Saved, but the proxy could not be updated yet: {e}") from None
+            elif spawner.active:  # starting or stopping: whatever routes it has go at once
+                await manager.withdraw(user.name, server_name)
+        except (RouteAPIError, TargetsPending) as e:
+            SERVER_UPDATE_ERRORS.labels("settings").inc()
+            raise web.HTTPError(503, f"Saved, but the proxy could not be updated yet: {e}") from None
         if isinstance(body, dict):
             result = await self._settings(user, server_name, access, new_token)
         else:

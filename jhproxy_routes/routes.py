@@ -353,6 +353,10 @@ class RouteManager:
     async def server_started(self, user, servername: str) -> None:
         access = await self.access_for(user, servername)
         await self.apply(user, servername, access)
+        # changed meanwhile (the server was not ready yet: the change only withdrew its routes)
+        latest = await asyncio.to_thread(self.store.get, user.name, servername)
+        if latest is not None and latest != access:
+            await self.apply(user, servername, latest)
 
     async def apply(self, user, servername: str, access: ServerAccess) -> None:
         """Route every port of a running server as ``access`` says (raises RouteAPIError)."""
@@ -387,7 +391,13 @@ class RouteManager:
             access = self.store.get(user.name, servername)
             if access is not None and access.mode != "disabled":
                 self.store.put(user.name, servername, access.disabled())
-        specs = self.server_routespecs(user.name, servername)  # none for a server without routes
+        await self.withdraw(user.name, servername)
+
+    async def withdraw(self, username: str, servername: str) -> None:
+        """Remove a server's port routes, from CHP first (raises RouteAPIError). For a server
+        that stops, or whose settings change while it is not ready (starting, stopping): no
+        route outlives its settings; ``add_user`` routes the server again once it is ready."""
+        specs = self.server_routespecs(username, servername)  # none for a server without routes
         await asyncio.gather(*(self.chp.delete(s) for s in specs))
         await asyncio.gather(*(self.sidecar.delete(s) for s in specs))
 

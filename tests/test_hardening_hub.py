@@ -16,7 +16,8 @@ from conftest import ADMIN_TOKEN, CHP, free_port, port_open, wait_for
 from prometheus_client.parser import text_string_to_metric_families
 
 # A spawner that breaks on purpose while a flag file exists in the hub's directory: reading
-# default_startup_behavior (the port routes read it, the hub does not) raises.
+# default_startup_behavior or shutdown_behavior (the port routes read them, the hub does not)
+# raises; with SLOW_STOP, stop() takes that many seconds.
 TEST_SPAWNER = """
 import asyncio, os
 from jupyterhub.spawner import SimpleLocalProcessSpawner
@@ -28,12 +29,19 @@ class TestSpawner(SimpleLocalProcessSpawner):
             raise RuntimeError("spawner broken on purpose")
         return None
 
+    @property
+    def shutdown_behavior(self):
+        if os.path.exists("BROKEN_STOP"):
+            raise RuntimeError("spawner broken on purpose at stop")
+        return None
+
     async def stop(self, now=False):
         if os.path.exists("SLOW_STOP"):
             await asyncio.sleep(float(open("SLOW_STOP").read() or 8))
         return await super().stop(now=now)
 
 c.JupyterHub.spawner_class = TestSpawner
+c.JupyterHub.slow_stop_timeout = 1  # a slow stop: the API answers 202 while it goes on
 """
 
 
@@ -65,13 +73,13 @@ def server_token(hub, user: str, server: str = "") -> str:
 # ---- an unexpected error never fails a spawn (item 12) ---------------------------------
 @pytest.fixture(scope="module")
 def flaky(make_hub, make_app):
-    app = make_app()
-    hub = make_hub([{"port": app.port, "access": "public"}, make_app().port], TEST_SPAWNER, name="flaky")
-    return hub, app
+    app, protected = make_app(), make_app()
+    hub = make_hub([{"port": app.port, "access": "public"}, protected.port], TEST_SPAWNER, name="flaky")
+    return hub, app, protected
 
 
 def test_unexpected_error_never_fails_a_spawn(flaky):
-    hub, app = flaky
+    hub, app, _ = flaky
     route = f"/ports/flaky/{app.port}"
     (hub.dir / "BROKEN").touch()
     start_errors = metric(hub, "jhproxy_routes_server_update_errors_total", event="start")
@@ -91,6 +99,33 @@ def test_unexpected_error_never_fails_a_spawn(flaky):
     wait_for(lambda: route in hub.port_routes(), 20, "the port route after the fix", hub.log_path)
     assert hub.get(route + "/x").status_code == 200
     assert "Task exception was never retrieved" not in hub.log()
+
+
+def test_token_revoked_mid_stop_is_refused_at_once(flaky):
+    """A server stops slowly, and its port routes were left in place (their removal failed):
+    the owner revokes the token meanwhile, and the old token must stop working at once."""
+    hub, _, protected = flaky
+    user_token = hub.user_token("stopper")
+    hub.spawn("stopper")
+    token = hub.proxytoken(user_token, "POST", content="random").json()
+    url = f"/ports/stopper/{protected.port}/x"
+    assert hub.get(url, headers={"X-Proxy-Token": token}).status_code == 200
+    (hub.dir / "BROKEN_STOP").touch()
+    (hub.dir / "SLOW_STOP").write_text("20")
+    try:
+        assert hub.api("DELETE", "/users/stopper/server").status_code == 202
+        assert hub.api("GET", "/users/stopper").json()["servers"][""]["pending"] == "stop"
+        assert f"/ports/stopper/{protected.port}" in hub.port_routes()
+        assert hub.get(url, headers={"X-Proxy-Token": token}).status_code == 200  # the gap being closed
+        assert hub.proxytoken(user_token, "POST", content="disabled").status_code == 200
+        seen = len(protected.received())
+        assert hub.get(url, headers={"X-Proxy-Token": token}).status_code != 200
+        assert len(protected.received()) == seen  # nothing reached the app
+        assert hub.api("GET", "/users/stopper").json()["servers"][""]["pending"] == "stop"  # still stopping
+    finally:
+        (hub.dir / "BROKEN_STOP").unlink()
+        (hub.dir / "SLOW_STOP").unlink()
+    wait_for(lambda: "" not in hub.api("GET", "/users/stopper").json()["servers"], 60, "the stop to finish", hub.log_path)
 
 
 # ---- the route manager follows a moved proxy (item 11) ---------------------------------
