@@ -129,36 +129,53 @@ def test_token_revoked_mid_stop_is_refused_at_once(flaky):
 
 
 # ---- the route manager follows a moved proxy (item 11) ---------------------------------
-def test_moved_proxy_gets_the_port_routes_at_once(make_hub, make_app, module_tmp):
-    app = make_app()
-    hub = make_hub([{"port": app.port, "access": "public"}], name="mover")
-    route = f"/ports/mover/{app.port}"
-    hub.user_token("mover")
-    hub.spawn("mover")
-    wait_for(lambda: route in hub.port_routes(), 20, "the port route", hub.log_path)
-    public, api, token = free_port(), free_port(), "t" * 32
-    log = (module_tmp / "chp2.log").open("w")
-    chp = subprocess.Popen(
+def start_chp(log: Path, public: int, api: int, token: str) -> subprocess.Popen:
+    proc = subprocess.Popen(
         [str(CHP), "--ip", "127.0.0.1", "--port", str(public), "--api-ip", "127.0.0.1", "--api-port", str(api)],
-        env={**os.environ, "CONFIGPROXY_AUTH_TOKEN": token}, stdout=log, stderr=subprocess.STDOUT,
+        env={**os.environ, "CONFIGPROXY_AUTH_TOKEN": token}, stdout=log.open("w"), stderr=subprocess.STDOUT,
     )  # fmt: skip
+    wait_for(lambda: port_open(api), 30, "CHP's API", log)
+    return proc
+
+
+def test_moved_proxy_gets_the_port_routes_at_once(make_hub, make_app, module_tmp):
+    """The hub runs with an external CHP, which goes away; the admin moves the hub to a new
+    one with PATCH /hub/api/proxy. The port routes must follow, at once, and the PATCH must
+    not wait for the old proxy (api_retry_timeout is 30 s here)."""
+    app = make_app()
+    hub = make_hub([{"port": app.port, "access": "public"}], "c.ConfigurableHTTPProxy.should_start = False\n"
+                   "c.PortRoutes.api_retry_timeout = 30", name="mover", start=False)  # fmt: skip
+    old = start_chp(module_tmp / "chp-old.log", hub.port, hub.api_port, hub.chp_token)
+    public, api, token = free_port(), free_port(), "t" * 32
+    new = None
     try:
-        wait_for(lambda: port_open(api), 30, "the second CHP")
+        hub.start()
+        route = f"/ports/mover/{app.port}"
+        hub.user_token("mover")
+        hub.spawn("mover")
+        wait_for(lambda: route in hub.port_routes(), 20, "the port route", hub.log_path)
+        old.terminate()
+        old.wait(10)
+        new = start_chp(module_tmp / "chp-new.log", public, api, token)
         new_routes = lambda: httpx.get(f"http://127.0.0.1:{api}/api/routes", headers={"Authorization": f"token {token}"}).json()  # noqa: E731
         started = time.monotonic()
-        response = hub.api("PATCH", "/proxy", json={"api_url": f"http://127.0.0.1:{api}", "auth_token": token})
+        # to the hub's own port: its public one was the old proxy's
+        response = httpx.patch(f"http://127.0.0.1:{hub.hub_port}/hub/api/proxy", headers={"Authorization": f"token {ADMIN_TOKEN}"},
+                               json={"api_url": f"http://127.0.0.1:{api}", "auth_token": token}, timeout=120)  # fmt: skip
         took = time.monotonic() - started
         print(f"PATCH /hub/api/proxy took {took:.3f} s")
         assert response.status_code == 200, response.text
-        assert took < 10, took  # was 31 s: add_user retried the old proxy until api_retry_timeout
+        assert took < 10, took  # was api_retry_timeout and more: add_user retried the old proxy
         assert new_routes()[route]["jhproxy_routes"]  # at once
         assert httpx.get(f"http://127.0.0.1:{public}{route}/x").status_code == 200
         # reconciliations keep the new proxy's table, with its new token
         httpx.delete(f"http://127.0.0.1:{api}/api/routes{route}", headers={"Authorization": f"token {token}"})
         wait_for(lambda: route in new_routes(), 20, "the route back in the new proxy", hub.log_path)
     finally:
-        chp.terminate()
-        chp.wait(10)
+        for proc in (old, new):
+            if proc is not None and proc.poll() is None:
+                proc.terminate()
+                proc.wait(10)
 
 
 # ---- settings die with their user or server (item 2) -----------------------------------
