@@ -37,6 +37,7 @@ from jupyterhub.utils import url_path_join
 from tornado import web
 
 from .config import PORT_ACCESS, valid_port_access
+from .logsafe import shown
 from .metrics import SERVER_UPDATE_ERRORS
 from .routeapi import RouteAPIError
 from .routes import port_choice, port_rule
@@ -118,7 +119,7 @@ class ProxyTokenHandler(APIHandler):
             name = current.name
         # the scope first: whether a user exists is nobody else's business
         if not may_manage(self, name, server_name):
-            raise web.HTTPError(403, f"This credential lacks the scope {SCOPE} (or tokens) for the server {name}/{server_name}.")
+            raise web.HTTPError(403, f"This credential lacks the scope {SCOPE} (or tokens) for the server {shown(name)}/{shown(server_name)}.")
         user = current if name == current.name and getattr(current, "kind", "user") == "user" else self.find_user(name)
         if user is None:
             raise web.HTTPError(404, f"No user named {name!r}.")
@@ -145,7 +146,7 @@ class ProxyTokenHandler(APIHandler):
             access, new_token = await self._apply_action(before, body)
         manager.store.put(user.name, server_name, access)
         actor = self.current_user.name
-        self.log.info("jhproxy-routes: %s set %s/%s to mode %s", actor, user.name, server_name, access.mode)
+        self.log.info("jhproxy-routes: %s set %s/%s to mode %s", shown(actor), shown(user.name), shown(server_name), access.mode)
         manager.audit.record(
             "settings changed",
             user=user.name,
@@ -216,9 +217,9 @@ class ProxyTokenHandler(APIHandler):
         port_access = dict(access.port_access)
         for port, value in ports.items():
             if str(port) not in allowed:
-                raise web.HTTPError(400, f"Port {port} is not in the allow-list ({', '.join(sorted(allowed))}).")
+                raise web.HTTPError(400, f"Port {shown(port)} is not in the allow-list ({', '.join(sorted(allowed))}).")
             if not valid_port_access(value):
-                raise web.HTTPError(400, f"Port {port}: access must be one of {', '.join(PORT_ACCESS)}, or group:<name>.")
+                raise web.HTTPError(400, f"Port {shown(port)}: access must be one of {', '.join(PORT_ACCESS)}, or group:<name>.")
             port_access[str(port)] = value
         return replace(access, port_access=port_access), new_token
 

@@ -24,6 +24,7 @@ from tornado.ioloop import PeriodicCallback
 from traitlets import observe
 
 from .config import PortRoutes, listening_ports
+from .logsafe import shown
 from .metrics import SERVER_UPDATE_ERRORS
 from .routeapi import RouteAPI, RouteAPIError
 from .routes import RouteManager
@@ -118,13 +119,13 @@ class PortRoutesProxy(ConfigurableHTTPProxy):
         try:
             await self.route_manager.server_started(user, server_name)
         except Exception as e:  # never fail the spawn
-            self._server_update_failed("start", f"{user.name}/{server_name}", e)
+            self._server_update_failed("start", f"{shown(user.name)}/{shown(server_name)}", e)
 
     async def delete_user(self, user, server_name=""):
         try:
             await self.route_manager.server_stopped(user, server_name)
         except Exception as e:
-            self._server_update_failed("stop", f"{user.name}/{server_name}", e)
+            self._server_update_failed("stop", f"{shown(user.name)}/{shown(server_name)}", e)
         await super().delete_user(user, server_name)
 
     def _server_update_failed(self, event: str, server: str, error: Exception) -> None:
@@ -133,7 +134,7 @@ class PortRoutesProxy(ConfigurableHTTPProxy):
         SERVER_UPDATE_ERRORS.labels(event).inc()
         expected = isinstance(error, (RouteAPIError, TargetsPending))
         self.log.error("jhproxy-routes: port routes of %s not %s yet, left to the next reconciliation: %s",
-                       server, "added" if event == "start" else "removed", error, exc_info=None if expected else error)  # fmt: skip
+                       server, "added" if event == "start" else "removed", shown(error), exc_info=None if expected else error)  # fmt: skip
 
     async def check_routes(self, user_dict, service_dict, routes=None):
         await super().check_routes(user_dict, service_dict, routes)

@@ -19,6 +19,7 @@ from traitlets import TraitError
 
 from .audit import AuditLog
 from .config import GROUP_PREFIX, PortRoutes, PortSpec
+from .logsafe import shown
 from .metrics import RECONCILE_DURATION, RECONCILE_ERRORS, RECONCILE_FIXES, ROUTES
 from .replicas import SidecarReplicas
 from .templates import RouteTemplate
@@ -183,7 +184,7 @@ class RouteManager:
         deleted = await asyncio.to_thread(self.store.delete, list(gone))
         for username, servername in deleted:
             why = gone.get((username, servername)) or gone.get((username, None))
-            self.log.info("jhproxy-routes: settings of %s/%s deleted: %s", username, servername, why)
+            self.log.info("jhproxy-routes: settings of %s/%s deleted: %s", shown(username), shown(servername), why)
             self.audit.record("settings deleted", user=username, server=servername, why=why)
 
     async def orphans(self, stored) -> dict[tuple[str, str], str]:
@@ -239,7 +240,7 @@ class RouteManager:
         try:
             targets = await port_targets(spawner, [s.port for s in self.specs], self.settings.allow_shared_host)
         except SharedHostError as e:
-            self.log.error("jhproxy-routes: no port routes for %s/%s: %s", user.name, servername, e)
+            self.log.error("jhproxy-routes: no port routes for %s/%s: %s", shown(user.name), shown(servername), shown(e))
             return {}
         never = self._never_routed(spawner, targets)
         server = f"{user.name}/{servername}"
@@ -284,7 +285,7 @@ class RouteManager:
         """Log what every reconciliation would find again only the first time."""
         if key not in self._logged:
             self._logged.add(key)
-            self.log.log(level, "jhproxy-routes: " + message, *args)
+            self.log.log(level, "jhproxy-routes: " + message, *(shown(a) if isinstance(a, str) else a for a in args))
 
     @property
     def _by_host(self) -> dict:
@@ -414,7 +415,7 @@ class RouteManager:
                     await self._reconcile(users)
             except RouteAPIError as e:
                 RECONCILE_ERRORS.inc()
-                self.log.error("jhproxy-routes: reconciliation failed, will retry: %s", e)
+                self.log.error("jhproxy-routes: reconciliation failed, will retry: %s", shown(e))
             except Exception:  # a bug: logged and counted, never a task's unretrieved exception
                 RECONCILE_ERRORS.inc()
                 self.log.exception("jhproxy-routes: reconciliation failed, will retry")
@@ -443,10 +444,10 @@ class RouteManager:
                     wanted.update(await self.wanted_routes(user, servername, stored[key]))
                     continue
             except TargetsPending as e:
-                self.log.info("jhproxy-routes: routes of %s/%s left as they are: %s", user.name, servername, e)
+                self.log.info("jhproxy-routes: routes of %s/%s left as they are: %s", shown(user.name), shown(servername), shown(e))
             except Exception:  # one server's failure (its spawner, a bug) must not stop the others'
                 RECONCILE_ERRORS.inc()
-                self.log.exception("jhproxy-routes: routes of %s/%s left as they are, will retry", user.name, servername)
+                self.log.exception("jhproxy-routes: routes of %s/%s left as they are, will retry", shown(user.name), shown(servername))
             keep.update(self.server_routespecs(user.name, servername))
         if first_seen:
             await asyncio.to_thread(self.store.add_missing, first_seen)
@@ -485,7 +486,7 @@ class RouteManager:
             self.log.info("jhproxy-routes: %s %i %s routes", doing, len(routespecs), table)
         else:
             for s in routespecs:
-                self.log.info("jhproxy-routes: %s %s route %s", doing, table, s)
+                self.log.info("jhproxy-routes: %s %s route %s", doing, table, shown(s))
 
     def _routed_servers(self, users):
         """(user, servername, spawner) of every server that is ready or in transition."""

@@ -292,3 +292,15 @@ def test_a_servers_token_manages_that_server_only(hub, apps):
     assert hub.proxytoken(user_token, "POST", content="disabled").status_code == 200
     hub.stop_server("erin", "scratch")
     hub.stop_server("erin")
+
+
+# ---- values from requests are logged escaped (item 10, hub side) -----------------------
+def test_request_values_cannot_forge_log_lines(hub):
+    token = hub.user_token("mallory")
+    forged = "\n[E 2026-01-01 00:00:00.000 JupyterHub app:1] FORGED \x1b[2J"
+    assert hub.proxytoken(token, params={"user": "victim" + forged}).status_code == 403
+    assert hub.proxytoken(token, "POST", json={"ports": {"5" + forged: "public"}}).status_code == 400
+    log = hub.log()
+    assert log.count("FORGED") >= 2  # logged, as one line each
+    assert not any(line.lstrip().startswith("[E 2026-01-01") for line in log.splitlines())  # (tornado indents a 2nd line)
+    assert "\x1b[2J" not in log  # (CHP's own lines have colours: not ours)
