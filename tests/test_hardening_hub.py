@@ -304,3 +304,25 @@ def test_request_values_cannot_forge_log_lines(hub):
     assert log.count("FORGED") >= 2  # logged, as one line each
     assert not any(line.lstrip().startswith("[E 2026-01-01") for line in log.splitlines())  # (tornado indents a 2nd line)
     assert "\x1b[2J" not in log  # (CHP's own lines have colours: not ours)
+
+
+# ---- the Kubernetes example lets only the proxy and the hub reach the sidecars ----------
+def test_kubernetes_sidecars_are_reachable_from_the_proxy_and_the_hub_only():
+    import yaml
+
+    k8s = Path(__file__).resolve().parent.parent / "examples/kubernetes"
+    docs = list(yaml.safe_load_all((k8s / "sidecar.yaml").read_text()))
+    deployment = next(d for d in docs if d["kind"] == "Deployment")
+    policy = next(d for d in docs if d["kind"] == "NetworkPolicy")
+    spec = policy["spec"]
+    pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert spec["podSelector"]["matchLabels"].items() <= pod_labels.items()  # selects the sidecar pods
+    assert spec["policyTypes"] == ["Ingress"] and len(spec["ingress"]) == 1
+    sources = spec["ingress"][0]["from"]
+    assert all(set(source) == {"podSelector"} for source in sources)  # no namespace or address blocks
+    selectors = [source["podSelector"]["matchLabels"] for source in sources]
+    # the chart's labels, as values.yaml's own policy selects the proxy
+    proxy_selector = yaml.safe_load((k8s / "values.yaml").read_text())["singleuser"]["networkPolicy"]["ingress"][0]["from"][0]
+    assert sorted(selectors, key=str) == [{"component": "hub"}, proxy_selector["podSelector"]["matchLabels"]]
+    container_ports = {p["name"] for c in deployment["spec"]["template"]["spec"]["containers"] for p in c["ports"]}
+    assert {p["port"] for p in spec["ingress"][0]["ports"]} <= container_ports
