@@ -186,7 +186,8 @@ def apps(make_app):
 
 @pytest.fixture(scope="module")
 def hub(make_hub, apps):
-    return make_hub([apps["token"].port, apps["other"].port], name="shared")
+    # no periodic reconciliation: a deletion must take the settings along by itself, at once
+    return make_hub([apps["token"].port, apps["other"].port], "c.PortRoutes.reconcile_interval = 0", name="shared")
 
 
 def make_it_open(hub, apps, user: str, server: str = "") -> str:
