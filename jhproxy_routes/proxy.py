@@ -108,6 +108,8 @@ class PortRoutesProxy(ConfigurableHTTPProxy):
         # after the hub's commit (this runs once its handler yields); a rolled-back deletion left them
         gone = {}
         for (username, servername), why in deleted.items():
+            if servername is not None and (username, None) in deleted:
+                continue  # a server of a deleted user: the user's why
             user = orm.User.find(db, username)
             if user is None or (servername is not None and servername not in user.orm_spawners):
                 gone[username, servername] = why
