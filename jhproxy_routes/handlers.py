@@ -18,8 +18,9 @@ may see, with its owner, port, target, mode and access.
 
 Auth as for JupyterHub's own API: an API token (``Authorization: token ...``), or the hub
 login cookie plus JupyterHub's XSRF token. Either needs the scope
-``custom:jhproxy-routes:tokens`` on the server's owner, which ``install(c)`` grants to every
-user for their own servers, or ``tokens`` on the owner (whoever may make the owner's API
+``custom:jhproxy-routes:tokens`` on the server (``!server=<user>/<server>``, or on its owner:
+``!user=<user>``), which ``install(c)`` grants to every user for their own servers and to a
+server's own token for that server only, or ``tokens`` on the owner (whoever may make the owner's API
 tokens can act as the owner anyway: so admins may manage everyone's ports).
 """
 
@@ -36,6 +37,7 @@ from jupyterhub.utils import url_path_join
 from tornado import web
 
 from .config import PORT_ACCESS, valid_port_access
+from .logsafe import shown
 from .metrics import SERVER_UPDATE_ERRORS
 from .routeapi import RouteAPIError
 from .routes import port_choice, port_rule
@@ -53,9 +55,11 @@ def token_handlers():
     ]
 
 
-def may_manage(handler, username: str) -> bool:
-    """Whether the request's credential may read and change ``username``'s port settings."""
-    return handler.has_scope(f"{SCOPE}!user={username}") or handler.has_scope(f"tokens!user={username}")
+def may_manage(handler, username: str, servername: str) -> bool:
+    """Whether the request's credential may read and change the port settings of the server
+    ``username/servername``: the scope for that server (a user-level grant covers all the
+    user's servers; a server's own token has it for that server only), or ``tokens``."""
+    return handler.has_scope(f"{SCOPE}!server={username}/{servername}") or handler.has_scope(f"tokens!user={username}")
 
 
 def route_manager(handler):
@@ -114,8 +118,8 @@ class ProxyTokenHandler(APIHandler):
                 raise web.HTTPError(403, "This credential is not a user's: name the user with ?user=<name>.")
             name = current.name
         # the scope first: whether a user exists is nobody else's business
-        if not may_manage(self, name):
-            raise web.HTTPError(403, f"This credential lacks the scope {SCOPE} (or tokens) for user {name}.")
+        if not may_manage(self, name, server_name):
+            raise web.HTTPError(403, f"This credential lacks the scope {SCOPE} (or tokens) for the server {shown(name)}/{shown(server_name)}.")
         user = current if name == current.name and getattr(current, "kind", "user") == "user" else self.find_user(name)
         if user is None:
             raise web.HTTPError(404, f"No user named {name!r}.")
@@ -142,7 +146,7 @@ class ProxyTokenHandler(APIHandler):
             access, new_token = await self._apply_action(before, body)
         manager.store.put(user.name, server_name, access)
         actor = self.current_user.name
-        self.log.info("jhproxy-routes: %s set %s/%s to mode %s", actor, user.name, server_name, access.mode)
+        self.log.info("jhproxy-routes: %s set %s/%s to mode %s", shown(actor), shown(user.name), shown(server_name), access.mode)
         manager.audit.record(
             "settings changed",
             user=user.name,
@@ -155,12 +159,14 @@ class ProxyTokenHandler(APIHandler):
             credential="token" if self.get_auth_token() else "login",
         )
         spawner = user.spawners[server_name]
-        if spawner.ready:
-            try:
+        try:
+            if spawner.ready:
                 await manager.apply_change(user, server_name, access)
-            except (RouteAPIError, TargetsPending) as e:
-                SERVER_UPDATE_ERRORS.labels("settings").inc()
-                raise web.HTTPError(503, f"Saved, but the proxy could not be updated yet: {e}") from None
+            elif spawner.active:  # starting or stopping: whatever routes it has go at once
+                await manager.withdraw(user.name, server_name)
+        except (RouteAPIError, TargetsPending) as e:
+            SERVER_UPDATE_ERRORS.labels("settings").inc()
+            raise web.HTTPError(503, f"Saved, but the proxy could not be updated yet: {e}") from None
         if isinstance(body, dict):
             result = await self._settings(user, server_name, access, new_token)
         else:
@@ -211,9 +217,9 @@ class ProxyTokenHandler(APIHandler):
         port_access = dict(access.port_access)
         for port, value in ports.items():
             if str(port) not in allowed:
-                raise web.HTTPError(400, f"Port {port} is not in the allow-list ({', '.join(sorted(allowed))}).")
+                raise web.HTTPError(400, f"Port {shown(port)} is not in the allow-list ({', '.join(sorted(allowed))}).")
             if not valid_port_access(value):
-                raise web.HTTPError(400, f"Port {port}: access must be one of {', '.join(PORT_ACCESS)}, or group:<name>.")
+                raise web.HTTPError(400, f"Port {shown(port)}: access must be one of {', '.join(PORT_ACCESS)}, or group:<name>.")
             port_access[str(port)] = value
         return replace(access, port_access=port_access), new_token
 
@@ -279,15 +285,15 @@ class RouteListHandler(APIHandler):
         if self.current_user is None:
             raise web.HTTPError(403, "Missing or invalid credentials.")
         only = self.get_argument("user", "")
-        allowed: dict[str, bool] = {}  # has_scope per user, asked once
+        allowed: dict[tuple[str, str], bool] = {}  # has_scope per server, asked once
 
-        def visible(name: str) -> bool:
-            if name not in allowed:
-                allowed[name] = may_manage(self, name)
-            return (not only or name == only) and allowed[name]
+        def visible(name: str, server: str) -> bool:
+            if (name, server) not in allowed:
+                allowed[name, server] = may_manage(self, name, server)
+            return (not only or name == only) and allowed[name, server]
 
         rows = await route_rows(route_manager(self))
-        self.finish(json.dumps([row for row in rows if visible(row["user"])]))
+        self.finish(json.dumps([row for row in rows if visible(row["user"], row["server"])]))
 
 
 ROUTE_LIST_MAX_AGE = 5.0

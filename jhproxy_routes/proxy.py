@@ -7,19 +7,25 @@ every ``last_activity_interval``, ``restore_routes`` after it restarted a crashe
 hooks fire before the address is known (``pre_spawn_hook``) or only when a client watches
 the spawn (``progress_ready_hook``).
 
-A port-route failure is logged and left to the next reconciliation; it never fails a spawn,
-and every wait on CHP or the sidecar is bounded (``PortRoutes.api_retry_timeout``).
+A port-route failure, expected or not, is logged (with the server's name), counted and left
+to the next reconciliation; it never fails a spawn, and every wait on CHP or the sidecar is
+bounded (``PortRoutes.api_retry_timeout``). The route manager follows the proxy when the hub
+is moved to another one (``PATCH /hub/api/proxy`` sets ``api_url`` and ``auth_token``).
 """
 
 from __future__ import annotations
 
 import asyncio
 
+from jupyterhub import orm
 from jupyterhub.proxy import ConfigurableHTTPProxy
+from sqlalchemy import event
 from tornado.ioloop import PeriodicCallback
+from traitlets import observe
 
 from .activity import ActivityCollector
 from .config import PortRoutes, listening_ports
+from .logsafe import shown
 from .metrics import SERVER_UPDATE_ERRORS
 from .routeapi import RouteAPI, RouteAPIError
 from .routes import RouteManager
@@ -46,11 +52,14 @@ class PortRoutesProxy(ConfigurableHTTPProxy):
         self.route_manager = RouteManager(
             self.port_routes, self.app.base_url, chp_api, self.log, self.own_ports,
             subdomain_host=self.app.subdomain_host, hub_domain=self.app.domain, subdomain_hook=self.app.subdomain_hook,
-            hub_cookies_at_root=self.app.cookie_host_prefix_enabled,
+            hub_cookies_at_root=self.app.cookie_host_prefix_enabled, hub_servers=self.hub_servers,
         )  # fmt: skip
         self.activity = ActivityCollector(self.route_manager, lambda: self.db, self.log)
         self._reconcile_callback = None
-        self._background_tasks: set[asyncio.Task] = set()
+        self._tasks: set[asyncio.Task] = set()  # background work, kept until done
+        self._deleted: dict[tuple[str, str | None], str] = {}  # deleted in the hub's database, to forget
+        event.listen(orm.User, "after_delete", self._on_delete)
+        event.listen(orm.Spawner, "after_delete", self._on_delete)
         wire_into_hub(self.app, self.port_routes)
 
     def own_ports(self) -> dict[int, str]:
@@ -63,41 +72,93 @@ class PortRoutesProxy(ConfigurableHTTPProxy):
             self.port_routes.sidecar_url: "the sidecar's port",
         })  # fmt: skip
 
+    @observe("api_url", "auth_token")
+    def _follow_proxy(self, change):
+        """The hub was moved to another proxy: port routes go there too, at once."""
+        if hasattr(self, "route_manager"):
+            self.route_manager.chp.retarget(self.api_url, self.auth_token)
+
+    def hub_servers(self) -> tuple[set[str], set[tuple[str, str]]]:
+        """The users, and (user, server) of every named server, in the hub's database (one query)."""
+        users, servers = set(), set()
+        for username, servername in self.app.db.query(orm.User.name, orm.Spawner.name).outerjoin(orm.User._orm_spawners):
+            users.add(username)
+            if servername:
+                servers.add((username, servername))
+        return users, servers
+
+    def _on_delete(self, mapper, connection, target) -> None:
+        """A user or a named server was deleted from the hub's database (in the hub's flush):
+        its port settings go too, once the deletion is committed, so that a new user or
+        server of that name never inherits its token or its public ports."""
+        if isinstance(target, orm.User):
+            self._deleted[target.name, None] = "the user was deleted"
+        else:
+            user = target.__dict__.get("user")  # never load inside a flush; a user's deletion covers the rest
+            if user is None or not target.name:
+                return
+            self._deleted[user.name, target.name] = "the server was deleted"
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:  # no loop (a script using the hub's database): reconciliation will find them
+            return
+        self._background(self._forget_deleted(), "forgetting deleted servers' settings")
+
+    async def _forget_deleted(self) -> None:
+        deleted, self._deleted = self._deleted, {}
+        db = self.app.db
+        # after the hub's commit (this runs once its handler yields); a rolled-back deletion left them
+        gone = {}
+        for (username, servername), why in deleted.items():
+            if servername is not None and (username, None) in deleted:
+                continue  # a server of a deleted user: the user's why
+            user = orm.User.find(db, username)
+            if user is None or (servername is not None and servername not in user.orm_spawners):
+                gone[username, servername] = why
+        if gone:
+            await self.route_manager.forget(gone)
+
     async def add_user(self, user, server_name=""):
         await super().add_user(user, server_name)
         try:
             await self.route_manager.server_started(user, server_name)
-        except (RouteAPIError, TargetsPending) as e:
-            SERVER_UPDATE_ERRORS.labels("start").inc()
-            self.log.error("jhproxy-routes: port routes of %s not added yet: %s", user.name, e)
+        except Exception as e:  # never fail the spawn
+            self._server_update_failed("start", f"{shown(user.name)}/{shown(server_name)}", e)
 
     async def delete_user(self, user, server_name=""):
         try:
             await self.route_manager.server_stopped(user, server_name)
-        except RouteAPIError as e:
-            SERVER_UPDATE_ERRORS.labels("stop").inc()
-            self.log.error("jhproxy-routes: port routes of %s not removed yet: %s", user.name, e)
+        except Exception as e:
+            self._server_update_failed("stop", f"{shown(user.name)}/{shown(server_name)}", e)
         await super().delete_user(user, server_name)
+
+    def _server_update_failed(self, event: str, server: str, error: Exception) -> None:
+        """Count and log a failed update of one server's routes (the traceback of an
+        unexpected error); the next reconciliation tries again."""
+        SERVER_UPDATE_ERRORS.labels(event).inc()
+        expected = isinstance(error, (RouteAPIError, TargetsPending))
+        self.log.error("jhproxy-routes: port routes of %s not %s yet, left to the next reconciliation: %s",
+                       server, "added" if event == "start" else "removed", shown(error), exc_info=None if expected else error)  # fmt: skip
 
     async def check_routes(self, user_dict, service_dict, routes=None):
         """At start-up, and every ``last_activity_interval`` right after the hub's own
         activity update: reconcile, and collect the ports' activity."""
         await super().check_routes(user_dict, service_dict, routes)
         # in the background: a slow or absent sidecar must not hold up the hub's start-up
-        self._in_background(self.route_manager.reconcile(user_dict))
+        self._background(self.route_manager.reconcile(user_dict), "reconciliation")
         if not self.activity.collecting:
-            self._in_background(self.activity.collect(user_dict))
+            self._background(self.activity.collect(user_dict), "activity collection")
         self._start_periodic_reconcile(user_dict)
 
-    def _in_background(self, coroutine) -> None:
-        """Run ``coroutine`` as a task that is kept until it ends; its failure is logged."""
+    def _background(self, coroutine, what: str) -> None:
+        """Run ``coroutine`` as a task that is kept until it ends and whose failure is logged."""
         task = asyncio.ensure_future(coroutine)
-        self._background_tasks.add(task)
+        self._tasks.add(task)
 
         def done(task):
-            self._background_tasks.discard(task)
+            self._tasks.discard(task)
             if not task.cancelled() and task.exception() is not None:
-                self.log.error("jhproxy-routes: %s failed", coroutine.__qualname__, exc_info=task.exception())
+                self.log.error("jhproxy-routes: %s failed", what, exc_info=task.exception())
 
         task.add_done_callback(done)
 
@@ -112,7 +173,7 @@ class PortRoutesProxy(ConfigurableHTTPProxy):
 
         def run():
             if not self.route_manager.reconciling:  # a slow pass: skip this turn, never queue up
-                asyncio.ensure_future(self.route_manager.reconcile(user_dict))
+                self._background(self.route_manager.reconcile(user_dict), "reconciliation")
 
         self._reconcile_callback = PeriodicCallback(run, 1e3 * interval)
         self._reconcile_callback.start()

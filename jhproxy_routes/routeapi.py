@@ -91,17 +91,22 @@ class RouteAPI:
     ):
         self.name = name
         self.host_routing = host_routing  # keys begin with a host (CHP's --host-routing)
-        self.api_url = api_url.rstrip("/") + "/api/"
-        self.routes_url = self.api_url + "routes"
+        self.retarget(api_url, auth_token)
         self.retry_timeout = retry_timeout
         self.concurrency = concurrency
         self.log = log or logging.getLogger(__name__)
         self.semaphore = asyncio.Semaphore(concurrency)
-        self.headers = {"Authorization": f"token {auth_token}", "Accept": "application/json"}
         self.timeouts = {"connect": timeout, "read": timeout, "write": timeout, "pool": timeout}
         # requests go to the transport directly: an httpx.AsyncClient's cookie jar, redirect
         # and URL handling would cost more CPU than the request itself, for nothing here
         self.transport = KeepAliveTransport()
+
+    def retarget(self, api_url: str, auth_token: str) -> None:
+        """Use the table at ``api_url`` with ``auth_token`` from the next attempt on, also
+        for requests being retried (the hub's proxy moved: ``PATCH /hub/api/proxy``)."""
+        self.api_url = api_url.rstrip("/") + "/api/"
+        self.routes_url = self.api_url + "routes"
+        self.headers = {"Authorization": f"token {auth_token}", "Accept": "application/json"}
 
     async def get_all(self) -> dict[str, dict]:
         """Our routes: ``{routespec: data}`` (data includes ``target``)."""
@@ -145,14 +150,14 @@ class RouteAPI:
         await self.transport.aclose()
 
     async def _request(self, method, path, body=None, ok_statuses=(), url=None) -> httpx.Response:
-        url = url or self.routes_url + quote(path, safe="@/~%")
         what = f"{method} {self.name} route {path or '(all)'}"
         last_error = "no attempt"
 
         async def attempt():
             nonlocal last_error
             try:
-                request = httpx.Request(method, url, json=body, headers=self.headers, extensions={"timeout": self.timeouts})
+                target = url or self.routes_url + quote(path, safe="@/~%")  # read per attempt: see retarget
+                request = httpx.Request(method, target, json=body, headers=self.headers, extensions={"timeout": self.timeouts})
                 async with self.semaphore:
                     response = await self.transport.handle_async_request(request)
             except httpx.HTTPError as e:

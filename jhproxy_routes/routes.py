@@ -19,6 +19,7 @@ from traitlets import TraitError
 
 from .audit import AuditLog
 from .config import GROUP_PREFIX, PortRoutes, PortSpec
+from .logsafe import shown
 from .metrics import RECONCILE_DURATION, RECONCILE_ERRORS, RECONCILE_FIXES, ROUTES
 from .replicas import SidecarReplicas
 from .templates import RouteTemplate
@@ -104,14 +105,16 @@ class RouteManager:
 
     def __init__(self, settings: PortRoutes, base_url: str, chp_api: RouteAPI, log: logging.Logger, reserved_ports=dict,
                  subdomain_host: str = "", hub_domain: str = "", subdomain_hook=subdomain_hook_idna,
-                 hub_cookies_at_root: bool = False):  # fmt: skip
+                 hub_cookies_at_root: bool = False, hub_servers=None):  # fmt: skip
         """``reserved_ports()``: the hub's, the proxy's and the sidecar's ports (what they
         are), never routed on the hub's machine. ``subdomain_host``, ``subdomain_hook``:
         JupyterHub's (CHP routes by host: a path route lives on ``hub_domain``, the hub's
         own host). ``hub_cookies_at_root``: the hub's cookies have path ``/``
         (JupyterHub's ``cookie_host_prefix_enabled``), so a path on its host is no place
-        for a direct route."""
+        for a direct route. ``hub_servers()``: the users and the (user, named server) pairs
+        in the hub's database, for finding settings whose server is gone."""
         self.hub_cookies_at_root = hub_cookies_at_root
+        self.hub_servers = hub_servers
         self.settings = settings
         self.subdomain_host = subdomain_host
         self.host_routing = bool(subdomain_host)
@@ -175,6 +178,29 @@ class RouteManager:
             return access
         return ServerAccess()
 
+    async def forget(self, gone: dict[tuple[str, str | None], str]) -> None:
+        """Delete the settings of servers that no longer exist (servername ``None``: all of
+        the user's), ``{(username, servername): why}``; each deletion is audited."""
+        deleted = await asyncio.to_thread(self.store.delete, list(gone))
+        for username, servername in deleted:
+            why = gone.get((username, servername)) or gone.get((username, None))
+            self.log.info("jhproxy-routes: settings of %s/%s deleted: %s", shown(username), shown(servername), why)
+            self.audit.record("settings deleted", user=username, server=servername, why=why)
+
+    async def orphans(self, stored) -> dict[tuple[str, str], str]:
+        """The stored settings whose user or named server the hub's database no longer has
+        (deleted while the hub was down), and why."""
+        users, servers = self.hub_servers()
+        gone = {}
+        for count, (username, servername) in enumerate(list(stored), 1):
+            if count % SERVERS_PER_YIELD == 0:
+                await asyncio.sleep(0)
+            if username not in users:
+                gone[username, servername] = "the user no longer exists"
+            elif servername and (username, servername) not in servers:
+                gone[username, servername] = "the server no longer exists"
+        return gone
+
     # ---- wanted routes ---------------------------------------------------------------
     def routespec(self, username: str, servername: str, port: int) -> str:
         return self._place(self.template.render(username, servername, port))
@@ -214,7 +240,7 @@ class RouteManager:
         try:
             targets = await port_targets(spawner, [s.port for s in self.specs], self.settings.allow_shared_host)
         except SharedHostError as e:
-            self.log.error("jhproxy-routes: no port routes for %s/%s: %s", user.name, servername, e)
+            self.log.error("jhproxy-routes: no port routes for %s/%s: %s", shown(user.name), shown(servername), shown(e))
             return {}
         never = self._never_routed(spawner, targets)
         server = f"{user.name}/{servername}"
@@ -259,7 +285,7 @@ class RouteManager:
         """Log what every reconciliation would find again only the first time."""
         if key not in self._logged:
             self._logged.add(key)
-            self.log.log(level, "jhproxy-routes: " + message, *args)
+            self.log.log(level, "jhproxy-routes: " + message, *(shown(a) if isinstance(a, str) else a for a in args))
 
     @property
     def _by_host(self) -> dict:
@@ -329,6 +355,10 @@ class RouteManager:
     async def server_started(self, user, servername: str) -> None:
         access = await self.access_for(user, servername)
         await self.apply(user, servername, access)
+        # changed meanwhile (the server was not ready yet: the change only withdrew its routes)
+        latest = await asyncio.to_thread(self.store.get, user.name, servername)
+        if latest is not None and latest != access:
+            await self.apply(user, servername, latest)
 
     async def apply(self, user, servername: str, access: ServerAccess) -> None:
         """Route every port of a running server as ``access`` says (raises RouteAPIError)."""
@@ -363,7 +393,13 @@ class RouteManager:
             access = self.store.get(user.name, servername)
             if access is not None and access.mode != "disabled":
                 self.store.put(user.name, servername, access.disabled())
-        specs = self.server_routespecs(user.name, servername)  # none for a server without routes
+        await self.withdraw(user.name, servername)
+
+    async def withdraw(self, username: str, servername: str) -> None:
+        """Remove a server's port routes, from CHP first (raises RouteAPIError). For a server
+        that stops, or whose settings change while it is not ready (starting, stopping): no
+        route outlives its settings; ``add_user`` routes the server again once it is ready."""
+        specs = self.server_routespecs(username, servername)  # none for a server without routes
         await asyncio.gather(*(self.chp.delete(s) for s in specs))
         await asyncio.gather(*(self.sidecar.delete(s) for s in specs))
 
@@ -380,12 +416,21 @@ class RouteManager:
                     await self._reconcile(users)
             except RouteAPIError as e:
                 RECONCILE_ERRORS.inc()
-                self.log.error("jhproxy-routes: reconciliation failed, will retry: %s", e)
+                self.log.error("jhproxy-routes: reconciliation failed, will retry: %s", shown(e))
+            except Exception:  # a bug: logged and counted, never a task's unretrieved exception
+                RECONCILE_ERRORS.inc()
+                self.log.exception("jhproxy-routes: reconciliation failed, will retry")
 
     async def _reconcile(self, users) -> None:
         # one read of the store, and one write for servers seen for the first time: a query
         # or a commit per server would take minutes for ten thousand of them
         stored = await asyncio.to_thread(self.store.all)
+        if self.hub_servers is not None:  # read after the store: a server in it existed before
+            gone = await self.orphans(stored)
+            if gone:
+                await self.forget(gone)
+                for key in gone:
+                    del stored[key]
         first_seen: dict[tuple[str, str], ServerAccess] = {}
         wanted: dict[str, PortRoute] = {}
         keep: set[str] = set()  # routes of servers in transition: leave them alone
@@ -400,7 +445,10 @@ class RouteManager:
                     wanted.update(await self.wanted_routes(user, servername, stored[key]))
                     continue
             except TargetsPending as e:
-                self.log.info("jhproxy-routes: routes of %s/%s left as they are: %s", user.name, servername, e)
+                self.log.info("jhproxy-routes: routes of %s/%s left as they are: %s", shown(user.name), shown(servername), shown(e))
+            except Exception:  # one server's failure (its spawner, a bug) must not stop the others'
+                RECONCILE_ERRORS.inc()
+                self.log.exception("jhproxy-routes: routes of %s/%s left as they are, will retry", shown(user.name), shown(servername))
             keep.update(self.server_routespecs(user.name, servername))
         if first_seen:
             await asyncio.to_thread(self.store.add_missing, first_seen)
@@ -439,7 +487,7 @@ class RouteManager:
             self.log.info("jhproxy-routes: %s %i %s routes", doing, len(routespecs), table)
         else:
             for s in routespecs:
-                self.log.info("jhproxy-routes: %s %s route %s", doing, table, s)
+                self.log.info("jhproxy-routes: %s %s route %s", doing, table, shown(s))
 
     def _routed_servers(self, users):
         """(user, servername, spawner) of every server that is ready or in transition."""

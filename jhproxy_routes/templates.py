@@ -94,6 +94,11 @@ class RouteTemplate:
                     f"{where}: {template!r}: {{username}} must come before {{servername}}, so that one"
                     " user's server can never be named into another user's routes"
                 )
+        if "{username}" in self.segments[0]:
+            raise TraitError(
+                f"{where}: {template!r} begins with {{username}}: a user named {', '.join(HUB_PATHS)} would take"
+                " over JupyterHub's own paths (/user/<another user>/...); begin with a fixed segment such as /ports/"
+            )
         missing = {"port", "username"} - used
         if missing:
             raise TraitError(
@@ -179,14 +184,14 @@ class RouteTemplate:
     def ranges_problem(self) -> str:
         """Why port ranges cannot use this template ("" if they can): their one route per
         server is the template without its last segment, so that segment must be ``{port}``,
-        and the path must begin with a segment of its own (not one of JupyterHub's, which the
-        route would take over for a user of that name)."""
+        and the path must not begin with one of JupyterHub's own segments, which the route
+        would take over (no template begins with ``{username}``: see ``__init__``)."""
         if self.by_host:
             return f"a path template: CHP cannot route every port of a host ({self.template!r}) to one place"
         if not self.port_last:
             return f"{{port}} as the last segment of c.PortRoutes.route_template ({self.template!r} has not)"
         first = self.segments[0]
-        if "{" in first or first in HUB_PATHS:
+        if first in HUB_PATHS:
             return f"a route template that begins with a fixed segment other than {', '.join(HUB_PATHS)}, such as /ports/ ({self.template!r} does not)"
         return ""
 

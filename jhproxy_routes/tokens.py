@@ -135,6 +135,20 @@ class AccessStore:
             if rows:
                 conn.execute(sa.insert(t), rows)
 
+    def delete(self, keys) -> list[tuple[str, str]]:
+        """Delete the settings of servers ``(username, servername)``; servername ``None``:
+        every server of the user. The (username, servername) of the rows deleted."""
+        t = server_access_table
+        deleted = []
+        with self.engine.begin() as conn:
+            for username, servername in keys:
+                where = [t.c.username == username] + ([] if servername is None else [t.c.servername == servername])
+                rows = conn.execute(sa.select(t.c.username, t.c.servername).where(*where)).all()
+                if rows:
+                    conn.execute(sa.delete(t).where(*where))
+                    deleted.extend(tuple(row) for row in rows)
+        return deleted
+
     @staticmethod
     def _values(access: ServerAccess) -> dict:
         if access.mode not in MODES:

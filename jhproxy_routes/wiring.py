@@ -74,8 +74,9 @@ def wire_into_hub(app, settings: PortRoutes) -> None:
     if SCOPE not in app.custom_scopes:
         app.custom_scopes = {**app.custom_scopes, SCOPE: {"description": SCOPE_DESCRIPTION}}
     grant_to_users(app, f"{SCOPE}!user", LOGIN_SCOPE)
-    # code in a user's own server (a notebook) may manage that user's port tokens
-    grant_to_role(app, "server", f"{SCOPE}!user")
+    # code in a user's server (a notebook) may manage that server's port tokens, not the
+    # user's other servers' (JupyterHub resolves !server to the server's own name)
+    grant_to_role(app, "server", f"{SCOPE}!server")
     publish_docker_ports(app, [spec.port for spec in settings.port_specs if not spec.is_range])
 
 

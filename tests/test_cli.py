@@ -177,6 +177,9 @@ def test_check_local_servers_and_files_that_do_not_load(tmp_path, capsys):
     assert code == 0 and "host template" not in out and "0 error(s)" in out, out
     path = write_config(tmp_path, host_template + "\nc.JupyterHub.subdomain_host = 'https://hub.example.org'\nc.JupyterHub.subdomain_hook = 'legacy'")
     assert "it needs JupyterHub's default subdomain_hook ('idna')" in check_here(path, capsys)[1]
+    path = write_config(tmp_path, "c.PortRoutes.ports = [5000]\nc.PortRoutes.route_template = '/{username}/{servername}/proxy/{port}/'")
+    code, out = check_here(path, capsys)
+    assert code == 1 and "c.PortRoutes.route_template: '/{username}/{servername}/proxy/{port}/' begins with {username}" in out, out
     (tmp_path / "broken.py").write_text("c.PortRoutes.ports = [5000\n")
     code, out = check_here(tmp_path / "broken.py", capsys)
     assert code == 1 and "the file does not load: SyntaxError" in out, out

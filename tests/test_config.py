@@ -66,6 +66,9 @@ def test_bad_ports_are_refused(ports, message):
         ("/p/{port}/{username}/?q", "may not contain"),
         # user 8042's server "alice" would be /ports/alice/8042/..., inside alice's port 8042
         ("/ports/{servername}/{username}/{port}/", "{username} must come before {servername}"),
+        # a user named "user" would get /user/<victim>/... (also for single ports)
+        ("/{username}/{servername}/proxy/{port}/", "begins with {username}: a user named hub, user, services"),
+        ("/{username}/{servername}/{port}/", "begins with {username}: a user named hub, user, services"),
     ],
 )
 def test_bad_templates_are_refused(template, message):
@@ -126,8 +129,6 @@ def test_host_templates_cannot_take_ranges():
     "template, message",
     [
         ("/hub/proxy{port}/{username}/", "{port} as the last segment"),
-        # a user named "hub" would get a route /hub/ and take the hub's login from everyone
-        ("/{username}/{servername}/{port}/", "begins with a fixed segment other than hub, user, services"),
         ("/user/{username}/ports/{port}/", "begins with a fixed segment other than hub, user, services"),
     ],
 )
