@@ -6,6 +6,7 @@ instance and never read config themselves.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import secrets
@@ -399,8 +400,9 @@ class PortRoutes(Configurable):
         10,
         config=True,
         help="""Wrong tokens one client may send to one port within ``bad_token_window``
-        seconds; after that its token attempts on that port get 429 (Too Many Requests) until
-        the window has passed. The client is the address CHP saw. 0: no limit.
+        seconds; after that its wrong tokens on that port get 429 (Too Many Requests) until
+        the window has passed (the right token always gets in). The client is the address CHP
+        saw, or the one ``trusted_proxies`` say. 0: no limit.
         """,
     )
 
@@ -408,6 +410,18 @@ class PortRoutes(Configurable):
         60,
         config=True,
         help="""Seconds over which ``bad_token_limit`` counts wrong tokens.""",
+    )
+
+    trusted_proxies = List(
+        Unicode(),
+        config=True,
+        help="""Addresses or networks (CIDR, e.g. ``10.0.0.0/8``) of proxies in front of CHP (a
+        load balancer, an ingress) whose ``X-Forwarded-For`` entries the sidecar believes.
+        The client (for ``bad_token_limit`` and the audit log) is then the rightmost entry
+        that is not one of these; CHP's own entry, the address it saw, always counts. Empty
+        (the default): the client is the address CHP saw. Set it when many clients reach CHP
+        through one address, else they share one count of wrong tokens.
+        """,
     )
 
     metrics_by_route = Bool(
@@ -441,6 +455,15 @@ class PortRoutes(Configurable):
         specs = []
         for item in proposal.value:
             specs.append(check_no_overlap(parse_port(item), specs))
+        return proposal.value
+
+    @validate("trusted_proxies")
+    def _validate_trusted_proxies(self, proposal):
+        for item in proposal.value:
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                raise TraitError(f"c.PortRoutes.trusted_proxies: {item!r} is not an address or a network (CIDR)") from None
         return proposal.value
 
     @validate("route_template")

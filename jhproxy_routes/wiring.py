@@ -45,6 +45,7 @@ def sidecar_service(settings: PortRoutes, authenticate_metrics: bool = True) -> 
             "JHPROXY_ROUTES_BAD_TOKEN_WINDOW": str(settings.bad_token_window),
             "JHPROXY_ROUTES_AUTHENTICATE_METRICS": "1" if authenticate_metrics else "0",
             "JHPROXY_ROUTES_METRICS_BY_ROUTE": "1" if settings.metrics_by_route else "0",
+            "JHPROXY_ROUTES_TRUSTED_PROXIES": ",".join(settings.trusted_proxies),
         },
     }
 
