@@ -393,3 +393,47 @@ def test_wss_counts_as_secure_for_the_session_cookie(browser, subhub, team):
     for proto in ("wss", "https"):
         assert b" 101 " in upgrade("__Host-" + session["name"], proto), proto
         assert b" 403 " in upgrade(session["name"], proto), proto
+
+
+def test_another_process_on_the_sidecars_port_is_named_not_fed(make_hub, echo):
+    """The sidecar's port is taken by another program (here: a web server that answers
+    everything with a page). The sidecar says so in one line and exits; the route manager
+    says the process there is not this hub's sidecar, and sends it no routes as if it were."""
+    import http.server
+
+    class Page(http.server.BaseHTTPRequestHandler):
+        def answer(self):
+            body = b"<html>someone else's server</html>"
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        do_GET = do_POST = do_DELETE = answer
+
+        def log_message(self, *args):
+            pass
+
+    hub = make_hub([echo.port], "c.PortRoutes.default_startup_behavior = 'random'", name="taken", start=False)
+    other = http.server.ThreadingHTTPServer(("127.0.0.1", hub.sidecar_port), Page)
+    threading.Thread(target=other.serve_forever, daemon=True).start()
+    try:
+        hub.start()
+        hub.user_token("alice")
+        hub.spawn("alice")
+        stranger = f"the process at {hub.sidecar_url} is not this hub's jhproxy-routes sidecar (it answered HTTP 200 without JSON)"
+        wait_for(lambda: stranger in hub.log(), 30, "the route manager to name the stranger", hub.log_path)
+        log = hub.log()
+        listen = [line for line in log.splitlines() if "cannot listen on" in line]
+        assert listen and f"cannot listen on {hub.sidecar_url}" in listen[0] and "in use" in listen[0], listen
+        assert "Traceback" not in log, log[-3000:]
+        # no retry storm: no retries, and one line for all the reconciliations (every 2 s here)
+        first = hub.log().index(stranger)
+        wait_for(lambda: hub.log()[first:].count("GET /api/routes") >= 3, 30, "three more reconciliations (CHP's table read)", hub.log_path)
+        log = hub.log()
+        assert "retrying" not in log
+        assert len([line for line in log.splitlines() if "[E " in line and "left out of this reconciliation" in line]) == 1
+    finally:
+        other.shutdown()
+        other.server_close()
