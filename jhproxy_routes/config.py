@@ -374,7 +374,28 @@ class PortRoutes(Configurable):
         config=True,
         help="""Seconds the sidecar gives a client to finish a request head once begun: a
         head still incomplete one to two of these periods later (slowloris) gets 408 and the
-        connection closes. Idle keep-alive connections (CHP's, between requests) stay open.
+        connection closes. Idle keep-alive connections are closed after ``client_idle_timeout``.
+        """,
+    )
+
+    client_idle_timeout = Float(
+        300,
+        config=True,
+        help="""Seconds a keep-alive connection to the sidecar may wait for its next request
+        before the sidecar closes it (checked every ``client_timeout``). CHP keeps connections
+        to the sidecar open between requests and does not retry a request on one that the
+        sidecar has just closed, so keep this at minutes: CHP reuses its most recently used
+        connections first, and one idle this long is rarely picked at that moment. 0: never.
+        """,
+    )
+
+    max_client_connections = Integer(
+        10_000,
+        config=True,
+        help="""Connections to the sidecar (CHP's and any other client's) open at once. A new
+        one beyond this closes the connection that has waited longest for a request, or, when
+        all are busy (requests, websockets), is refused. Each connection can hold two file
+        descriptors (to the client and to the app): keep it well under the sidecar's limit.
         """,
     )
 
@@ -479,9 +500,10 @@ class PortRoutes(Configurable):
                 raise TraitError(f"c.PortRoutes.{proposal.trait.name}: {url!r} must be http://host[:port] (the sidecar speaks plain HTTP)")
         return proposal.value
 
-    @validate("reconcile_interval", "concurrency", "login_cache_max_age", "bad_token_limit", "bad_token_window", "client_timeout", "sidecar_ready_for")
+    @validate("reconcile_interval", "concurrency", "login_cache_max_age", "bad_token_limit", "bad_token_window", "client_timeout", "sidecar_ready_for",
+              "client_idle_timeout", "max_client_connections")
     def _validate_non_negative(self, proposal):
-        positive = proposal.trait.name in ("concurrency", "client_timeout")
+        positive = proposal.trait.name in ("concurrency", "client_timeout", "max_client_connections")
         if proposal.value < 0 or (positive and proposal.value <= 0):
             raise TraitError(f"c.PortRoutes.{proposal.trait.name}: {proposal.value} is too small")
         return proposal.value

@@ -437,3 +437,59 @@ def test_another_process_on_the_sidecars_port_is_named_not_fed(make_hub, echo):
     finally:
         other.shutdown()
         other.server_close()
+
+
+def test_idle_connections_straight_to_the_sidecar_are_bounded(make_hub, make_app):
+    """Connections opened straight to the sidecar and left idle: beyond the cap the longest
+    idle ones are closed, after the idle time all are; CHP's own connections are not refused
+    at any time, its requests all answered (no 502/503), also after an idle pause."""
+    app = make_app()
+    config = """
+c.PortRoutes.default_startup_behavior = "random"
+c.PortRoutes.client_timeout = 1
+c.PortRoutes.client_idle_timeout = 3
+c.PortRoutes.max_client_connections = 20
+"""
+    hub = make_hub([app.port], config, name="idle")
+    hub.user_token("alice")
+    hub.spawn("alice")
+    token = hub.proxytoken(hub.user_token("alice")).json()
+    url = f"{hub.url}/ports/alice/{app.port}/busy"
+    statuses, stop = [], threading.Event()
+
+    def traffic():
+        with httpx.Client(timeout=30) as client:
+            while not stop.is_set():
+                statuses.append(client.get(url, headers={"X-Proxy-Token": token}).status_code)
+                time.sleep(0.05)
+
+    worker = threading.Thread(target=traffic)
+    worker.start()
+    try:
+        wait_for(lambda: len(statuses) >= 5, 30, "traffic through CHP")
+        idle = []
+        for _ in range(30):
+            idle.append(socket.create_connection(("127.0.0.1", hub.sidecar_port), timeout=10))
+            time.sleep(0.02)
+
+        def closed(sock) -> bool:
+            sock.settimeout(0.05)
+            try:
+                return sock.recv(1) == b""
+            except TimeoutError:
+                return False
+            except ConnectionResetError:
+                return True
+
+        time.sleep(0.5)
+        early = [closed(sock) for sock in idle]
+        assert sum(early) >= 10 and not any(early[-5:]), early  # the oldest made room for the newest
+        wait_for(lambda: all(closed(sock) for sock in idle), 15, "the idle connections to be closed")
+    finally:
+        stop.set()
+        worker.join(60)
+    for sock in idle:
+        sock.close()
+    assert statuses and set(statuses) == {200}, statuses
+    time.sleep(5)  # CHP's own pooled connections idle out too; its next requests open new ones
+    assert [httpx.get(url, headers={"X-Proxy-Token": token}, timeout=30).status_code for _ in range(5)] == [200] * 5

@@ -47,6 +47,18 @@ def main(argv=None) -> None:
         default=float(os.environ.get("JHPROXY_ROUTES_CLIENT_TIMEOUT", "60")),
         help="seconds a client may take to finish a request head once begun (else 408)",
     )
+    parser.add_argument(
+        "--client-idle-timeout",
+        type=float,
+        default=float(os.environ.get("JHPROXY_ROUTES_CLIENT_IDLE_TIMEOUT", "300")),
+        help="seconds a keep-alive connection may wait for its next request before it is closed (0: never)",
+    )
+    parser.add_argument(
+        "--max-client-connections",
+        type=int,
+        default=int(os.environ.get("JHPROXY_ROUTES_MAX_CLIENT_CONNECTIONS", "10000")),
+        help="connections open at once; beyond, the longest idle is closed (or the new one refused)",
+    )
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
     external_service_environment()
@@ -74,6 +86,8 @@ def main(argv=None) -> None:
         api_token,
         upstream_timeout=args.upstream_timeout,
         client_timeout=args.client_timeout,
+        client_idle_timeout=args.client_idle_timeout,
+        max_client_connections=args.max_client_connections,
         login=hub_login(api_token),
         hub_page=hub_page,
         audit=AuditLog(os.environ.get("JHPROXY_ROUTES_AUDIT_LOG")),  # unset or empty: none

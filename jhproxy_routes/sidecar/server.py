@@ -161,6 +161,8 @@ class Sidecar:
         upstream_timeout: float = 300,
         connect_timeout: float = 10,
         client_timeout: float = 60,
+        client_idle_timeout: float = 300,
+        max_client_connections: int = 10_000,
         service_prefix: str = "",
         login: HubLogin | None = None,
         hub_page: str = "/hub/proxytoken/",
@@ -173,6 +175,13 @@ class Sidecar:
         self.api_token = api_token
         self.upstream_timeout = upstream_timeout
         self.client_timeout = client_timeout
+        self.client_idle_timeout = client_idle_timeout
+        self.max_client_connections = max_client_connections
+        self.open_clients = 0
+        # connections waiting for a request head, longest waiting first (insertion order):
+        # writer -> its HeadDeadline
+        self.idle_clients: dict = {}
+        self._refused_warned = -60.0
         # JupyterHub checks a managed service at its prefix: answer there as at /health
         self.service_prefix = service_prefix or os.environ.get("JUPYTERHUB_SERVICE_PREFIX", "")
         self.login = login or HubLogin(api_token)
@@ -192,10 +201,18 @@ class Sidecar:
     # ---- connections ---------------------------------------------------------------
     async def serve_connection(self, reader, writer) -> None:
         peer = (writer.get_extra_info("peername") or ("",))[0]
+        if self.open_clients >= self.max_client_connections and not self._close_longest_idle():
+            self._warn_refused()
+            writer.close()
+            return
+        self.open_clients += 1
+        first = True
         try:
             while True:
-                # slowloris: a head once begun must be complete within client_timeout
-                deadline = HeadDeadline(self.client_timeout, reader, writer)
+                # slowloris: a head once begun must be complete within client_timeout; and
+                # no connection waits for one longer than client_idle_timeout
+                deadline = self.idle_clients[writer] = HeadDeadline(self.client_timeout, reader, writer, self.client_idle_timeout, first)
+                first = False
                 try:
                     head = await reader.readuntil(b"\r\n\r\n")
                 except asyncio.IncompleteReadError:
@@ -204,6 +221,7 @@ class Sidecar:
                     head = None
                 finally:
                     deadline.cancel()
+                    del self.idle_clients[writer]
                 if head is None:
                     await self.send_error(writer, HTTPError(431, "Request head too large."))
                     break
@@ -224,7 +242,25 @@ class Sidecar:
         except Exception:
             log.exception("unexpected error on a connection from %s", peer)
         finally:
+            self.open_clients -= 1
             writer.close()
+
+    def _close_longest_idle(self) -> bool:
+        """Make room for a new connection: close the one that has waited longest for a
+        request (none begun on it), one that never sent any first (CHP's always have);
+        False if every connection is busy."""
+        for never_used in (True, False):
+            for writer, deadline in self.idle_clients.items():
+                if (deadline.first or not never_used) and not deadline.pending():
+                    writer.close()  # its serve_connection ends and forgets it
+                    return True
+        return False
+
+    def _warn_refused(self) -> None:
+        now = asyncio.get_running_loop().time()
+        if now - self._refused_warned >= 60:  # at most a line a minute
+            self._refused_warned = now
+            log.warning("refusing new connections: all %i (max_client_connections) are busy", self.max_client_connections)
 
     async def send_error(self, writer, error: HTTPError, extra=(), html: bool = False) -> None:
         """Answer with an error (a page for a browser, else JSON) and close: any unread body
@@ -705,26 +741,40 @@ def route_key(path: str) -> str:
 class HeadDeadline:
     """Slowloris: a request head, once begun, must be complete within one to two
     ``timeout`` periods, else 408 and the connection closes. An idle keep-alive connection
-    stays open: CHP keeps its connections to the sidecar as long as they work, and one
-    closed under it could fail the request CHP had just sent on it."""
+    (nothing begun) is closed after ``idle_timeout`` seconds, checked every ``timeout``: CHP
+    keeps its connections to the sidecar as long as they work and does not retry a request
+    on one closed under it, so this is minutes, far longer than CHP leaves one unused
+    while it has requests to send."""
 
-    __slots__ = ("timeout", "reader", "writer", "begun", "handle")
+    __slots__ = ("timeout", "reader", "writer", "begun", "handle", "idle_until", "first")
 
-    def __init__(self, timeout: float, reader, writer):
+    def __init__(self, timeout: float, reader, writer, idle_timeout: float = 0, first: bool = False):
         self.timeout, self.reader, self.writer = timeout, reader, writer
+        self.first = first  # waiting for the connection's first request
         self.begun = False
-        self.handle = asyncio.get_running_loop().call_later(timeout, self._check)
+        loop = asyncio.get_running_loop()
+        self.idle_until = loop.time() + idle_timeout if idle_timeout else float("inf")
+        self.handle = loop.call_later(min(timeout, idle_timeout or timeout), self._check)
+
+    def pending(self) -> bytes:
+        """What has arrived of the next request head."""
+        return getattr(self.reader, "_buffer", b"")
 
     def _check(self) -> None:
-        pending = getattr(self.reader, "_buffer", b"")
+        pending = self.pending()
         if self.writer.is_closing() or b"\r\n\r\n" in pending:
             return  # a whole head, its task about to resume: not late
         if pending and self.begun:
             self.writer.write(error_response(HTTPError(408, "The request head did not arrive in time.")))
             self.writer.close()
             return
+        loop = asyncio.get_running_loop()
+        idle_left = self.idle_until - loop.time()
+        if not pending and idle_left <= 0:
+            self.writer.close()  # idle too long: closed without a word, as keep-alive allows
+            return
         self.begun = bool(pending)
-        self.handle = asyncio.get_running_loop().call_later(self.timeout, self._check)
+        self.handle = loop.call_later(min(self.timeout, idle_left) if not pending else self.timeout, self._check)
 
     def cancel(self) -> None:
         self.handle.cancel()
