@@ -74,6 +74,7 @@ RESPONSE_DROP = frozenset(HOP_BY_HOP | FRAMING)
 RESPONSE_DROP_CORS = RESPONSE_DROP | CORS_RESPONSE_HEADERS
 # the answer to a request with the token in its query: its Referer never carries the token on
 NO_REFERRER = [("Referrer-Policy", "no-referrer")]
+LIMITED_PAUSE = 1.0  # seconds before a 429 answers a wrong token
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})  # retried once on a fresh connection
 SECURE_SCHEMES = ("https", "wss")  # CHP terminating TLS says wss for websockets
 MAX_API_BODY = 1024 * 1024
@@ -346,6 +347,7 @@ class Sidecar:
                 return
             wait = self.limiter.retry_after(client, route.token_sha256)
             if wait:
+                await asyncio.sleep(LIMITED_PAUSE)  # a guesser over the limit: slowed as well as refused
                 raise deny(429, "rate limited", f"Too many wrong tokens from {client}; try again in {wait}s.", [("Retry-After", str(wait))])
             wrong_token = "wrong token" + (" (now rate limited)" if self.limiter.failed(client, route.token_sha256) else "")
         else:
