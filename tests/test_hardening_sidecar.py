@@ -494,3 +494,22 @@ c.PortRoutes.max_client_connections = 20
     assert statuses and set(statuses) == {200}, statuses
     time.sleep(5)  # CHP's own pooled connections idle out too; its next requests open new ones
     assert [httpx.get(url, headers={"X-Proxy-Token": token}, timeout=30).status_code for _ in range(5)] == [200] * 5
+
+
+def test_client_address_believes_only_trusted_proxies():
+    """Pure logic of ``trusted_proxies``: the rightmost X-Forwarded-For entry that is not a
+    trusted proxy; CHP's own (last) entry is the connection's client when nothing is trusted."""
+    from jhproxy_routes.http1 import parse_request_head
+    from jhproxy_routes.sidecar.server import client_address, parse_networks
+
+    def client(trusted: str, *values: str) -> str:
+        head = "GET / HTTP/1.1\r\nHost: x\r\n" + "".join(f"X-Forwarded-For: {v}\r\n" for v in values) + "\r\n"
+        return client_address(parse_request_head(head.encode()), "192.0.2.1", parse_networks(trusted))
+
+    assert client("", "6.6.6.6, 10.0.0.5") == "10.0.0.5"  # nothing trusted: the address CHP saw
+    assert client("") == "192.0.2.1"
+    assert client("10.0.0.0/8", "6.6.6.6, 10.0.0.5") == "6.6.6.6"
+    assert client("10.0.0.0/8, 127.0.0.1", "1.1.1.1, 6.6.6.6, 10.0.0.7", "10.0.0.5, 127.0.0.1") == "6.6.6.6"
+    assert client("10.0.0.0/8", "10.0.0.9, 10.0.0.5") == "10.0.0.9"  # all trusted: the first
+    assert client("10.0.0.0/8", "unknown, 10.0.0.5") == "unknown"
+    assert client("::1, 10.0.0.0/8", "2001:db8::7, ::1") == "2001:db8::7"
