@@ -513,3 +513,39 @@ def test_client_address_believes_only_trusted_proxies():
     assert client("10.0.0.0/8", "10.0.0.9, 10.0.0.5") == "10.0.0.9"  # all trusted: the first
     assert client("10.0.0.0/8", "unknown, 10.0.0.5") == "unknown"
     assert client("::1, 10.0.0.0/8", "2001:db8::7, ::1") == "2001:db8::7"
+
+
+def test_another_hubs_sidecar_is_named_too(tmp_path):
+    """A real sidecar that has another secret (another hub's, or one left over from a hub run
+    with another random token) refuses the hub's token: the route manager's API says that the
+    process there is not this hub's sidecar, for reads and bulk changes alike."""
+    import asyncio
+    import os
+    import subprocess
+    import sys
+
+    from conftest import port_open
+
+    from jhproxy_routes.routeapi import RouteAPIError, SidecarRouteAPI
+
+    port = free_port()
+    env = {**os.environ, "JHPROXY_ROUTES_SIDECAR_TOKEN": "another-hubs-secret", "JHPROXY_ROUTES_AUDIT_LOG": ""}
+    proc = subprocess.Popen([sys.executable, "-m", "jhproxy_routes.sidecar", "--port", str(port)], env=env,
+                            stdout=(tmp_path / "sidecar.log").open("w"), stderr=subprocess.STDOUT)  # fmt: skip
+    try:
+        wait_for(lambda: port_open(port), 30, "the other sidecar", tmp_path / "sidecar.log")
+
+        async def ask():
+            api = SidecarRouteAPI("sidecar", f"http://127.0.0.1:{port}/_jhproxy-routes/", "this-hubs-secret", retry_timeout=5)
+            try:
+                for call in (api.get_all(), api.add_many({"/ports/alice/5000/": {"target": "http://127.0.0.1:5000"}})):
+                    with pytest.raises(RouteAPIError) as refused:
+                        await call
+                    assert f"the process at http://127.0.0.1:{port} is not this hub's jhproxy-routes sidecar (it refuses the hub's token)" in str(refused.value)
+            finally:
+                await api.aclose()
+
+        asyncio.run(ask())
+    finally:
+        proc.terminate()
+        proc.wait(10)
