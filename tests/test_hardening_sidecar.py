@@ -482,9 +482,9 @@ c.PortRoutes.max_client_connections = 20
             except ConnectionResetError:
                 return True
 
-        time.sleep(0.5)
-        early = [closed(sock) for sock in idle]
-        assert sum(early) >= 10 and not any(early[-5:]), early  # the oldest made room for the newest
+        # the oldest made room for the newest
+        wait_for(lambda: sum(closed(sock) for sock in idle) >= 10, 15, "connections beyond the cap to be closed")
+        assert not any(closed(sock) for sock in idle[-5:])
         wait_for(lambda: all(closed(sock) for sock in idle), 15, "the idle connections to be closed")
     finally:
         stop.set()
