@@ -520,6 +520,7 @@ def test_another_hubs_sidecar_is_named_too(tmp_path):
     with another random token) refuses the hub's token: the route manager's API says that the
     process there is not this hub's sidecar, for reads and bulk changes alike."""
     import asyncio
+    import concurrent.futures
     import os
     import subprocess
     import sys
@@ -545,7 +546,9 @@ def test_another_hubs_sidecar_is_named_too(tmp_path):
             finally:
                 await api.aclose()
 
-        asyncio.run(ask())
+        # in a thread of its own: Playwright's sync API keeps an event loop running in this one
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            pool.submit(asyncio.run, ask()).result()
     finally:
         proc.terminate()
         proc.wait(10)
