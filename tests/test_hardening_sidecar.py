@@ -302,6 +302,9 @@ def test_a_sibling_page_cannot_use_the_login_on_path_routes(hub, echo, token):
     assert [r["method"] for r in echo.received()[before:]] == ["POST", "GET", "POST"]
     metrics = httpx.get(f"{hub.sidecar_url}/_jhproxy-routes/metrics", headers={"Authorization": f"token {ADMIN_TOKEN}"}, timeout=30)
     assert re.search(r'jhproxy_routes_sidecar_denied_total\{reason="cross-site login"\} 6\.0', metrics.text), metrics.text[-2000:]
+    audit = [json.loads(line) for line in (hub.dir / "jhproxy-routes-audit.jsonl").read_text().splitlines()]
+    refusals = [(e["method"], e["path"]) for e in audit if e.get("reason") == "cross-site login"]
+    assert refusals == [(method, echo_path(echo, "api/delete")) for method, _ in cross_site], refusals
 
 
 
