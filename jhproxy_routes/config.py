@@ -6,6 +6,7 @@ instance and never read config themselves.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import secrets
@@ -395,7 +396,28 @@ class PortRoutes(Configurable):
         config=True,
         help="""Seconds the sidecar gives a client to finish a request head once begun: a
         head still incomplete one to two of these periods later (slowloris) gets 408 and the
-        connection closes. Idle keep-alive connections (CHP's, between requests) stay open.
+        connection closes. Idle keep-alive connections are closed after ``client_idle_timeout``.
+        """,
+    )
+
+    client_idle_timeout = Float(
+        300,
+        config=True,
+        help="""Seconds a keep-alive connection to the sidecar may wait for its next request
+        before the sidecar closes it (checked every ``client_timeout``). CHP keeps connections
+        to the sidecar open between requests and does not retry a request on one that the
+        sidecar has just closed, so keep this at minutes: CHP reuses its most recently used
+        connections first, and one idle this long is rarely picked at that moment. 0: never.
+        """,
+    )
+
+    max_client_connections = Integer(
+        10_000,
+        config=True,
+        help="""Connections to the sidecar (CHP's and any other client's) open at once. A new
+        one beyond this closes the connection that has waited longest for a request, or, when
+        all are busy (requests, websockets), is refused. Each connection can hold two file
+        descriptors (to the client and to the app): keep it well under the sidecar's limit.
         """,
     )
 
@@ -421,8 +443,9 @@ class PortRoutes(Configurable):
         10,
         config=True,
         help="""Wrong tokens one client may send to one port within ``bad_token_window``
-        seconds; after that its token attempts on that port get 429 (Too Many Requests) until
-        the window has passed. The client is the address CHP saw. 0: no limit.
+        seconds; after that its wrong tokens on that port get 429 (Too Many Requests) until
+        the window has passed (the right token always gets in). The client is the address CHP
+        saw, or the one ``trusted_proxies`` say. 0: no limit.
         """,
     )
 
@@ -430,6 +453,18 @@ class PortRoutes(Configurable):
         60,
         config=True,
         help="""Seconds over which ``bad_token_limit`` counts wrong tokens.""",
+    )
+
+    trusted_proxies = List(
+        Unicode(),
+        config=True,
+        help="""Addresses or networks (CIDR, e.g. ``10.0.0.0/8``) of proxies in front of CHP (a
+        load balancer, an ingress) whose ``X-Forwarded-For`` entries the sidecar believes.
+        The client (for ``bad_token_limit`` and the audit log) is then the rightmost entry
+        that is not one of these; CHP's own entry, the address it saw, always counts. Empty
+        (the default): the client is the address CHP saw. Set it when many clients reach CHP
+        through one address, else they share one count of wrong tokens.
+        """,
     )
 
     metrics_by_route = Bool(
@@ -465,6 +500,15 @@ class PortRoutes(Configurable):
             specs.append(check_no_overlap(parse_port(item), specs))
         return proposal.value
 
+    @validate("trusted_proxies")
+    def _validate_trusted_proxies(self, proposal):
+        for item in proposal.value:
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                raise TraitError(f"c.PortRoutes.trusted_proxies: {item!r} is not an address or a network (CIDR)") from None
+        return proposal.value
+
     @validate("route_template")
     def _validate_route_template(self, proposal):
         RouteTemplate(proposal.value)  # raises TraitError naming the problem
@@ -478,9 +522,10 @@ class PortRoutes(Configurable):
                 raise TraitError(f"c.PortRoutes.{proposal.trait.name}: {url!r} must be http://host[:port] (the sidecar speaks plain HTTP)")
         return proposal.value
 
-    @validate("reconcile_interval", "concurrency", "login_cache_max_age", "bad_token_limit", "bad_token_window", "client_timeout", "sidecar_ready_for")
+    @validate("reconcile_interval", "concurrency", "login_cache_max_age", "bad_token_limit", "bad_token_window", "client_timeout", "sidecar_ready_for",
+              "client_idle_timeout", "max_client_connections")
     def _validate_non_negative(self, proposal):
-        positive = proposal.trait.name in ("concurrency", "client_timeout")
+        positive = proposal.trait.name in ("concurrency", "client_timeout", "max_client_connections")
         if proposal.value < 0 or (positive and proposal.value <= 0):
             raise TraitError(f"c.PortRoutes.{proposal.trait.name}: {proposal.value} is too small")
         return proposal.value

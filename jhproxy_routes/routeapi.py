@@ -176,15 +176,41 @@ class RouteAPI:
             )
         except asyncio.TimeoutError:
             raise RouteAPIError(f"{what}: gave up after {self.retry_timeout:g}s ({last_error})") from None
+        stranger = self.stranger(response)
+        if stranger:
+            raise RouteAPIError(f"{what}: the process at {self.address} is not this hub's jhproxy-routes"
+                                f" sidecar ({stranger}); is another program, or another hub's sidecar, listening there?")  # fmt: skip
         if response.status_code >= 400 and response.status_code not in ok_statuses:
             raise RouteAPIError(f"{what}: HTTP {response.status_code} {response.text[:200]}")
         return response
+
+    @property
+    def address(self) -> str:
+        return self.api_url.removesuffix("/api/")
+
+    @staticmethod
+    def stranger(response: httpx.Response) -> str:
+        """Why the answer is not from the table this API expects ("" if it may be)."""
+        return ""
 
 
 class SidecarRouteAPI(RouteAPI):
     """The sidecar's table: as CHP's, plus a bulk request for many changes at once."""
 
     BATCH = 500  # routes per bulk request: well under the sidecar's 1 MiB API body limit
+
+    @property
+    def address(self) -> str:
+        return self.api_url.removesuffix("/_jhproxy-routes/api/")
+
+    @staticmethod
+    def stranger(response: httpx.Response) -> str:
+        # the sidecar answers its API in JSON, and takes the hub's token
+        if response.status_code == 403:
+            return "it refuses the hub's token"
+        if not response.headers.get("content-type", "").startswith("application/json"):
+            return f"it answered HTTP {response.status_code} without JSON"
+        return ""
 
     async def add_many(self, routes: dict[str, dict]) -> None:
         items = list(routes.items())

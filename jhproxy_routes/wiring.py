@@ -39,12 +39,15 @@ def sidecar_service(settings: PortRoutes, authenticate_metrics: bool = True) -> 
             "JHPROXY_ROUTES_SIDECAR_TOKEN": settings.sidecar_api_token,
             "JHPROXY_ROUTES_UPSTREAM_TIMEOUT": str(settings.upstream_timeout),
             "JHPROXY_ROUTES_CLIENT_TIMEOUT": str(settings.client_timeout),
+            "JHPROXY_ROUTES_CLIENT_IDLE_TIMEOUT": str(settings.client_idle_timeout),
+            "JHPROXY_ROUTES_MAX_CLIENT_CONNECTIONS": str(settings.max_client_connections),
             "JHPROXY_ROUTES_LOGIN_CACHE_MAX_AGE": str(settings.login_cache_max_age),
             "JHPROXY_ROUTES_AUDIT_LOG": settings.audit_log_path,
             "JHPROXY_ROUTES_BAD_TOKEN_LIMIT": str(settings.bad_token_limit),
             "JHPROXY_ROUTES_BAD_TOKEN_WINDOW": str(settings.bad_token_window),
             "JHPROXY_ROUTES_AUTHENTICATE_METRICS": "1" if authenticate_metrics else "0",
             "JHPROXY_ROUTES_METRICS_BY_ROUTE": "1" if settings.metrics_by_route else "0",
+            "JHPROXY_ROUTES_TRUSTED_PROXIES": ",".join(settings.trusted_proxies),
         },
     }
 

@@ -24,9 +24,10 @@ from prometheus_client import disable_created_metrics
 
 from ..audit import AuditLog
 from ..config import SERVICE_NAME
+from ..logsafe import EscapingFormatter
 from .login import HubLogin
 from .ratelimit import BadTokenLimiter
-from .server import Sidecar, serve
+from .server import Sidecar, parse_networks, serve
 
 
 def main(argv=None) -> None:
@@ -46,13 +47,28 @@ def main(argv=None) -> None:
         default=float(os.environ.get("JHPROXY_ROUTES_CLIENT_TIMEOUT", "60")),
         help="seconds a client may take to finish a request head once begun (else 408)",
     )
+    parser.add_argument(
+        "--client-idle-timeout",
+        type=float,
+        default=float(os.environ.get("JHPROXY_ROUTES_CLIENT_IDLE_TIMEOUT", "300")),
+        help="seconds a keep-alive connection may wait for its next request before it is closed (0: never)",
+    )
+    parser.add_argument(
+        "--max-client-connections",
+        type=int,
+        default=int(os.environ.get("JHPROXY_ROUTES_MAX_CLIENT_CONNECTIONS", "10000")),
+        help="connections open at once; beyond, the longest idle is closed (or the new one refused)",
+    )
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
     external_service_environment()
     # no *_created series: they would double the size of the metrics, which have a few
     # series per route (and there can be tens of thousands of routes)
     disable_created_metrics()
-    logging.basicConfig(level=args.log_level.upper(), format="[%(levelname).1s %(asctime)s sidecar] %(message)s")
+    # every message one line, whatever a request put into it (forged log lines)
+    handler = logging.StreamHandler()
+    handler.setFormatter(EscapingFormatter("[%(levelname).1s %(asctime)s sidecar] %(message)s"))
+    logging.basicConfig(level=args.log_level.upper(), handlers=[handler])
     api_token = os.environ.get("JHPROXY_ROUTES_SIDECAR_TOKEN")
     if not api_token:
         sys.exit("jhproxy-routes sidecar: set JHPROXY_ROUTES_SIDECAR_TOKEN (the hub's token for the route API)")
@@ -70,12 +86,15 @@ def main(argv=None) -> None:
         api_token,
         upstream_timeout=args.upstream_timeout,
         client_timeout=args.client_timeout,
+        client_idle_timeout=args.client_idle_timeout,
+        max_client_connections=args.max_client_connections,
         login=hub_login(api_token),
         hub_page=hub_page,
         audit=AuditLog(os.environ.get("JHPROXY_ROUTES_AUDIT_LOG")),  # unset or empty: none
         limiter=limiter,
         authenticate_metrics=os.environ.get("JHPROXY_ROUTES_AUTHENTICATE_METRICS", "1") != "0",
         metrics_by_route=os.environ.get("JHPROXY_ROUTES_METRICS_BY_ROUTE", "1") != "0",
+        trusted_proxies=parse_networks(os.environ.get("JHPROXY_ROUTES_TRUSTED_PROXIES", "")),
     )
     asyncio.run(run(sidecar, args.ip, args.port))
 
@@ -111,7 +130,11 @@ def hub_login(api_token: str) -> HubLogin:
 
 async def run(sidecar: Sidecar, ip: str, port: int) -> None:
     """Serve until SIGTERM or SIGINT, then stop accepting and close pooled connections."""
-    server = await serve(sidecar, ip, port)
+    try:
+        server = await serve(sidecar, ip, port)
+    except OSError as e:  # the address is taken (or not this host's): one clear line, no traceback
+        logging.error("cannot listen on http://%s:%i: %s", ip, port, e.strerror or e)
+        sys.exit(1)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -39,6 +39,7 @@ from tornado.httputil import url_concat
 from tornado.web import create_signed_value, decode_signed_value
 
 from ..http1 import HTTPError
+from ..logsafe import shown
 from .table import HOST_NAME
 
 log = logging.getLogger("jhproxy_routes.sidecar")
@@ -131,7 +132,7 @@ class HubLogin:
         try:
             return await self.auth.user_for_token(token, use_cache=True, sync=False)
         except Exception as e:  # the hub is down or refuses us: say so, never a traceback
-            log.error("asking the hub whose token this is failed: %s", e)
+            log.error("asking the hub whose token this is failed: %s", shown(e))
             raise HTTPError(503, "The hub could not be asked who you are; try again shortly.") from None
 
     async def token_has_scope(self, token: str, scope: str) -> bool:
@@ -177,7 +178,7 @@ class HubLogin:
         a ticket. Raises HTTPError (400) with the reason if anything is off."""
         args = dict(parse_qsl(query))
         if "error" in args:
-            log.warning("the hub refused a login: %s", args.get("error_description") or args["error"])
+            log.warning("the hub refused a login: %s", shown(args.get("error_description") or args["error"]))
             raise HTTPError(400, "The hub did not log you in; open the port's URL again.")
         if not args.get("state") or not args.get("code"):
             raise HTTPError(400, "This login link is incomplete (no code or state); open the port's URL again.")
@@ -189,7 +190,7 @@ class HubLogin:
         try:
             token = await self.auth.token_for_code(args["code"], sync=False)
         except Exception as e:
-            log.warning("the hub refused an OAuth code: %s", e)
+            log.warning("the hub refused an OAuth code: %s", shown(e))
             raise HTTPError(400, "The hub did not accept this login; open the port's URL again.") from None
         ticket = self._seal("ticket", {"state": data["state"], "route": route.key, "token": token, "next": target})
         return [("Location", url_concat(origin + target, {TICKET_QUERY: ticket})), ("Cache-Control", "no-store")]

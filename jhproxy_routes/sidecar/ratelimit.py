@@ -1,7 +1,8 @@
 """Bad-token rate limiting: after ``limit`` wrong tokens from one client for one server's
-token (whichever of its ports) within ``window`` seconds, that client's token attempts there
-get 429 until the window has passed, a right token included (otherwise guessing would just go
-on). Memory is bounded: the oldest entries are dropped beyond ``max_entries``.
+token (whichever of its ports) within ``window`` seconds, that client's wrong tokens there get
+429 until the window has passed. The right token is checked first and always gets in: many
+clients can share one address (a NAT, a balancer), and one guessing must not lock the others
+out. Memory is bounded: the oldest entries are dropped beyond ``max_entries``.
 """
 
 from __future__ import annotations

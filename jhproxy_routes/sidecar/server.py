@@ -2,11 +2,14 @@
 
 Per request: find the route (longest prefix), answer a CORS preflight, check the access
 (public, disabled, or restricted: the port token from ``X-Proxy-Token`` or the ``proxy_token``
-query parameter, or a hub login, see ``login.py``), strip credentials (hub and sidecar
-cookies, the token), forward to the app over
-a pooled keep-alive connection, and stream both bodies without buffering them. Websocket
-upgrades become a byte pipe once the app answers 101. The check is made for every request,
-never per connection: CHP reuses its connections to the sidecar across clients.
+query parameter, or a hub login, see ``login.py``, used only by requests from the port's own
+origin or by top-level pages: no CSRF or framing from a sibling port), strip credentials (hub
+and sidecar cookies, the token, also from ``Referer``), forward to the app over a pooled
+keep-alive connection, and stream both bodies without buffering them. Every answer of the app,
+a websocket's 101 included, passes one filter (``response_headers``): no hub or sidecar cookie,
+the port's CORS policy instead of the app's. Websocket upgrades become a byte pipe once the app
+answers 101. The check is made for every request, never per connection: CHP reuses its
+connections to the sidecar across clients.
 
 Message framing is never taken from the other side as is: the sidecar drops the incoming
 ``Content-Length`` and ``Transfer-Encoding`` and writes its own from what it parsed, so
@@ -20,11 +23,13 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import ipaddress
 import json
 import logging
 import os
 from http import HTTPStatus
-from urllib.parse import unquote, unquote_plus, urlsplit
+from typing import NamedTuple
+from urllib.parse import unquote, unquote_plus
 
 from ..audit import AuditLog, DenialLog
 from ..tokens import token_matches
@@ -66,7 +71,16 @@ CORS_RESPONSE_HEADERS = {
 # never forwarded to an app: hop-by-hop headers, framing (rewritten), the token, and
 # what the sidecar sets itself
 UPSTREAM_DROP = frozenset(HOP_BY_HOP | FRAMING | {TOKEN_HEADER, "expect", "x-forwarded-prefix"})
+# the sidecar's X-Forwarded-* always reach the app, whatever the client's Connection names
+FORWARDED = frozenset({"host", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "x-forwarded-prefix"})
 RESPONSE_DROP = frozenset(HOP_BY_HOP | FRAMING)
+# on a port with a CORS policy of the sidecar's, the app's own CORS headers never pass
+RESPONSE_DROP_CORS = RESPONSE_DROP | CORS_RESPONSE_HEADERS
+# the answer to a request with the token in its query: its Referer never carries the token on
+NO_REFERRER = [("Referrer-Policy", "no-referrer")]
+LIMITED_PAUSE = 1.0  # seconds before a 429 answers a wrong token
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})  # retried once on a fresh connection
+SECURE_SCHEMES = ("https", "wss")  # CHP terminating TLS says wss for websockets
 MAX_API_BODY = 1024 * 1024
 SMALL_BODY = 64 * 1024
 
@@ -105,11 +119,39 @@ def split_query(query: str, name: str = TOKEN_QUERY) -> tuple[str | None, str]:
     return found, "&".join(kept)
 
 
-def client_address(request, peer: str) -> str:
+def client_address(request, peer: str, trusted_proxies=()) -> str:
     """The client's address: the last ``X-Forwarded-For`` entry, which CHP appends (earlier
-    entries come from the client and can be anything), else the connection's peer."""
+    entries come from the client and can be anything), else the connection's peer. When
+    that is one of ``trusted_proxies`` (networks of front proxies), the entry it added before
+    is believed instead, and so on: the rightmost entry that is not a trusted proxy."""
     forwarded = request.get_all("X-Forwarded-For")
-    return forwarded[-1].rsplit(",", 1)[-1].strip() if forwarded else peer
+    if not forwarded:
+        return peer
+    if not trusted_proxies:
+        return forwarded[-1].rsplit(",", 1)[-1].strip()
+    entries = [e.strip() for value in forwarded for e in value.split(",")]
+    for entry in reversed(entries):
+        try:
+            address = ipaddress.ip_address(entry)
+        except ValueError:
+            return entry  # not an address: no proxy of ours wrote it, so it is the client's word
+        if not any(address in network for network in trusted_proxies):
+            return entry
+    return entries[0]
+
+
+def parse_networks(text: str) -> tuple:
+    """Networks from a comma-separated list of addresses and CIDRs (``trusted_proxies``)."""
+    return tuple(ipaddress.ip_network(item.strip(), strict=False) for item in text.split(",") if item.strip())
+
+
+def strip_token_from_referer(value: str) -> str:
+    """A Referer without the ``proxy_token`` query parameter."""
+    url, mark, query = value.partition("?")
+    if not mark:
+        return value
+    token, query = split_query(query)
+    return value if token is None else url + ("?" + query if query else "")
 
 
 def wants_html(request) -> bool:
@@ -124,6 +166,8 @@ class Sidecar:
         upstream_timeout: float = 300,
         connect_timeout: float = 10,
         client_timeout: float = 60,
+        client_idle_timeout: float = 300,
+        max_client_connections: int = 10_000,
         service_prefix: str = "",
         login: HubLogin | None = None,
         hub_page: str = "/hub/proxytoken/",
@@ -131,10 +175,18 @@ class Sidecar:
         limiter: BadTokenLimiter | None = None,
         authenticate_metrics: bool = True,
         metrics_by_route: bool = True,
+        trusted_proxies: tuple = (),
     ):
         self.api_token = api_token
         self.upstream_timeout = upstream_timeout
         self.client_timeout = client_timeout
+        self.client_idle_timeout = client_idle_timeout
+        self.max_client_connections = max_client_connections
+        self.open_clients = 0
+        # connections waiting for a request head, longest waiting first (insertion order):
+        # writer -> its HeadDeadline
+        self.idle_clients: dict = {}
+        self._refused_warned = -60.0
         # JupyterHub checks a managed service at its prefix: answer there as at /health
         self.service_prefix = service_prefix or os.environ.get("JUPYTERHUB_SERVICE_PREFIX", "")
         self.login = login or HubLogin(api_token)
@@ -150,14 +202,23 @@ class Sidecar:
         # 503 before (a new replica) and after (a replica the hub no longer reaches)
         self.complete_until = 0.0
         self.authenticate_metrics = authenticate_metrics
+        self.trusted_proxies = trusted_proxies  # ip_network objects: front proxies whose X-Forwarded-For is believed
 
     # ---- connections ---------------------------------------------------------------
     async def serve_connection(self, reader, writer) -> None:
         peer = (writer.get_extra_info("peername") or ("",))[0]
+        if self.open_clients >= self.max_client_connections and not self._close_longest_idle():
+            self._warn_refused()
+            writer.close()
+            return
+        self.open_clients += 1
+        first = True
         try:
             while True:
-                # slowloris: a head once begun must be complete within client_timeout
-                deadline = HeadDeadline(self.client_timeout, reader, writer)
+                # slowloris: a head once begun must be complete within client_timeout; and
+                # no connection waits for one longer than client_idle_timeout
+                deadline = self.idle_clients[writer] = HeadDeadline(self.client_timeout, reader, writer, self.client_idle_timeout, first)
+                first = False
                 try:
                     head = await reader.readuntil(b"\r\n\r\n")
                 except asyncio.IncompleteReadError:
@@ -166,6 +227,7 @@ class Sidecar:
                     head = None
                 finally:
                     deadline.cancel()
+                    del self.idle_clients[writer]
                 if head is None:
                     await self.send_error(writer, HTTPError(431, "Request head too large."))
                     break
@@ -186,7 +248,25 @@ class Sidecar:
         except Exception:
             log.exception("unexpected error on a connection from %s", peer)
         finally:
+            self.open_clients -= 1
             writer.close()
+
+    def _close_longest_idle(self) -> bool:
+        """Make room for a new connection: close the one that has waited longest for a
+        request (none begun on it), one that never sent any first (CHP's always have);
+        False if every connection is busy."""
+        for never_used in (True, False):
+            for writer, deadline in self.idle_clients.items():
+                if (deadline.first or not never_used) and not deadline.pending():
+                    writer.close()  # its serve_connection ends and forgets it
+                    return True
+        return False
+
+    def _warn_refused(self) -> None:
+        now = asyncio.get_running_loop().time()
+        if now - self._refused_warned >= 60:  # at most a line a minute
+            self._refused_warned = now
+            log.warning("refusing new connections: all %i (max_client_connections) are busy", self.max_client_connections)
 
     async def send_error(self, writer, error: HTTPError, extra=(), html: bool = False) -> None:
         """Answer with an error (a page for a browser, else JSON) and close: any unread body
@@ -244,14 +324,19 @@ class Sidecar:
             if request.get("Expect", "").lower() == "100-continue" and body_framing[0] != "none":
                 writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
             upstream_head = render_head(f"{method} {upstream_target} HTTP/1.1", headers)
+            # what the answer gets of the sidecar's own, replacing the app's: CORS (the port's
+            # policy decides for every origin), and no Referer with a token from the query
+            own = ResponseRules(RESPONSE_DROP_CORS if route.cors_origins else RESPONSE_DROP, cors)
+            if token is not None:
+                own = ResponseRules(own.drop | {"referrer-policy"}, cors + NO_REFERRER)
             if websocket:
-                return await self.forward_websocket(route, method, upstream_head, reader, writer, cors, version)
-            return await self.forward(route, method, upstream_head, body_framing, reader, writer, cors, keep_alive, version)
+                return await self.forward_websocket(route, method, upstream_head, reader, writer, own, version)
+            return await self.forward(route, method, upstream_head, body_framing, reader, writer, own, keep_alive, version)
 
     async def _check_access(self, request, route, token: str | None, cors, target: str, websocket: bool, peer: str) -> None:
         """Let the request through, or raise: 403 or 429 (recorded in the audit log), or a
         redirect to log in at the hub."""
-        client = client_address(request, peer)
+        client = client_address(request, peer, self.trusted_proxies)
 
         def deny(status: int, kind: str, message: str, headers=(), detail: str = ""):
             """The refusal, recorded: ``kind`` (a metric label, one of a few) and ``detail``."""
@@ -263,19 +348,24 @@ class Sidecar:
         if route.access == "disabled":
             raise deny(403, "port disabled", "Unauthorized access (disabled): this port is turned off.")
         if token and route.token_sha256:
-            # one count per server token, whichever of its ports is tried
-            wait = self.limiter.retry_after(client, route.token_sha256)
-            if wait:
-                raise deny(429, "rate limited", f"Too many wrong tokens from {client}; try again in {wait}s.", [("Retry-After", str(wait))])
+            # the right token always gets in (many clients can share one address); wrong ones
+            # are counted per server token, whichever of its ports is tried
             if token_matches(token, route.token_sha256):
                 return
+            wait = self.limiter.retry_after(client, route.token_sha256)
+            if wait:
+                await asyncio.sleep(LIMITED_PAUSE)  # a guesser over the limit: slowed as well as refused
+                raise deny(429, "rate limited", f"Too many wrong tokens from {client}; try again in {wait}s.", [("Retry-After", str(wait))])
             wrong_token = "wrong token" + (" (now rate limited)" if self.limiter.failed(client, route.token_sha256) else "")
         else:
             wrong_token = ""
         user = await self.login.user(request.get("Cookie", ""), route, self._secure(request))
         if user is not None:
-            if websocket and not self._same_origin(request):
-                raise deny(403, "cross-site websocket", "A websocket from another site may not use your hub login.")
+            if not self._session_may_send(request):
+                message = ("Refused: this request came from another page than the port's own (a form, frame, script or"
+                           " websocket of another site or port), and your hub login is not used for those. Open the port's"
+                           " URL directly, or send an X-Proxy-Token.")  # fmt: skip
+                raise deny(403, "cross-site login", message)
             if self.login.admits(route, user):
                 return
             detail = f"login of {user['name']} not admitted" + (f"; {wrong_token}" if wrong_token else "")
@@ -295,19 +385,27 @@ class Sidecar:
     @staticmethod
     def _secure(request) -> bool:
         # the client's scheme comes first: CHP appends its own ("https,http" behind TLS)
-        return request.get("X-Forwarded-Proto", "").split(",")[0].strip().lower() == "https"
+        return request.get("X-Forwarded-Proto", "").split(",")[0].strip().lower() in SECURE_SCHEMES
 
     @classmethod
     def _origin(cls, request) -> str:
         """scheme://host[:port] as the browser addressed this request."""
         return f"{'https' if cls._secure(request) else 'http'}://{request.get('Host', '')}"
 
-    @staticmethod
-    def _same_origin(request) -> bool:
-        """Whether a browser's Origin is the host it talks to (scripts send no Origin)."""
+    @classmethod
+    def _session_may_send(cls, request) -> bool:
+        """Whether a request may use the session cookie (CSRF, framing): if it comes from the
+        port's own origin; otherwise only as a top-level page opened with GET or HEAD (a link
+        followed, a URL typed), or from a client that sends neither ``Origin`` nor
+        ``Sec-Fetch-*`` (no browser, or a very old one). Every port host is the same *site*,
+        so SameSite=Lax alone would let a sibling port's form, frame or websocket in."""
         origin = request.get("Origin")
-        host = request.get("X-Forwarded-Host", request.get("Host", "")).split(",")[0].strip()
-        return origin is None or urlsplit(origin).netloc == host
+        if request.get("Sec-Fetch-Site") == "same-origin" or (origin is not None and origin == cls._origin(request)):
+            return True
+        if origin is not None or request.start[0] not in ("GET", "HEAD"):
+            return False
+        mode, dest = request.get("Sec-Fetch-Mode"), request.get("Sec-Fetch-Dest")
+        return (mode == "navigate" and dest == "document") or (mode is None and dest is None)
 
     @staticmethod
     def _cors_headers(route, origin: str | None) -> list[tuple[str, str]]:
@@ -337,8 +435,9 @@ class Sidecar:
         return keep_alive
 
     def _upstream_headers(self, request, connection, route, peer, body_framing, websocket, path, rest):
-        # headers the client names in Connection are hop-by-hop too, but never the Host
-        drop = UPSTREAM_DROP | (connection - {"host"})
+        # headers the client names in Connection are hop-by-hop too, but never the Host or
+        # the X-Forwarded-* the sidecar passes on
+        drop = UPSTREAM_DROP | (connection - FORWARDED) if connection else UPSTREAM_DROP
         headers = []
         forwarded_for = None
         for name, value in request.headers:
@@ -352,6 +451,8 @@ class Sidecar:
             elif lower == "x-forwarded-for":
                 forwarded_for = value
                 continue
+            elif lower == "referer" and "?" in value:
+                value = strip_token_from_referer(value)
             headers.append((name, value))
         headers.append(("X-Forwarded-For", f"{forwarded_for}, {peer}" if forwarded_for else peer))
         if request.get("X-Forwarded-Proto") is None:
@@ -398,7 +499,7 @@ class Sidecar:
         finally:
             timer.cancel()
 
-    async def forward(self, route, method, upstream_head, body_framing, reader, writer, cors, keep_alive, version) -> bool:
+    async def forward(self, route, method, upstream_head, body_framing, reader, writer, own, keep_alive, version) -> bool:
         for attempt in (1, 2):
             conn = await self._open(route)
             try:
@@ -414,8 +515,9 @@ class Sidecar:
                 break
             except _UpstreamClosed:
                 conn.close()
-                # a pooled connection the app had closed: retry once if nothing was consumed
-                if attempt == 1 and conn.reused and body_framing[0] == "none":
+                # a pooled connection the app had closed: retry once if nothing was consumed and
+                # the method is safe (the app may have received the request before it closed)
+                if attempt == 1 and conn.reused and body_framing[0] == "none" and method in SAFE_METHODS:
                     continue
                 raise HTTPError(502, f"The app on port {route.port} closed the connection without answering.") from None
             except ConnectionError:
@@ -424,24 +526,17 @@ class Sidecar:
             except BaseException:
                 conn.close()
                 raise
-        return await self._relay_response(conn, route, response, method, writer, cors, keep_alive, version)
+        return await self._relay_response(conn, route, response, method, writer, own, keep_alive, version)
 
-    async def _relay_response(self, conn, route, response, method, writer, cors, keep_alive, version) -> bool:
+    async def _relay_response(self, conn, route, response, method, writer, own, keep_alive, version) -> bool:
         """Send the app's response to the client with framing of our own; pool or close ``conn``."""
         try:
             framing = response_body_framing(response, method)
         except HTTPError:
             conn.close()
             raise
-        connection = response.tokens("Connection")
-        reusable = framing[0] != "close" and "close" not in connection and response.start[0] == "HTTP/1.1"
-        drop = RESPONSE_DROP | connection | (CORS_RESPONSE_HEADERS if cors else frozenset())
-        headers = []
-        for k, v in response.headers:
-            lower = k.lower()
-            if lower not in drop and not (lower == "set-cookie" and protected_cookie(v.split("=", 1)[0].strip())):
-                headers.append((k, v))
-        headers += cors
+        reusable = framing[0] != "close" and "close" not in response.tokens("Connection") and response.start[0] == "HTTP/1.1"
+        headers = response_headers(response, own)
         kind, length = framing
         if kind == "length":
             headers.append(("Content-Length", str(length)))
@@ -481,7 +576,7 @@ class Sidecar:
             conn.close()
         return keep_alive
 
-    async def forward_websocket(self, route, method, upstream_head, reader, writer, cors, version) -> bool:
+    async def forward_websocket(self, route, method, upstream_head, reader, writer, own, version) -> bool:
         conn = await self._open(route, reuse=False)
         try:
             conn.writer.write(upstream_head)
@@ -494,9 +589,10 @@ class Sidecar:
             conn.close()
             raise
         if response.start[1] != "101":  # refused: an ordinary response
-            await self._relay_response(conn, route, response, method, writer, cors, False, version)
+            await self._relay_response(conn, route, response, method, writer, own, False, version)
             return False
-        headers = [(k, v) for k, v in response.headers if k.lower() not in CORS_RESPONSE_HEADERS] + cors
+        # the same filter as any answer; the upgrade's own hop-by-hop headers, set again
+        headers = response_headers(response, own) + [("Connection", "Upgrade"), ("Upgrade", "websocket")]
         try:
             writer.write(render_head(f"HTTP/1.1 101 {response.start[2]}", headers))
             await writer.drain()
@@ -614,6 +710,27 @@ class Sidecar:
         return keep_alive
 
 
+class ResponseRules(NamedTuple):
+    """What an app's answer to one request loses (``drop``: lower-case header names) and gets
+    of the sidecar's own (``add``)."""
+
+    drop: frozenset
+    add: list
+
+
+def response_headers(response, own: ResponseRules) -> list[tuple[str, str]]:
+    """The app's response headers as they may reach the client: no hop-by-hop or framing
+    headers (nor any its Connection names), no cookie of the hub's or the sidecar's, and
+    the sidecar's own in place of those ``own`` replaces. For every answer, a 101 too."""
+    connection = response.tokens("Connection")
+    drop = own.drop | connection if connection else own.drop
+    headers = [
+        (k, v) for k, v in response.headers
+        if (lower := k.lower()) not in drop and not (lower == "set-cookie" and protected_cookie(v.split("=", 1)[0].strip()))
+    ]  # fmt: skip
+    return headers + own.add
+
+
 def error_response(error: HTTPError, extra=(), page: str | None = None) -> bytes:
     """A whole answer that ends the connection: the HTML ``page``, else JSON with the
     status and the message."""
@@ -648,26 +765,40 @@ def route_key(path: str) -> str:
 class HeadDeadline:
     """Slowloris: a request head, once begun, must be complete within one to two
     ``timeout`` periods, else 408 and the connection closes. An idle keep-alive connection
-    stays open: CHP keeps its connections to the sidecar as long as they work, and one
-    closed under it could fail the request CHP had just sent on it."""
+    (nothing begun) is closed after ``idle_timeout`` seconds, checked every ``timeout``: CHP
+    keeps its connections to the sidecar as long as they work and does not retry a request
+    on one closed under it, so this is minutes, far longer than CHP leaves one unused
+    while it has requests to send."""
 
-    __slots__ = ("timeout", "reader", "writer", "begun", "handle")
+    __slots__ = ("timeout", "reader", "writer", "begun", "handle", "idle_until", "first")
 
-    def __init__(self, timeout: float, reader, writer):
+    def __init__(self, timeout: float, reader, writer, idle_timeout: float = 0, first: bool = False):
         self.timeout, self.reader, self.writer = timeout, reader, writer
+        self.first = first  # waiting for the connection's first request
         self.begun = False
-        self.handle = asyncio.get_running_loop().call_later(timeout, self._check)
+        loop = asyncio.get_running_loop()
+        self.idle_until = loop.time() + idle_timeout if idle_timeout else float("inf")
+        self.handle = loop.call_later(min(timeout, idle_timeout or timeout), self._check)
+
+    def pending(self) -> bytes:
+        """What has arrived of the next request head."""
+        return getattr(self.reader, "_buffer", b"")
 
     def _check(self) -> None:
-        pending = getattr(self.reader, "_buffer", b"")
+        pending = self.pending()
         if self.writer.is_closing() or b"\r\n\r\n" in pending:
             return  # a whole head, its task about to resume: not late
         if pending and self.begun:
             self.writer.write(error_response(HTTPError(408, "The request head did not arrive in time.")))
             self.writer.close()
             return
+        loop = asyncio.get_running_loop()
+        idle_left = self.idle_until - loop.time()
+        if not pending and idle_left <= 0:
+            self.writer.close()  # idle too long: closed without a word, as keep-alive allows
+            return
         self.begun = bool(pending)
-        self.handle = asyncio.get_running_loop().call_later(self.timeout, self._check)
+        self.handle = loop.call_later(min(self.timeout, idle_left) if not pending else self.timeout, self._check)
 
     def cancel(self) -> None:
         self.handle.cancel()
