@@ -359,3 +359,17 @@ def docker_engine() -> dict:
     if missing:
         pytest.fail(f"{script} did not print {missing}: {result.stdout!r}", pytrace=False)
     return engine
+
+
+# ---- markers, from what a test uses: `pytest -m unit` runs in seconds ------------------------
+MARKER_FIXTURES = {"docker": "docker_engine", "browser": "browser", "hub": "make_hub"}
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark each test by the real parts it starts (see CONTRIBUTING.md): ``hub`` (a jupyterhub,
+    CHP and sidecar), ``browser`` (Chromium), ``docker`` (podman and containers); ``unit``
+    for a test that starts none of them."""
+    for item in items:
+        kinds = [marker for marker, fixture in MARKER_FIXTURES.items() if fixture in item.fixturenames]
+        for marker in kinds or ["unit"]:
+            item.add_marker(marker)
