@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from datetime import datetime, timezone
 
@@ -66,7 +67,9 @@ class ActivityCollector:
             seen: dict[tuple[str, str], tuple[float, str]] = {}  # (user, server) -> (Unix time, source)
             complete = await self._from_proxy(seen)
             replicas = await self.manager.sidecar.replicas()
-            answers = await self.manager.sidecar.each(replicas, lambda api: api.activity(self._since.get(api.api_url, 0.0)))
+            answers = await self.manager.sidecar.each(
+                replicas, lambda api: api.activity(self._since.get(api.api_url, 0.0)), "activity collection"
+            )
             complete = complete and len(answers) == len(replicas)
             for api, answer in answers.items():
                 self._from_sidecar(seen, answer)
@@ -108,11 +111,13 @@ class ActivityCollector:
 
     @staticmethod
     def _from_sidecar(seen: dict, answer: dict) -> None:
-        """A replica's answer, its times moved to the hub's clock (replicas may run elsewhere)."""
-        offset = time.time() - answer["now"]
+        """A replica's answer, its times moved to the hub's clock (replicas may run elsewhere);
+        never later than now, and entries that are not [user, server, finite time] skipped."""
+        now = time.time()
+        offset = now - answer["now"]
         for entry in answer["servers"]:
-            if isinstance(entry, list) and len(entry) == 3 and isinstance(entry[2], (int, float)):
-                note(seen, (entry[0], entry[1]), entry[2] + offset, "sidecar")
+            if isinstance(entry, list) and len(entry) == 3 and isinstance(entry[2], (int, float)) and math.isfinite(entry[2]):
+                note(seen, (entry[0], entry[1]), min(entry[2] + offset, now), "sidecar")
 
     async def _write(self, users, seen: dict) -> bool:
         """Move ``last_activity`` of those servers and their users forward, a few servers per

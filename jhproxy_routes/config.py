@@ -411,13 +411,14 @@ class PortRoutes(Configurable):
         """,
     )
 
-    max_client_connections = Integer(
+    max_idle_connections = Integer(
         10_000,
         config=True,
-        help="""Connections to the sidecar (CHP's and any other client's) open at once. A new
-        one beyond this closes the connection that has waited longest for a request, or, when
-        all are busy (requests, websockets), is refused. Each connection can hold two file
-        descriptors (to the client and to the app): keep it well under the sidecar's limit.
+        help="""Idle connections to the sidecar (waiting for their next request: CHP's pool,
+        or clients that reach the sidecar directly) kept at once. A new connection beyond this
+        closes the one that has waited longest, one that never sent a request first (CHP's
+        always have). Busy connections (requests, websockets) are never closed or refused for
+        it: a user's websockets to their own port cannot push other users' traffic out.
         """,
     )
 
@@ -523,9 +524,9 @@ class PortRoutes(Configurable):
         return proposal.value
 
     @validate("reconcile_interval", "concurrency", "login_cache_max_age", "bad_token_limit", "bad_token_window", "client_timeout", "sidecar_ready_for",
-              "client_idle_timeout", "max_client_connections")
+              "client_idle_timeout", "max_idle_connections")
     def _validate_non_negative(self, proposal):
-        positive = proposal.trait.name in ("concurrency", "client_timeout", "max_client_connections")
+        positive = proposal.trait.name in ("concurrency", "client_timeout", "max_idle_connections")
         if proposal.value < 0 or (positive and proposal.value <= 0):
             raise TraitError(f"c.PortRoutes.{proposal.trait.name}: {proposal.value} is too small")
         return proposal.value

@@ -60,6 +60,8 @@ class PortRoutesProxy(ConfigurableHTTPProxy):
         self._deleted: dict[tuple[str, str | None], str] = {}  # deleted in the hub's database, to forget
         event.listen(orm.User, "after_delete", self._on_delete)
         event.listen(orm.Spawner, "after_delete", self._on_delete)
+        self._renamed: dict[str, tuple[str, int]] = {}  # old user name -> (new, user id), to move the settings along
+        event.listen(orm.User.name, "set", self._on_rename)
         wire_into_hub(self.app, self.port_routes)
 
     def own_ports(self) -> dict[int, str]:
@@ -103,6 +105,26 @@ class PortRoutesProxy(ConfigurableHTTPProxy):
         except RuntimeError:  # no loop (a script using the hub's database): reconciliation will find them
             return
         self._background(self._forget_deleted(), "forgetting deleted servers' settings")
+
+    def _on_rename(self, target, value, old, initiator) -> None:
+        """A user's name changes (``PATCH /hub/api/users/<name>``): once committed, their
+        port settings move with them."""
+        if not isinstance(old, str) or old == value:
+            return  # a new user's first name
+        self._renamed[old] = (value, target.id)
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        self._background(self._move_renamed(), "moving renamed users' settings")
+
+    async def _move_renamed(self) -> None:
+        renamed, self._renamed = self._renamed, {}
+        db = self.app.db
+        for old, (new, user_id) in renamed.items():  # after the hub's commit; a rolled-back rename left them
+            user = orm.User.find(db, new)
+            if user is not None and user.id == user_id:
+                await self.route_manager.rename_user(old, new)
 
     async def _forget_deleted(self) -> None:
         deleted, self._deleted = self._deleted, {}

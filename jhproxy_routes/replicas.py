@@ -44,7 +44,7 @@ class SidecarReplicas:
         self._resolved_at = -RESOLVE_EVERY
         self._started = time.monotonic()
         self._marked_until: dict[str, float] = {}  # API URL -> until when our mark is valid
-        self._failing: dict[str, str] = {}  # API URL -> the error it last failed with in a reconciliation
+        self._failing: dict[tuple[str, str], str] = {}  # (API URL, pass) -> the error it last failed with
 
     # ---- which replicas --------------------------------------------------------------------
     async def replicas(self) -> list[SidecarRouteAPI]:
@@ -97,18 +97,18 @@ class SidecarReplicas:
         return done, failed
 
     # ---- a reconciliation: per replica, lenient ----------------------------------------------
-    async def each(self, apis, call: Callable[[SidecarRouteAPI], Awaitable]) -> dict:
+    async def each(self, apis, call: Callable[[SidecarRouteAPI], Awaitable], doing: str = "reconciliation") -> dict:
         """``{api: result}`` of ``call(api)`` for the replicas where it worked; the others
-        are logged and left out of the rest of this reconciliation."""
+        are logged and left out of the rest of this reconciliation (or other pass, ``doing``)."""
         done, failed = await self._gather(apis, call)
         for api, error in failed.items():
             # the same error again (a replica down, a stranger at its address): once at error level
-            repeated = self._failing.get(api.api_url) == str(error)
-            self._failing[api.api_url] = str(error)
+            repeated = self._failing.get((api.api_url, doing)) == str(error)
+            self._failing[(api.api_url, doing)] = str(error)
             level = logging.DEBUG if repeated else logging.ERROR
-            self.log.log(level, "jhproxy-routes: sidecar replica left out of this reconciliation%s: %s", " (again)" if repeated else "", error)
+            self.log.log(level, "jhproxy-routes: sidecar replica left out of this %s%s: %s", doing, " (again)" if repeated else "", error)
         for api in done:
-            self._failing.pop(api.api_url, None)
+            self._failing.pop((api.api_url, doing), None)
         return done
 
     async def mark_complete(self, apis) -> list[SidecarRouteAPI]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import re
 from urllib.parse import quote
 
@@ -229,8 +230,9 @@ class SidecarRouteAPI(RouteAPI):
         response = await self._request("GET", "(activity)", url=f"{self.api_url}activity?since={since!r}")
         try:
             answer = response.json()
-            if not isinstance(answer.get("now"), (int, float)) or not isinstance(answer.get("servers"), list):
-                raise ValueError("now or servers missing")
+            now = answer.get("now")
+            if not isinstance(now, (int, float)) or not math.isfinite(now) or not isinstance(answer.get("servers"), list):
+                raise ValueError("now (a finite time) or servers missing")
         except (ValueError, AttributeError) as e:
             raise RouteAPIError(f"GET {self.name} activity: not an activity answer ({e})") from None
         return answer

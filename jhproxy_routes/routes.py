@@ -187,6 +187,14 @@ class RouteManager:
             self.log.info("jhproxy-routes: settings of %s/%s deleted: %s", shown(username), shown(servername), why)
             self.audit.record("settings deleted", user=username, server=servername, why=why)
 
+    async def rename_user(self, old: str, new: str) -> None:
+        """A user was renamed: their settings follow them (a new user of the old name starts
+        afresh, never with the old token or public ports)."""
+        moved = await asyncio.to_thread(self.store.rename_user, old, new)
+        if moved:
+            self.log.info("jhproxy-routes: settings of %i server(s) moved from %s to %s (renamed)", moved, shown(old), shown(new))
+            self.audit.record("settings moved", user=new, previous_name=old, servers=moved, why="the user was renamed")
+
     async def orphans(self, stored) -> dict[tuple[str, str], str]:
         """The stored settings whose user or named server the hub's database no longer has
         (deleted while the hub was down), and why."""

@@ -135,6 +135,14 @@ class AccessStore:
             if rows:
                 conn.execute(sa.insert(t), rows)
 
+    def rename_user(self, old: str, new: str) -> int:
+        """The settings of user ``old`` become ``new``'s (rows left under ``new`` by a user
+        deleted earlier are dropped first); how many servers moved."""
+        t = server_access_table
+        with self.engine.begin() as conn:
+            conn.execute(sa.delete(t).where(t.c.username == new))
+            return conn.execute(sa.update(t).where(t.c.username == old).values(username=new)).rowcount
+
     def delete(self, keys) -> list[tuple[str, str]]:
         """Delete the settings of servers ``(username, servername)``; servername ``None``:
         every server of the user. The (username, servername) of the rows deleted."""

@@ -40,7 +40,7 @@ def sidecar_service(settings: PortRoutes, authenticate_metrics: bool = True) -> 
             "JHPROXY_ROUTES_UPSTREAM_TIMEOUT": str(settings.upstream_timeout),
             "JHPROXY_ROUTES_CLIENT_TIMEOUT": str(settings.client_timeout),
             "JHPROXY_ROUTES_CLIENT_IDLE_TIMEOUT": str(settings.client_idle_timeout),
-            "JHPROXY_ROUTES_MAX_CLIENT_CONNECTIONS": str(settings.max_client_connections),
+            "JHPROXY_ROUTES_MAX_IDLE_CONNECTIONS": str(settings.max_idle_connections),
             "JHPROXY_ROUTES_LOGIN_CACHE_MAX_AGE": str(settings.login_cache_max_age),
             "JHPROXY_ROUTES_AUDIT_LOG": settings.audit_log_path,
             "JHPROXY_ROUTES_BAD_TOKEN_LIMIT": str(settings.bad_token_limit),

@@ -4,11 +4,12 @@ service, keeps servers whose ports are in use and culls the others.
 One hub, one user per case, all at once: traffic runs for more than twice the culler's
 timeout, then stops for some. Kept alive: a protected port called with its token, a public
 port (a direct route, the proxy's activity), a websocket that only exchanges messages.
-Culled while traffic goes on: a public and a protected port with ``activity: False``, and a
-steady storm of wrong tokens.
+Culled while traffic goes on: a public and a protected port with ``activity: False``, a
+steady storm of wrong tokens, and requests with the token to a port where no app listens.
 """
 
 import asyncio
+import itertools
 import re
 import sys
 import time
@@ -18,7 +19,7 @@ import httpx
 from tornado.httpclient import HTTPRequest
 from tornado.websocket import websocket_connect
 
-from conftest import ADMIN_TOKEN, wait_for
+from conftest import ADMIN_TOKEN, free_port, wait_for
 
 TIMEOUT = 20  # the culler's --timeout
 EVERY = 2  # seconds between two requests of a client that keeps its server alive
@@ -82,8 +83,10 @@ async def keep_talking(url: str, stop: asyncio.Event, token: str) -> int:
 
 async def test_port_traffic_keeps_servers_from_the_idle_culler(make_hub, make_app):
     apps = {name: make_app() for name in ("token", "public", "quiet_public", "quiet_token")}
+    nothing_there = free_port()  # allowed, but no app listens: the sidecar answers 502
     ports = [
         apps["token"].port,
+        nothing_there,
         {"port": apps["public"].port, "access": "public"},
         {"port": apps["quiet_public"].port, "access": "public", "activity": False},
         {"port": apps["quiet_token"].port, "activity": False},
@@ -101,15 +104,18 @@ async def test_port_traffic_keeps_servers_from_the_idle_culler(make_hub, make_ap
         "quiet-public": lambda token: keep_calling(url("quiet-public", "quiet_public"), others, {}),
         "quiet-token": lambda token: keep_calling(url("quiet-token", "quiet_token"), others, {"X-Proxy-Token": token}),
         "storm": lambda token: keep_calling(url("storm", "token"), others, {"X-Proxy-Token": "wrong"}, every=0.2),
+        "no-app": lambda token: keep_calling(f"{hub.url}/ports/no-app/{nothing_there}/ping", others, {"X-Proxy-Token": token}),
     }
     users = list(traffic)
     tasks = {}
 
     def start(user: str) -> str:
-        """Spawn the user's server; its port token."""
+        """Spawn the user's server; its port token, once its port routes are in the proxy."""
         api_token = hub.user_token(user)
         hub.spawn(user)
-        return hub.proxytoken(api_token, "POST", content="random").json()
+        token = hub.proxytoken(api_token, "POST", content="random").json()
+        wait_for(lambda: sum(path.startswith(f"/ports/{user}/") for path in hub.port_routes()) == len(ports), 10, f"{user}'s routes")
+        return token
 
     for user, work in traffic.items():  # each server's traffic begins as soon as it runs: spawns take a while
         tasks[user] = asyncio.ensure_future(work(await asyncio.to_thread(start, user)))
@@ -118,7 +124,7 @@ async def test_port_traffic_keeps_servers_from_the_idle_culler(make_hub, make_ap
         running = {user: server_model(hub, user) is not None for user in users}
         assert running == {
             "by-token": True, "by-public": True, "by-socket": True,
-            "quiet-public": False, "quiet-token": False, "storm": False,
+            "quiet-public": False, "quiet-token": False, "storm": False, "no-app": False,
         }, hub.log()[-3000:]  # fmt: skip
         for user in ("by-token", "by-public", "by-socket"):  # the hub saw the traffic
             assert last_activity(hub, user) > time.time() - 4 * EVERY - 2, user
@@ -134,8 +140,10 @@ async def test_port_traffic_keeps_servers_from_the_idle_culler(make_hub, make_ap
     # what the clients saw: every port let them through, except the storm's wrong tokens
     for user in ("by-token", "by-public", "quiet-token"):
         assert set(results[user][:5]) == {200}, (user, results[user])
-    storm = results["storm"][:50]  # the first 10 s (once culled, its route is gone: the hub answers)
-    assert set(storm) == {403, 429}, storm
+    assert set(results["no-app"][:5]) == {502}, results["no-app"]
+    # until culled (then its route is gone, and the hub answers 302)
+    storm = list(itertools.takewhile(lambda status: status != 302, results["storm"]))
+    assert len(storm) >= 15 and set(storm) == {403, 429}, results["storm"]
     assert results["by-socket"] >= KEEP_FOR / EVERY - 2
     # the traffic stopped: now the culler takes them too
     stopped = time.time()
@@ -144,3 +152,21 @@ async def test_port_traffic_keeps_servers_from_the_idle_culler(make_hub, make_ap
         TIMEOUT + 30, "the culler to stop the servers whose traffic ended", hub.log_path, interval=1,
     )  # fmt: skip
     assert time.time() - stopped >= TIMEOUT - 2 * EVERY - 2  # not before their last activity aged
+
+
+def test_a_replica_answer_cannot_push_activity_into_the_future():
+    """What a sidecar replica answers is moved to the hub's clock and never later than now;
+    entries that are not [user, server, finite time] are skipped, not fatal."""
+    from jhproxy_routes.activity import ActivityCollector
+
+    now = time.time()
+    seen = {}
+    answer = {"now": now - 100, "servers": [
+        ["alice", "", now - 110],  # 10 s before the replica's now: 10 s before the hub's
+        ["bob", "", 1e11],  # year 5138
+        ["carl", "", float("nan")], ["dana", ""], "eve", [None, "", now], ["fay", 3, now],
+    ]}  # fmt: skip
+    ActivityCollector._from_sidecar(seen, answer)
+    assert set(seen) == {("alice", ""), ("bob", "")}
+    assert abs(seen["alice", ""][0] - (now - 10)) < 1
+    assert seen["bob", ""][0] <= time.time()

@@ -227,6 +227,23 @@ def test_deleted_user_takes_its_settings_along(hub, apps):
     hub.stop_server("bob")
 
 
+def test_renamed_user_takes_its_settings_along(hub, apps):
+    """A rename (PATCH /hub/api/users/<name>) moves the settings with the user: a new user of
+    the old name starts afresh, never with the old token or the old public port."""
+    hub.user_token("rita")
+    hub.spawn("rita")
+    old_token = make_it_open(hub, apps, "rita")
+    hub.stop_server("rita")
+    response = hub.api("PATCH", "/users/rita", json={"name": "rita-old"})
+    assert response.status_code == 200, response.text
+    wait_for(lambda: any(e["event"] == "settings moved" and e["user"] == "rita-old" for e in audit(hub)), 10, "the audit record")
+    assert hub.proxytoken(ADMIN_TOKEN, params={"user": "rita-old"}).json() == old_token  # still the renamed user's
+    hub.user_token("rita")  # a new rita, at once
+    hub.spawn("rita")
+    assert_closed_to_old_settings(hub, apps, "rita", "", old_token)
+    hub.stop_server("rita")
+
+
 def test_deleted_named_server_takes_its_settings_along(hub, apps):
     hub.user_token("nora")
     hub.spawn("nora", "x")

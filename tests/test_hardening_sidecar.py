@@ -13,6 +13,7 @@ real hub, CHP and sidecar to real apps (and a real Chromium where the browser ma
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import socket
@@ -308,6 +309,68 @@ def test_a_sibling_page_cannot_use_the_login_on_path_routes(hub, echo, token):
 
 
 
+def test_a_login_without_fetch_metadata_gets_no_frame_from_elsewhere(hub, echo):
+    """A browser that sends no Sec-Fetch-* (plain http hosts, older browsers) cannot be told
+    apart from a top-level visit: an answer let through by the session then forbids framing
+    by another origin (added to the app's own policy); a token's answer is left as it is."""
+    alice = hub.login("alice")
+    assert alice.get(echo_path(echo), follow_redirects=True).status_code == 200
+    cookie = next(c for c in alice.cookies.jar if c.name == session_cookie_name(echo_path(echo).rstrip("/")))
+    answer = httpx.get(hub.url + echo_path(echo, "page"), headers={"Cookie": f"{cookie.name}={cookie.value}"}, timeout=30)
+    assert answer.status_code == 200 and answer.headers.get("Content-Security-Policy") == "frame-ancestors 'self'"
+    top = {"Sec-Fetch-Site": "none", "Sec-Fetch-Mode": "navigate", "Sec-Fetch-Dest": "document"}
+    answer = httpx.get(hub.url + echo_path(echo, "page"), headers={"Cookie": f"{cookie.name}={cookie.value}", **top}, timeout=30)
+    assert answer.status_code == 200 and "Content-Security-Policy" not in answer.headers
+
+
+async def test_a_websocket_ends_when_its_token_is_revoked(hub, echo):
+    """A websocket let in by a token does not outlive the token: changing the server's
+    settings closes it, and the old token opens no new one."""
+    from tornado.httpclient import HTTPClientError, HTTPRequest
+    from tornado.websocket import websocket_connect
+
+    api_token = hub.user_token("alice")
+    old = hub.proxytoken(api_token, "POST", content="random").json()
+    url = (hub.url + echo_path(echo, "ws")).replace("http://", "ws://")
+    conn = await websocket_connect(HTTPRequest(url, headers={"X-Proxy-Token": old}))
+    conn.write_message("before")
+    assert await conn.read_message() == "before"
+    new = await asyncio.to_thread(lambda: hub.proxytoken(api_token, "POST", content="random").json())
+    assert new != old
+    assert await asyncio.wait_for(conn.read_message(), 15) is None, "the websocket outlived the token it came in with"
+    with pytest.raises(HTTPClientError) as refused:
+        await websocket_connect(HTTPRequest(url, headers={"X-Proxy-Token": old}))
+    assert refused.value.code == 403
+
+
+async def test_websockets_held_open_push_no_one_out(make_hub, make_app):
+    """A user holding many websockets open to their own port (more than the sidecar keeps idle
+    connections) takes no connection from anyone else: other users' requests through CHP keep
+    being answered, and every websocket still echoes."""
+    from tornado.httpclient import HTTPRequest
+    from tornado.websocket import websocket_connect
+
+    app = make_app()
+    hub = make_hub([app.port], 'c.PortRoutes.default_startup_behavior = "random"\nc.PortRoutes.max_idle_connections = 3', name="held")
+    tokens = {}
+    for user in ("mallory", "alice"):
+        api_token = hub.user_token(user)
+        hub.spawn(user)
+        tokens[user] = hub.proxytoken(api_token).json()
+    url = f"{hub.url}/ports/mallory/{app.port}/ws".replace("http://", "ws://")
+    sockets = [await websocket_connect(HTTPRequest(url, headers={"X-Proxy-Token": tokens["mallory"]})) for _ in range(12)]
+    async with httpx.AsyncClient(timeout=30) as client:
+        answers = [
+            (await client.get(f"{hub.url}/ports/alice/{app.port}/x", headers={"X-Proxy-Token": tokens["alice"]})).status_code
+            for _ in range(20)
+        ]
+    assert answers == [200] * 20
+    for i, conn in enumerate(sockets):
+        conn.write_message(f"still {i}")
+        assert await asyncio.wait_for(conn.read_message(), 15) == f"still {i}"
+        conn.close()
+
+
 # ---- host routes (subdomain_host): ports are origins of their own, but one site ---------------
 HUB_HOST = "hub.localhost"
 
@@ -452,7 +515,7 @@ def test_idle_connections_straight_to_the_sidecar_are_bounded(make_hub, make_app
 c.PortRoutes.default_startup_behavior = "random"
 c.PortRoutes.client_timeout = 1
 c.PortRoutes.client_idle_timeout = 3
-c.PortRoutes.max_client_connections = 20
+c.PortRoutes.max_idle_connections = 20
 """
     hub = make_hub([app.port], config, name="idle")
     hub.user_token("alice")
@@ -516,6 +579,10 @@ def test_client_address_believes_only_trusted_proxies():
     assert client("10.0.0.0/8", "10.0.0.9, 10.0.0.5") == "10.0.0.9"  # all trusted: the first
     assert client("10.0.0.0/8", "unknown, 10.0.0.5") == "unknown"
     assert client("::1, 10.0.0.0/8", "2001:db8::7, ::1") == "2001:db8::7"
+    # a dual-stack CHP writes IPv4 as IPv6 (::ffff:...); front proxies may add a port
+    assert client("10.0.0.0/8", "6.6.6.6, ::ffff:10.1.2.3") == "6.6.6.6"
+    assert client("10.0.0.0/8", "6.6.6.6:4444, 10.0.0.5:5555") == "6.6.6.6"
+    assert client("10.0.0.0/8", "[2001:db8::7]:443, [::ffff:10.0.0.5]:80") == "2001:db8::7"
 
 
 def test_another_hubs_sidecar_is_named_too(tmp_path):

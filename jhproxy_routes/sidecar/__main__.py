@@ -54,9 +54,9 @@ def main(argv=None) -> None:
         help="seconds a keep-alive connection may wait for its next request before it is closed (0: never)",
     )
     parser.add_argument(
-        "--max-client-connections",
+        "--max-idle-connections",
         type=int,
-        default=int(os.environ.get("JHPROXY_ROUTES_MAX_CLIENT_CONNECTIONS", "10000")),
+        default=int(os.environ.get("JHPROXY_ROUTES_MAX_IDLE_CONNECTIONS", "10000")),
         help="connections open at once; beyond, the longest idle is closed (or the new one refused)",
     )
     parser.add_argument("--log-level", default="INFO")
@@ -87,7 +87,7 @@ def main(argv=None) -> None:
         upstream_timeout=args.upstream_timeout,
         client_timeout=args.client_timeout,
         client_idle_timeout=args.client_idle_timeout,
-        max_client_connections=args.max_client_connections,
+        max_idle_connections=args.max_idle_connections,
         login=hub_login(api_token),
         hub_page=hub_page,
         audit=AuditLog(os.environ.get("JHPROXY_ROUTES_AUDIT_LOG")),  # unset or empty: none

@@ -78,6 +78,7 @@ RESPONSE_DROP = frozenset(HOP_BY_HOP | FRAMING)
 RESPONSE_DROP_CORS = RESPONSE_DROP | CORS_RESPONSE_HEADERS
 # the answer to a request with the token in its query: its Referer never carries the token on
 NO_REFERRER = [("Referrer-Policy", "no-referrer")]
+FRAME_SELF = [("Content-Security-Policy", "frame-ancestors 'self'")]  # added to the app's own policy, never replacing it
 LIMITED_PAUSE = 1.0  # seconds before a 429 answers a wrong token
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})  # retried once on a fresh connection
 SECURE_SCHEMES = ("https", "wss")  # CHP terminating TLS says wss for websockets
@@ -131,13 +132,24 @@ def client_address(request, peer: str, trusted_proxies=()) -> str:
         return forwarded[-1].rsplit(",", 1)[-1].strip()
     entries = [e.strip() for value in forwarded for e in value.split(",")]
     for entry in reversed(entries):
-        try:
-            address = ipaddress.ip_address(entry)
-        except ValueError:
+        address = ip_of(entry)
+        if address is None:
             return entry  # not an address: no proxy of ours wrote it, so it is the client's word
         if not any(address in network for network in trusted_proxies):
-            return entry
+            return str(address)
     return entries[0]
+
+
+def ip_of(entry: str):
+    """The IP address in an X-Forwarded-For entry (``1.2.3.4``, ``1.2.3.4:5678``,
+    ``[::1]:80``), IPv4-mapped IPv6 as IPv4 (a dual-stack CHP writes ``::ffff:10.1.2.3``);
+    None if there is none."""
+    text = entry[1:].partition("]")[0] if entry.startswith("[") else entry.partition(":")[0] if entry.count(":") == 1 else entry
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        return None
+    return getattr(address, "ipv4_mapped", None) or address
 
 
 def parse_networks(text: str) -> tuple:
@@ -167,7 +179,7 @@ class Sidecar:
         connect_timeout: float = 10,
         client_timeout: float = 60,
         client_idle_timeout: float = 300,
-        max_client_connections: int = 10_000,
+        max_idle_connections: int = 10_000,
         service_prefix: str = "",
         login: HubLogin | None = None,
         hub_page: str = "/hub/proxytoken/",
@@ -181,21 +193,20 @@ class Sidecar:
         self.upstream_timeout = upstream_timeout
         self.client_timeout = client_timeout
         self.client_idle_timeout = client_idle_timeout
-        self.max_client_connections = max_client_connections
-        self.open_clients = 0
+        self.max_idle_connections = max_idle_connections
         # connections waiting for a request head, longest waiting first (insertion order):
         # writer -> its HeadDeadline
         self.idle_clients: dict = {}
-        self._refused_warned = -60.0
         # JupyterHub checks a managed service at its prefix: answer there as at /health
         self.service_prefix = service_prefix or os.environ.get("JUPYTERHUB_SERVICE_PREFIX", "")
         self.login = login or HubLogin(api_token)
         self.hub_page = hub_page  # where a user manages their ports: linked from error pages
-        self.table = RouteTable()
+        self.table = RouteTable(on_change=self._close_websockets)
         self.pool = UpstreamPool(connect_timeout=connect_timeout)
         self.denials = DenialLog(audit or AuditLog(None))
         self.limiter = limiter or BadTokenLimiter()
         self.activity = ServerActivity()
+        self.websockets: dict[str, set] = {}  # table entry -> client writers of its open websockets
         self.metrics = SidecarMetrics(lambda: len(self.table.routes), metrics_by_route, self.table.has, self.activity.pending_seconds)
         # until when the table is known to be the hub's whole table (the end of a
         # reconciliation, valid for a few of its intervals): /_jhproxy-routes/ready answers
@@ -207,11 +218,8 @@ class Sidecar:
     # ---- connections ---------------------------------------------------------------
     async def serve_connection(self, reader, writer) -> None:
         peer = (writer.get_extra_info("peername") or ("",))[0]
-        if self.open_clients >= self.max_client_connections and not self._close_longest_idle():
-            self._warn_refused()
-            writer.close()
-            return
-        self.open_clients += 1
+        if len(self.idle_clients) >= self.max_idle_connections:
+            self._close_longest_idle()
         first = True
         try:
             while True:
@@ -248,25 +256,16 @@ class Sidecar:
         except Exception:
             log.exception("unexpected error on a connection from %s", peer)
         finally:
-            self.open_clients -= 1
             writer.close()
 
-    def _close_longest_idle(self) -> bool:
+    def _close_longest_idle(self) -> None:
         """Make room for a new connection: close the one that has waited longest for a
-        request (none begun on it), one that never sent any first (CHP's always have);
-        False if every connection is busy."""
+        request (none begun on it), one that never sent any first (CHP's always have)."""
         for never_used in (True, False):
             for writer, deadline in self.idle_clients.items():
-                if (deadline.first or not never_used) and not deadline.pending():
+                if (deadline.first or not never_used) and not deadline.pending() and not writer.is_closing():
                     writer.close()  # its serve_connection ends and forgets it
-                    return True
-        return False
-
-    def _warn_refused(self) -> None:
-        now = asyncio.get_running_loop().time()
-        if now - self._refused_warned >= 60:  # at most a line a minute
-            self._refused_warned = now
-            log.warning("refusing new connections: all %i (max_client_connections) are busy", self.max_client_connections)
+                    return
 
     async def send_error(self, writer, error: HTTPError, extra=(), html: bool = False) -> None:
         """Answer with an error (a page for a browser, else JSON) and close: any unread body
@@ -314,10 +313,9 @@ class Sidecar:
                 raise HTTPErrorWithHeaders(302, "Logged in.", headers)
             token, query = split_query(query)
             websocket = "upgrade" in connection and "websocket" in request.tokens("Upgrade")
-            if route.access != "public":
-                await self._check_access(request, route, request.get(TOKEN_HEADER) or token, cors, target, websocket, peer)
-            if route.activity is not None:  # let through: the server is in use
-                self.activity.seen(route.activity)
+            by_session = route.access != "public" and await self._check_access(
+                request, route, request.get(TOKEN_HEADER) or token, cors, target, websocket, peer
+            )
             upstream_path = rest if route.strip_prefix else path
             upstream_target = upstream_path + ("?" + query if query else "")
             headers = self._upstream_headers(request, connection, route, peer, body_framing, websocket, path, rest)
@@ -329,13 +327,17 @@ class Sidecar:
             own = ResponseRules(RESPONSE_DROP_CORS if route.cors_origins else RESPONSE_DROP, cors)
             if token is not None:
                 own = ResponseRules(own.drop | {"referrer-policy"}, cors + NO_REFERRER)
+            if by_session and request.get("Sec-Fetch-Site") is None:
+                # a browser that says nothing of where a request comes from (plain http, an old
+                # one): a page let in by the login may still not be framed by another origin
+                own = ResponseRules(own.drop, own.add + FRAME_SELF)
             if websocket:
                 return await self.forward_websocket(route, method, upstream_head, reader, writer, own, version)
             return await self.forward(route, method, upstream_head, body_framing, reader, writer, own, keep_alive, version)
 
-    async def _check_access(self, request, route, token: str | None, cors, target: str, websocket: bool, peer: str) -> None:
-        """Let the request through, or raise: 403 or 429 (recorded in the audit log), or a
-        redirect to log in at the hub."""
+    async def _check_access(self, request, route, token: str | None, cors, target: str, websocket: bool, peer: str) -> bool:
+        """Let the request through (True if by a hub login, False by a token), or raise: 403
+        or 429 (recorded in the audit log), or a redirect to log in at the hub."""
         client = client_address(request, peer, self.trusted_proxies)
 
         def deny(status: int, kind: str, message: str, headers=(), detail: str = ""):
@@ -351,7 +353,7 @@ class Sidecar:
             # the right token always gets in (many clients can share one address); wrong ones
             # are counted per server token, whichever of its ports is tried
             if token_matches(token, route.token_sha256):
-                return
+                return False
             wait = self.limiter.retry_after(client, route.token_sha256)
             if wait:
                 await asyncio.sleep(LIMITED_PAUSE)  # a guesser over the limit: slowed as well as refused
@@ -367,7 +369,7 @@ class Sidecar:
                            " URL directly, or send an X-Proxy-Token.")  # fmt: skip
                 raise deny(403, "cross-site login", message)
             if self.login.admits(route, user):
-                return
+                return True
             detail = f"login of {user['name']} not admitted" + (f"; {wrong_token}" if wrong_token else "")
             message = f"Unauthorized access: you are logged in as {user['name']}, and this port is not open to you."
             raise deny(403, "login not admitted", message, detail=detail)
@@ -535,6 +537,8 @@ class Sidecar:
         except HTTPError:
             conn.close()
             raise
+        if route.activity is not None and response.start[1] < "400":  # the app answered: the server is in use
+            self.activity.seen(route.activity)
         reusable = framing[0] != "close" and "close" not in response.tokens("Connection") and response.start[0] == "HTTP/1.1"
         headers = response_headers(response, own)
         kind, length = framing
@@ -597,12 +601,26 @@ class Sidecar:
             writer.write(render_head(f"HTTP/1.1 101 {response.start[2]}", headers))
             await writer.drain()
             in_use = (lambda: self.activity.seen(route.activity)) if route.activity is not None else None
+            if in_use is not None:
+                in_use()
+            self.websockets.setdefault(route.entry, set()).add(writer)
             to_app, to_client = await pipe_both(reader, writer, conn.reader, conn.writer, in_use)
             self.metrics.body(route.entry, "to_app", to_app)
             self.metrics.body(route.entry, "to_client", to_client)
         finally:
             conn.close()
+            open_here = self.websockets.get(route.entry)
+            if open_here is not None:
+                open_here.discard(writer)
+                if not open_here:
+                    del self.websockets[route.entry]
         return False
+
+    def _close_websockets(self, key: str) -> None:
+        """End the websockets open on a route whose settings changed or that is gone: they
+        were let in under the old ones (a revoked token must not keep its websocket)."""
+        for writer in self.websockets.pop(key, ()):
+            writer.close()
 
     # ---- the hub's API -------------------------------------------------------------
     async def handle_api(self, request, reader, writer, path, body_framing, keep_alive) -> bool:

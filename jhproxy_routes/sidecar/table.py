@@ -136,7 +136,9 @@ def ranges_from_data(key: str, data: dict) -> Route:
 
 
 class RouteTable:
-    def __init__(self):
+    def __init__(self, on_change=lambda key: None):
+        """``on_change(key)``: an entry's data changed, or the entry is gone."""
+        self.on_change = on_change
         self.routes: dict[tuple[str, ...], Route] = {}
         self.max_depth = 0
         self.by_host = 0  # how many entries are found by host
@@ -152,14 +154,19 @@ class RouteTable:
             self.routes[segments(route.key)] = route
             self.by_host += route.by_host - (old is not None and old.by_host)
             self.max_depth = max(self.max_depth, route.depth)
+            if old is not None and old.data != route.data:
+                self.on_change(old.key)
 
     def has(self, key: str) -> bool:
         return segments(key) in self.routes
 
     def delete(self, key: str) -> bool:
         old = self.routes.pop(segments(key), None)
-        self.by_host -= old is not None and old.by_host
-        return old is not None
+        if old is None:
+            return False
+        self.by_host -= old.by_host
+        self.on_change(old.key)
+        return True
 
     def as_dict(self) -> dict[str, dict]:
         return {route.key: route.data for route in self.routes.values()}
