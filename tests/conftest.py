@@ -346,8 +346,10 @@ def assert_no_credentials(entries: list[dict], secrets_: list[str]) -> None:
 
 
 @pytest.fixture(scope="session")
-def docker_engine() -> dict:
+def docker_engine():
     """A real Docker-API engine (podman) and the single-user image: scripts/docker-engine.sh.
+    Stopped again after the session (scripts/docker-engine-stop.sh; the image stays as a cache)
+    unless JHPROXY_ROUTES_KEEP_PODMAN=1 keeps it running for the next one.
 
     Never skipped: if the engine cannot start, every Docker test fails with the reason."""
     script = REPO / "scripts/docker-engine.sh"
@@ -358,7 +360,9 @@ def docker_engine() -> dict:
     missing = {"DOCKER_HOST", "JHPROXY_ROUTES_IMAGE"} - set(engine)
     if missing:
         pytest.fail(f"{script} did not print {missing}: {result.stdout!r}", pytrace=False)
-    return engine
+    yield engine
+    if os.environ.get("JHPROXY_ROUTES_KEEP_PODMAN") != "1":
+        subprocess.run(["bash", str(REPO / "scripts/docker-engine-stop.sh")], capture_output=True, timeout=120)
 
 
 # ---- markers, from what a test uses: `pytest -m unit` runs in seconds ------------------------

@@ -197,7 +197,7 @@ def test_host_binding_mode_publishes_and_finds_the_ports(make_hub, engine):
 
 
 def test_migration_from_jhproxy(make_hub, engine):
-    """A config written like jhproxy's example, after MIGRATING.md's changes."""
+    """A config written like jhproxy's example, after the changes in docs/source/migrating.md."""
     hub = docker_hub(
         make_hub,
         engine,
