@@ -92,8 +92,12 @@ def own_ticks() -> int:
 
 
 def api(url: str, token: str, data: dict) -> None:
-    req = urllib.request.Request(url, json.dumps(data).encode(), method="POST",
-                                 headers={"Authorization": f"token {token}", "Content-Type": "application/json"})
+    req = urllib.request.Request(
+        url,
+        json.dumps(data).encode(),
+        method="POST",
+        headers={"Authorization": f"token {token}", "Content-Type": "application/json"},
+    )
     with urllib.request.urlopen(req, timeout=10) as r:
         assert r.status in (200, 201), r.status
 
@@ -111,8 +115,15 @@ class Rig:
 
     def spawn(self, name: str, cmd: list, env: dict | None = None) -> subprocess.Popen:
         log = open(self.tmp / f"{name}.log", "wb")
-        proc = subprocess.Popen([str(c) for c in cmd], cwd=self.tmp, stdout=log, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, env={**os.environ, **(env or {})}, start_new_session=True)
+        proc = subprocess.Popen(
+            [str(c) for c in cmd],
+            cwd=self.tmp,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env={**os.environ, **(env or {})},
+            start_new_session=True,
+        )
         self.procs[name] = proc
         return proc
 
@@ -121,30 +132,64 @@ class Rig:
         app = f"http://{HOST}:{p['app']}"
         proc = self.spawn("app", [PY, ROOT / "benchmarks" / "app.py", "--port", p["app"]])
         wait_http(f"{app}/bytes?n=1", 15, proc=proc)
-        proc = self.spawn("chp", [CHP, "--ip", HOST, "--port", p["chp"], "--api-ip", HOST, "--api-port", p["chp_api"],
-                                  "--log-level", "warn"], {"CONFIGPROXY_AUTH_TOKEN": self.chp_token})
+        proc = self.spawn(
+            "chp",
+            [CHP, "--ip", HOST, "--port", p["chp"], "--api-ip", HOST, "--api-port", p["chp_api"], "--log-level", "warn"],
+            {"CONFIGPROXY_AUTH_TOKEN": self.chp_token},
+        )
         wait_http(f"http://{HOST}:{p['chp_api']}/api/routes", 20, proc=proc)
-        proc = self.spawn("sidecar", [PY, "-m", "jhproxy_routes.sidecar", "--ip", HOST, "--port", p["sidecar"]],
-                          {"JHPROXY_ROUTES_SIDECAR_TOKEN": self.sidecar_token})
+        proc = self.spawn(
+            "sidecar",
+            [PY, "-m", "jhproxy_routes.sidecar", "--ip", HOST, "--port", p["sidecar"]],
+            {"JHPROXY_ROUTES_SIDECAR_TOKEN": self.sidecar_token},
+        )
         wait_http(f"http://{HOST}:{p['sidecar']}/_jhproxy-routes/health", 20, proc=proc)
         jdir = self.tmp / "jupyter"
         (jdir / "config").mkdir(parents=True)
         (jdir / "config" / "jupyter_server_config.json").write_text(
-            json.dumps({"ServerApp": {"jpserver_extensions": {"jupyter_server_proxy": True}}}))
-        proc = self.spawn("jupyter", [
-            PY, "-m", "jupyter_server", "--ServerApp.token=x", "--allow-root", "--no-browser",
-            f"--ServerApp.ip={HOST}", f"--port={p['jupyter']}", "--ServerApp.port_retries=0",
-            "--ServerApp.base_url=/jsp/", "--ServerApp.allow_origin=*", f"--ServerApp.root_dir={self.tmp}",
-        ], {"JUPYTER_CONFIG_DIR": jdir / "config", "JUPYTER_DATA_DIR": jdir / "data", "JUPYTER_RUNTIME_DIR": jdir / "runtime"})
+            json.dumps({"ServerApp": {"jpserver_extensions": {"jupyter_server_proxy": True}}})
+        )
+        proc = self.spawn(
+            "jupyter",
+            [
+                PY,
+                "-m",
+                "jupyter_server",
+                "--ServerApp.token=x",
+                "--allow-root",
+                "--no-browser",
+                f"--ServerApp.ip={HOST}",
+                f"--port={p['jupyter']}",
+                "--ServerApp.port_retries=0",
+                "--ServerApp.base_url=/jsp/",
+                "--ServerApp.allow_origin=*",
+                f"--ServerApp.root_dir={self.tmp}",
+            ],
+            {"JUPYTER_CONFIG_DIR": jdir / "config", "JUPYTER_DATA_DIR": jdir / "data", "JUPYTER_RUNTIME_DIR": jdir / "runtime"},
+        )
         wait_http(f"http://{HOST}:{p['jupyter']}/jsp/api/status", 60, {"Authorization": "token x"}, proc=proc)
         # routes: what jhproxy-routes' proxy would write for a protected and a public port
         chp_api = f"http://{HOST}:{p['chp_api']}/api/routes"
         who = {"username": "bench", "servername": ""}
-        api(f"http://{HOST}:{p['sidecar']}/_jhproxy-routes/api/routes/ports/bench/5000", self.sidecar_token, {
-            "target": app, "access": "restricted", "token_sha256": hashlib.sha256(self.port_token.encode()).hexdigest(),
-            "cors_origins": ["*"], "strip_prefix": False, "jhproxy_routes": True, **who, "port": 5000})
-        api(f"{chp_api}/ports/bench/5000", self.chp_token,
-            {"target": f"http://{HOST}:{p['sidecar']}", **who, "port": 5000, "jhproxy_routes": True})
+        api(
+            f"http://{HOST}:{p['sidecar']}/_jhproxy-routes/api/routes/ports/bench/5000",
+            self.sidecar_token,
+            {
+                "target": app,
+                "access": "restricted",
+                "token_sha256": hashlib.sha256(self.port_token.encode()).hexdigest(),
+                "cors_origins": ["*"],
+                "strip_prefix": False,
+                "jhproxy_routes": True,
+                **who,
+                "port": 5000,
+            },
+        )
+        api(
+            f"{chp_api}/ports/bench/5000",
+            self.chp_token,
+            {"target": f"http://{HOST}:{p['sidecar']}", **who, "port": 5000, "jhproxy_routes": True},
+        )
         api(f"{chp_api}/ports/bench/5001", self.chp_token, {"target": app, **who, "port": 5001, "jhproxy_routes": True})
         api(f"{chp_api}/direct", self.chp_token, {"target": app})
         api(f"{chp_api}/jsp", self.chp_token, {"target": f"http://{HOST}:{p['jupyter']}"})
@@ -168,8 +213,11 @@ class Rig:
     def routes(self) -> dict[str, tuple[int, str, dict]]:
         """Each row: (port, path prefix, headers). Every row gets the full feature set's headers."""
         p = self.ports
-        common = {"X-Proxy-Token": self.port_token, "Origin": "https://client.example",
-                  "Cookie": "jupyterhub-session-id=0123456789abcdef0123456789abcdef; app-pref=1"}
+        common = {
+            "X-Proxy-Token": self.port_token,
+            "Origin": "https://client.example",
+            "Cookie": "jupyterhub-session-id=0123456789abcdef0123456789abcdef; app-pref=1",
+        }
         return {
             "direct app": (p["app"], "/app", common),
             BASE: (p["chp"], "/direct", common),
@@ -193,8 +241,12 @@ def wrk(url: str, headers: dict, conns: int, seconds: float, lua: Path) -> dict:
         cmd[1:1] = ["-H", f"{k}: {v}"]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 30).stdout
     r = json.loads(out.split("WRKJSON ", 1)[1].splitlines()[0])
-    return {"rps": r["requests"] / (r["duration_us"] / 1e6), "p50_ms": r["p50_us"] / 1000, "p99_ms": r["p99_us"] / 1000,
-            "errors": r["errors"] + r["non2xx"]}
+    return {
+        "rps": r["requests"] / (r["duration_us"] / 1e6),
+        "p50_ms": r["p50_us"] / 1000,
+        "p99_ms": r["p99_us"] / 1000,
+        "errors": r["errors"] + r["non2xx"],
+    }
 
 
 def check_routes(rig: Rig) -> None:
@@ -311,23 +363,33 @@ def measure(rig: Rig, quick: bool) -> dict:
                 before = rig.cpu()
                 r = wrk(f"http://{HOST}:{port}{prefix}/bytes?n=1024", headers, conns, seconds, lua)
                 n = r["rps"] * seconds
-                r["cpu_us_per_req"] = {k: round((v - before[k]) / tck * 1e6 / n) for k, v in rig.cpu().items() if v - before[k] > 1}
-                print(f"  round {rnd + 1} 1KiB c{conns:<2} {name:<22} {r['rps']:8.0f} req/s  p50 {r['p50_ms']:.2f} ms  "
-                      f"p99 {r['p99_ms']:.2f} ms  errors {r['errors']}  CPU us/req {r['cpu_us_per_req']}", flush=True)
+                r["cpu_us_per_req"] = {
+                    k: round((v - before[k]) / tck * 1e6 / n) for k, v in rig.cpu().items() if v - before[k] > 1
+                }
+                print(
+                    f"  round {rnd + 1} 1KiB c{conns:<2} {name:<22} {r['rps']:8.0f} req/s  p50 {r['p50_ms']:.2f} ms  "
+                    f"p99 {r['p99_ms']:.2f} ms  errors {r['errors']}  CPU us/req {r['cpu_us_per_req']}",
+                    flush=True,
+                )
                 rounds_rps.setdefault((name, conns), []).append(r)
     for (name, conns), rs in rounds_rps.items():
         for k in ("rps", "p50_ms", "p99_ms"):
             res[name][f"get1k_c{conns}_{k}"] = statistics.median(r[k] for r in rs)
         res[name][f"get1k_c{conns}_rounds_rps"] = [r["rps"] for r in rs]
         res[name][f"get1k_c{conns}_errors"] = sum(r["errors"] for r in rs)
-        res[name][f"get1k_c{conns}_cpu_us_per_req"] = {k: statistics.median(r["cpu_us_per_req"].get(k, 0) for r in rs)
-                                                      for k in rs[0]["cpu_us_per_req"]}
+        res[name][f"get1k_c{conns}_cpu_us_per_req"] = {
+            k: statistics.median(r["cpu_us_per_req"].get(k, 0) for r in rs) for k in rs[0]["cpu_us_per_req"]
+        }
 
     count = 500 if quick else 2000
     for name, (port, prefix, headers) in routes.items():
         r = attempt(lambda: asyncio.run(ws_echo(port, prefix, headers, count)))
         res[name]["ws_p50_ms"], res[name]["ws_p99_ms"] = (r["p50_ms"], r["p99_ms"]) if "p50_ms" in r else (r, r)
-        print(f"  websocket {count} x 64 B {name:<22} " + (f"p50 {r['p50_ms']:.3f} ms  p99 {r['p99_ms']:.3f} ms" if "p50_ms" in r else str(r)), flush=True)
+        print(
+            f"  websocket {count} x 64 B {name:<22} "
+            + (f"p50 {r['p50_ms']:.3f} ms  p99 {r['p99_ms']:.3f} ms" if "p50_ms" in r else str(r)),
+            flush=True,
+        )
 
     mem = {"idle_before_transfers": rig.sidecar_mem()}
     for name, (port, prefix, headers) in routes.items():  # warm-up: buffers, TCP windows
@@ -347,9 +409,16 @@ def measure(rig: Rig, quick: bool) -> dict:
                 print(f"  {direction:>4} {label:<4} {name:<22} {v if isinstance(v, dict) else f'{v:.0f} MB/s'}", flush=True)
     mem["after_transfers"] = rig.sidecar_mem()
     mem["growth_KiB"] = mem["after_transfers"]["VmHWM"] - mem["idle_before_transfers"]["VmHWM"]
-    return {"rows": res, "sidecar_memory_kB": mem,
-            "settings": {"wrk_seconds": seconds, "rounds": rounds, "ws_round_trips": count,
-                         "transfers": {label: repeat for _, label, repeat in sizes}}}
+    return {
+        "rows": res,
+        "sidecar_memory_kB": mem,
+        "settings": {
+            "wrk_seconds": seconds,
+            "rounds": rounds,
+            "ws_round_trips": count,
+            "transfers": {label: repeat for _, label, repeat in sizes},
+        },
+    }
 
 
 def rotated(items: list, n: int) -> list:
@@ -365,7 +434,10 @@ def ratio(rows, name, key):
 def targets(data: dict) -> list[dict]:
     rows, P = data["rows"], "protected route"
     # noise: ± half the range over which the CHP direct route's own rounds spread (at least 5%)
-    spread = [(max(v) - min(v)) / 2 / statistics.median(v) for v in (rows[BASE]["get1k_c1_rounds_rps"], rows[BASE]["get1k_c50_rounds_rps"])]
+    spread = [
+        (max(v) - min(v)) / 2 / statistics.median(v)
+        for v in (rows[BASE]["get1k_c1_rounds_rps"], rows[BASE]["get1k_c50_rounds_rps"])
+    ]
     tol = max(0.05, *spread)
     pub = [ratio(rows, "public route", f"get1k_c{c}_rps") for c in (1, 50)]
     c1, p50 = ratio(rows, P, "get1k_c1_rps"), ratio(rows, P, "get1k_c1_p50_ms")
@@ -378,14 +450,26 @@ def targets(data: dict) -> list[dict]:
 
     ok = lambda *v: all(x is not None for x in v)  # noqa: E731
     return [
-        t(f"public route = CHP direct (1 KiB req/s within ±{tol:.0%})", f"{fmt(pub[0])}x at c1, {fmt(pub[1])}x at c50",
-          ok(*pub) and all(abs(x - 1) <= tol for x in pub)),
-        t("protected >= 0.9x CHP, 1 KiB at 50 connections", f"{fmt(ratio(rows, P, 'get1k_c50_rps'))}x",
-          ok(ratio(rows, P, "get1k_c50_rps")) and ratio(rows, P, "get1k_c50_rps") >= 0.9),
-        t("protected >= 0.8x CHP at 1 connection, p50 <= 1.2x", f"{fmt(c1)}x req/s, {fmt(p50)}x p50",
-          ok(c1, p50) and c1 >= 0.8 and p50 <= 1.2),
-        t("protected >= 0.9x CHP on 64 MiB (down and up)", f"{fmt(down)}x down, {fmt(up)}x up",
-          ok(down, up) and down >= 0.9 and up >= 0.9),
+        t(
+            f"public route = CHP direct (1 KiB req/s within ±{tol:.0%})",
+            f"{fmt(pub[0])}x at c1, {fmt(pub[1])}x at c50",
+            ok(*pub) and all(abs(x - 1) <= tol for x in pub),
+        ),
+        t(
+            "protected >= 0.9x CHP, 1 KiB at 50 connections",
+            f"{fmt(ratio(rows, P, 'get1k_c50_rps'))}x",
+            ok(ratio(rows, P, "get1k_c50_rps")) and ratio(rows, P, "get1k_c50_rps") >= 0.9,
+        ),
+        t(
+            "protected >= 0.8x CHP at 1 connection, p50 <= 1.2x",
+            f"{fmt(c1)}x req/s, {fmt(p50)}x p50",
+            ok(c1, p50) and c1 >= 0.8 and p50 <= 1.2,
+        ),
+        t(
+            "protected >= 0.9x CHP on 64 MiB (down and up)",
+            f"{fmt(down)}x down, {fmt(up)}x up",
+            ok(down, up) and down >= 0.9 and up >= 0.9,
+        ),
         t("sidecar peak RSS growth < 10 MiB over the big transfers", f"{growth:.1f} MiB", growth < 10),
         t("websocket echo p50 <= 1.3x CHP", f"{fmt(ws)}x", ok(ws) and ws <= 1.3),
     ]
@@ -405,21 +489,33 @@ def machine() -> dict:
 
     cpu = re.search(r"^model name\s*:\s*(.*)$", Path("/proc/cpuinfo").read_text(), re.M)
     return {
-        "cpu": cpu.group(1) if cpu else platform.processor(), "cores": os.cpu_count(),
-        "kernel": platform.release(), "python": platform.python_version(), "node": out(["node", "--version"]),
-        "configurable-http-proxy": out([str(CHP), "--version"]), "wrk": out(["wrk", "-v"]).split(" [")[0],
-        "tornado": version("tornado"), "jupyter_server": version("jupyter_server"),
-        "jupyter-server-proxy": version("jupyter-server-proxy"), "jhproxy-routes": version("jhproxy-routes"),
+        "cpu": cpu.group(1) if cpu else platform.processor(),
+        "cores": os.cpu_count(),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "node": out(["node", "--version"]),
+        "configurable-http-proxy": out([str(CHP), "--version"]),
+        "wrk": out(["wrk", "-v"]).split(" [")[0],
+        "tornado": version("tornado"),
+        "jupyter_server": version("jupyter_server"),
+        "jupyter-server-proxy": version("jupyter-server-proxy"),
+        "jhproxy-routes": version("jhproxy-routes"),
     }
 
 
 COLUMNS = [  # key, header, unit, absolute format
-    ("get1k_c1_rps", "1 KiB c1 req/s", "", "{:.0f}"), ("get1k_c1_p50_ms", "c1 p50", " ms", "{:.2f}"),
-    ("get1k_c1_p99_ms", "c1 p99", " ms", "{:.2f}"), ("get1k_c50_rps", "1 KiB c50 req/s", "", "{:.0f}"),
-    ("get1k_c50_p50_ms", "c50 p50", " ms", "{:.1f}"), ("get1k_c50_p99_ms", "c50 p99", " ms", "{:.1f}"),
-    ("down64M_MBps", "↓ 64 MiB", " MB/s", "{:.0f}"), ("down1G_MBps", "↓ 1 GiB", " MB/s", "{:.0f}"),
-    ("up64M_MBps", "↑ 64 MiB", " MB/s", "{:.0f}"), ("up1G_MBps", "↑ 1 GiB", " MB/s", "{:.0f}"),
-    ("ws_p50_ms", "ws p50", " ms", "{:.3f}"), ("ws_p99_ms", "ws p99", " ms", "{:.3f}"),
+    ("get1k_c1_rps", "1 KiB c1 req/s", "", "{:.0f}"),
+    ("get1k_c1_p50_ms", "c1 p50", " ms", "{:.2f}"),
+    ("get1k_c1_p99_ms", "c1 p99", " ms", "{:.2f}"),
+    ("get1k_c50_rps", "1 KiB c50 req/s", "", "{:.0f}"),
+    ("get1k_c50_p50_ms", "c50 p50", " ms", "{:.1f}"),
+    ("get1k_c50_p99_ms", "c50 p99", " ms", "{:.1f}"),
+    ("down64M_MBps", "↓ 64 MiB", " MB/s", "{:.0f}"),
+    ("down1G_MBps", "↓ 1 GiB", " MB/s", "{:.0f}"),
+    ("up64M_MBps", "↑ 64 MiB", " MB/s", "{:.0f}"),
+    ("up1G_MBps", "↑ 1 GiB", " MB/s", "{:.0f}"),
+    ("ws_p50_ms", "ws p50", " ms", "{:.3f}"),
+    ("ws_p99_ms", "ws p99", " ms", "{:.3f}"),
 ]
 
 
@@ -427,11 +523,13 @@ def markdown(data: dict) -> str:
     rows, m = data["rows"], data["machine"]
     cols = [c for c in COLUMNS if c[0] in rows[BASE]]
     lines = [
-        "# jhproxy-routes benchmark", "",
+        "# jhproxy-routes benchmark",
+        "",
         f"{data['date']}, {'quick' if data['quick'] else 'full'} run, {data['duration_s']:.0f} s. "
         f"Cells: ratio to the **{BASE}** row (absolute value). req/s and MB/s: higher is better; "
         "latencies (ms): lower is better. Every request carries X-Proxy-Token, Origin and a Cookie "
-        "with jupyterhub-session-id.", "",
+        "with jupyterhub-session-id.",
+        "",
         "| route | " + " | ".join(c[1] for c in cols) + " |",
         "|---|" + "---:|" * len(cols),
     ]
@@ -450,24 +548,37 @@ def markdown(data: dict) -> str:
         lines += ["", f"wrk socket errors / non-2xx answers: {errors}"]
     if failures:
         lines += ["", "Failures:"] + [f"- {k}: {v}" for k, v in failures.items()]
-    lines += ["", "CPU time per 1 KiB request at 50 connections (µs, median of rounds; wrk's own not counted):", "",
-              "| route | " + " | ".join(PROCS) + " |", "|---|" + "---:|" * len(PROCS)]
+    lines += [
+        "",
+        "CPU time per 1 KiB request at 50 connections (µs, median of rounds; wrk's own not counted):",
+        "",
+        "| route | " + " | ".join(PROCS) + " |",
+        "|---|" + "---:|" * len(PROCS),
+    ]
     for name in ROWS:
         cpu = rows[name]["get1k_c50_cpu_us_per_req"]
         lines.append(f"| {name} | " + " | ".join(f"{cpu[p]:.0f}" if cpu.get(p) else "" for p in PROCS) + " |")
     mem = data["sidecar_memory_kB"]
     lines += [
-        "", "## Targets", "", "| target | measured | |", "|---|---|---|",
+        "",
+        "## Targets",
+        "",
+        "| target | measured | |",
+        "|---|---|---|",
         *[f"| {t['target']} | {t['measured']} | {'met' if t['met'] else '**missed**'} |" for t in data["targets"]],
-        "", f"Sidecar memory (kB): before the big transfers VmHWM {mem['idle_before_transfers']['VmHWM']}, "
+        "",
+        f"Sidecar memory (kB): before the big transfers VmHWM {mem['idle_before_transfers']['VmHWM']}, "
         f"VmRSS {mem['idle_before_transfers']['VmRSS']}; after VmHWM {mem['after_transfers']['VmHWM']}, "
         f"VmRSS {mem['after_transfers']['VmRSS']}.",
-        "", "## Machine", "",
+        "",
+        "## Machine",
+        "",
         f"{m['cpu']}, {m['cores']} cores, Linux {m['kernel']}; Python {m['python']}, Node {m['node']}, "
         f"configurable-http-proxy {m['configurable-http-proxy']}, {m['wrk']}, tornado {m['tornado']}, "
         f"jupyter_server {m['jupyter_server']}, jupyter-server-proxy {m['jupyter-server-proxy']}, "
         f"jhproxy-routes {m['jhproxy-routes']}. Everything (clients included) shares these cores; processes "
-        f"outside the benchmark used {data['other_load_pct']}% of the machine's CPU during the measurements.", "",
+        f"outside the benchmark used {data['other_load_pct']}% of the machine's CPU during the measurements.",
+        "",
     ]
     return "\n".join(lines)
 
@@ -480,10 +591,25 @@ def profile(rig: Rig, seconds: int = 8) -> dict:
     pid = str(rig.procs["sidecar"].pid)
     port, prefix, headers = rig.routes()["protected route"]
     lua = rig.tmp / "report.lua"
-    rec = [Path(PY).parent / "py-spy", "record", "--pid", pid, "--duration", str(seconds), "--rate", "250", "--nonblocking", "--function"]
+    rec = [
+        Path(PY).parent / "py-spy",
+        "record",
+        "--pid",
+        pid,
+        "--duration",
+        str(seconds),
+        "--rate",
+        "250",
+        "--nonblocking",
+        "--function",
+    ]
     out = {}
     for load in ("1k_c50", "1k_c1", "64M_down", "64M_up", "ws"):
-        spies = [subprocess.Popen([*rec, "--idle", "--format", "raw", "-o", RESULTS / f"profile-{load}.txt"], stdout=subprocess.DEVNULL)]
+        spies = [
+            subprocess.Popen(
+                [*rec, "--idle", "--format", "raw", "-o", RESULTS / f"profile-{load}.txt"], stdout=subprocess.DEVNULL
+            )
+        ]
         if load == "1k_c50":
             spies.append(subprocess.Popen([*rec, "-o", RESULTS / "profile.svg"], stdout=subprocess.DEVNULL))
         deadline = time.monotonic() + seconds + 1
@@ -517,9 +643,12 @@ def summarize(path: Path, top: int = 20) -> dict:
         for f in set(frames):
             incl[f] += int(n)
     pct = lambda items: {k: round(100 * v / busy, 1) for k, v in items[:top]}  # noqa: E731
-    return {"samples": busy + idle, "idle_pct": round(100 * idle / max(1, busy + idle), 1),
-            "busy_self_pct": pct(own.most_common()),
-            "busy_inclusive_pct": pct([(k, v) for k, v in incl.most_common() if v < 0.8 * busy])}
+    return {
+        "samples": busy + idle,
+        "idle_pct": round(100 * idle / max(1, busy + idle), 1),
+        "busy_self_pct": pct(own.most_common()),
+        "busy_inclusive_pct": pct([(k, v) for k, v in incl.most_common() if v < 0.8 * busy]),
+    }
 
 
 def main() -> None:

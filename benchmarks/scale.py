@@ -59,7 +59,9 @@ def fake_users(db, first: int, count: int) -> dict:
     db.commit()
     users = {}
     for row in rows:
-        spawner = SimpleNamespace(name="", ready=True, pending=None, server=SimpleNamespace(host=f"http://{HOST}:8888"), port=8888)
+        spawner = SimpleNamespace(
+            name="", ready=True, pending=None, server=SimpleNamespace(host=f"http://{HOST}:8888"), port=8888
+        )
         users[row.name] = SimpleNamespace(name=row.name, spawners={"": spawner}, orm_user=row)
     return users
 
@@ -134,21 +136,38 @@ async def run(servers: int, tmp: Path) -> dict:
         env.pop(key)  # the sidecar runs without a hub: tokens only
     procs = [
         subprocess.Popen(
-            [str(CHP), "--ip", HOST, "--port", str(chp_port), "--api-ip", HOST, "--api-port", str(chp_api_port),
-             "--log-level", "warn"],
-            env=env, stdout=subprocess.DEVNULL, stderr=(tmp / "chp.log").open("w"),
+            [
+                str(CHP),
+                "--ip",
+                HOST,
+                "--port",
+                str(chp_port),
+                "--api-ip",
+                HOST,
+                "--api-port",
+                str(chp_api_port),
+                "--log-level",
+                "warn",
+            ],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=(tmp / "chp.log").open("w"),
         ),
         subprocess.Popen(
-            [sys.executable, "-m", "jhproxy_routes.sidecar", "--ip", HOST, "--port", str(sidecar_port),
-             "--log-level", "WARNING"],
-            env=env, stdout=subprocess.DEVNULL, stderr=(tmp / "sidecar.log").open("w"),
+            [sys.executable, "-m", "jhproxy_routes.sidecar", "--ip", HOST, "--port", str(sidecar_port), "--log-level", "WARNING"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=(tmp / "sidecar.log").open("w"),
         ),
         *(
-            subprocess.Popen([sys.executable, str(Path(__file__).parent / "app.py"), "--port", str(port)],
-                             stdout=subprocess.DEVNULL, stderr=(tmp / f"app-{port}.log").open("w"))
+            subprocess.Popen(
+                [sys.executable, str(Path(__file__).parent / "app.py"), "--port", str(port)],
+                stdout=subprocess.DEVNULL,
+                stderr=(tmp / f"app-{port}.log").open("w"),
+            )
             for port in (protected, public)
         ),
-    ]  # fmt: skip
+    ]
     try:
         wait_http(f"http://{HOST}:{chp_api_port}/api/routes", 30, proc=procs[0])
         wait_http(f"http://{HOST}:{sidecar_port}/_jhproxy-routes/health", 30, proc=procs[1])
@@ -181,7 +200,7 @@ async def run(servers: int, tmp: Path) -> dict:
         activity = ActivityCollector(manager, lambda: db, log)
         results["activity, first"] = await measure(activity.collect, users)
         before = {name: user.orm_user.orm_spawners[""].last_activity for name, user in users.items()}
-        active = list(users)[:: 10]  # a tenth of the servers
+        active = list(users)[::10]  # a tenth of the servers
         await call_ports(f"http://{HOST}:{chp_port}", active, [protected, public])
         await asyncio.sleep(0.01)
         results["activity"] = await measure(activity.collect, users)

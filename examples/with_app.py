@@ -43,10 +43,7 @@ def stop(proc: subprocess.Popen):
 
 def main(argv) -> int:
     ip, ports, command = parse_args(argv)
-    apps = [
-        subprocess.Popen([sys.executable, str(DEMO_APP), "--port", str(port), "--ip", ip])
-        for port in ports
-    ]
+    apps = [subprocess.Popen([sys.executable, str(DEMO_APP), "--port", str(port), "--ip", ip]) for port in ports]
     try:
         child = subprocess.Popen(command)
     except OSError as e:

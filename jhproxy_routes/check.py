@@ -49,7 +49,9 @@ def check_config(config) -> list[Problem]:
     proxy_class = config.JupyterHub.get("proxy_class")
     if proxy_class != PROXY_CLASS and not _is_ours(proxy_class):
         shown = "not set" if proxy_class is None else f"{proxy_class!r}"
-        problems.append(Problem("error", f"c.JupyterHub.proxy_class is {shown}: call jhproxy_routes.install(c) at the end of the file"))
+        problems.append(
+            Problem("error", f"c.JupyterHub.proxy_class is {shown}: call jhproxy_routes.install(c) at the end of the file")
+        )
     settings = _port_routes(config, problems)
     if settings is None:
         return problems
@@ -127,19 +129,27 @@ def _spawner_problems(hub, spawner_class, settings: PortRoutes, specs):
     for spec in specs:
         if server_port is not None and spec.covers(server_port):
             within = f" (in {spec.key})" if spec.is_range else ""
-            yield Problem("error", f"port {server_port}{within} is where {name} runs the Jupyter server itself: it never gets a route (it would open the whole server to the port's token)")
+            yield Problem(
+                "error",
+                f"port {server_port}{within} is where {name} runs the Jupyter server itself: it never gets a route (it would open the whole server to the port's token)",
+            )
     if issubclass(spawner_class, LocalProcessSpawner):
         if not settings.allow_shared_host:
-            yield Problem("warning", f"{name} runs servers on the hub's machine, where users share ports: they get no port routes unless c.PortRoutes.allow_shared_host = True")
+            yield Problem(
+                "warning",
+                f"{name} runs servers on the hub's machine, where users share ports: they get no port routes unless c.PortRoutes.allow_shared_host = True",
+            )
         else:
             from .proxy import PortRoutesProxy
 
-            hub_ports = listening_ports({
-                hub.bind_url: "the proxy's public port",
-                hub.hub_bind_url or f"http://127.0.0.1:{hub.hub_port}": "the hub's own port",
-                configured(hub, PortRoutesProxy, "api_url") or "http://127.0.0.1:8001": "the proxy's API",
-                settings.sidecar_url: "the sidecar's",
-            })  # fmt: skip
+            hub_ports = listening_ports(
+                {
+                    hub.bind_url: "the proxy's public port",
+                    hub.hub_bind_url or f"http://127.0.0.1:{hub.hub_port}": "the hub's own port",
+                    configured(hub, PortRoutesProxy, "api_url") or "http://127.0.0.1:8001": "the proxy's API",
+                    settings.sidecar_url: "the sidecar's",
+                }
+            )
             for port, what in hub_ports.items():
                 if any(spec.covers(port) for spec in specs):
                     yield Problem("warning", f"port {port} is {what} on this machine: it never gets a route")
@@ -147,9 +157,15 @@ def _spawner_problems(hub, spawner_class, settings: PortRoutes, specs):
 
 def _sidecar_problems(settings: PortRoutes):
     if (settings.sidecar_api_resolve_all or len(settings.sidecar_api_urls) > 1) and not settings.reconcile_interval:
-        yield Problem("error", "sidecar replicas need periodic reconciliations (c.PortRoutes.reconcile_interval > 0): only they make a new replica ready")
+        yield Problem(
+            "error",
+            "sidecar replicas need periodic reconciliations (c.PortRoutes.reconcile_interval > 0): only they make a new replica ready",
+        )
     if not settings.sidecar_managed and not settings.has_explicit_sidecar_token:
-        yield Problem("error", "c.PortRoutes.sidecar_managed is False but no sidecar_api_token (or $JHPROXY_ROUTES_SIDECAR_TOKEN) is set: the hub would make a new one the sidecar cannot know")
+        yield Problem(
+            "error",
+            "c.PortRoutes.sidecar_managed is False but no sidecar_api_token (or $JHPROXY_ROUTES_SIDECAR_TOKEN) is set: the hub would make a new one the sidecar cannot know",
+        )
 
 
 def _cors_problems(settings: PortRoutes):
@@ -159,5 +175,7 @@ def _cors_problems(settings: PortRoutes):
         for origin in origins:
             parts = urlsplit(origin)
             if origin != "*" and (parts.scheme not in ("http", "https") or not parts.netloc or parts.path or parts.query):
-                yield Problem("warning", f"{where}: {origin!r} is not an origin (scheme://host[:port], no path or trailing slash): no browser sends it")
-
+                yield Problem(
+                    "warning",
+                    f"{where}: {origin!r} is not an origin (scheme://host[:port], no path or trailing slash): no browser sends it",
+                )

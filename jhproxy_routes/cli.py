@@ -107,7 +107,9 @@ def show_settings(settings: dict, show_token: bool) -> str:
             lines.append(f"token: {settings['token']}")
         else:
             lines.append("token: set (--show-token prints it)")
-    rows = [[p["port"], p["name"] or "-", p["access"], ", ".join(p["admits"]) or "nobody", p["url"] or "-"] for p in settings["ports"]]
+    rows = [
+        [p["port"], p["name"] or "-", p["access"], ", ".join(p["admits"]) or "nobody", p["url"] or "-"] for p in settings["ports"]
+    ]
     lines.append(table(rows, ["PORT", "NAME", "ACCESS", "ADMITS", "URL"]))
     return "\n".join(lines)
 
@@ -127,8 +129,10 @@ def set_settings(hub: Hub, args) -> str:
     for item in args.port or []:
         port, sep, access = item.partition("=")
         if not sep or not (port.isdigit() or PORT_RANGE.fullmatch(port)) or not valid_port_access(access):
-            raise CLIError(f"--port {item!r}: write PORT=ACCESS (PORT a port or a range such as 8000-8099),"
-                           f" ACCESS one of {', '.join(PORT_ACCESS)} or group:<name>")  # fmt: skip
+            raise CLIError(
+                f"--port {item!r}: write PORT=ACCESS (PORT a port or a range such as 8000-8099),"
+                f" ACCESS one of {', '.join(PORT_ACCESS)} or group:<name>"
+            )
         ports[port] = access
     if ports:
         body["ports"] = ports
@@ -152,19 +156,29 @@ def check(args) -> tuple[str, bool]:
 
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="jhproxy-routes", description="The port routes of a running hub, from a terminal.")
-    top.add_argument("--hub-url", help="the hub's public URL (default: $JUPYTERHUB_URL, the hub of $JUPYTERHUB_API_URL, http://127.0.0.1:8000)")
+    top.add_argument(
+        "--hub-url", help="the hub's public URL (default: $JUPYTERHUB_URL, the hub of $JUPYTERHUB_API_URL, http://127.0.0.1:8000)"
+    )
     commands = top.add_subparsers(dest="command", required=True)
     p = commands.add_parser("list", help="list the live port routes (owner, port, target, mode, access)")
     p.add_argument("--user", help="only this user's")
     p.add_argument("--json", action="store_true", help="print the API's JSON")
-    for name, text in (("show", "show a server's token mode and port access"), ("set", "change a server's token mode or port access")):
+    for name, text in (
+        ("show", "show a server's token mode and port access"),
+        ("set", "change a server's token mode or port access"),
+    ):
         p = commands.add_parser(name, help=text)
         p.add_argument("server", metavar="USER[/SERVER]")
         p.add_argument("--json", action="store_true", help="print the API's JSON")
         p.add_argument("--show-token", action="store_true", help="print the token")
         if name == "set":
             p.add_argument("--mode", choices=MODES, help="nobody / anyone / a new random token")
-            p.add_argument("--port", action="append", metavar="PORT=ACCESS", help=f"one port's access: {', '.join(PORT_ACCESS)}, group:<name>")
+            p.add_argument(
+                "--port",
+                action="append",
+                metavar="PORT=ACCESS",
+                help=f"one port's access: {', '.join(PORT_ACCESS)}, group:<name>",
+            )
     p = commands.add_parser("check", help="check a jupyterhub_config.py for problems")
     p.add_argument("config", nargs="?", default="jupyterhub_config.py")
     return top

@@ -42,7 +42,9 @@ def valid_port_access(value) -> bool:
     """One of PORT_ACCESS, or ``group:<name>`` with a non-empty name."""
     if not isinstance(value, str):
         return False
-    return value in PORT_ACCESS or (value.startswith(GROUP_PREFIX) and bool(value[len(GROUP_PREFIX):].strip()))
+    return value in PORT_ACCESS or (value.startswith(GROUP_PREFIX) and bool(value[len(GROUP_PREFIX) :].strip()))
+
+
 PORT_KEYS = {"port", "name", "access", "cors_origins", "strip_prefix", "activity"}
 PORT_RANGE = re.compile(r"([0-9]{1,5})-([0-9]{1,5})")
 
@@ -83,9 +85,7 @@ def parse_port(item, where="c.PortRoutes.ports") -> PortSpec:
         raise TraitError(f"{where}: {item!r} must be a port number, a range 'first-last', or a dict with 'port'")
     unknown = set(item) - PORT_KEYS
     if unknown:
-        raise TraitError(
-            f"{where}: unknown key(s) {sorted(unknown)} in {item!r}; allowed: {sorted(PORT_KEYS)}"
-        )
+        raise TraitError(f"{where}: unknown key(s) {sorted(unknown)} in {item!r}; allowed: {sorted(PORT_KEYS)}")
     port, last = item.get("port"), None
     if isinstance(port, str):
         match = PORT_RANGE.fullmatch(port.strip())
@@ -520,11 +520,22 @@ class PortRoutes(Configurable):
         for url in [proposal.value] if isinstance(proposal.value, str) else proposal.value:
             parts = urlsplit(url)
             if parts.scheme != "http" or not parts.hostname or url_port(url) is None or parts.path.strip("/"):
-                raise TraitError(f"c.PortRoutes.{proposal.trait.name}: {url!r} must be http://host[:port] (the sidecar speaks plain HTTP)")
+                raise TraitError(
+                    f"c.PortRoutes.{proposal.trait.name}: {url!r} must be http://host[:port] (the sidecar speaks plain HTTP)"
+                )
         return proposal.value
 
-    @validate("reconcile_interval", "concurrency", "login_cache_max_age", "bad_token_limit", "bad_token_window", "client_timeout", "sidecar_ready_for",
-              "client_idle_timeout", "max_idle_connections")
+    @validate(
+        "reconcile_interval",
+        "concurrency",
+        "login_cache_max_age",
+        "bad_token_limit",
+        "bad_token_window",
+        "client_timeout",
+        "sidecar_ready_for",
+        "client_idle_timeout",
+        "max_idle_connections",
+    )
     def _validate_non_negative(self, proposal):
         positive = proposal.trait.name in ("concurrency", "client_timeout", "max_idle_connections")
         if proposal.value < 0 or (positive and proposal.value <= 0):

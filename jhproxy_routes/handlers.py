@@ -70,11 +70,7 @@ def route_manager(handler):
 
 
 def wants_page(request) -> bool:
-    return (
-        request.method == "GET"
-        and "Authorization" not in request.headers
-        and "text/html" in request.headers.get("Accept", "")
-    )
+    return request.method == "GET" and "Authorization" not in request.headers and "text/html" in request.headers.get("Accept", "")
 
 
 class ProxyTokenRoute(web.RequestHandler):
@@ -119,7 +115,9 @@ class ProxyTokenHandler(APIHandler):
             name = current.name
         # the scope first: whether a user exists is nobody else's business
         if not may_manage(self, name, server_name):
-            raise web.HTTPError(403, f"This credential lacks the scope {SCOPE} (or tokens) for the server {shown(name)}/{shown(server_name)}.")
+            raise web.HTTPError(
+                403, f"This credential lacks the scope {SCOPE} (or tokens) for the server {shown(name)}/{shown(server_name)}."
+            )
         user = current if name == current.name and getattr(current, "kind", "user") == "user" else self.find_user(name)
         if user is None:
             raise web.HTTPError(404, f"No user named {name!r}.")

@@ -22,9 +22,16 @@ BAD_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 STATUS = re.compile(rb"[1-5][0-9][0-9]")
 BAD_TARGET = re.compile(rb"[^\x21-\x7e]|#")  # control characters, spaces, tabs, non-ASCII, fragments
 HOP_BY_HOP = {
-    "connection", "keep-alive", "proxy-connection", "te", "trailer",
-    "transfer-encoding", "upgrade", "proxy-authenticate", "proxy-authorization",
-}  # fmt: skip
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "proxy-authenticate",
+    "proxy-authorization",
+}
 
 
 class HTTPError(Exception):

@@ -27,8 +27,7 @@ RECONCILE_FIXES = Counter(
 )
 SERVER_UPDATE_ERRORS = Counter(
     "jhproxy_routes_server_update_errors",
-    "Route updates of one server that failed and were left to the next reconciliation,"
-    " by event (start, stop, settings)",
+    "Route updates of one server that failed and were left to the next reconciliation, by event (start, stop, settings)",
     ["event"],
 )
 ACTIVITY_UPDATES = Counter(

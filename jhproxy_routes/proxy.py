@@ -50,10 +50,17 @@ class PortRoutesProxy(ConfigurableHTTPProxy):
             host_routing=self.host_routing,
         )
         self.route_manager = RouteManager(
-            self.port_routes, self.app.base_url, chp_api, self.log, self.own_ports,
-            subdomain_host=self.app.subdomain_host, hub_domain=self.app.domain, subdomain_hook=self.app.subdomain_hook,
-            hub_cookies_at_root=self.app.cookie_host_prefix_enabled, hub_servers=self.hub_servers,
-        )  # fmt: skip
+            self.port_routes,
+            self.app.base_url,
+            chp_api,
+            self.log,
+            self.own_ports,
+            subdomain_host=self.app.subdomain_host,
+            hub_domain=self.app.domain,
+            subdomain_hook=self.app.subdomain_hook,
+            hub_cookies_at_root=self.app.cookie_host_prefix_enabled,
+            hub_servers=self.hub_servers,
+        )
         self.activity = ActivityCollector(self.route_manager, lambda: self.db, self.log)
         self._reconcile_callback = None
         self._tasks: set[asyncio.Task] = set()  # background work, kept until done
@@ -67,12 +74,14 @@ class PortRoutesProxy(ConfigurableHTTPProxy):
     def own_ports(self) -> dict[int, str]:
         """The ports the hub, the proxy and the sidecar listen on (as bound, also with
         ``bind_url``/``hub_bind_url``): never a port route's target on the hub's machine."""
-        return listening_ports({
-            self.public_url: "the proxy's public port",
-            self.api_url: "the proxy's API",
-            self.app.hub.bind_url if self.app.hub else "": "the hub's port",
-            self.port_routes.sidecar_url: "the sidecar's port",
-        })  # fmt: skip
+        return listening_ports(
+            {
+                self.public_url: "the proxy's public port",
+                self.api_url: "the proxy's API",
+                self.app.hub.bind_url if self.app.hub else "": "the hub's port",
+                self.port_routes.sidecar_url: "the sidecar's port",
+            }
+        )
 
     @observe("api_url", "auth_token")
     def _follow_proxy(self, change):
@@ -159,8 +168,13 @@ class PortRoutesProxy(ConfigurableHTTPProxy):
         unexpected error); the next reconciliation tries again."""
         SERVER_UPDATE_ERRORS.labels(event).inc()
         expected = isinstance(error, (RouteAPIError, TargetsPending))
-        self.log.error("jhproxy-routes: port routes of %s not %s yet, left to the next reconciliation: %s",
-                       server, "added" if event == "start" else "removed", shown(error), exc_info=None if expected else error)  # fmt: skip
+        self.log.error(
+            "jhproxy-routes: port routes of %s not %s yet, left to the next reconciliation: %s",
+            server,
+            "added" if event == "start" else "removed",
+            shown(error),
+            exc_info=None if expected else error,
+        )
 
     async def check_routes(self, user_dict, service_dict, routes=None):
         """At start-up, and every ``last_activity_interval`` right after the hub's own

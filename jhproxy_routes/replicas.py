@@ -33,8 +33,14 @@ DIFFERS = {"replicas disagree": True}  # in a merged table (the route list): no 
 
 
 class SidecarReplicas:
-    def __init__(self, api_urls: list[str], resolve_all: bool, make_api: Callable[[str], SidecarRouteAPI], log: logging.Logger,
-                 ready_for: float | None = None):  # fmt: skip
+    def __init__(
+        self,
+        api_urls: list[str],
+        resolve_all: bool,
+        make_api: Callable[[str], SidecarRouteAPI],
+        log: logging.Logger,
+        ready_for: float | None = None,
+    ):
         self.api_urls = api_urls
         self.resolve_all = resolve_all
         self.make_api = make_api
@@ -106,7 +112,9 @@ class SidecarReplicas:
             repeated = self._failing.get((api.api_url, doing)) == str(error)
             self._failing[(api.api_url, doing)] = str(error)
             level = logging.DEBUG if repeated else logging.ERROR
-            self.log.log(level, "jhproxy-routes: sidecar replica left out of this %s%s: %s", doing, " (again)" if repeated else "", error)
+            self.log.log(
+                level, "jhproxy-routes: sidecar replica left out of this %s%s: %s", doing, " (again)" if repeated else "", error
+            )
         for api in done:
             self._failing.pop((api.api_url, doing), None)
         return done

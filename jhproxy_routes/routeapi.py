@@ -172,15 +172,15 @@ class RouteAPI:
             return response
 
         try:
-            response = await exponential_backoff(
-                attempt, what, timeout=self.retry_timeout, start_wait=0.1, max_wait=2
-            )
+            response = await exponential_backoff(attempt, what, timeout=self.retry_timeout, start_wait=0.1, max_wait=2)
         except asyncio.TimeoutError:
             raise RouteAPIError(f"{what}: gave up after {self.retry_timeout:g}s ({last_error})") from None
         stranger = self.stranger(response)
         if stranger:
-            raise RouteAPIError(f"{what}: the process at {self.address} is not this hub's jhproxy-routes"
-                                f" sidecar ({stranger}); is another program, or another hub's sidecar, listening there?")  # fmt: skip
+            raise RouteAPIError(
+                f"{what}: the process at {self.address} is not this hub's jhproxy-routes"
+                f" sidecar ({stranger}); is another program, or another hub's sidecar, listening there?"
+            )
         if response.status_code >= 400 and response.status_code not in ok_statuses:
             raise RouteAPIError(f"{what}: HTTP {response.status_code} {response.text[:200]}")
         return response

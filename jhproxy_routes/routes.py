@@ -70,7 +70,7 @@ def port_rule(spec: PortSpec, access: ServerAccess) -> PortRule:
     if choice == "users":
         return PortRule("restricted", token=token, users=True)
     if choice.startswith(GROUP_PREFIX):
-        return PortRule("restricted", token=token, groups=(choice[len(GROUP_PREFIX):],))
+        return PortRule("restricted", token=token, groups=(choice[len(GROUP_PREFIX) :],))
     return PortRule("restricted", token=token)  # server
 
 
@@ -103,9 +103,19 @@ async def table_changes(table: dict, want: dict[str, dict], keep: set[str]) -> t
 class RouteManager:
     """Keeps CHP's and the sidecar's tables in line with the running servers."""
 
-    def __init__(self, settings: PortRoutes, base_url: str, chp_api: RouteAPI, log: logging.Logger, reserved_ports=dict,
-                 subdomain_host: str = "", hub_domain: str = "", subdomain_hook=subdomain_hook_idna,
-                 hub_cookies_at_root: bool = False, hub_servers=None):  # fmt: skip
+    def __init__(
+        self,
+        settings: PortRoutes,
+        base_url: str,
+        chp_api: RouteAPI,
+        log: logging.Logger,
+        reserved_ports=dict,
+        subdomain_host: str = "",
+        hub_domain: str = "",
+        subdomain_hook=subdomain_hook_idna,
+        hub_cookies_at_root: bool = False,
+        hub_servers=None,
+    ):
         """``reserved_ports()``: the hub's, the proxy's and the sidecar's ports (what they
         are), never routed on the hub's machine. ``subdomain_host``, ``subdomain_hook``:
         JupyterHub's (CHP routes by host: a path route lives on ``hub_domain``, the hub's
@@ -255,11 +265,19 @@ class RouteManager:
         routes = {}
         for spec in self.single_ports:
             if spec.port in never:
-                self._log_once(logging.ERROR, (server, spec.port), "port %i of %s is %s: no route (take it out of c.PortRoutes.ports)",
-                               spec.port, server, never[spec.port])  # fmt: skip
+                self._log_once(
+                    logging.ERROR,
+                    (server, spec.port),
+                    "port %i of %s is %s: no route (take it out of c.PortRoutes.ports)",
+                    spec.port,
+                    server,
+                    never[spec.port],
+                )
                 continue
             if spec.port not in targets:
-                self._log_once(logging.WARNING, (server, spec.port), "port %i of %s has no address (not published)", spec.port, server)
+                self._log_once(
+                    logging.WARNING, (server, spec.port), "port %i of %s has no address (not published)", spec.port, server
+                )
                 continue
             routespec = self.routespec(user.name, servername, spec.port)
             app = targets[spec.port]
@@ -325,9 +343,15 @@ class RouteManager:
         ranges = []
         for spec in self.port_ranges:
             if spec.port not in targets:  # DockerSpawner's host-binding mode publishes single ports only
-                self._log_once(logging.WARNING, (username, servername, spec.key),
-                               "port range %s of %s/%s: the server has no address of its own"
-                               " (DockerSpawner needs use_internal_ip for ranges)", spec.key, username, servername)  # fmt: skip
+                self._log_once(
+                    logging.WARNING,
+                    (username, servername, spec.key),
+                    "port range %s of %s/%s: the server has no address of its own"
+                    " (DockerSpawner needs use_internal_ip for ranges)",
+                    spec.key,
+                    username,
+                    servername,
+                )
                 continue
             ranges.append({"target": targets[spec.port], "last": spec.last, **self._sidecar_rule(spec, access)})
         if not ranges:
@@ -349,9 +373,11 @@ class RouteManager:
         outside the hub's; with ``hub_cookies_at_root`` every path on the hub's host gets
         the hub's login). A server in ``allow_all`` mode still goes through the sidecar,
         which answers CORS for it as for a token (as jhproxy did)."""
-        path = routespec[routespec.index("/"):]  # without the host (host routing)
+        path = routespec[routespec.index("/") :]  # without the host (host routing)
         on_hub_host = not self.template.by_host
-        under_cookies = (on_hub_host and self.hub_cookies_at_root) or any(path.startswith(self.base_url + p) for p in COOKIE_PATHS)
+        under_cookies = (on_hub_host and self.hub_cookies_at_root) or any(
+            path.startswith(self.base_url + p) for p in COOKIE_PATHS
+        )
         return (
             port_choice(spec, access) == "public"
             and self.settings.direct_public_routes
@@ -453,10 +479,14 @@ class RouteManager:
                     wanted.update(await self.wanted_routes(user, servername, stored[key]))
                     continue
             except TargetsPending as e:
-                self.log.info("jhproxy-routes: routes of %s/%s left as they are: %s", shown(user.name), shown(servername), shown(e))
+                self.log.info(
+                    "jhproxy-routes: routes of %s/%s left as they are: %s", shown(user.name), shown(servername), shown(e)
+                )
             except Exception:  # one server's failure (its spawner, a bug) must not stop the others'
                 RECONCILE_ERRORS.inc()
-                self.log.exception("jhproxy-routes: routes of %s/%s left as they are, will retry", shown(user.name), shown(servername))
+                self.log.exception(
+                    "jhproxy-routes: routes of %s/%s left as they are, will retry", shown(user.name), shown(servername)
+                )
             keep.update(self.server_routespecs(user.name, servername))
         if first_seen:
             await asyncio.to_thread(self.store.add_missing, first_seen)

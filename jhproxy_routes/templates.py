@@ -101,9 +101,7 @@ class RouteTemplate:
             )
         missing = {"port", "username"} - used
         if missing:
-            raise TraitError(
-                f"{where}: {template!r} must contain " + " and ".join(f"{{{m}}}" for m in sorted(missing))
-            )
+            raise TraitError(f"{where}: {template!r} must contain " + " and ".join(f"{{{m}}}" for m in sorted(missing)))
         self.template = template
         self.has_servername = "servername" in used
         self.port_last = self.segments[-1] == "{port}"  # needed for port ranges
@@ -126,12 +124,20 @@ class RouteTemplate:
             used += names
             literal = re.sub(r"\{[a-z]+\}", "", label)
             if not label or not DNS_LITERAL.fullmatch(literal) or label.startswith("-") or label.endswith("-"):
-                raise TraitError(f"{where}: {template!r}: label {label!r} must be a-z, 0-9 and '-' (not at either end) besides its fields")
+                raise TraitError(
+                    f"{where}: {template!r}: label {label!r} must be a-z, 0-9 and '-' (not at either end) besides its fields"
+                )
             if "servername" in names and label != "{servername}":
                 raise TraitError(f"{where}: {template!r}: {{servername}} must be a whole label")
             if "port" in names and not label.startswith("{port}--"):
-                raise TraitError(f"{where}: {template!r}: {{port}} must begin a label and be followed by '--', as in '{{port}}--{{username}}'")
-            if "username" in names and label != "{username}" and not (label.startswith("{port}--") and label.endswith("{username}")):
+                raise TraitError(
+                    f"{where}: {template!r}: {{port}} must begin a label and be followed by '--', as in '{{port}}--{{username}}'"
+                )
+            if (
+                "username" in names
+                and label != "{username}"
+                and not (label.startswith("{port}--") and label.endswith("{username}"))
+            ):
                 raise TraitError(f"{where}: {template!r}: {{username}} must be a whole label or end the label of {{port}}")
             longest = len(literal) + sum(LONGEST_VALUE[name] for name in names)
             if longest > 63:
@@ -177,8 +183,10 @@ class RouteTemplate:
         if not subdomain_host:
             return f"{where}: it needs c.JupyterHub.subdomain_host"
         if subdomain_hook is not subdomain_hook_idna:
-            return (f"{where}: it needs JupyterHub's default subdomain_hook ('idna'); with another, a user's"
-                    " own host could be a port's (a user named 5000--alice)")  # fmt: skip
+            return (
+                f"{where}: it needs JupyterHub's default subdomain_hook ('idna'); with another, a user's"
+                " own host could be a port's (a user named 5000--alice)"
+            )
         return ""
 
     def ranges_problem(self) -> str:
@@ -213,11 +221,7 @@ class RouteTemplate:
             "servername": escape_segment(servername),
             "port": str(int(port)),
         }
-        parts = [
-            segment.format(**values)
-            for segment in self.segments
-            if not (segment == "{servername}" and not servername)
-        ]
+        parts = [segment.format(**values) for segment in self.segments if not (segment == "{servername}" and not servername)]
         return "/" + "/".join(parts) + "/"
 
     def _render_host(self, username: str, servername: str, port: int) -> str:

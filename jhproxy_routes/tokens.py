@@ -103,9 +103,7 @@ class AccessStore:
     def get(self, username: str, servername: str) -> ServerAccess | None:
         t = server_access_table
         with self.engine.connect() as conn:
-            row = conn.execute(
-                sa.select(t).where(t.c.username == username, t.c.servername == servername)
-            ).first()
+            row = conn.execute(sa.select(t).where(t.c.username == username, t.c.servername == servername)).first()
         return self._from_row(row) if row else None
 
     def all(self) -> dict[tuple[str, str], ServerAccess]:

@@ -68,7 +68,11 @@ def wire_into_hub(app, settings: PortRoutes) -> None:
     from .handlers import token_handlers
 
     if not any(s.get("name") == SERVICE_NAME for s in app.services):
-        service = sidecar_service(settings, app.authenticate_prometheus) if settings.sidecar_managed else external_sidecar_service(settings)
+        service = (
+            sidecar_service(settings, app.authenticate_prometheus)
+            if settings.sidecar_managed
+            else external_sidecar_service(settings)
+        )
         app.services = [*app.services, service]
     # in place: the hub reads the list in init_handlers (assigning it would log a deprecation)
     app.extra_handlers.extend(token_handlers())

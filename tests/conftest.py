@@ -82,8 +82,15 @@ class App:
 class Hub:
     """A real jupyterhub process in its own directory, driven through its public URL."""
 
-    def __init__(self, workdir: Path, ports: list, extra_config: str = "", crypt_key: str | None = None, env: dict | None = None,
-                 command_prefix: list | None = None):  # fmt: skip
+    def __init__(
+        self,
+        workdir: Path,
+        ports: list,
+        extra_config: str = "",
+        crypt_key: str | None = None,
+        env: dict | None = None,
+        command_prefix: list | None = None,
+    ):
         self.extra_env = env or {}
         self.command_prefix = command_prefix or []  # e.g. a private mount namespace (unshare)
         self.dir = workdir
@@ -166,10 +173,7 @@ class Hub:
         servers run in sessions of their own, so a hub that dies leaves them behind)."""
         if self.proc is None or self.proc.poll() is not None:
             return
-        children = [
-            pid for pid in self.child_pids("")
-            if not (leave_servers and pid in self.child_pids("jupyterhub-singleuser"))
-        ]
+        children = [pid for pid in self.child_pids("") if not (leave_servers and pid in self.child_pids("jupyterhub-singleuser"))]
         self.proc.send_signal(signal.SIGTERM)
         try:
             self.proc.wait(30)
@@ -236,9 +240,7 @@ class Hub:
         )
 
     def chp_routes(self) -> dict:
-        response = httpx.get(
-            f"{self.chp_api}/api/routes", headers={"Authorization": f"token {self.chp_token}"}, timeout=10
-        )
+        response = httpx.get(f"{self.chp_api}/api/routes", headers={"Authorization": f"token {self.chp_token}"}, timeout=10)
         response.raise_for_status()
         return response.json()
 
@@ -259,18 +261,21 @@ class Hub:
         form = client.get("/hub/login")
         xsrf = re.search(r'name="_xsrf" value="([^"]+)"', form.text)
         assert xsrf, f"no _xsrf field on the login page: {form.text[:500]}"
-        response = client.post(
-            "/hub/login?next=%2Fhub%2Fhome", data={"username": user, "password": "pw", "_xsrf": xsrf.group(1)}
-        )
+        response = client.post("/hub/login?next=%2Fhub%2Fhome", data={"username": user, "password": "pw", "_xsrf": xsrf.group(1)})
         assert response.status_code == 302 and client.cookies.get("jupyterhub-hub-login"), response.text[:500]
         return client
 
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-]  # fmt: skip
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 SCREENSHOTS = REPO / "tests/screenshots"
 
 
@@ -280,6 +285,7 @@ def browser():
     if not CHROMIUM.exists():
         pytest.fail(f"{CHROMIUM} is missing: apt-get install chromium (.ci/run does)", pytrace=False)
     from playwright.sync_api import sync_playwright
+
     SCREENSHOTS.mkdir(exist_ok=True)
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)

@@ -60,7 +60,10 @@ def test_guessing_is_rate_limited_per_client_and_port(hub, apps, token):
 
 def test_audit_log_has_changes_and_denials_but_no_secrets(hub, apps, token):
     with client_from(hub, "127.0.0.1") as client:
-        assert client.get(f"/ports/mallory-target/{apps['b'].port}/q", params={"proxy_token": "leaked-guess", "k": "v"}).status_code == 403
+        assert (
+            client.get(f"/ports/mallory-target/{apps['b'].port}/q", params={"proxy_token": "leaked-guess", "k": "v"}).status_code
+            == 403
+        )
     entries = audit(hub)
     change = next(e for e in entries if e["event"] == "settings changed")
     assert change["user"] == "mallory-target" and change["server"] == ""

@@ -114,7 +114,7 @@ def test_public_port_and_per_port_override(hub, apps, alice):
         ('{"ports": {"1": "public"}}', "not in the allow-list"),
         ('{"ports": "public"}', "ports must be an object"),
         ('{"color": "red"}', "Unknown key"),
-        ('[1, 2]', "Invalid action"),
+        ("[1, 2]", "Invalid action"),
     ],
 )
 def test_token_api_refuses_bad_bodies(hub, alice, body, message):
@@ -236,7 +236,5 @@ def test_sidecar_restart_fails_closed_then_recovers(hub, apps, alice):
     assert response.status_code in (502, 503)
     assert len(apps["token"].received()) == seen
     # the hub restarts its managed service; the reconciliation refills the table
-    wait_for(
-        lambda: hub.get(url, headers={"X-Proxy-Token": token}).status_code == 200, 60, "the sidecar back", hub.log_path
-    )
+    wait_for(lambda: hub.get(url, headers={"X-Proxy-Token": token}).status_code == 200, 60, "the sidecar back", hub.log_path)
     assert hub.get(url).status_code == 403

@@ -114,7 +114,9 @@ async def test_port_traffic_keeps_servers_from_the_idle_culler(make_hub, make_ap
         api_token = hub.user_token(user)
         hub.spawn(user)
         token = hub.proxytoken(api_token, "POST", content="random").json()
-        wait_for(lambda: sum(path.startswith(f"/ports/{user}/") for path in hub.port_routes()) == len(ports), 10, f"{user}'s routes")
+        wait_for(
+            lambda: sum(path.startswith(f"/ports/{user}/") for path in hub.port_routes()) == len(ports), 10, f"{user}'s routes"
+        )
         return token
 
     for user, work in traffic.items():  # each server's traffic begins as soon as it runs: spawns take a while
@@ -123,9 +125,14 @@ async def test_port_traffic_keeps_servers_from_the_idle_culler(make_hub, make_ap
         await asyncio.sleep(KEEP_FOR)
         running = {user: server_model(hub, user) is not None for user in users}
         assert running == {
-            "by-token": True, "by-public": True, "by-socket": True,
-            "quiet-public": False, "quiet-token": False, "storm": False, "no-app": False,
-        }, hub.log()[-3000:]  # fmt: skip
+            "by-token": True,
+            "by-public": True,
+            "by-socket": True,
+            "quiet-public": False,
+            "quiet-token": False,
+            "storm": False,
+            "no-app": False,
+        }, hub.log()[-3000:]
         for user in ("by-token", "by-public", "by-socket"):  # the hub saw the traffic
             assert last_activity(hub, user) > time.time() - 4 * EVERY - 2, user
         metrics = hub.get("/hub/metrics", headers={"Authorization": f"token {ADMIN_TOKEN}"}).text
@@ -149,8 +156,11 @@ async def test_port_traffic_keeps_servers_from_the_idle_culler(make_hub, make_ap
     stopped = time.time()
     wait_for(
         lambda: all(server_model(hub, user) is None for user in ("by-token", "by-public", "by-socket")),
-        TIMEOUT + 30, "the culler to stop the servers whose traffic ended", hub.log_path, interval=1,
-    )  # fmt: skip
+        TIMEOUT + 30,
+        "the culler to stop the servers whose traffic ended",
+        hub.log_path,
+        interval=1,
+    )
     assert time.time() - stopped >= TIMEOUT - 2 * EVERY - 2  # not before their last activity aged
 
 
@@ -161,11 +171,18 @@ def test_a_replica_answer_cannot_push_activity_into_the_future():
 
     now = time.time()
     seen = {}
-    answer = {"now": now - 100, "servers": [
-        ["alice", "", now - 110],  # 10 s before the replica's now: 10 s before the hub's
-        ["bob", "", 1e11],  # year 5138
-        ["carl", "", float("nan")], ["dana", ""], "eve", [None, "", now], ["fay", 3, now],
-    ]}  # fmt: skip
+    answer = {
+        "now": now - 100,
+        "servers": [
+            ["alice", "", now - 110],  # 10 s before the replica's now: 10 s before the hub's
+            ["bob", "", 1e11],  # year 5138
+            ["carl", "", float("nan")],
+            ["dana", ""],
+            "eve",
+            [None, "", now],
+            ["fay", 3, now],
+        ],
+    }
     ActivityCollector._from_sidecar(seen, answer)
     assert set(seen) == {("alice", ""), ("bob", "")}
     assert abs(seen["alice", ""][0] - (now - 10)) < 1

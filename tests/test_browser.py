@@ -19,6 +19,7 @@ import pytest
 from conftest import REPO, assert_no_credentials, free_port, shoot
 from playwright.sync_api import expect
 
+
 @pytest.fixture(scope="module")
 def apps(make_app):
     return {"api": make_app(), "off": make_app(), "team": make_app()}

@@ -126,16 +126,21 @@ def check_here(path: Path, capsys) -> tuple[int, str]:
 
 
 def test_check_passes_a_good_config(tmp_path, capsys):
-    path = write_config(tmp_path, """
+    path = write_config(
+        tmp_path,
+        """
         c.JupyterHub.spawner_class = "docker"
         c.PortRoutes.ports = [5000, {"port": 8050, "access": "public", "cors_origins": ["https://example.org"]}]
-    """)
+    """,
+    )
     code, out = check_here(path, capsys)
     assert code == 0 and "no problems found" in out, out
 
 
 def test_check_reports_every_problem_of_a_bad_config(tmp_path):
-    path = write_config(tmp_path, """
+    path = write_config(
+        tmp_path,
+        """
         c.JupyterHub.spawner_class = "docker"
         c.PortRoutes.ports = [5000, 8888, {"port": 5001, "acess": "public"}, 5000]
         c.PortRoutes.port = [1]
@@ -143,7 +148,8 @@ def test_check_reports_every_problem_of_a_bad_config(tmp_path):
         c.PortRoutes.route_template = "/ports/{port}/"
         c.PortRoutes.cors_origins = ["https://example.org/"]
         c.PortRoutes.sidecar_managed = False
-    """)
+    """,
+    )
     result = run("check", str(path))
     assert result.returncode == 1, result
     out = result.stdout
@@ -167,7 +173,9 @@ def test_check_local_servers_and_files_that_do_not_load(tmp_path, capsys):
     code, out = check_here(path, capsys)
     assert code == 0 and "port 8081 is the hub's own port on this machine: it never gets a route" in out, out
     assert "port 8000 is the proxy's public port" in out and "port 8001 is the proxy's API" in out
-    path = write_config(tmp_path, "c.PortRoutes.sidecar_api_urls = ['http://a:1', 'http://b:1']\nc.PortRoutes.reconcile_interval = 0")
+    path = write_config(
+        tmp_path, "c.PortRoutes.sidecar_api_urls = ['http://a:1', 'http://b:1']\nc.PortRoutes.reconcile_interval = 0"
+    )
     assert "sidecar replicas need periodic reconciliations" in check_here(path, capsys)[1]
     host_template = "c.PortRoutes.ports = [5000]\nc.PortRoutes.route_template = '{port}--{username}.{subdomain_host}'"
     path = write_config(tmp_path, host_template)
@@ -175,11 +183,18 @@ def test_check_local_servers_and_files_that_do_not_load(tmp_path, capsys):
     path = write_config(tmp_path, host_template + "\nc.JupyterHub.subdomain_host = 'https://hub.example.org'")
     code, out = check_here(path, capsys)
     assert code == 0 and "host template" not in out and "0 error(s)" in out, out
-    path = write_config(tmp_path, host_template + "\nc.JupyterHub.subdomain_host = 'https://hub.example.org'\nc.JupyterHub.subdomain_hook = 'legacy'")
+    path = write_config(
+        tmp_path,
+        host_template + "\nc.JupyterHub.subdomain_host = 'https://hub.example.org'\nc.JupyterHub.subdomain_hook = 'legacy'",
+    )
     assert "it needs JupyterHub's default subdomain_hook ('idna')" in check_here(path, capsys)[1]
-    path = write_config(tmp_path, "c.PortRoutes.ports = [5000]\nc.PortRoutes.route_template = '/{username}/{servername}/proxy/{port}/'")
+    path = write_config(
+        tmp_path, "c.PortRoutes.ports = [5000]\nc.PortRoutes.route_template = '/{username}/{servername}/proxy/{port}/'"
+    )
     code, out = check_here(path, capsys)
-    assert code == 1 and "c.PortRoutes.route_template: '/{username}/{servername}/proxy/{port}/' begins with {username}" in out, out
+    assert code == 1 and "c.PortRoutes.route_template: '/{username}/{servername}/proxy/{port}/' begins with {username}" in out, (
+        out
+    )
     (tmp_path / "broken.py").write_text("c.PortRoutes.ports = [5000\n")
     code, out = check_here(tmp_path / "broken.py", capsys)
     assert code == 1 and "the file does not load: SyntaxError" in out, out

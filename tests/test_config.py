@@ -20,8 +20,15 @@ def port_routes(**settings) -> PortRoutes:
 
 
 def test_ports_normalise():
-    specs = port_routes(ports=[5000, {"port": 5001, "access": "public", "name": "dash"}, " 8000-8099", {"port": "9000-9001"}]).port_specs
-    assert specs == [PortSpec(5000), PortSpec(5001, name="dash", access="public"), PortSpec(8000, last=8099), PortSpec(9000, last=9001)]
+    specs = port_routes(
+        ports=[5000, {"port": 5001, "access": "public", "name": "dash"}, " 8000-8099", {"port": "9000-9001"}]
+    ).port_specs
+    assert specs == [
+        PortSpec(5000),
+        PortSpec(5001, name="dash", access="public"),
+        PortSpec(8000, last=8099),
+        PortSpec(9000, last=9001),
+    ]
     assert [spec.key for spec in specs] == ["5000", "5001", "8000-8099", "9000-9001"]
     assert specs[2].covers(8000) and specs[2].covers(8099) and not specs[2].covers(8100) and not specs[0].covers(5001)
 
@@ -194,8 +201,10 @@ def test_wiring_adds_to_what_the_admin_set(make_hub, make_app):
         ("c.PortRoutes.ports = [5000, 5000]", "port 5000 is listed twice"),
         ("c.PortRoutes.route_template = '/p/{username}/'", "must contain {port}"),
         ("c.PortRoutes.sidecar_managed = False", "set c.PortRoutes.sidecar_api_token"),
-        ("c.PortRoutes.ports = ['5000-5010']\nc.PortRoutes.route_template = '/hub/proxy{port}/{username}/'",
-         "needs {port} as the last segment"),
+        (
+            "c.PortRoutes.ports = ['5000-5010']\nc.PortRoutes.route_template = '/hub/proxy{port}/{username}/'",
+            "needs {port} as the last segment",
+        ),
     ],
 )
 def test_bad_config_stops_the_hub(make_hub, setting, message):

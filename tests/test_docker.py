@@ -22,8 +22,16 @@ def docker_config(engine, prefix, internal_ip=True, spawner="docker", ports=APP_
         else 'c.DockerSpawner.use_internal_ip = False\nc.DockerSpawner.host_ip = "127.0.0.1"'
     )
     app_args = [a for p in ports for a in ("--app-port", str(p))]
-    cmd = ["/opt/venv/bin/python", "/opt/examples/with_app.py", "--app-ip", "0.0.0.0", *app_args, "--",
-           "/opt/venv/bin/jupyterhub-singleuser", "--allow-root"]
+    cmd = [
+        "/opt/venv/bin/python",
+        "/opt/examples/with_app.py",
+        "--app-ip",
+        "0.0.0.0",
+        *app_args,
+        "--",
+        "/opt/venv/bin/jupyterhub-singleuser",
+        "--allow-root",
+    ]
     return f"""
 c.JupyterHub.spawner_class = {spawner!r}
 c.DockerSpawner.image = {engine["JHPROXY_ROUTES_IMAGE"]!r}
@@ -219,9 +227,7 @@ c.TokenizedDockerSpawner.shutdown_behavior = "disable"
     assert response.json()["path"] == "/api/items"  # jhproxy forwarded the path below the prefix
     assert hub.get("/hub/proxy5000/seeduser/", headers={"X-Proxy-Token": "wrong"}).status_code == 403
     # the hub's login cookie never reaches the app, even on this /hub/ path
-    response = hub.get(
-        "/hub/proxy5001/seeduser/", headers={"X-Proxy-Token": token, "Cookie": "jupyterhub-hub-login=SECRET"}
-    )
+    response = hub.get("/hub/proxy5001/seeduser/", headers={"X-Proxy-Token": token, "Cookie": "jupyterhub-hub-login=SECRET"})
     assert "SECRET" not in response.text
     hub.stop_server("seeduser")
     assert hub.proxytoken(api_token).json() is None  # shutdown_behavior = disable

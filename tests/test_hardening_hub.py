@@ -132,8 +132,10 @@ def test_token_revoked_mid_stop_is_refused_at_once(flaky):
 def start_chp(log: Path, public: int, api: int, token: str) -> subprocess.Popen:
     proc = subprocess.Popen(
         [str(CHP), "--ip", "127.0.0.1", "--port", str(public), "--api-ip", "127.0.0.1", "--api-port", str(api)],
-        env={**os.environ, "CONFIGPROXY_AUTH_TOKEN": token}, stdout=log.open("w"), stderr=subprocess.STDOUT,
-    )  # fmt: skip
+        env={**os.environ, "CONFIGPROXY_AUTH_TOKEN": token},
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+    )
     wait_for(lambda: port_open(api), 30, "CHP's API", log)
     return proc
 
@@ -143,8 +145,12 @@ def test_moved_proxy_gets_the_port_routes_at_once(make_hub, make_app, module_tmp
     one with PATCH /hub/api/proxy. The port routes must follow, at once, and the PATCH must
     not wait for the old proxy (api_retry_timeout is 30 s here)."""
     app = make_app()
-    hub = make_hub([{"port": app.port, "access": "public"}], "c.ConfigurableHTTPProxy.should_start = False\n"
-                   "c.PortRoutes.api_retry_timeout = 30", name="mover", start=False)  # fmt: skip
+    hub = make_hub(
+        [{"port": app.port, "access": "public"}],
+        "c.ConfigurableHTTPProxy.should_start = False\nc.PortRoutes.api_retry_timeout = 30",
+        name="mover",
+        start=False,
+    )
     old = start_chp(module_tmp / "chp-old.log", hub.port, hub.api_port, hub.chp_token)
     public, api, token = free_port(), free_port(), "t" * 32
     new = None
@@ -160,8 +166,12 @@ def test_moved_proxy_gets_the_port_routes_at_once(make_hub, make_app, module_tmp
         new_routes = lambda: httpx.get(f"http://127.0.0.1:{api}/api/routes", headers={"Authorization": f"token {token}"}).json()  # noqa: E731
         started = time.monotonic()
         # to the hub's own port: its public one was the old proxy's
-        response = httpx.patch(f"http://127.0.0.1:{hub.hub_port}/hub/api/proxy", headers={"Authorization": f"token {ADMIN_TOKEN}"},
-                               json={"api_url": f"http://127.0.0.1:{api}", "auth_token": token}, timeout=120)  # fmt: skip
+        response = httpx.patch(
+            f"http://127.0.0.1:{hub.hub_port}/hub/api/proxy",
+            headers={"Authorization": f"token {ADMIN_TOKEN}"},
+            json={"api_url": f"http://127.0.0.1:{api}", "auth_token": token},
+            timeout=120,
+        )
         took = time.monotonic() - started
         print(f"PATCH /hub/api/proxy took {took:.3f} s")
         assert response.status_code == 200, response.text
@@ -295,8 +305,12 @@ def test_a_servers_token_manages_that_server_only(hub, apps):
     default_port_token = hub.proxytoken(user_token, "POST", content="random").json()
     scratch, default = server_token(hub, "erin", "scratch"), server_token(hub, "erin")
     # code in scratch goes for the default server's port token and settings
-    for method, kwargs in [("GET", {}), ("GET", {"params": {"format": "full"}}), ("POST", {"content": "allow_all"}),
-                           ("POST", {"json": {"ports": {str(apps["other"].port): "public"}}})]:  # fmt: skip
+    for method, kwargs in [
+        ("GET", {}),
+        ("GET", {"params": {"format": "full"}}),
+        ("POST", {"content": "allow_all"}),
+        ("POST", {"json": {"ports": {str(apps["other"].port): "public"}}}),
+    ]:
         response = hub.proxytoken(scratch, method, **kwargs)
         assert response.status_code == 403, (method, kwargs, response.text)
         assert default_port_token not in response.text

@@ -61,8 +61,9 @@ class ScriptedApp:
                     if int(get("content-length") or 0):
                         self.rfile.read(int(get("content-length")))
                     path = target.partition("?")[0]
-                    app.received.append({"method": method, "path": path, "query": target.partition("?")[2],
-                                         "headers": headers, "nth": count})  # fmt: skip
+                    app.received.append(
+                        {"method": method, "path": path, "query": target.partition("?")[2], "headers": headers, "nth": count}
+                    )
                     if "/flaky/" in path and count > 1:
                         return  # read, then gone without an answer
                     if get("upgrade", "").lower() == "websocket":
@@ -92,8 +93,13 @@ class ScriptedApp:
             extra += [f"Access-Control-Allow-Origin: {get('origin')}", "Access-Control-Allow-Credentials: true"]
         target = unquote(query.partition("target=")[2])
         if path == "/attack-form":
-            body, kind = (f'<form method="POST" action="{target}"><input name="x" value="1"></form>'
-                          "<script>document.forms[0].submit()</script>").encode(), "text/html"  # fmt: skip
+            body, kind = (
+                (
+                    f'<form method="POST" action="{target}"><input name="x" value="1"></form>'
+                    "<script>document.forms[0].submit()</script>"
+                ).encode(),
+                "text/html",
+            )
         elif path == "/attack-frame":
             body, kind = f'<iframe id="f" src="{target}"></iframe>'.encode(), "text/html"
         head = [f"HTTP/1.1 200 OK", f"Content-Type: {kind}", f"Content-Length: {len(body)}", *extra]
@@ -128,7 +134,9 @@ c.PortRoutes.cors_origins = [{TRUSTED!r}]
 c.PortRoutes.trusted_proxies = ["127.0.0.1"]
 c.JupyterHub.public_url = f"http://127.0.0.1:{{c.JupyterHub.port}}"
 """
-    hub = make_hub([{"port": echo.port, "name": "echo"}, {"port": scripted.port, "name": "scripted", "strip_prefix": True}], config)
+    hub = make_hub(
+        [{"port": echo.port, "name": "echo"}, {"port": scripted.port, "name": "scripted", "strip_prefix": True}], config
+    )
     hub.user_token("alice")
     hub.spawn("alice")
     return hub
@@ -194,14 +202,18 @@ def test_app_cors_headers_never_pass_a_port_with_a_cors_policy(hub, scripted, to
 
 
 def ws_request(path: str, host: str, extra: str = "") -> bytes:
-    return (f"GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
-            f"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n{extra}\r\n").encode()  # fmt: skip
+    return (
+        f"GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+        f"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n{extra}\r\n"
+    ).encode()
 
 
 def test_cookies_of_the_hub_never_come_through_a_websocket_101(hub, scripted, token):
     """Item 6: the app's 101 sets the hub's login cookie and a sidecar session cookie: the
     browser gets neither (the app's own cookie passes, as in any answer)."""
-    head = raw_exchange(hub.port, ws_request(f"/ports/alice/{scripted.port}/ws", f"127.0.0.1:{hub.port}", f"X-Proxy-Token: {token}\r\n"))
+    head = raw_exchange(
+        hub.port, ws_request(f"/ports/alice/{scripted.port}/ws", f"127.0.0.1:{hub.port}", f"X-Proxy-Token: {token}\r\n")
+    )
     head = head.partition(b"\r\n\r\n")[0].decode("latin-1").lower()
     assert head.startswith("http/1.1 101"), head
     assert "sec-websocket-accept: s3pplmbitxaq9kygzzhzrbk+xoo=" in head and "app-cookie=fine" in head
@@ -213,8 +225,11 @@ def test_the_app_sees_the_client_whatever_connection_names(hub, echo, token):
     the whole chain (the client, CHP's hop, the sidecar's) and the scheme and host."""
     hide = "X-Forwarded-For, X-Forwarded-Proto, X-Forwarded-Host, X-Forwarded-Prefix"
     before = len(echo.received())
-    response = httpx.get(hub.url + echo_path(echo, "hidden"), timeout=30,
-                         headers={"Connection": hide, "X-Forwarded-For": "198.51.100.7", "X-Proxy-Token": token})  # fmt: skip
+    response = httpx.get(
+        hub.url + echo_path(echo, "hidden"),
+        timeout=30,
+        headers={"Connection": hide, "X-Forwarded-For": "198.51.100.7", "X-Proxy-Token": token},
+    )
     assert response.status_code == 200, response.text
     (seen,) = echo.received()[before:]
     headers = {k.lower(): v for k, v in seen["headers"]}
@@ -236,7 +251,12 @@ def test_a_token_in_the_query_goes_no_further(hub, echo, scripted, token):
     assert with_header.headers.get_list("referrer-policy") == ["unsafe-url"]
     leaked = f"{hub.url}/ports/alice/{scripted.port}/page?a=1&proxy_token={quote(token)}&b=2"
     before = len(echo.received())
-    assert httpx.get(hub.url + echo_path(echo, "img.png"), headers={"Referer": leaked, "X-Proxy-Token": token}, timeout=30).status_code == 200
+    assert (
+        httpx.get(
+            hub.url + echo_path(echo, "img.png"), headers={"Referer": leaked, "X-Proxy-Token": token}, timeout=30
+        ).status_code
+        == 200
+    )
     (seen,) = echo.received()[before:]
     referer = dict((k.lower(), v) for k, v in seen["headers"])["referer"]
     assert token not in json.dumps(seen) and referer == f"{hub.url}/ports/alice/{scripted.port}/page?a=1&b=2", referer
@@ -246,8 +266,11 @@ def test_a_forged_log_line_stays_inside_its_own(hub):
     """Item 10: an OAuth callback whose error_description carries a line break and a line
     in the hub's log format: the log shows it escaped, never as a line of its own."""
     forged = "[I 2030-01-01 00:00:00.000 JupyterHub log:192] 200 POST /hub/api/users/alice/tokens (alice@10.0.0.1) 1.00ms"
-    response = httpx.get(f"{hub.url}/services/jhproxy-routes/oauth_callback",
-                         params={"error": "x", "error_description": f"denied\n{forged}\r\n{forged}"}, timeout=30)  # fmt: skip
+    response = httpx.get(
+        f"{hub.url}/services/jhproxy-routes/oauth_callback",
+        params={"error": "x", "error_description": f"denied\n{forged}\r\n{forged}"},
+        timeout=30,
+    )
     assert response.status_code == 400
     wait_for(lambda: "the hub refused a login: denied" in hub.log(), 15, "the sidecar to log the refused login", hub.log_path)
     lines = hub.log().splitlines()
@@ -284,16 +307,36 @@ def test_a_sibling_page_cannot_use_the_login_on_path_routes(hub, echo, token):
     url = hub.url + echo_path(echo, "api/delete")
     before = len(echo.received())
     cross_site = [
-        ("POST", {"Origin": "http://evil.example", "Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "navigate", "Sec-Fetch-Dest": "document"}),
+        (
+            "POST",
+            {
+                "Origin": "http://evil.example",
+                "Sec-Fetch-Site": "cross-site",
+                "Sec-Fetch-Mode": "navigate",
+                "Sec-Fetch-Dest": "document",
+            },
+        ),
         ("POST", {"Origin": "http://evil.example"}),  # an older browser
         ("POST", {}),  # no Origin at all: not the port's own
         ("GET", {"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "navigate", "Sec-Fetch-Dest": "iframe"}),
-        ("GET", {"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "cors", "Sec-Fetch-Dest": "empty", "Origin": "http://evil.example"}),
+        (
+            "GET",
+            {
+                "Sec-Fetch-Site": "cross-site",
+                "Sec-Fetch-Mode": "cors",
+                "Sec-Fetch-Dest": "empty",
+                "Origin": "http://evil.example",
+            },
+        ),
         ("GET", {"Sec-Fetch-Site": "same-site", "Sec-Fetch-Mode": "no-cors", "Sec-Fetch-Dest": "image"}),
     ]
     for method, headers in cross_site:
         refused = httpx.request(method, url, headers={**session, **headers, "Accept": "text/html"}, timeout=30)
-        assert refused.status_code == 403 and "came from another page than the port" in refused.text, (method, headers, refused.text[:300])
+        assert refused.status_code == 403 and "came from another page than the port" in refused.text, (
+            method,
+            headers,
+            refused.text[:300],
+        )
     assert len(echo.received()) == before, "a cross-site request reached the app"
     own = {"Origin": hub.url, "Sec-Fetch-Site": "same-origin", "Sec-Fetch-Mode": "cors", "Sec-Fetch-Dest": "empty"}
     assert httpx.post(url, headers={**session, **own}, timeout=30).status_code == 200
@@ -301,12 +344,13 @@ def test_a_sibling_page_cannot_use_the_login_on_path_routes(hub, echo, token):
     assert httpx.get(url, headers={**session, **top}, timeout=30).status_code == 200
     assert httpx.post(url, headers={"Origin": "http://evil.example", "X-Proxy-Token": token}, timeout=30).status_code == 200
     assert [r["method"] for r in echo.received()[before:]] == ["POST", "GET", "POST"]
-    metrics = httpx.get(f"{hub.sidecar_url}/_jhproxy-routes/metrics", headers={"Authorization": f"token {ADMIN_TOKEN}"}, timeout=30)
+    metrics = httpx.get(
+        f"{hub.sidecar_url}/_jhproxy-routes/metrics", headers={"Authorization": f"token {ADMIN_TOKEN}"}, timeout=30
+    )
     assert re.search(r'jhproxy_routes_sidecar_denied_total\{reason="cross-site login"\} 6\.0', metrics.text), metrics.text[-2000:]
     audit = [json.loads(line) for line in (hub.dir / "jhproxy-routes-audit.jsonl").read_text().splitlines()]
     refusals = [(e["method"], e["path"]) for e in audit if e.get("reason") == "cross-site login"]
     assert refusals == [(method, echo_path(echo, "api/delete")) for method, _ in cross_site], refusals
-
 
 
 def test_a_login_without_fetch_metadata_gets_no_frame_from_elsewhere(hub, echo):
@@ -351,7 +395,9 @@ async def test_websockets_held_open_push_no_one_out(make_hub, make_app):
     from tornado.websocket import websocket_connect
 
     app = make_app()
-    hub = make_hub([app.port], 'c.PortRoutes.default_startup_behavior = "random"\nc.PortRoutes.max_idle_connections = 3', name="held")
+    hub = make_hub(
+        [app.port], 'c.PortRoutes.default_startup_behavior = "random"\nc.PortRoutes.max_idle_connections = 3', name="held"
+    )
     tokens = {}
     for user in ("mallory", "alice"):
         api_token = hub.user_token(user)
@@ -386,7 +432,10 @@ def subhub(make_hub, team, scripted):
 c.JupyterHub.subdomain_host = f"http://{HUB_HOST}:{{c.JupyterHub.port}}"
 c.PortRoutes.route_template = "{{port}}--{{username}}.{{subdomain_host}}"
 """
-    ports = [{"port": team.port, "name": "team", "access": "owner"}, {"port": scripted.port, "name": "attack", "access": "public"}]
+    ports = [
+        {"port": team.port, "name": "team", "access": "owner"},
+        {"port": scripted.port, "name": "attack", "access": "public"},
+    ]
     hub = make_hub(ports, config, name="subdomains")
     for user in ("alice", "mallory"):
         hub.user_token(user)
@@ -489,7 +538,9 @@ def test_another_process_on_the_sidecars_port_is_named_not_fed(make_hub, echo):
         hub.start()
         hub.user_token("alice")
         hub.spawn("alice")
-        stranger = f"the process at {hub.sidecar_url} is not this hub's jhproxy-routes sidecar (it answered HTTP 200 without JSON)"
+        stranger = (
+            f"the process at {hub.sidecar_url} is not this hub's jhproxy-routes sidecar (it answered HTTP 200 without JSON)"
+        )
         wait_for(lambda: stranger in hub.log(), 30, "the route manager to name the stranger", hub.log_path)
         log = hub.log()
         listen = [line for line in log.splitlines() if "cannot listen on" in line]
@@ -497,7 +548,12 @@ def test_another_process_on_the_sidecars_port_is_named_not_fed(make_hub, echo):
         assert "Traceback" not in log, log[-3000:]
         # no retry storm: no retries, and one line for all the reconciliations (every 2 s here)
         first = hub.log().index(stranger)
-        wait_for(lambda: hub.log()[first:].count("GET /api/routes") >= 3, 30, "three more reconciliations (CHP's table read)", hub.log_path)
+        wait_for(
+            lambda: hub.log()[first:].count("GET /api/routes") >= 3,
+            30,
+            "three more reconciliations (CHP's table read)",
+            hub.log_path,
+        )
         log = hub.log()
         assert "retrying" not in log
         assert len([line for line in log.splitlines() if "[E " in line and "left out of this reconciliation" in line]) == 1
@@ -601,8 +657,12 @@ def test_another_hubs_sidecar_is_named_too(tmp_path):
 
     port = free_port()
     env = {**os.environ, "JHPROXY_ROUTES_SIDECAR_TOKEN": "another-hubs-secret", "JHPROXY_ROUTES_AUDIT_LOG": ""}
-    proc = subprocess.Popen([sys.executable, "-m", "jhproxy_routes.sidecar", "--port", str(port)], env=env,
-                            stdout=(tmp_path / "sidecar.log").open("w"), stderr=subprocess.STDOUT)  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "jhproxy_routes.sidecar", "--port", str(port)],
+        env=env,
+        stdout=(tmp_path / "sidecar.log").open("w"),
+        stderr=subprocess.STDOUT,
+    )
     try:
         wait_for(lambda: port_open(port), 30, "the other sidecar", tmp_path / "sidecar.log")
 
@@ -612,7 +672,10 @@ def test_another_hubs_sidecar_is_named_too(tmp_path):
                 for call in (api.get_all(), api.add_many({"/ports/alice/5000/": {"target": "http://127.0.0.1:5000"}})):
                     with pytest.raises(RouteAPIError) as refused:
                         await call
-                    assert f"the process at http://127.0.0.1:{port} is not this hub's jhproxy-routes sidecar (it refuses the hub's token)" in str(refused.value)
+                    assert (
+                        f"the process at http://127.0.0.1:{port} is not this hub's jhproxy-routes sidecar (it refuses the hub's token)"
+                        in str(refused.value)
+                    )
             finally:
                 await api.aclose()
 

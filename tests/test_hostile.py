@@ -30,9 +30,7 @@ def hub(make_hub, apps):
     return make_hub(
         [apps["own"].port, apps["victim"].port],
         # client_timeout: a head that never completes (bare LF line ends) gets 408 within 2 s
-        "c.PortRoutes.cors_origins = ['https://good.example']\n"
-        "c.PortRoutes.bad_token_limit = 0\n"
-        "c.PortRoutes.client_timeout = 1",
+        "c.PortRoutes.cors_origins = ['https://good.example']\nc.PortRoutes.bad_token_limit = 0\nc.PortRoutes.client_timeout = 1",
     )
 
 
@@ -132,7 +130,7 @@ def test_hostile_request(hub, apps, values, entry, via):
         location = [h for h in head.lower().split(b"\r\n") if h.startswith(b"location:")]
         assert not any(entry["location_not_contains"].encode() in h.split(b"?")[0] for h in location), location
     time.sleep(0.2)  # anything smuggled behind the answer has arrived by now
-    received = {name: app.received()[before[name]:] for name, app in apps.items()}
+    received = {name: app.received()[before[name] :] for name, app in apps.items()}
     assert not received["victim"], "the request reached the victim's app"
     if entry["reach"] == "none":
         assert not received["own"], "the request reached an app"

@@ -70,8 +70,11 @@ def test_owner_login_reaches_the_port_and_nothing_leaks(hub, apps):
     assert response.status_code == 200, response.text
     # to the hub, back to the sidecar's callback, back to the port with a ticket, to the page
     assert [r.url.path for r in response.history] == [
-        port_url(apps, "team"), "/hub/api/oauth2/authorize", CALLBACK, port_url(apps, "team"),
-    ]  # fmt: skip
+        port_url(apps, "team"),
+        "/hub/api/oauth2/authorize",
+        CALLBACK,
+        port_url(apps, "team"),
+    ]
     ticket = response.history[-1].url.params[TICKET_QUERY]
     cookie = session_cookie(alice)
     assert cookie.path == port_url(apps, "team")
@@ -114,8 +117,13 @@ def test_session_cookie_holds_no_readable_token_and_frames_cannot_log_in(hub, ap
     framed = alice.get(port_url(apps, "api"), headers={"Sec-Fetch-Dest": "iframe"})
     assert framed.status_code == 403
     # a websocket from another site may not ride on the login; from the port's own page it may
-    ws = {"Connection": "Upgrade", "Upgrade": "websocket", "Sec-WebSocket-Version": "13",
-          "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==", "Cookie": f"{cookie.name}={cookie.value}"}  # fmt: skip
+    ws = {
+        "Connection": "Upgrade",
+        "Upgrade": "websocket",
+        "Sec-WebSocket-Version": "13",
+        "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+        "Cookie": f"{cookie.name}={cookie.value}",
+    }
     url = hub.url + port_url(apps, "team") + "ws"
     foreign = httpx.get(url, headers={**ws, "Origin": "http://evil.example"}, timeout=30)
     assert foreign.status_code == 403 and "another site" in foreign.text

@@ -19,9 +19,7 @@ OWNER = "metered"
 def samples(text: str) -> dict:
     """``{(name, frozenset(labels.items())): value}`` of every sample."""
     return {
-        (s.name, frozenset(s.labels.items())): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
+        (s.name, frozenset(s.labels.items())): s.value for family in text_string_to_metric_families(text) for s in family.samples
     }
 
 
@@ -174,4 +172,12 @@ def test_a_request_still_running_on_a_removed_route_does_not_bring_its_series_ba
     live.add("/ports/a/5000")  # routed again: counted again
     with metrics.outcome("/ports/a/5000"):
         pass
-    assert value(samples(metrics.exposition().decode()), "jhproxy_routes_sidecar_requests_total", route="/ports/a/5000", outcome="forwarded") == 1
+    assert (
+        value(
+            samples(metrics.exposition().decode()),
+            "jhproxy_routes_sidecar_requests_total",
+            route="/ports/a/5000",
+            outcome="forwarded",
+        )
+        == 1
+    )

@@ -87,7 +87,9 @@ def test_templates_give_each_server_port_its_own_route(a, b):
 
 
 cookie_name = st.one_of(
-    st.sampled_from(["jupyterhub-session-id", "jupyterhub-hub-login", "jupyterhub-user-alice", "_xsrf", "jhproxy-routes-session-1"]),
+    st.sampled_from(
+        ["jupyterhub-session-id", "jupyterhub-hub-login", "jupyterhub-user-alice", "_xsrf", "jhproxy-routes-session-1"]
+    ),
     st.text(st.characters(min_codepoint=33, max_codepoint=126, exclude_characters=";=,"), min_size=1, max_size=12),
 )
 cookie_value = st.text(st.characters(min_codepoint=32, max_codepoint=126, exclude_characters=";"), max_size=12)
@@ -106,7 +108,10 @@ def test_cookie_filter_keeps_only_app_cookies(pairs, separator):
 token_text = st.text(st.characters(min_codepoint=33, max_codepoint=126), min_size=1, max_size=20)
 
 
-@given(token=token_text, query=st.lists(st.tuples(st.sampled_from(["a", "proxy_token", "b", "proxy%5Ftoken"]), token_text), max_size=4))
+@given(
+    token=token_text,
+    query=st.lists(st.tuples(st.sampled_from(["a", "proxy_token", "b", "proxy%5Ftoken"]), token_text), max_size=4),
+)
 def test_the_token_never_reaches_the_app(token, query):
     """Whatever the client sends, the head for the app has no token, header or query."""
     pairs = [("proxy_token", token), *query]

@@ -64,7 +64,12 @@ def test_a_range_is_one_route(hub, block, token):
     assert routes["/ports/ranger"]["port"] == f"{block}-{block + 3}"
     listed = hub.get("/hub/api/jhproxy-routes/routes", headers={"Authorization": f"token {ADMIN_TOKEN}"}).json()
     [row] = [r for r in listed if r["path"] == "/ports/ranger/"]
-    assert (row["port"], row["via"], row["target"], row["name"]) == (f"{block}-{block + 3}", "sidecar", "http://127.0.0.1:{port}", "apps")
+    assert (row["port"], row["via"], row["target"], row["name"]) == (
+        f"{block}-{block + 3}",
+        "sidecar",
+        "http://127.0.0.1:{port}",
+        "apps",
+    )
 
 
 def test_the_port_comes_from_the_path_and_the_check_from_the_range(hub, block, token):

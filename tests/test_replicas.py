@@ -94,7 +94,12 @@ class Replica:
 
     def start(self):
         self.proc = subprocess.Popen(self.command, env=self.env, stdout=self.log_path.open("a"), stderr=subprocess.STDOUT)
-        wait_for(lambda: httpx.get(self.url + "/_jhproxy-routes/health").status_code == 200, 20, f"sidecar at {self.url}", self.log_path)
+        wait_for(
+            lambda: httpx.get(self.url + "/_jhproxy-routes/health").status_code == 200,
+            20,
+            f"sidecar at {self.url}",
+            self.log_path,
+        )
 
     def stop(self):
         self.proc.terminate()
@@ -130,7 +135,9 @@ def rig(make_hub, make_app, module_tmp):
     hosts = module_tmp / "hosts"
     hosts.write_text(f"127.0.0.1 localhost\n127.0.0.1 {REPLICAS_NAME}\n127.0.0.2 {REPLICAS_NAME}\n")
     # the values.yaml snippet, then what differs on one machine: addresses, files, this app
-    config = extra_config() + f"""
+    config = (
+        extra_config()
+        + f"""
 c.ConfigurableHTTPProxy.should_start = False
 c.PortRoutes.ports = [{app.port}]
 c.PortRoutes.sidecar_url = "http://127.0.0.1:{{balancer}}"
@@ -141,6 +148,7 @@ c.PortRoutes.api_retry_timeout = 2  # a dead replica is given up on sooner
 c.PortRoutes.sidecar_ready_for = 8  # (values.yaml: 300) a replica the hub lost drops out sooner
 c.JupyterHub.last_activity_interval = 2  # (default 300) port activity is collected this often
 """
+    )
     unshare = ["unshare", "--mount", "sh", "-c", 'mount --bind "$0" /etc/hosts && exec "$@"', str(hosts)]
     hub = make_hub([app.port], "", start=False, env={"JHPROXY_ROUTES_SIDECAR_TOKEN": SECRET}, command_prefix=unshare)
     hub_api = f"http://127.0.0.1:{hub.hub_port}/hub/api"
@@ -150,8 +158,16 @@ c.JupyterHub.last_activity_interval = 2  # (default 300) port activity is collec
     config_path.write_text(config_path.read_text() + config.replace("{balancer}", str(balancer.port)))
     chp = RemoteCHP(hub)
     hub.start()
-    yield {"hub": hub, "app": app, "replicas": replicas, "chp": chp, "hosts": hosts, "port": sidecar_port, "hub_api": hub_api,
-           "balancer": balancer}  # fmt: skip
+    yield {
+        "hub": hub,
+        "app": app,
+        "replicas": replicas,
+        "chp": chp,
+        "hosts": hosts,
+        "port": sidecar_port,
+        "hub_api": hub_api,
+        "balancer": balancer,
+    }
     for replica in replicas:
         replica.stop()
     chp.stop()
@@ -167,8 +183,19 @@ class RemoteCHP:
 
     def start(self):
         hub = self.hub
-        command = [str(CHP), "--ip", "127.0.0.1", "--port", str(hub.port), "--api-ip", "127.0.0.1", "--api-port", str(hub.api_port),
-                   "--error-target", f"http://127.0.0.1:{hub.hub_port}/hub/error"]  # fmt: skip
+        command = [
+            str(CHP),
+            "--ip",
+            "127.0.0.1",
+            "--port",
+            str(hub.port),
+            "--api-ip",
+            "127.0.0.1",
+            "--api-port",
+            str(hub.api_port),
+            "--error-target",
+            f"http://127.0.0.1:{hub.hub_port}/hub/error",
+        ]
         env = {**os.environ, "CONFIGPROXY_AUTH_TOKEN": hub.chp_token}
         self.proc = subprocess.Popen(command, env=env, stdout=self.log_path.open("a"), stderr=subprocess.STDOUT)
         wait_for(lambda: port_open(hub.api_port), 20, "the remote CHP", self.log_path)
@@ -222,7 +249,9 @@ def test_traffic_on_each_replica_is_the_servers_activity(rig, token):
         time.sleep(1.1)  # past the time the other one's request gave
         sent = datetime.now(timezone.utc)
         assert httpx.get(replica.url + route_of(rig) + "/busy", headers={"X-Proxy-Token": token}).status_code == 200
-        wait_for(lambda: last_activity() >= sent - timedelta(seconds=0.5), 20, f"activity on {replica.url} in the hub", hub.log_path)
+        wait_for(
+            lambda: last_activity() >= sent - timedelta(seconds=0.5), 20, f"activity on {replica.url} in the hub", hub.log_path
+        )
 
 
 def test_a_hub_login_made_on_one_replica_holds_on_the_others(rig, token):
@@ -232,7 +261,9 @@ def test_a_hub_login_made_on_one_replica_holds_on_the_others(rig, token):
     assert response.status_code == 200, response.text
     [cookie] = [c for c in owner.cookies.jar if c.name.startswith("jhproxy-routes-session-")]
     for replica in rig["replicas"]:  # straight to each replica, as CHP would send it
-        direct = httpx.get(replica.url + route_of(rig) + "/y", headers={"Cookie": f"{cookie.name}={cookie.value}", "Accept": "text/html"})
+        direct = httpx.get(
+            replica.url + route_of(rig) + "/y", headers={"Cookie": f"{cookie.name}={cookie.value}", "Accept": "text/html"}
+        )
         assert direct.status_code == 200 and direct.json()["path"] == route_of(rig) + "/y", (replica.url, direct.text[:300])
 
 
@@ -261,8 +292,11 @@ def set_listed(hosts: Path, ip: str, listed: bool) -> None:
 
 def test_a_restarted_remote_chp_gets_the_port_routes_back_despite_a_dead_replica(rig, token):
     hub = rig["hub"]
-    wait_for(lambda: "sidecar replica left out of this reconciliation: GET sidecar http://127.0.0.3" in hub.log(),
-             30, "the hub to meet the dead replica")  # fmt: skip
+    wait_for(
+        lambda: "sidecar replica left out of this reconciliation: GET sidecar http://127.0.0.3" in hub.log(),
+        30,
+        "the hub to meet the dead replica",
+    )
     rig["chp"].stop()
     rig["chp"].start()
     assert route_of(rig) not in hub.port_routes()

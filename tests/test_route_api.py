@@ -54,9 +54,15 @@ def sidecar_route(i: int) -> dict:
 
 async def test_chp_routes_in_bulk_and_only_ours(chp):
     api_url, token = chp
-    httpx.post(f"{api_url}/api/routes/someone-else", json={"target": "http://127.0.0.1:9"}, headers={"Authorization": f"token {token}"}).raise_for_status()
+    httpx.post(
+        f"{api_url}/api/routes/someone-else", json={"target": "http://127.0.0.1:9"}, headers={"Authorization": f"token {token}"}
+    ).raise_for_status()
     api = RouteAPI("proxy", api_url, token, concurrency=5)
-    wanted = {f"/ports/user{i}@x/{p}/": {"target": f"http://10.0.0.{i}:{p}", "username": f"user{i}@x"} for i in range(150) for p in (5000, 8050)}
+    wanted = {
+        f"/ports/user{i}@x/{p}/": {"target": f"http://10.0.0.{i}:{p}", "username": f"user{i}@x"}
+        for i in range(150)
+        for p in (5000, 8050)
+    }
     await api.add_many(wanted)
     got = await api.get_all()
     assert set(got) == set(wanted)  # escaped routespecs back, the foreign route not among them
@@ -182,7 +188,8 @@ async def test_transport_connect_error_names_the_address():
 
 
 @pytest.mark.parametrize(
-    "text", ["{}", ' {\n"a" : {"b": [1, "}"]} , "c":null } ', '{"x\\"y": "}{"}', json.dumps({f"k{i}": {"v": i} for i in range(3000)})]
+    "text",
+    ["{}", ' {\n"a" : {"b": [1, "}"]} , "c":null } ', '{"x\\"y": "}{"}', json.dumps({f"k{i}": {"v": i} for i in range(3000)})],
 )
 def test_json_object_items_reads_what_json_reads(text):
     assert dict(json_object_items(text)) == json.loads(text)

@@ -93,9 +93,7 @@ def test_routes_come_back_after_chp_restart(hub, apps):
     os.kill(chp_pid, signal.SIGKILL)
     # JupyterHub restarts its CHP within check_running_interval (5 s); the new one is empty
     wait_for(lambda: hub.child_pids("configurable-http-proxy") not in ([], [chp_pid]), 30, "a new CHP")
-    wait_for(
-        lambda: len(hub.port_routes()) == 2 and "/" in hub.chp_routes(), 30, "routes in the new CHP", hub.log_path
-    )
+    wait_for(lambda: len(hub.port_routes()) == 2 and "/" in hub.chp_routes(), 30, "routes in the new CHP", hub.log_path)
     assert hub.get(f"/ports/dave/{public.port}/").status_code == 200
     hub.stop_server("dave")
 

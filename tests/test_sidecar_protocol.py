@@ -98,7 +98,9 @@ async def test_connection_header_cannot_unframe_a_body(sidecar):
 
 async def test_app_framing_is_rewritten(sidecar):
     # both Transfer-Encoding and Content-Length from the app: chunked wins, length is dropped
-    app = await RawApp(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 99\r\n\r\n3\r\nabc\r\n0\r\n\r\n").start()
+    app = await RawApp(
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 99\r\n\r\n3\r\nabc\r\n0\r\n\r\n"
+    ).start()
     await route_to(sidecar, app, "public")
     out = await exchange(sidecar, b"GET /ports/alice/5000/ HTTP/1.1\r\nHost: h\r\n\r\n")
     head, _, body = out.partition(b"\r\n\r\n")
@@ -112,8 +114,10 @@ async def test_app_framing_is_rewritten(sidecar):
 
 
 async def test_app_cannot_set_hub_cookies(sidecar):
-    cookies = b"Set-Cookie: jupyterhub-hub-login=evil; Path=/hub/\r\nSet-Cookie: _xsrf=evil\r\n" \
+    cookies = (
+        b"Set-Cookie: jupyterhub-hub-login=evil; Path=/hub/\r\nSet-Cookie: _xsrf=evil\r\n"
         b"Set-Cookie: jhproxy-routes-auth=x\r\nSet-Cookie: app=fine; Path=/\r\n"
+    )
     app = await RawApp(ok_reply(extra=cookies)).start()
     await route_to(sidecar, app, "public")
     out = await exchange(sidecar, b"GET /ports/alice/5000/ HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
@@ -140,8 +144,12 @@ async def test_odd_bytes_get_a_clean_400(sidecar, raw):
 
 @pytest.mark.parametrize(
     "reply",
-    [b"HTTP/1.\xff 200 OK\r\n\r\n", b"garbage\r\n\r\n", b"HTTP/1.1 200 OK\r\nContent-Length: \xb9\r\n\r\n",
-     b"HTTP/1.1 200 OK\r\n folded\r\n\r\n"],
+    [
+        b"HTTP/1.\xff 200 OK\r\n\r\n",
+        b"garbage\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: \xb9\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\n folded\r\n\r\n",
+    ],
 )
 async def test_malformed_app_responses_become_502(sidecar, reply):
     app = await RawApp(reply).start()

@@ -67,8 +67,10 @@ def pattern_sha256(size: int) -> str:
 def test_credentials_never_reach_the_app(hub, apps, token):
     app = apps["main"]
     before = len(app.received())
-    cookies = "jupyterhub-hub-login=HUBSECRET; jupyterhub-session-id=SESSIONSECRET; _xsrf=XSRFSECRET; " \
+    cookies = (
+        "jupyterhub-hub-login=HUBSECRET; jupyterhub-session-id=SESSIONSECRET; _xsrf=XSRFSECRET; "
         "jhproxy-routes-auth=SIDECARSECRET; jupyterhub-user-alice=USERSECRET; app_session=keep-me"
+    )
     response = httpx.post(
         url(hub, app.port, "/api?proxy_token=" + token + "&a=1"),
         headers={"X-Proxy-Token": token, "Cookie": cookies, "Authorization": "Bearer app-own-auth"},

@@ -94,7 +94,11 @@ def test_a_port_host_reaches_nothing_but_its_app(hub, apps):
     token = token_of(hub, "alice")
     host = host_of(apps["api"])
     # the sidecar's API, metrics and OAuth callback are the app's paths on a port's host
-    for path in ("/_jhproxy-routes/api/routes", "/_jhproxy-routes/metrics", "/services/jhproxy-routes/oauth_callback?code=x&state=y"):
+    for path in (
+        "/_jhproxy-routes/api/routes",
+        "/_jhproxy-routes/metrics",
+        "/services/jhproxy-routes/oauth_callback?code=x&state=y",
+    ):
         refused = at(hub, host, path, headers={"Authorization": f"token {ADMIN_TOKEN}"})
         assert refused.status_code == 403 and "X-Proxy-Token" in refused.text, (path, refused.text)
         passed = at(hub, host, path, headers={"X-Proxy-Token": token, "Authorization": f"token {ADMIN_TOKEN}"})
@@ -102,7 +106,12 @@ def test_a_port_host_reaches_nothing_but_its_app(hub, apps):
     # hosts are matched as CHP matches them: exactly, in lower case; anything else is the
     # hub's (which redirects or answers 404), also the path form on the hub's own host
     port = apps["api"].port
-    elsewhere = [(host.upper(), "/"), (f"{port}--alice.other.localhost", "/"), (f"{port}--carol.{HUB_HOST}", "/"), (HUB_HOST, f"/ports/alice/{port}/")]
+    elsewhere = [
+        (host.upper(), "/"),
+        (f"{port}--alice.other.localhost", "/"),
+        (f"{port}--carol.{HUB_HOST}", "/"),
+        (HUB_HOST, f"/ports/alice/{port}/"),
+    ]
     for other, path in elsewhere:
         response = at(hub, other, path, headers={"X-Proxy-Token": token})
         assert response.status_code in (302, 404) and '"path"' not in response.text, (other, response.text[:200])
@@ -145,10 +154,12 @@ def test_browser_login_on_a_port_host_and_origins_apart(browser, hub, apps):
     page.wait_for_url(f"{team}/dashboard?x=1")
     hops = [re.sub(r"\?.*", "", url) for url in visited]
     assert hops == [
-        f"{team}/dashboard", f"{hub_url}/hub/api/oauth2/authorize",
+        f"{team}/dashboard",
+        f"{hub_url}/hub/api/oauth2/authorize",
         f"http://jhproxy-routes--service.{HUB_HOST}:{hub.port}/services/jhproxy-routes/oauth_callback",
-        f"{team}/dashboard", f"{team}/dashboard",
-    ], visited  # fmt: skip
+        f"{team}/dashboard",
+        f"{team}/dashboard",
+    ], visited
     assert "jhproxy_routes_login=" in visited[3]
     seen = json.loads(page.locator("body").inner_text())
     assert seen["path"] == "/dashboard" and seen["query"] == "x=1", seen
@@ -158,7 +169,9 @@ def test_browser_login_on_a_port_host_and_origins_apart(browser, hub, apps):
     assert session["domain"] == host_of(apps["team"]) and session["path"] == "/" and session["httpOnly"]
     hub_session = cookies["jupyterhub-session-id"]
     assert hub_session["domain"].lstrip(".") == HUB_HOST  # sent to every port host by the browser...
-    assert_no_credentials(apps["team"].received(), [session["value"], hub_session["value"], cookies["jupyterhub-hub-login"]["value"]])
+    assert_no_credentials(
+        apps["team"].received(), [session["value"], hub_session["value"], cookies["jupyterhub-hub-login"]["value"]]
+    )
     # ...and stripped by the sidecar. A cookie one port's page sets is not sent to another port
     page.evaluate("document.cookie = 'set_by_team=1; path=/'")
     page.goto(f"{team}/again")
@@ -183,9 +196,13 @@ def test_path_routes_and_ranges_live_on_the_hubs_host(browser, make_hub, make_ap
     with it), a port range read from the path there, and a login whose OAuth callback is on
     the sidecar's host while the port is on the hub's."""
     app = make_app()
-    hub = make_hub([f"{app.port}-{app.port + 1}"], f"""
+    hub = make_hub(
+        [f"{app.port}-{app.port + 1}"],
+        f"""
 c.JupyterHub.subdomain_host = f"http://{HUB_HOST}:{{c.JupyterHub.port}}"
-""", name="paths")
+""",
+        name="paths",
+    )
     hub.user_token("alice")
     hub.spawn("alice")
     assert f"/{HUB_HOST}/ports/alice" in hub.port_routes()
@@ -200,6 +217,8 @@ c.JupyterHub.subdomain_host = f"http://{HUB_HOST}:{{c.JupyterHub.port}}"
     assert "is not in the allow-list of this server" in page.content()
     # the same path on a port's host, or on the sidecar's, is not this route
     token = hub.proxytoken(hub.user_token("alice"), "POST", content="random").json()
-    assert at(hub, f"jhproxy-routes--service.{HUB_HOST}", f"/ports/alice/{app.port}/", headers={"X-Proxy-Token": token}).status_code in (302, 404)
+    assert at(
+        hub, f"jhproxy-routes--service.{HUB_HOST}", f"/ports/alice/{app.port}/", headers={"X-Proxy-Token": token}
+    ).status_code in (302, 404)
     assert at(hub, HUB_HOST, f"/ports/alice/{app.port}/", headers={"X-Proxy-Token": token}).status_code == 200
     context.close()

@@ -158,9 +158,15 @@ def test_host_routes_are_found_by_host_and_path_routes_by_path():
     and a path entry never by a host."""
     table = RouteTable()
     table.set("/5000--alice.hub.localhost", route(by_host=True))
-    table.set("/hub.localhost/ports/alice", {
-        "ranges": [{**route("http://10.0.0.5:8000"), "last": 8099}], "allowed": "8000-8099", "username": "alice", "by_host": True,
-    })  # fmt: skip
+    table.set(
+        "/hub.localhost/ports/alice",
+        {
+            "ranges": [{**route("http://10.0.0.5:8000"), "last": 8099}],
+            "allowed": "8000-8099",
+            "username": "alice",
+            "by_host": True,
+        },
+    )
     table.set("/ports/bob/5000", route("http://127.0.0.1:6000"))
     assert table.by_host == 2
     found, rest = table.lookup("/a/b/", "5000--alice.hub.localhost")
@@ -194,7 +200,11 @@ def test_host_routes_are_found_by_host_and_path_routes_by_path():
         ("http://evil.example:8000", True, "no longer routed"),
         ("http://evil.example:8000", False, "no longer routed"),
         ("http://hub.localhost:8000@evil.example:8000", False, "no longer routed"),
-        ("http://5000--alice.hub.localhost:8000", False, "no longer routed"),  # a path route's login: the callback's own host only
+        (
+            "http://5000--alice.hub.localhost:8000",
+            False,
+            "no longer routed",
+        ),  # a path route's login: the callback's own host only
     ],
 )
 def test_a_login_ticket_goes_only_to_the_ports_own_origin(origin, by_host, refused):
@@ -216,10 +226,14 @@ def test_a_login_on_a_path_route_on_the_hubs_host_under_subdomain_host():
     callback is on the sidecar's own host, and the ticket goes back to the hub's host."""
     table = RouteTable()
     table.set("/hub.localhost/ports/alice/5000", route(by_host=True))
-    found = HubLogin._route_at(table, "http://hub.localhost:8000", "/ports/alice/5000/x", "http://jhproxy-routes--service.hub.localhost:8000")
+    found = HubLogin._route_at(
+        table, "http://hub.localhost:8000", "/ports/alice/5000/x", "http://jhproxy-routes--service.hub.localhost:8000"
+    )
     assert found.key == "/hub.localhost/ports/alice/5000" and found.path_depth == 3
     with pytest.raises(HTTPError, match="no longer routed"):
-        HubLogin._route_at(table, "http://evil.localhost:8000", "/ports/alice/5000/x", "http://jhproxy-routes--service.hub.localhost:8000")
+        HubLogin._route_at(
+            table, "http://evil.localhost:8000", "/ports/alice/5000/x", "http://jhproxy-routes--service.hub.localhost:8000"
+        )
 
 
 def test_route_places_under_subdomain_host():
@@ -230,10 +244,21 @@ def test_route_places_under_subdomain_host():
     from jhproxy_routes.routes import RouteManager
 
     def manager(template, subdomain_host="http://hub.localhost:8000", **kwargs):
-        settings = PortRoutes(ports=[5000, "8000-8099"] if template.startswith("/") else [5000], route_template=template,
-                              db_url="sqlite://", audit_log="")  # fmt: skip
-        return RouteManager(settings, "/base/", RouteAPI("proxy", "http://127.0.0.1:1", "x"), None,
-                            subdomain_host=subdomain_host, hub_domain="hub.localhost", **kwargs)  # fmt: skip
+        settings = PortRoutes(
+            ports=[5000, "8000-8099"] if template.startswith("/") else [5000],
+            route_template=template,
+            db_url="sqlite://",
+            audit_log="",
+        )
+        return RouteManager(
+            settings,
+            "/base/",
+            RouteAPI("proxy", "http://127.0.0.1:1", "x"),
+            None,
+            subdomain_host=subdomain_host,
+            hub_domain="hub.localhost",
+            **kwargs,
+        )
 
     paths = manager("/ports/{username}/{servername}/{port}/")
     assert paths.routespec("alice", "", 5000) == "hub.localhost/base/ports/alice/5000/"
@@ -253,8 +278,10 @@ def test_behind_https_the_cookies_of_a_whole_host_are_host_cookies():
     """On a port's own host behind HTTPS the state and session cookies are ``__Host-``
     cookies: a page of a sibling host cannot plant one (cookie tossing), so a cookie under
     the plain name, as a Domain cookie would come, is not taken."""
-    auth = SimpleNamespace(login_url="https://hub.example.org/hub/api/oauth2/authorize",
-                           oauth_redirect_uri="https://jhproxy-routes--service.hub.example.org/services/jhproxy-routes/oauth_callback")  # fmt: skip
+    auth = SimpleNamespace(
+        login_url="https://hub.example.org/hub/api/oauth2/authorize",
+        oauth_redirect_uri="https://jhproxy-routes--service.hub.example.org/services/jhproxy-routes/oauth_callback",
+    )
     login = HubLogin("secret", auth)
     table = RouteTable()
     table.set("/5000--alice.hub.example.org", route(by_host=True))
@@ -286,20 +313,32 @@ def test_route_keys_in_host_routing():
 def ranges_table() -> RouteTable:
     table = RouteTable()
     table.set("/ports/alice/5000", route("http://127.0.0.1:5000"))
-    table.set("/ports/alice", {
-        "ranges": [
-            {**route("http://10.0.0.5:8000"), "last": 8099},
-            {**route("http://10.0.0.5:9000", access="restricted", token_sha256="a" * 64), "last": 9009, "strip_prefix": True},
-        ],
-        "allowed": "5000, 8000-8099, 9000-9009", "excluded": [8088], "username": "alice",
-    })  # fmt: skip
+    table.set(
+        "/ports/alice",
+        {
+            "ranges": [
+                {**route("http://10.0.0.5:8000"), "last": 8099},
+                {**route("http://10.0.0.5:9000", access="restricted", token_sha256="a" * 64), "last": 9009, "strip_prefix": True},
+            ],
+            "allowed": "5000, 8000-8099, 9000-9009",
+            "excluded": [8088],
+            "username": "alice",
+        },
+    )
     return table
 
 
 def test_a_port_range_is_one_entry_that_reads_the_port_from_the_path():
     table = ranges_table()
     found, rest = table.lookup("/ports/alice/8050/api/x/")
-    assert (found.host, found.port, found.key, found.entry, found.depth, rest) == ("10.0.0.5", 8050, "/ports/alice/8050", "/ports/alice", 3, "/api/x/")
+    assert (found.host, found.port, found.key, found.entry, found.depth, rest) == (
+        "10.0.0.5",
+        8050,
+        "/ports/alice/8050",
+        "/ports/alice",
+        3,
+        "/api/x/",
+    )
     found, rest = table.lookup("/ports/alice/9009")
     assert (found.port, found.access, found.strip_prefix, rest) == (9009, "restricted", True, "/")
     assert found.token_sha256 == "a" * 64 and found.owner == "alice"
@@ -349,8 +388,15 @@ def test_bad_ranges_are_refused(ranges, message):
 
 
 @pytest.mark.parametrize(
-    "path", ["/ports/alice/5000/../bob/5000", "/ports/alice/5000/%2e%2e/x", "/ports/alice/5000/..%2fx",
-             "/ports/alice/5000/x%5c..%5cy", "/ports/alice/5000/%00", "/ports/alice/5000/%ff"],
+    "path",
+    [
+        "/ports/alice/5000/../bob/5000",
+        "/ports/alice/5000/%2e%2e/x",
+        "/ports/alice/5000/..%2fx",
+        "/ports/alice/5000/x%5c..%5cy",
+        "/ports/alice/5000/%00",
+        "/ports/alice/5000/%ff",
+    ],
 )
 def test_lookup_refuses_dot_segments_and_bad_encoding(path):
     table = RouteTable()
@@ -466,7 +512,10 @@ def test_denials_are_capped_per_client(tmp_path):
     denials.record("1.2.3.4", reason="no credentials")
     entries = [json.loads(line) for line in (tmp_path / "audit.jsonl").read_text().splitlines()]
     assert [(e["event"], e["client"]) for e in entries] == [
-        *[("denied", "1.2.3.4")] * 3, ("denied", "5.6.7.8"), ("denials suppressed", "1.2.3.4"), ("denied", "1.2.3.4"),
+        *[("denied", "1.2.3.4")] * 3,
+        ("denied", "5.6.7.8"),
+        ("denials suppressed", "1.2.3.4"),
+        ("denied", "1.2.3.4"),
     ]
     assert entries[4]["count"] == 7
 
@@ -474,11 +523,11 @@ def test_denials_are_capped_per_client(tmp_path):
 def test_audit_log_lines_are_whole_json(tmp_path):
     path = tmp_path / "audit.jsonl"
     first, second = AuditLog(str(path)), AuditLog(str(path))  # hub and sidecar: one file
-    first.record("denied", reason="wrong token", path="/p\n{\"forged\": 1}")
+    first.record("denied", reason="wrong token", path='/p\n{"forged": 1}')
     second.record("settings changed", user="ann")
     lines = path.read_text().splitlines()
     assert [json.loads(line)["event"] for line in lines] == ["denied", "settings changed"]
-    assert json.loads(lines[0])["path"] == "/p\n{\"forged\": 1}"  # a newline cannot start a line of its own
+    assert json.loads(lines[0])["path"] == '/p\n{"forged": 1}'  # a newline cannot start a line of its own
     AuditLog("").record("denied")  # off: nothing, no error
 
 
@@ -494,7 +543,9 @@ def test_the_hubs_own_ports_are_never_targets_but_a_containers_published_8000_is
 
     settings = PortRoutes(ports=[8000, 5000, "8080-8090"], db_url="sqlite://", audit_log="")
     reserved = {8000: "the proxy's public port", 8081: "the hub's port"}
-    manager = RouteManager(settings, "/", RouteAPI("proxy", "http://127.0.0.1:1", "x"), logging.getLogger("test"), lambda: reserved)
+    manager = RouteManager(
+        settings, "/", RouteAPI("proxy", "http://127.0.0.1:1", "x"), logging.getLogger("test"), lambda: reserved
+    )
     spawner = SimpleNamespace(port=8888)
     local = {8000: "http://127.0.0.1:8000", 5000: "http://127.0.0.1:5000", 8080: "http://127.0.0.1:8080"}
     assert manager._never_routed(spawner, local) == {8888: "its Jupyter server's own port", **reserved}

@@ -152,11 +152,7 @@ class HubLogin:
 
     @staticmethod
     def admits(route, user: dict) -> bool:
-        return (
-            user["name"] == route.owner
-            or route.users
-            or bool(route.groups.intersection(user.get("groups") or ()))
-        )
+        return user["name"] == route.owner or route.users or bool(route.groups.intersection(user.get("groups") or ()))
 
     def start(self, origin: str, target: str, cookie_path: str, secure: bool) -> list[tuple[str, str]]:
         """Headers of the redirect that sends a browser to log in at the hub, and back to
@@ -226,7 +222,8 @@ class HubLogin:
             raise HTTPError(400, "This login ticket expired or is for another port; open the port's URL again.")
         name = STATE_COOKIE + data["state"]
         started_here = any(
-            decode_signed_value(self.state_key, name, value, max_age_days=STATE_MAX_AGE / 86400, min_version=2) == data["state"].encode()
+            decode_signed_value(self.state_key, name, value, max_age_days=STATE_MAX_AGE / 86400, min_version=2)
+            == data["state"].encode()
             for value in cookie_values(cookie_header, cookie_name(name, cookie_path == "/", secure))
         )
         if not started_here:

@@ -33,8 +33,13 @@ def outcome_of(status: int) -> str:
 
 
 class SidecarMetrics:
-    def __init__(self, route_count: Callable[[], int], by_route: bool = True, routed: Callable[[str], bool] = lambda key: True,
-                 activity_pending: Callable[[], float] = lambda: 0.0):  # fmt: skip
+    def __init__(
+        self,
+        route_count: Callable[[], int],
+        by_route: bool = True,
+        routed: Callable[[str], bool] = lambda key: True,
+        activity_pending: Callable[[], float] = lambda: 0.0,
+    ):
         """``routed(key)``: whether the table still has that entry (a request still running
         on a removed route must not bring its series back). ``activity_pending()``: age of
         the oldest server activity the hub has not collected."""

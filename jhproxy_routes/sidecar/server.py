@@ -64,10 +64,13 @@ PROTECTED_COOKIE_PREFIXES = ("jupyterhub-", "jhproxy-routes")
 PROTECTED_COOKIES = {"_xsrf"}
 FRAMING = {"content-length", "transfer-encoding"}
 CORS_RESPONSE_HEADERS = {
-    "access-control-allow-origin", "access-control-allow-credentials",
-    "access-control-allow-methods", "access-control-allow-headers",
-    "access-control-max-age", "access-control-expose-headers",
-}  # fmt: skip
+    "access-control-allow-origin",
+    "access-control-allow-credentials",
+    "access-control-allow-methods",
+    "access-control-allow-headers",
+    "access-control-max-age",
+    "access-control-expose-headers",
+}
 # never forwarded to an app: hop-by-hop headers, framing (rewritten), the token, and
 # what the sidecar sets itself
 UPSTREAM_DROP = frozenset(HOP_BY_HOP | FRAMING | {TOKEN_HEADER, "expect", "x-forwarded-prefix"})
@@ -93,9 +96,9 @@ def protected_cookie(name: str) -> bool:
     (``__Host-service-<name>``), which then have path ``/``."""
     lower = name.lower()
     if lower.startswith("__host-"):
-        return protected_cookie(name[len("__host-"):]) or name[len("__host-"):].startswith("service-")
+        return protected_cookie(name[len("__host-") :]) or name[len("__host-") :].startswith("service-")
     if lower.startswith("__secure-"):
-        return protected_cookie(name[len("__secure-"):])
+        return protected_cookie(name[len("__secure-") :])
     return name.startswith(PROTECTED_COOKIE_PREFIXES) or name in PROTECTED_COOKIES
 
 
@@ -207,7 +210,9 @@ class Sidecar:
         self.limiter = limiter or BadTokenLimiter()
         self.activity = ServerActivity()
         self.websockets: dict[str, set] = {}  # table entry -> client writers of its open websockets
-        self.metrics = SidecarMetrics(lambda: len(self.table.routes), metrics_by_route, self.table.has, self.activity.pending_seconds)
+        self.metrics = SidecarMetrics(
+            lambda: len(self.table.routes), metrics_by_route, self.table.has, self.activity.pending_seconds
+        )
         # until when the table is known to be the hub's whole table (the end of a
         # reconciliation, valid for a few of its intervals): /_jhproxy-routes/ready answers
         # 503 before (a new replica) and after (a replica the hub no longer reaches)
@@ -225,7 +230,9 @@ class Sidecar:
             while True:
                 # slowloris: a head once begun must be complete within client_timeout; and
                 # no connection waits for one longer than client_idle_timeout
-                deadline = self.idle_clients[writer] = HeadDeadline(self.client_timeout, reader, writer, self.client_idle_timeout, first)
+                deadline = self.idle_clients[writer] = HeadDeadline(
+                    self.client_timeout, reader, writer, self.client_idle_timeout, first
+                )
                 first = False
                 try:
                     head = await reader.readuntil(b"\r\n\r\n")
@@ -343,8 +350,15 @@ class Sidecar:
         def deny(status: int, kind: str, message: str, headers=(), detail: str = ""):
             """The refusal, recorded: ``kind`` (a metric label, one of a few) and ``detail``."""
             self.metrics.denied(kind)
-            self.denials.record(client, reason=detail or kind, route=route.key, owner=route.owner, port=route.port,
-                                method=request.start[0][:20], path=target.partition("?")[0][:300])  # fmt: skip
+            self.denials.record(
+                client,
+                reason=detail or kind,
+                route=route.key,
+                owner=route.owner,
+                port=route.port,
+                method=request.start[0][:20],
+                path=target.partition("?")[0][:300],
+            )
             return HTTPErrorWithHeaders(status, message, [*cors, *headers])
 
         if route.access == "disabled":
@@ -357,16 +371,23 @@ class Sidecar:
             wait = self.limiter.retry_after(client, route.token_sha256)
             if wait:
                 await asyncio.sleep(LIMITED_PAUSE)  # a guesser over the limit: slowed as well as refused
-                raise deny(429, "rate limited", f"Too many wrong tokens from {client}; try again in {wait}s.", [("Retry-After", str(wait))])
+                raise deny(
+                    429,
+                    "rate limited",
+                    f"Too many wrong tokens from {client}; try again in {wait}s.",
+                    [("Retry-After", str(wait))],
+                )
             wrong_token = "wrong token" + (" (now rate limited)" if self.limiter.failed(client, route.token_sha256) else "")
         else:
             wrong_token = ""
         user = await self.login.user(request.get("Cookie", ""), route, self._secure(request))
         if user is not None:
             if not self._session_may_send(request):
-                message = ("Refused: this request came from another page than the port's own (a form, frame, script or"
-                           " websocket of another site or port), and your hub login is not used for those. Open the port's"
-                           " URL directly, or send an X-Proxy-Token.")  # fmt: skip
+                message = (
+                    "Refused: this request came from another page than the port's own (a form, frame, script or"
+                    " websocket of another site or port), and your hub login is not used for those. Open the port's"
+                    " URL directly, or send an X-Proxy-Token."
+                )
                 raise deny(403, "cross-site login", message)
             if self.login.admits(route, user):
                 return True
@@ -380,7 +401,9 @@ class Sidecar:
             cookie_path = route_prefix(target.partition("?")[0], route.path_depth)
             headers = self.login.start(self._origin(request), target, cookie_path, self._secure(request))
             raise HTTPErrorWithHeaders(302, "Log in at the hub first.", headers)
-        needed = "a valid X-Proxy-Token or a hub login" if route.token_sha256 else "a hub login (tokens are disabled for this port)"
+        needed = (
+            "a valid X-Proxy-Token or a hub login" if route.token_sha256 else "a hub login (tokens are disabled for this port)"
+        )
         kind = "wrong token" if wrong_token else "token for a port without tokens" if token else "no credentials"
         raise deny(403, kind, f"Unauthorized access: {needed} is required.", detail=wrong_token)
 
@@ -638,7 +661,9 @@ class Sidecar:
             return await self.send(writer, 200, METRICS_CONTENT_TYPE, body, keep_alive, extra, head)
         if path == API_PREFIX + "ready":
             ready = asyncio.get_running_loop().time() < self.complete_until
-            return await self.send_json(writer, 200 if ready else 503, {"ready": ready, "routes": len(self.table.routes)}, keep_alive, head)
+            return await self.send_json(
+                writer, 200 if ready else 503, {"ready": ready, "routes": len(self.table.routes)}, keep_alive, head
+            )
         if path == API_PREFIX + "health" or not path.startswith(API_PREFIX):
             return await self.send_json(writer, 200, {"status": "ok", "routes": len(self.table.routes)}, keep_alive, head)
         auth = request.get("Authorization", "").encode("latin-1")
@@ -651,7 +676,7 @@ class Sidecar:
         routes_prefix = API_PREFIX + "api/routes"
         if not path.startswith(routes_prefix):
             raise HTTPError(404, "Unknown sidecar API path.")
-        key = route_key(path[len(routes_prefix):])
+        key = route_key(path[len(routes_prefix) :])
         if method == "GET":
             return await self.send_json(writer, 200, self.table.as_dict(), keep_alive)
         if method == "POST":
@@ -678,7 +703,9 @@ class Sidecar:
         try:
             changes = json.loads(body)
             valid_for = changes.get("valid_for")
-            if not (valid_for is None or (isinstance(valid_for, (int, float)) and not isinstance(valid_for, bool) and valid_for > 0)):
+            if not (
+                valid_for is None or (isinstance(valid_for, (int, float)) and not isinstance(valid_for, bool) and valid_for > 0)
+            ):
                 raise ValueError("valid_for must be null or a positive number of seconds")
             add = {route_key(k): v for k, v in changes.get("add", {}).items()}
             delete = [route_key(k) for k in changes.get("delete", [])]
@@ -743,9 +770,10 @@ def response_headers(response, own: ResponseRules) -> list[tuple[str, str]]:
     connection = response.tokens("Connection")
     drop = own.drop | connection if connection else own.drop
     headers = [
-        (k, v) for k, v in response.headers
+        (k, v)
+        for k, v in response.headers
         if (lower := k.lower()) not in drop and not (lower == "set-cookie" and protected_cookie(v.split("=", 1)[0].strip()))
-    ]  # fmt: skip
+    ]
     return headers + own.add
 
 

@@ -130,9 +130,15 @@ def ranges_from_data(key: str, data: dict) -> Route:
         raise ValueError("excluded must be a list of ports")
     first = rules[0]
     return replace(
-        first, data=data, access="disabled", token_sha256=None, ranges=tuple(rules),
-        allowed=str(data.get("allowed", "")), excluded=frozenset(excluded), last_port=0,
-    )  # fmt: skip
+        first,
+        data=data,
+        access="disabled",
+        token_sha256=None,
+        ranges=tuple(rules),
+        allowed=str(data.get("allowed", "")),
+        excluded=frozenset(excluded),
+        last_port=0,
+    )
 
 
 class RouteTable:

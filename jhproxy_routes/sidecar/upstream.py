@@ -39,9 +39,7 @@ class UpstreamPool:
         self.idle: dict[tuple[str, int], list[Connection]] = defaultdict(list)
 
     async def connect(self, host: str, port: int) -> Connection:
-        reader, writer = await asyncio.wait_for(
-            asyncio.open_connection(host, port, limit=MAX_HEAD), self.connect_timeout
-        )
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port, limit=MAX_HEAD), self.connect_timeout)
         return Connection(reader, writer)
 
     async def acquire(self, host: str, port: int) -> Connection:
