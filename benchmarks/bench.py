@@ -69,7 +69,7 @@ def wait_http(url: str, timeout: float, headers=None, proc=None) -> None:
             return  # it answers
         except OSError:
             if time.monotonic() > deadline or (proc and proc.poll() is not None):
-                raise RuntimeError(f"{url} did not come up within {timeout:g}s")
+                raise RuntimeError(f"{url} did not come up within {timeout:g}s") from None
             time.sleep(0.1)
 
 
@@ -81,7 +81,7 @@ def cpu_ticks(pid: int) -> int:
 
 def machine_busy_ticks() -> int:
     """Busy ticks of the whole machine (all CPUs), from /proc/stat."""
-    user, nice, system, idle, iowait, irq, softirq, steal = map(int, Path("/proc/stat").read_text().split()[1:9])
+    user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, Path("/proc/stat").read_text().split()[1:9])
     return user + nice + system + irq + softirq + steal
 
 
@@ -354,7 +354,7 @@ def measure(rig: Rig, quick: bool) -> dict:
     rounds_rps = {}
     tck = os.sysconf("SC_CLK_TCK")
     for conns in (1, 50):  # warm-up: connections, pools, JITs
-        for name, (port, prefix, headers) in routes.items():
+        for port, prefix, headers in routes.values():
             wrk(f"http://{HOST}:{port}{prefix}/bytes?n=1024", headers, conns, 1, lua)
     for rnd in range(rounds):
         for conns in (1, 50):
@@ -383,7 +383,7 @@ def measure(rig: Rig, quick: bool) -> dict:
 
     count = 500 if quick else 2000
     for name, (port, prefix, headers) in routes.items():
-        r = attempt(lambda: asyncio.run(ws_echo(port, prefix, headers, count)))
+        r = attempt(lambda port=port, prefix=prefix, headers=headers: asyncio.run(ws_echo(port, prefix, headers, count)))
         res[name]["ws_p50_ms"], res[name]["ws_p99_ms"] = (r["p50_ms"], r["p99_ms"]) if "p50_ms" in r else (r, r)
         print(
             f"  websocket {count} x 64 B {name:<22} "
@@ -392,7 +392,7 @@ def measure(rig: Rig, quick: bool) -> dict:
         )
 
     mem = {"idle_before_transfers": rig.sidecar_mem()}
-    for name, (port, prefix, headers) in routes.items():  # warm-up: buffers, TCP windows
+    for port, prefix, headers in routes.values():  # warm-up: buffers, TCP windows
         attempt(download, port, prefix, headers, 16 * MiB, 30)
         attempt(upload, port, prefix, headers, 16 * MiB, 30)
     sizes = [(64 * MiB, "64M", 1 if quick else 5)] + ([] if quick else [(1024 * MiB, "1G", 1)])

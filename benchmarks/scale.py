@@ -39,9 +39,8 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
-from bench import CHP, HOST, RESULTS, free_port, wait_http
-
 import httpx
+from bench import CHP, HOST, RESULTS, free_port, wait_http
 from jupyterhub import orm
 
 from jhproxy_routes.activity import ActivityCollector

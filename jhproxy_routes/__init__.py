@@ -11,7 +11,7 @@ In ``jupyterhub_config.py``::
 from .config import PortRoutes
 
 __version__ = "0.1.0"
-__all__ = ["PortRoutes", "install", "__version__"]
+__all__ = ["PortRoutes", "__version__", "install"]
 
 PROXY_CLASS = "jhproxy_routes.proxy.PortRoutesProxy"
 

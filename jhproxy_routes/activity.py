@@ -71,7 +71,7 @@ class ActivityCollector:
                 replicas, lambda api: api.activity(self._since.get(api.api_url, 0.0)), "activity collection"
             )
             complete = complete and len(answers) == len(replicas)
-            for api, answer in answers.items():
+            for answer in answers.values():
                 self._from_sidecar(seen, answer)
             if seen and not await self._write(users, seen):
                 return  # not stored: the sidecars keep theirs until the next collection acknowledges it

@@ -80,7 +80,7 @@ def split_server(name: str) -> tuple[str, str]:
 def table(rows: list[list[str]], header: list[str]) -> str:
     cells = [header, *rows]
     widths = [max(len(str(row[i])) for row in cells) for i in range(len(header))]
-    return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells)
+    return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells)
 
 
 # ---- commands -------------------------------------------------------------------------

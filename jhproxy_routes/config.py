@@ -10,8 +10,8 @@ import ipaddress
 import os
 import re
 import secrets
-from urllib.parse import urlsplit
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 from traitlets import (
     Bool,

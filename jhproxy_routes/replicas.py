@@ -22,7 +22,7 @@ import asyncio
 import logging
 import socket
 import time
-from typing import Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from urllib.parse import urlsplit, urlunsplit
 
 from .config import url_port
@@ -93,7 +93,7 @@ class SidecarReplicas:
         any other exception is raised."""
         results = await asyncio.gather(*(call(api) for api in apis), return_exceptions=True)
         done, failed = {}, {}
-        for api, result in zip(apis, results):
+        for api, result in zip(apis, results, strict=True):
             if isinstance(result, RouteAPIError):
                 failed[api] = result
             elif isinstance(result, BaseException):

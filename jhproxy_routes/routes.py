@@ -22,9 +22,9 @@ from .config import GROUP_PREFIX, PortRoutes, PortSpec
 from .logsafe import shown
 from .metrics import RECONCILE_DURATION, RECONCILE_ERRORS, RECONCILE_FIXES, ROUTES
 from .replicas import SidecarReplicas
-from .templates import RouteTemplate
 from .routeapi import ENTRIES_PER_YIELD, RouteAPI, RouteAPIError, SidecarRouteAPI
 from .targets import SharedHostError, TargetsPending, is_hub_machine, port_targets
+from .templates import RouteTemplate
 from .tokens import AccessStore, ServerAccess, with_new_token
 
 # JupyterHub sets login and server cookies on these paths (below base_url): a route there

@@ -85,10 +85,10 @@ class RouteTemplate:
                     "give each its own segment so that no two routes can be confused"
                 )
             for name in WHOLE_SEGMENT_FIELDS:
-                if name in names and segment != "{%s}" % name:
+                if name in names and segment != f"{{{name}}}":
                     raise TraitError(f"{where}: {template!r}: {{{name}}} must be a whole segment")
         if "servername" in used and "username" in used:
-            order = [next(n for n in FIELDS if "{%s}" % n in seg) for seg in self.segments if "{" in seg]
+            order = [next(n for n in FIELDS if f"{{{n}}}" in seg) for seg in self.segments if "{" in seg]
             if order.index("servername") < order.index("username"):
                 raise TraitError(
                     f"{where}: {template!r}: {{username}} must come before {{servername}}, so that one"

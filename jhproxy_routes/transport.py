@@ -21,7 +21,7 @@ FRAMING = (b"transfer-encoding", b"content-length")
 
 
 class _Connection:
-    __slots__ = ("reader", "writer", "reused")
+    __slots__ = ("reader", "reused", "writer")
 
     def __init__(self, reader, writer):
         self.reader, self.writer, self.reused = reader, writer, False

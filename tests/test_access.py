@@ -5,7 +5,6 @@ import sqlite3
 
 import httpx
 import pytest
-
 from conftest import wait_for
 
 UNAUTHORIZED = "Unauthorized access"

@@ -102,7 +102,7 @@ class ScriptedApp:
             )
         elif path == "/attack-frame":
             body, kind = f'<iframe id="f" src="{target}"></iframe>'.encode(), "text/html"
-        head = [f"HTTP/1.1 200 OK", f"Content-Type: {kind}", f"Content-Length: {len(body)}", *extra]
+        head = ["HTTP/1.1 200 OK", f"Content-Type: {kind}", f"Content-Length: {len(body)}", *extra]
         return ("\r\n".join(head) + "\r\n\r\n").encode() + body
 
     def paths(self, method: str | None = None) -> list[str]:

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-
 from conftest import free_port, wait_for
 
 

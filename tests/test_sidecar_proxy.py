@@ -8,10 +8,9 @@ import time
 
 import httpx
 import pytest
+from conftest import assert_no_credentials, free_port
 from tornado.httpclient import HTTPRequest
 from tornado.websocket import websocket_connect
-
-from conftest import assert_no_credentials, free_port
 
 GOOD_ORIGIN = "http://good.example"
 GIB = 1 << 30

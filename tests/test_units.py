@@ -15,14 +15,14 @@ from traitlets import TraitError
 
 from jhproxy_routes.audit import AuditLog, DenialLog
 from jhproxy_routes.config import PortSpec
-from jhproxy_routes.routeapi import routespec_from_api_key, routespec_to_api_path
-from jhproxy_routes.routes import port_rule
 from jhproxy_routes.http1 import (
     HTTPError,
     copy_chunked,
     parse_request_head,
     request_body_framing,
 )
+from jhproxy_routes.routeapi import routespec_from_api_key, routespec_to_api_path
+from jhproxy_routes.routes import port_rule
 from jhproxy_routes.sidecar.login import HubLogin
 from jhproxy_routes.sidecar.ratelimit import BadTokenLimiter
 from jhproxy_routes.sidecar.server import filter_cookies, split_query

@@ -15,7 +15,7 @@ says ``c.JupyterHub.authenticate_prometheus = False``.
 from __future__ import annotations
 
 import gzip
-from typing import Callable
+from collections.abc import Callable
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 

@@ -32,7 +32,6 @@ from typing import NamedTuple
 from urllib.parse import unquote, unquote_plus
 
 from ..audit import AuditLog, DenialLog
-from ..tokens import token_matches
 from ..http1 import (
     HOP_BY_HOP,
     MAX_HEAD,
@@ -46,6 +45,7 @@ from ..http1 import (
     request_body_framing,
     response_body_framing,
 )
+from ..tokens import token_matches
 from .activity import ServerActivity
 from .login import TICKET_QUERY, HubLogin, route_prefix
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -619,7 +619,7 @@ class Sidecar:
             await self._relay_response(conn, route, response, method, writer, own, False, version)
             return False
         # the same filter as any answer; the upgrade's own hop-by-hop headers, set again
-        headers = response_headers(response, own) + [("Connection", "Upgrade"), ("Upgrade", "websocket")]
+        headers = [*response_headers(response, own), ("Connection", "Upgrade"), ("Upgrade", "websocket")]
         try:
             writer.write(render_head(f"HTTP/1.1 101 {response.start[2]}", headers))
             await writer.drain()
@@ -816,7 +816,7 @@ class HeadDeadline:
     on one closed under it, so this is minutes, far longer than CHP leaves one unused
     while it has requests to send."""
 
-    __slots__ = ("timeout", "reader", "writer", "begun", "handle", "idle_until", "first")
+    __slots__ = ("begun", "first", "handle", "idle_until", "reader", "timeout", "writer")
 
     def __init__(self, timeout: float, reader, writer, idle_timeout: float = 0, first: bool = False):
         self.timeout, self.reader, self.writer = timeout, reader, writer

@@ -15,7 +15,7 @@ from ..http1 import MAX_HEAD
 
 
 class Connection:
-    __slots__ = ("reader", "writer", "idle_since", "reused")
+    __slots__ = ("idle_since", "reader", "reused", "writer")
 
     def __init__(self, reader, writer):
         self.reader = reader
