@@ -4,7 +4,8 @@
 starts configurable-http-proxy and the sidecar on 127.0.0.1, then runs the hub's
 ``RouteManager.reconcile`` three times and reports, for each, the wall time and the longest
 time the event loop was blocked (a 5 ms ticker measures how late it runs), and the longest
-pause of Python's garbage collector. It does so twice: with the collector on, as in a hub,
+pause of Python's garbage collector. It does so twice: with the collector on, as in a hub
+(with the objects made before the first reconciliation frozen, as ``freeze_gc_at_startup`` does),
 and with it off, which shows how long the route manager's own steps block:
 
 - cold: empty tables, every route is added (a hub starting with N running servers);
@@ -45,6 +46,7 @@ from jupyterhub import orm
 
 from jhproxy_routes.activity import ActivityCollector
 from jhproxy_routes.config import PortRoutes
+from jhproxy_routes.proxy import freeze_startup_objects
 from jhproxy_routes.routeapi import RouteAPI
 from jhproxy_routes.routes import RouteManager
 
@@ -185,6 +187,7 @@ async def run(servers: int, tmp: Path) -> dict:
         manager = RouteManager(settings, "/", chp, log)
         db = orm.new_session_factory(f"sqlite:///{tmp / 'jupyterhub.sqlite'}")()
         users = fake_users(db, 0, servers)
+        freeze_startup_objects()  # as the hub does at its first check_routes (freeze_gc_at_startup)
         results = {"cold": await measure(manager.reconcile, users)}
         chp_routes, sidecar_routes = await asyncio.gather(manager.chp.get_all(), manager.sidecar.get_all())
         if len(chp_routes) != 2 * servers or len(sidecar_routes) != servers:
@@ -250,6 +253,7 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             results[collector] = asyncio.run(run(args.servers, Path(tmp)))
         gc.enable()
+        gc.unfreeze()
         gc.collect()
     table = report(args.servers, results)
     RESULTS.mkdir(exist_ok=True)

@@ -12,9 +12,10 @@ each server's ports:
   refused requests too, and is never read.
 
 It then moves each server's and its user's ``last_activity`` forward (never back) in the hub's
-database, as ``JupyterHub.update_last_activity`` does for ``/user/`` routes (a hundred servers
-per commit, the loop free in between). Ports with ``activity`` False are left out. One hub request per port request is never
-made: the sidecar aggregates per server between two collections.
+database, as ``JupyterHub.update_last_activity`` does for ``/user/`` routes (fifty servers
+per commit, the loop free in between). Ports with ``activity`` False are left out. One hub
+request per port request is never made: the sidecar aggregates per server between two
+collections.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from .metrics import ACTIVITY_PENDING, ACTIVITY_UPDATES
 from .routeapi import ENTRIES_PER_YIELD, RouteAPIError
 
 SERVERS_PER_YIELD = 500  # servers looked at between two yields to the hub's event loop
-SERVERS_PER_COMMIT = 100  # servers moved forward per commit: each commit blocks the hub's loop (~25 ms for 100 here)
+SERVERS_PER_COMMIT = 50  # servers moved forward per commit: each commit blocks the hub's loop
 
 
 def naive_utc(t: float) -> datetime:

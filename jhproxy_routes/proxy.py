@@ -16,6 +16,7 @@ is moved to another one (``PATCH /hub/api/proxy`` sets ``api_url`` and ``auth_to
 from __future__ import annotations
 
 import asyncio
+import gc
 
 from jupyterhub import orm
 from jupyterhub.proxy import ConfigurableHTTPProxy
@@ -31,6 +32,15 @@ from .routeapi import RouteAPI, RouteAPIError
 from .routes import RouteManager
 from .targets import TargetsPending
 from .wiring import wire_into_hub
+
+
+def freeze_startup_objects() -> int:
+    """Leave what exists now (the hub as started) to reference counting alone: later full
+    garbage collections walk only newer objects (``PortRoutes.freeze_gc_at_startup``). How
+    many objects are frozen."""
+    gc.collect()
+    gc.freeze()
+    return gc.get_freeze_count()
 
 
 class PortRoutesProxy(ConfigurableHTTPProxy):
@@ -63,6 +73,7 @@ class PortRoutesProxy(ConfigurableHTTPProxy):
         )
         self.activity = ActivityCollector(self.route_manager, lambda: self.db, self.log)
         self._reconcile_callback = None
+        self._gc_frozen = False
         self._tasks: set[asyncio.Task] = set()  # background work, kept until done
         self._deleted: dict[tuple[str, str | None], str] = {}  # deleted in the hub's database, to forget
         event.listen(orm.User, "after_delete", self._on_delete)
@@ -180,6 +191,12 @@ class PortRoutesProxy(ConfigurableHTTPProxy):
         """At start-up, and every ``last_activity_interval`` right after the hub's own
         activity update: reconcile, and collect the ports' activity."""
         await super().check_routes(user_dict, service_dict, routes)
+        if self.port_routes.freeze_gc_at_startup and not self._gc_frozen:
+            frozen = freeze_startup_objects()
+            self._gc_frozen = True
+            self.log.info(
+                "jhproxy-routes: %i objects of the hub's start-up left to reference counting (freeze_gc_at_startup)", frozen
+            )
         # in the background: a slow or absent sidecar must not hold up the hub's start-up
         self._background(self.route_manager.reconcile(user_dict), "reconciliation")
         if not self.activity.collecting:

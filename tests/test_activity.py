@@ -91,6 +91,7 @@ async def test_port_traffic_keeps_servers_from_the_idle_culler(make_hub, make_ap
         {"port": apps["quiet_token"].port, "activity": False},
     ]
     hub = make_hub(ports, culler_config())
+    assert "objects of the hub's start-up left to reference counting" in hub.log()  # freeze_gc_at_startup
 
     def url(user: str, app: str, path: str = "/ping") -> str:
         return f"{hub.url}/ports/{user}/{apps[app].port}{path}"
