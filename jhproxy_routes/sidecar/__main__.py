@@ -57,7 +57,7 @@ def main(argv=None) -> None:
         "--max-idle-connections",
         type=int,
         default=int(os.environ.get("JHPROXY_ROUTES_MAX_IDLE_CONNECTIONS", "10000")),
-        help="connections open at once; beyond, the longest idle is closed (or the new one refused)",
+        help="idle connections kept at once; beyond, the longest idle one is closed (busy ones never count)",
     )
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
