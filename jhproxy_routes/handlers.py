@@ -37,13 +37,13 @@ from jupyterhub.utils import url_path_join
 from tornado import web
 
 from .config import PORT_ACCESS, valid_port_access
+from .errors import TargetsPending
 from .logsafe import shown
 from .metrics import SERVER_UPDATE_ERRORS
 from .routeapi import RouteAPIError
 from .routes import port_choice, port_rule
-from .targets import TargetsPending
+from .scopes import SCOPE
 from .tokens import ServerAccess, TokenUnreadable, read_token, with_new_token
-from .wiring import SCOPE
 
 ACTIONS = ("disabled", "allow_all", "random")
 

@@ -25,11 +25,11 @@ from traitlets import observe
 
 from .activity import ActivityCollector
 from .config import PortRoutes, listening_ports
+from .errors import TargetsPending
 from .logsafe import shown
 from .metrics import SERVER_UPDATE_ERRORS
 from .routeapi import RouteAPI, RouteAPIError
 from .routes import RouteManager
-from .targets import TargetsPending
 from .wiring import wire_into_hub
 
 

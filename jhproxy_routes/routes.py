@@ -19,11 +19,12 @@ from traitlets import TraitError
 
 from .audit import AuditLog
 from .config import GROUP_PREFIX, PortRoutes, PortSpec
+from .errors import SharedHostError, TargetsPending
 from .logsafe import shown
 from .metrics import RECONCILE_DURATION, RECONCILE_ERRORS, RECONCILE_FIXES, ROUTES
 from .replicas import SidecarReplicas
 from .routeapi import ENTRIES_PER_YIELD, RouteAPI, RouteAPIError, SidecarRouteAPI
-from .targets import SharedHostError, TargetsPending, is_hub_machine, port_targets
+from .targets import is_hub_machine, port_targets
 from .templates import RouteTemplate
 from .tokens import AccessStore, ServerAccess, with_new_token
 
