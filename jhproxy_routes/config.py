@@ -26,7 +26,7 @@ from traitlets import (
 )
 from traitlets.config import Configurable
 
-from .templates import RouteTemplate
+from .route_templates import RouteTemplate
 
 #: The sidecar's name as a JupyterHub service (its URL prefix, its OAuth client).
 SERVICE_NAME = "jhproxy-routes"

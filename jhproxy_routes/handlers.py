@@ -258,7 +258,7 @@ class ProxyTokenHandler(APIHandler):
                     "name": spec.name,
                     "access": port_choice(spec, access),
                     "effective_access": rule.access,
-                    "admits": rule.admits,
+                    "admits": rule.who,
                     "url": url,
                 }
             )
@@ -333,7 +333,7 @@ async def route_rows(manager) -> list[dict]:
                 "target": target,
                 "mode": access.mode,
                 "access": ", ".join(port_choice(spec, access) for spec in port_specs) or None,
-                "admits": sorted({who for spec in port_specs for who in port_rule(spec, access).admits}),
+                "admits": sorted({who for spec in port_specs for who in port_rule(spec, access).who}),
             }
         )
     _route_rows[manager] = (time.monotonic(), rows)

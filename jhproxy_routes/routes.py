@@ -23,10 +23,11 @@ from .errors import SharedHostError, TargetsPending
 from .logsafe import shown
 from .metrics import RECONCILE_DURATION, RECONCILE_ERRORS, RECONCILE_FIXES, ROUTES
 from .replicas import SidecarReplicas
+from .route_templates import RouteTemplate
 from .routeapi import ENTRIES_PER_YIELD, RouteAPI, RouteAPIError, SidecarRouteAPI
+from .store import AccessStore
 from .targets import is_hub_machine, port_targets
-from .templates import RouteTemplate
-from .tokens import AccessStore, ServerAccess, with_new_token
+from .tokens import ServerAccess, with_new_token
 
 # JupyterHub sets login and server cookies on these paths (below base_url): a route there
 # would hand them to the app unless the sidecar strips them.
@@ -50,7 +51,7 @@ class PortRule:
     groups: tuple[str, ...] = ()
 
     @property
-    def admits(self) -> list[str]:
+    def who(self) -> list[str]:
         """Who gets in, in words for the token API and the page."""
         if self.access != "restricted":
             return ["anyone"] if self.access == "public" else []

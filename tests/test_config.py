@@ -8,8 +8,8 @@ from traitlets.config import Config
 
 from jhproxy_routes import install
 from jhproxy_routes.config import SERVICE_NAME, PortRoutes, PortSpec
+from jhproxy_routes.route_templates import RouteTemplate, dns_label
 from jhproxy_routes.scopes import SCOPE
-from jhproxy_routes.templates import RouteTemplate, dns_label
 
 
 def port_routes(**settings) -> PortRoutes:

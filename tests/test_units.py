@@ -486,7 +486,7 @@ def test_port_rule(spec_access, mode, override, expected, admits):
     port_access = {"5000": override} if override else {}
     access = ServerAccess(mode=mode, token_sha256="0" * 64 if mode == "token" else None, port_access=port_access)
     rule = port_rule(PortSpec(5000, access=spec_access), access)
-    assert (rule.access, rule.admits) == (expected, admits)
+    assert (rule.access, rule.who) == (expected, admits)
 
 
 def test_bad_token_limiter_counts_per_client_and_route_and_forgets():
