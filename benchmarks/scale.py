@@ -44,9 +44,12 @@ from bench import CHP, HOST, RESULTS, free_port, wait_http
 from jupyterhub import orm
 
 from jhproxy_routes.activity import ActivityCollector
+from jhproxy_routes.audit import AuditLog
 from jhproxy_routes.config import PortRoutes
+from jhproxy_routes.replicas import SidecarReplicas
 from jhproxy_routes.routeapi import RouteAPI
 from jhproxy_routes.routes import RouteManager
+from jhproxy_routes.store import AccessStore
 
 TARGETS = {"time_s": 10.0, "block_ms": 50.0}
 
@@ -182,7 +185,15 @@ async def run(servers: int, tmp: Path) -> dict:
         )
         log = logging.getLogger("scale")
         chp = RouteAPI("proxy", f"http://{HOST}:{chp_api_port}", chp_token, concurrency=settings.concurrency, log=log)
-        manager = RouteManager(settings, "/", chp, log)
+        manager = RouteManager(
+            settings,
+            "/",
+            chp,
+            log,
+            store=AccessStore(settings.db_url),
+            audit=AuditLog(settings.audit_log_path),
+            sidecar=SidecarReplicas.from_settings(settings, log),
+        )
         db = orm.new_session_factory(f"sqlite:///{tmp / 'jupyterhub.sqlite'}")()
         users = fake_users(db, 0, servers)
         results = {"cold": await measure(manager.reconcile, users)}

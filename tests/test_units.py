@@ -247,8 +247,6 @@ def test_route_places_under_subdomain_host():
         settings = PortRoutes(
             ports=[5000, "8000-8099"] if template.startswith("/") else [5000],
             route_template=template,
-            db_url="sqlite://",
-            audit_log="",
         )
         return RouteManager(
             settings,
@@ -257,6 +255,9 @@ def test_route_places_under_subdomain_host():
             None,
             subdomain_host=subdomain_host,
             hub_domain="hub.localhost",
+            store=None,
+            audit=None,
+            sidecar=None,
             **kwargs,
         )
 
@@ -541,10 +542,17 @@ def test_the_hubs_own_ports_are_never_targets_but_a_containers_published_8000_is
     from jhproxy_routes.routeapi import RouteAPI
     from jhproxy_routes.routes import RouteManager
 
-    settings = PortRoutes(ports=[8000, 5000, "8080-8090"], db_url="sqlite://", audit_log="")
+    settings = PortRoutes(ports=[8000, 5000, "8080-8090"])
     reserved = {8000: "the proxy's public port", 8081: "the hub's port"}
     manager = RouteManager(
-        settings, "/", RouteAPI("proxy", "http://127.0.0.1:1", "x"), logging.getLogger("test"), lambda: reserved
+        settings,
+        "/",
+        RouteAPI("proxy", "http://127.0.0.1:1", "x"),
+        logging.getLogger("test"),
+        lambda: reserved,
+        store=None,
+        audit=None,
+        sidecar=None,
     )
     spawner = SimpleNamespace(port=8888)
     local = {8000: "http://127.0.0.1:8000", 5000: "http://127.0.0.1:5000", 8080: "http://127.0.0.1:8080"}
