@@ -32,6 +32,7 @@ from .metrics import SERVER_UPDATE_ERRORS
 from .replicas import SidecarReplicas
 from .routeapi import RouteAPI, RouteAPIError
 from .routes import RouteManager
+from .settings import PortSettings
 from .store import AccessStore
 from .wiring import wire_into_hub
 
@@ -67,6 +68,7 @@ class PortRoutesProxy(ConfigurableHTTPProxy):
             audit=AuditLog(self.port_routes.audit_log_path),
             sidecar=SidecarReplicas.from_settings(self.port_routes, self.log, self.host_routing),
         )
+        self.port_settings = PortSettings(self.route_manager)
         self.activity = ActivityCollector(self.route_manager, lambda: self.db, self.log)
         self._reconcile_callback = None
         self._tasks: set[asyncio.Task] = set()  # background work, kept until done
