@@ -62,11 +62,21 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
     return next((cycle for module in sorted(graph) if (cycle := visit(module, []))), None)
 
 
-def test_no_import_cycles():
+def import_graph() -> dict[str, set[str]]:
     known = set(modules())
-    graph = {module: imported(module, known) for module in known}
+    return {module: imported(module, known) for module in known}
+
+
+def test_no_import_cycles():
+    graph = import_graph()
     assert graph["jhproxy_routes.wiring"] >= {"jhproxy_routes.handlers"}  # the walk sees imports
     assert find_cycle(graph) is None, " -> ".join(find_cycle(graph))
+
+
+def test_the_handlers_reach_the_store_and_the_routes_through_the_settings_service():
+    handlers = import_graph()["jhproxy_routes.handlers"]
+    assert "jhproxy_routes.settings" in handlers
+    assert not handlers & {"jhproxy_routes.routes", "jhproxy_routes.store", "jhproxy_routes.audit"}
 
 
 def test_find_cycle():
