@@ -136,6 +136,15 @@ def listening_ports(urls: dict[str, str]) -> dict[int, str]:
     return {port: what for url, what in urls.items() if url and (port := url_port(url))}
 
 
+def configured(app, cls, name):
+    """The value of ``c.<Class>.<name>`` that traitlets gives ``cls`` (most derived section wins)."""
+    value = None
+    for klass in reversed(cls.mro()):
+        if klass.__name__ in app.config and name in app.config[klass.__name__]:
+            value = app.config[klass.__name__][name]
+    return value
+
+
 def check_no_overlap(spec: PortSpec, earlier: list[PortSpec]) -> PortSpec:
     """``spec``, unless one of its ports is in an earlier entry (TraitError)."""
     for other in earlier:

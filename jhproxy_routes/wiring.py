@@ -12,7 +12,7 @@ from pathlib import Path
 
 from jupyterhub.roles import get_default_roles
 
-from .config import SERVICE_NAME, PortRoutes
+from .config import SERVICE_NAME, PortRoutes, configured
 from .handlers import token_handlers
 from .scopes import LOGIN_SCOPE, SCOPE, SCOPE_DESCRIPTION
 
@@ -81,15 +81,6 @@ def wire_into_hub(app, settings: PortRoutes) -> None:
     # user's other servers' (JupyterHub resolves !server to the server's own name)
     grant_to_role(app, "server", f"{SCOPE}!server")
     publish_docker_ports(app, [spec.port for spec in settings.port_specs if not spec.is_range])
-
-
-def configured(app, cls, name):
-    """The value of ``c.<Class>.<name>`` that traitlets gives ``cls`` (most derived section wins)."""
-    value = None
-    for klass in reversed(cls.mro()):
-        if klass.__name__ in app.config and name in app.config[klass.__name__]:
-            value = app.config[klass.__name__][name]
-    return value
 
 
 def publish_docker_ports(app, ports: list[int]) -> None:
