@@ -45,10 +45,13 @@ from bench import CHP, HOST, RESULTS, free_port, wait_http
 from jupyterhub import orm
 
 from jhproxy_routes.activity import ActivityCollector
+from jhproxy_routes.audit import AuditLog
 from jhproxy_routes.config import PortRoutes
 from jhproxy_routes.proxy import freeze_startup_objects
+from jhproxy_routes.replicas import SidecarReplicas
 from jhproxy_routes.routeapi import RouteAPI
 from jhproxy_routes.routes import RouteManager
+from jhproxy_routes.store import AccessStore
 
 TARGETS = {"time_s": 10.0, "block_ms": 50.0}
 
@@ -184,7 +187,15 @@ async def run(servers: int, tmp: Path) -> dict:
         )
         log = logging.getLogger("scale")
         chp = RouteAPI("proxy", f"http://{HOST}:{chp_api_port}", chp_token, concurrency=settings.concurrency, log=log)
-        manager = RouteManager(settings, "/", chp, log)
+        manager = RouteManager(
+            settings,
+            "/",
+            chp,
+            log,
+            store=AccessStore(settings.db_url),
+            audit=AuditLog(settings.audit_log_path),
+            sidecar=SidecarReplicas.from_settings(settings, log),
+        )
         db = orm.new_session_factory(f"sqlite:///{tmp / 'jupyterhub.sqlite'}")()
         users = fake_users(db, 0, servers)
         freeze_startup_objects()  # as the hub does at its first check_routes (freeze_gc_at_startup)

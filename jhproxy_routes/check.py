@@ -13,8 +13,7 @@ from urllib.parse import urlsplit
 from traitlets import TraitError
 from traitlets.config.loader import PyFileConfigLoader
 
-from .config import PortRoutes, check_no_overlap, listening_ports, parse_port
-from .wiring import configured
+from .config import PortRoutes, check_no_overlap, configured, listening_ports, parse_port
 
 
 @dataclass(frozen=True)

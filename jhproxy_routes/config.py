@@ -26,7 +26,7 @@ from traitlets import (
 )
 from traitlets.config import Configurable
 
-from .templates import RouteTemplate
+from .route_templates import RouteTemplate
 
 #: The sidecar's name as a JupyterHub service (its URL prefix, its OAuth client).
 SERVICE_NAME = "jhproxy-routes"
@@ -134,6 +134,15 @@ def url_port(url: str) -> int | None:
 def listening_ports(urls: dict[str, str]) -> dict[int, str]:
     """``{port: what}`` from ``{url: what}`` (URLs without a valid port left out)."""
     return {port: what for url, what in urls.items() if url and (port := url_port(url))}
+
+
+def configured(app, cls, name):
+    """The value of ``c.<Class>.<name>`` that traitlets gives ``cls`` (most derived section wins)."""
+    value = None
+    for klass in reversed(cls.mro()):
+        if klass.__name__ in app.config and name in app.config[klass.__name__]:
+            value = app.config[klass.__name__][name]
+    return value
 
 
 def check_no_overlap(spec: PortSpec, earlier: list[PortSpec]) -> PortSpec:

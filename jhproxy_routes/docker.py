@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import inspect
 
-from .targets import TargetsPending
+from .errors import TargetsPending
 
 try:
     from dockerspawner import DockerSpawner

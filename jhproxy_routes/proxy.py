@@ -25,12 +25,16 @@ from tornado.ioloop import PeriodicCallback
 from traitlets import observe
 
 from .activity import ActivityCollector
+from .audit import AuditLog
 from .config import PortRoutes, listening_ports
+from .errors import TargetsPending
 from .logsafe import shown
 from .metrics import SERVER_UPDATE_ERRORS
+from .replicas import SidecarReplicas
 from .routeapi import RouteAPI, RouteAPIError
 from .routes import RouteManager
-from .targets import TargetsPending
+from .settings import PortSettings
+from .store import AccessStore
 from .wiring import wire_into_hub
 
 
@@ -70,7 +74,11 @@ class PortRoutesProxy(ConfigurableHTTPProxy):
             subdomain_hook=self.app.subdomain_hook,
             hub_cookies_at_root=self.app.cookie_host_prefix_enabled,
             hub_servers=self.hub_servers,
+            store=AccessStore(self.port_routes.db_url),
+            audit=AuditLog(self.port_routes.audit_log_path),
+            sidecar=SidecarReplicas.from_settings(self.port_routes, self.log, self.host_routing),
         )
+        self.port_settings = PortSettings(self.route_manager)
         self.activity = ActivityCollector(self.route_manager, lambda: self.db, self.log)
         self._reconcile_callback = None
         self._gc_frozen = False

@@ -25,7 +25,9 @@ import time
 from collections.abc import Awaitable, Callable
 from urllib.parse import urlsplit, urlunsplit
 
-from .config import url_port
+from jupyterhub.utils import url_path_join
+
+from .config import PortRoutes, url_port
 from .routeapi import RouteAPIError, SidecarRouteAPI
 
 RESOLVE_EVERY = 5.0  # seconds between two DNS lookups of the replicas' names
@@ -51,6 +53,28 @@ class SidecarReplicas:
         self._started = time.monotonic()
         self._marked_until: dict[str, float] = {}  # API URL -> until when our mark is valid
         self._failing: dict[tuple[str, str], str] = {}  # (API URL, pass) -> the error it last failed with
+
+    @classmethod
+    def from_settings(cls, settings: PortRoutes, log: logging.Logger, host_routing: bool = False) -> SidecarReplicas:
+        """The replicas ``c.PortRoutes`` names (``sidecar_api_urls``, else ``sidecar_url``)."""
+        urls = settings.sidecar_api_urls or [settings.sidecar_url]
+        several = len(urls) > 1 or settings.sidecar_api_resolve_all
+        return cls(
+            urls,
+            settings.sidecar_api_resolve_all,
+            lambda url: SidecarRouteAPI(
+                f"sidecar {url}" if several else "sidecar",
+                url_path_join(url, "_jhproxy-routes/"),
+                settings.sidecar_api_token,
+                timeout=settings.api_timeout,
+                retry_timeout=settings.api_retry_timeout,
+                concurrency=settings.concurrency,
+                log=log,
+                host_routing=host_routing,
+            ),
+            log,
+            ready_for=settings.sidecar_ready_for or None,
+        )
 
     # ---- which replicas --------------------------------------------------------------------
     async def replicas(self) -> list[SidecarRouteAPI]:

@@ -19,13 +19,15 @@ from traitlets import TraitError
 
 from .audit import AuditLog
 from .config import GROUP_PREFIX, PortRoutes, PortSpec
+from .errors import SharedHostError, TargetsPending
 from .logsafe import shown
 from .metrics import RECONCILE_DURATION, RECONCILE_ERRORS, RECONCILE_FIXES, ROUTES
 from .replicas import SidecarReplicas
-from .routeapi import ENTRIES_PER_YIELD, RouteAPI, RouteAPIError, SidecarRouteAPI
-from .targets import SharedHostError, TargetsPending, is_hub_machine, port_targets
-from .templates import RouteTemplate
-from .tokens import AccessStore, ServerAccess, with_new_token
+from .route_templates import RouteTemplate
+from .routeapi import ENTRIES_PER_YIELD, RouteAPI, RouteAPIError
+from .store import AccessStore
+from .targets import is_hub_machine, port_targets
+from .tokens import ServerAccess, with_new_token
 
 # JupyterHub sets login and server cookies on these paths (below base_url): a route there
 # would hand them to the app unless the sidecar strips them.
@@ -49,7 +51,7 @@ class PortRule:
     groups: tuple[str, ...] = ()
 
     @property
-    def admits(self) -> list[str]:
+    def who(self) -> list[str]:
         """Who gets in, in words for the token API and the page."""
         if self.access != "restricted":
             return ["anyone"] if self.access == "public" else []
@@ -110,13 +112,19 @@ class RouteManager:
         chp_api: RouteAPI,
         log: logging.Logger,
         reserved_ports=dict,
+        *,
+        store: AccessStore | None,
+        audit: AuditLog | None,
+        sidecar: SidecarReplicas | None,
         subdomain_host: str = "",
         hub_domain: str = "",
         subdomain_hook=subdomain_hook_idna,
         hub_cookies_at_root: bool = False,
         hub_servers=None,
     ):
-        """``reserved_ports()``: the hub's, the proxy's and the sidecar's ports (what they
+        """``store``, ``audit``, ``sidecar``: the settings' store, the audit log and the
+        sidecar replicas (None where a caller needs none of them: a test of the routes
+        alone). ``reserved_ports()``: the hub's, the proxy's and the sidecar's ports (what they
         are), never routed on the hub's machine. ``subdomain_host``, ``subdomain_hook``:
         JupyterHub's (CHP routes by host: a path route lives on ``hub_domain``, the hub's
         own host). ``hub_cookies_at_root``: the hub's cookies have path ``/``
@@ -141,27 +149,10 @@ class RouteManager:
         if problem:
             raise TraitError(problem)
         self.log = log
-        self.store = AccessStore(settings.db_url)
-        self.audit = AuditLog(settings.audit_log_path)
+        self.store = store
+        self.audit = audit
         self.chp = chp_api
-        replica_urls = settings.sidecar_api_urls or [settings.sidecar_url]
-        several = len(replica_urls) > 1 or settings.sidecar_api_resolve_all
-        self.sidecar = SidecarReplicas(
-            replica_urls,
-            settings.sidecar_api_resolve_all,
-            lambda url: SidecarRouteAPI(
-                f"sidecar {url}" if several else "sidecar",
-                url_path_join(url, "_jhproxy-routes/"),
-                settings.sidecar_api_token,
-                timeout=settings.api_timeout,
-                retry_timeout=settings.api_retry_timeout,
-                concurrency=settings.concurrency,
-                log=log,
-                host_routing=self.host_routing,
-            ),
-            log,
-            ready_for=settings.sidecar_ready_for or None,
-        )
+        self.sidecar = sidecar
         self._reconcile_lock = asyncio.Lock()  # one reconciliation, or one settings change, at a time
 
     # ---- access settings -------------------------------------------------------------

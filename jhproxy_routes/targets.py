@@ -19,18 +19,10 @@ import ipaddress
 import socket
 from urllib.parse import urlparse
 
-
-class SharedHostError(Exception):
-    """The server's address is shared with other users' servers."""
-
-
-class TargetsPending(Exception):
-    """The server is between two states (its container is restarting): ask again later."""
-
-
-# after the exceptions, which docker.py uses; at import time, not on first use: importing
-# dockerspawner takes ~0.5 s, which would block the hub's event loop mid-reconciliation
-from .docker import container_targets, is_docker  # noqa: E402
+# at import time, not on first use: importing dockerspawner takes ~0.5 s, which would
+# block the hub's event loop mid-reconciliation
+from .docker import container_targets, is_docker
+from .errors import SharedHostError
 
 
 @functools.cache

@@ -12,7 +12,9 @@ from pathlib import Path
 
 from jupyterhub.roles import get_default_roles
 
-from .config import SERVICE_NAME, PortRoutes
+from .config import SERVICE_NAME, PortRoutes, configured
+from .handlers import token_handlers
+from .scopes import LOGIN_SCOPE, SCOPE, SCOPE_DESCRIPTION
 
 SERVICE_COMMON = {
     "name": SERVICE_NAME,
@@ -21,10 +23,6 @@ SERVICE_COMMON = {
     # logging into a port is part of the hub, not a third party asking for access
     "oauth_no_confirm": True,
 }
-SCOPE = "custom:jhproxy-routes:tokens"
-SCOPE_DESCRIPTION = "Read and change the port tokens and port access of servers."
-# a hub login reaches restricted ports through the sidecar's OAuth client: users need access
-LOGIN_SCOPE = f"access:services!service={SERVICE_NAME}"
 TEMPLATES = Path(__file__).parent / "templates"
 
 
@@ -65,8 +63,6 @@ def external_sidecar_service(settings: PortRoutes) -> dict:
 
 
 def wire_into_hub(app, settings: PortRoutes) -> None:
-    from .handlers import token_handlers
-
     if not any(s.get("name") == SERVICE_NAME for s in app.services):
         service = (
             sidecar_service(settings, app.authenticate_prometheus)
@@ -85,15 +81,6 @@ def wire_into_hub(app, settings: PortRoutes) -> None:
     # user's other servers' (JupyterHub resolves !server to the server's own name)
     grant_to_role(app, "server", f"{SCOPE}!server")
     publish_docker_ports(app, [spec.port for spec in settings.port_specs if not spec.is_range])
-
-
-def configured(app, cls, name):
-    """The value of ``c.<Class>.<name>`` that traitlets gives ``cls`` (most derived section wins)."""
-    value = None
-    for klass in reversed(cls.mro()):
-        if klass.__name__ in app.config and name in app.config[klass.__name__]:
-            value = app.config[klass.__name__][name]
-    return value
 
 
 def publish_docker_ports(app, ports: list[int]) -> None:

@@ -1,282 +1,17 @@
-"""Real processes for the tests: a jupyterhub (which starts CHP and the sidecar), the
-users' jupyterhub-singleuser servers, and echo apps on real ports, all on 127.0.0.1.
-
-Nothing here is faked: a part that cannot start fails the test with its log.
-"""
+"""The fixtures that start the real processes of ``tests/rig.py``, and the test markers
+(unit, hub, browser, docker) from the fixtures a test uses."""
 
 from __future__ import annotations
 
-import json
 import os
-import re
-import secrets
 import shutil
-import signal
-import socket
 import subprocess
 import sys
-import textwrap
-import time
 from pathlib import Path
 
-import httpx
 import pytest
-from cryptography.fernet import Fernet  # noqa: F401  (jupyterhub's crypto needs it; fail early)
 
-REPO = Path(__file__).resolve().parent.parent
-BIN = Path(sys.executable).parent
-CHP = Path(os.environ.get("JHPROXY_ROUTES_CHP", REPO / "node_modules/.bin/configurable-http-proxy"))
-DEMO_APP = REPO / "examples/demo_app.py"
-ADMIN_TOKEN = secrets.token_hex(16)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for(predicate, timeout: float, what: str, log_path: Path | None = None, interval: float = 0.1):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            result = predicate()
-        except httpx.TransportError:  # a process not (yet) listening: not there yet
-            result = None
-        if result:
-            return result
-        time.sleep(interval)
-    tail = ""
-    if log_path and log_path.exists():
-        tail = "\n--- log tail ---\n" + "\n".join(log_path.read_text(errors="replace").splitlines()[-60:])
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}{tail}")
-
-
-def port_open(port: int) -> bool:
-    with socket.socket() as s:
-        s.settimeout(0.2)
-        return s.connect_ex(("127.0.0.1", port)) == 0
-
-
-class App:
-    """The echo app (examples/demo_app.py) on a real port."""
-
-    def __init__(self, tmp: Path, port: int | None = None):
-        self.port = port or free_port()
-        self.log_path = tmp / f"app-{self.port}.log"
-        self.proc = subprocess.Popen(
-            [sys.executable, str(DEMO_APP), "--port", str(self.port)],
-            stdout=self.log_path.open("w"),
-            stderr=subprocess.STDOUT,
-        )
-        wait_for(lambda: port_open(self.port), 15, f"echo app on {self.port}", self.log_path)
-
-    def received(self) -> list[dict]:
-        return httpx.get(f"http://127.0.0.1:{self.port}/__log__").json()
-
-    def stop(self):
-        self.proc.terminate()
-        self.proc.wait(10)
-
-
-class Hub:
-    """A real jupyterhub process in its own directory, driven through its public URL."""
-
-    def __init__(
-        self,
-        workdir: Path,
-        ports: list,
-        extra_config: str = "",
-        crypt_key: str | None = None,
-        env: dict | None = None,
-        command_prefix: list | None = None,
-    ):
-        self.extra_env = env or {}
-        self.command_prefix = command_prefix or []  # e.g. a private mount namespace (unshare)
-        self.dir = workdir
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self.port, self.api_port, self.hub_port, self.sidecar_port = (free_port() for _ in range(4))
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.chp_api = f"http://127.0.0.1:{self.api_port}"
-        self.sidecar_url = f"http://127.0.0.1:{self.sidecar_port}"
-        self.chp_token = secrets.token_hex(16)
-        self.crypt_key = crypt_key if crypt_key is not None else secrets.token_hex(32)
-        self.log_path = self.dir / "hub.log"
-        self.proc = None
-        if not CHP.exists():
-            raise AssertionError(f"configurable-http-proxy not found at {CHP}: run scripts/bootstrap.sh (npm ci)")
-        config = f"""
-            import jhproxy_routes
-            c.JupyterHub.ip = "127.0.0.1"
-            c.JupyterHub.port = {self.port}
-            c.JupyterHub.hub_port = {self.hub_port}
-            c.ConfigurableHTTPProxy.api_url = "{self.chp_api}"
-            c.ConfigurableHTTPProxy.command = [{str(CHP)!r}]
-            c.JupyterHub.authenticator_class = "dummy"
-            c.DummyAuthenticator.password = "pw"
-            c.Authenticator.allow_all = True
-            c.JupyterHub.spawner_class = "simple"
-            c.Spawner.cmd = [{str(BIN / "jupyterhub-singleuser")!r}]
-            c.Spawner.args = ["--allow-root"]
-            c.Spawner.http_timeout = 60
-            c.JupyterHub.allow_named_servers = True
-            c.JupyterHub.services = [{{"name": "test-admin", "api_token": "{ADMIN_TOKEN}"}}]
-            c.JupyterHub.load_roles = [{{
-                "name": "test-admin",
-                "scopes": ["admin:users", "admin:servers", "admin:groups", "tokens", "proxy", "list:users", "list:services", "read:services", "read:metrics"],
-                "services": ["test-admin"],
-            }}]
-            c.PortRoutes.ports = {ports!r}
-            c.PortRoutes.sidecar_url = "{self.sidecar_url}"
-            c.PortRoutes.reconcile_interval = 2
-            c.PortRoutes.api_retry_timeout = 5
-            c.PortRoutes.allow_shared_host = True  # local servers; isolation needs containers
-        """
-        (self.dir / "jupyterhub_config.py").write_text(
-            # install(c) comes before the test's own lines: settings made after it must count too
-            textwrap.dedent(config) + "jhproxy_routes.install(c)\n" + textwrap.dedent(extra_config)
-        )
-
-    # ---- process ---------------------------------------------------------------------
-    def env(self) -> dict:
-        env = {**os.environ, **self.extra_env, "CONFIGPROXY_AUTH_TOKEN": self.chp_token, "PATH": f"{BIN}:{os.environ['PATH']}"}
-        env.pop("JUPYTERHUB_CRYPT_KEY", None)
-        if self.crypt_key:
-            env["JUPYTERHUB_CRYPT_KEY"] = self.crypt_key
-        return env
-
-    def launch(self) -> subprocess.Popen:
-        with self.log_path.open("a") as log:
-            log.write(f"\n===== hub start {time.strftime('%X')} =====\n")
-        return subprocess.Popen(
-            [*self.command_prefix, str(BIN / "jupyterhub"), "-f", "jupyterhub_config.py"],
-            cwd=self.dir,
-            env=self.env(),
-            stdout=self.log_path.open("a"),
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-
-    def start(self) -> Hub:
-        self.proc = self.launch()
-
-        def up():
-            if self.proc.poll() is not None:
-                raise AssertionError(f"jupyterhub exited with {self.proc.returncode}:\n{self.log()[-4000:]}")
-            return "JupyterHub is now running" in self.log().rsplit("===== hub start", 1)[-1]
-
-        wait_for(up, 60, "jupyterhub to start", self.log_path)
-        return self
-
-    def stop(self, leave_servers: bool = False) -> None:
-        """Stop the hub; then kill whatever it started that outlived it (CHP, sidecar and
-        servers run in sessions of their own, so a hub that dies leaves them behind)."""
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        children = [pid for pid in self.child_pids("") if not (leave_servers and pid in self.child_pids("jupyterhub-singleuser"))]
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(10)
-        for pid in children:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-    def child_pids(self, needle: str) -> list[int]:
-        """PIDs of the hub's child processes whose command line contains ``needle``."""
-        pids = []
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit():
-                continue
-            try:
-                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, ValueError, IndexError):
-                continue
-            if needle in cmdline and ppid == self.proc.pid:
-                pids.append(int(entry.name))
-        return pids
-
-    # ---- API -------------------------------------------------------------------------
-    def api(self, method: str, path: str, token: str = ADMIN_TOKEN, **kwargs) -> httpx.Response:
-        headers = {"Authorization": f"token {token}", **kwargs.pop("headers", {})}
-        return httpx.request(method, f"{self.url}/hub/api{path}", headers=headers, timeout=60, **kwargs)
-
-    def user_token(self, user: str) -> str:
-        """Create ``user`` (if new) and an API token of theirs with default scopes."""
-        self.api("POST", f"/users/{user}")
-        response = self.api("POST", f"/users/{user}/tokens", json={"note": "test"})
-        assert response.status_code == 201, response.text
-        return response.json()["token"]
-
-    def spawn(self, user: str, server: str = "") -> None:
-        path = f"/users/{user}/servers/{server}" if server else f"/users/{user}/server"
-        response = self.api("POST", path)
-        assert response.status_code in (201, 202), response.text
-
-        def ready():
-            model = self.api("GET", f"/users/{user}").json()
-            return model["servers"].get(server, {}).get("ready")
-
-        wait_for(ready, 60, f"server {user}/{server} to be ready", self.log_path, interval=0.3)
-
-    def stop_server(self, user: str, server: str = "") -> None:
-        path = f"/users/{user}/servers/{server}" if server else f"/users/{user}/server"
-        response = self.api("DELETE", path)
-        assert response.status_code in (202, 204), response.text
-        wait_for(
-            lambda: server not in self.api("GET", f"/users/{user}").json()["servers"],
-            60,
-            f"server {user}/{server} to stop",
-            self.log_path,
-            interval=0.3,
-        )
-
-    def chp_routes(self) -> dict:
-        response = httpx.get(f"{self.chp_api}/api/routes", headers={"Authorization": f"token {self.chp_token}"}, timeout=10)
-        response.raise_for_status()
-        return response.json()
-
-    def port_routes(self) -> dict:
-        """Our routes in CHP: ``{path: data}``."""
-        return {path: data for path, data in self.chp_routes().items() if data.get("jhproxy_routes")}
-
-    def proxytoken(self, token: str, method: str = "GET", server: str = "", **kwargs) -> httpx.Response:
-        headers = {"Authorization": f"token {token}", **kwargs.pop("headers", {})}
-        return httpx.request(method, f"{self.url}/hub/proxytoken/{server}", headers=headers, timeout=60, **kwargs)
-
-    def get(self, path: str, **kwargs) -> httpx.Response:
-        return httpx.get(self.url + path, timeout=60, **kwargs)
-
-    def login(self, user: str) -> httpx.Client:
-        """A client with a cookie jar, logged in through the hub's login form as a browser is."""
-        client = httpx.Client(base_url=self.url, timeout=60, headers={"Accept": "text/html"})
-        form = client.get("/hub/login")
-        xsrf = re.search(r'name="_xsrf" value="([^"]+)"', form.text)
-        assert xsrf, f"no _xsrf field on the login page: {form.text[:500]}"
-        response = client.post("/hub/login?next=%2Fhub%2Fhome", data={"username": user, "password": "pw", "_xsrf": xsrf.group(1)})
-        assert response.status_code == 302 and client.cookies.get("jupyterhub-hub-login"), response.text[:500]
-        return client
-
-
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-SCREENSHOTS = REPO / "tests/screenshots"
+from tests.rig import CHP, CHROMIUM, CHROMIUM_ARGS, REPO, SCREENSHOTS, App, Hub
 
 
 @pytest.fixture(scope="module")
@@ -291,10 +26,6 @@ def browser():
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         yield browser
         browser.close()
-
-
-def shoot(page, name: str) -> None:
-    page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
 
 
 @pytest.fixture(scope="module")
@@ -334,21 +65,6 @@ def pytest_report_header(config):
     chp = shutil.which(str(CHP)) or f"MISSING ({CHP})"
     chromium = "/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else "MISSING (/usr/bin/chromium)"
     return [f"configurable-http-proxy: {chp}", f"chromium: {chromium}", f"python: {sys.executable}"]
-
-
-def assert_no_credentials(entries: list[dict], secrets_: list[str]) -> None:
-    """No recorded request carries a hub/sidecar cookie, the token header, or a secret."""
-    dump = json.dumps(entries)
-    for secret in secrets_:
-        assert secret not in dump, f"secret {secret[:8]}... reached the app"
-    for entry in entries:
-        for name, value in entry["headers"]:
-            assert name.lower() != "x-proxy-token", entry
-            if name.lower() == "cookie":
-                for pair in value.split(";"):
-                    cookie = pair.split("=", 1)[0].strip()
-                    assert not cookie.startswith(("jupyterhub-", "jhproxy-routes")) and cookie != "_xsrf", entry
-        assert "proxy_token" not in entry["query"], entry
 
 
 @pytest.fixture(scope="session")

@@ -5,7 +5,8 @@ import sqlite3
 
 import httpx
 import pytest
-from conftest import wait_for
+
+from tests.rig import wait_for
 
 UNAUTHORIZED = "Unauthorized access"
 

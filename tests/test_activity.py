@@ -16,9 +16,10 @@ import time
 from datetime import datetime, timezone
 
 import httpx
-from conftest import ADMIN_TOKEN, free_port, wait_for
 from tornado.httpclient import HTTPRequest
 from tornado.websocket import websocket_connect
+
+from tests.rig import ADMIN_TOKEN, free_port, wait_for
 
 TIMEOUT = 20  # the culler's --timeout
 EVERY = 2  # seconds between two requests of a client that keeps its server alive

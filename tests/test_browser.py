@@ -16,8 +16,9 @@ import threading
 
 import httpx
 import pytest
-from conftest import REPO, assert_no_credentials, free_port, shoot
 from playwright.sync_api import expect
+
+from tests.rig import REPO, assert_no_credentials, free_port, shoot
 
 
 @pytest.fixture(scope="module")

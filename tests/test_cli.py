@@ -10,9 +10,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import ADMIN_TOKEN
 
 from jhproxy_routes.cli import main
+from tests.rig import ADMIN_TOKEN
 
 CLI = Path(sys.executable).parent / "jhproxy-routes"
 

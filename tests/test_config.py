@@ -7,9 +7,9 @@ from traitlets import TraitError
 from traitlets.config import Config
 
 from jhproxy_routes import install
-from jhproxy_routes.config import PortRoutes, PortSpec
-from jhproxy_routes.templates import RouteTemplate, dns_label
-from jhproxy_routes.wiring import SCOPE, SERVICE_NAME
+from jhproxy_routes.config import SERVICE_NAME, PortRoutes, PortSpec
+from jhproxy_routes.route_templates import RouteTemplate, dns_label
+from jhproxy_routes.scopes import SCOPE
 
 
 def port_routes(**settings) -> PortRoutes:

@@ -9,7 +9,8 @@ import secrets
 import docker
 import httpx
 import pytest
-from conftest import REPO, wait_for
+
+from tests.rig import REPO, wait_for
 
 APP_PORTS = (5000, 5001)
 

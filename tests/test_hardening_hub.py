@@ -12,8 +12,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import ADMIN_TOKEN, CHP, free_port, port_open, wait_for
 from prometheus_client.parser import text_string_to_metric_families
+
+from tests.rig import ADMIN_TOKEN, CHP, free_port, port_open, wait_for
 
 # A spawner that breaks on purpose while a flag file exists in the hub's directory: reading
 # default_startup_behavior or shutdown_behavior (the port routes read them, the hub does not)

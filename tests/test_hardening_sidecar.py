@@ -24,9 +24,9 @@ from urllib.parse import quote, unquote
 
 import httpx
 import pytest
-from conftest import ADMIN_TOKEN, free_port, wait_for
 
 from jhproxy_routes.sidecar.login import session_cookie_name
+from tests.rig import ADMIN_TOKEN, free_port, wait_for
 
 EVIL = "https://evil.example"
 TRUSTED = "https://trusted.example"
@@ -651,9 +651,8 @@ def test_another_hubs_sidecar_is_named_too(tmp_path):
     import subprocess
     import sys
 
-    from conftest import port_open
-
     from jhproxy_routes.routeapi import RouteAPIError, SidecarRouteAPI
+    from tests.rig import port_open
 
     port = free_port()
     env = {**os.environ, "JHPROXY_ROUTES_SIDECAR_TOKEN": "another-hubs-secret", "JHPROXY_ROUTES_AUDIT_LOG": ""}

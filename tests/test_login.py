@@ -17,9 +17,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import REPO, assert_no_credentials, wait_for
 
 from jhproxy_routes.sidecar.login import TICKET_QUERY, session_cookie_name
+from tests.rig import REPO, assert_no_credentials, wait_for
 
 CALLBACK = "/services/jhproxy-routes/oauth_callback"
 

@@ -8,10 +8,10 @@ import signal
 
 import httpx
 import pytest
-from conftest import ADMIN_TOKEN, wait_for
 from prometheus_client.parser import text_string_to_metric_families
 
 from jhproxy_routes.sidecar.metrics import SidecarMetrics
+from tests.rig import ADMIN_TOKEN, wait_for
 
 OWNER = "metered"
 

@@ -10,9 +10,9 @@ from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
 from jhproxy_routes.http1 import HTTPError, parse_request_head
+from jhproxy_routes.route_templates import DNS_SAFE, RouteTemplate, dns_label
 from jhproxy_routes.sidecar.server import Sidecar, filter_cookies, protected_cookie, split_query
 from jhproxy_routes.sidecar.table import RouteTable
-from jhproxy_routes.templates import DNS_SAFE, RouteTemplate, dns_label
 
 # no per-example deadline (a loaded CI machine is slow, not wrong), no example database on disk
 settings.register_profile("jhproxy-routes", deadline=None, database=None, max_examples=300)

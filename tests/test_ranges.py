@@ -6,7 +6,8 @@ import socket
 
 import httpx
 import pytest
-from conftest import ADMIN_TOKEN, App, free_port
+
+from tests.rig import ADMIN_TOKEN, App, free_port
 
 
 def free_block(size: int) -> int:

@@ -27,8 +27,9 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
-from conftest import CHP, REPO, free_port, port_open, wait_for
 from prometheus_client.parser import text_string_to_metric_families
+
+from tests.rig import CHP, REPO, free_port, port_open, wait_for
 
 K8S = REPO / "examples/kubernetes"
 REPLICAS_NAME = "sidecar-replicas.test"

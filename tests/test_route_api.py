@@ -12,11 +12,11 @@ import subprocess
 
 import httpx
 import pytest
-from conftest import CHP, free_port, port_open, wait_for
 
 from jhproxy_routes.routeapi import RouteAPI, RouteAPIError, SidecarRouteAPI, json_object_items
 from jhproxy_routes.sidecar.server import Sidecar, serve
 from jhproxy_routes.transport import KeepAliveTransport
+from tests.rig import CHP, free_port, port_open, wait_for
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import free_port, wait_for
+
+from tests.rig import free_port, wait_for
 
 
 @pytest.fixture(scope="module")

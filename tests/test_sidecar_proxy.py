@@ -8,9 +8,10 @@ import time
 
 import httpx
 import pytest
-from conftest import assert_no_credentials, free_port
 from tornado.httpclient import HTTPRequest
 from tornado.websocket import websocket_connect
+
+from tests.rig import assert_no_credentials, free_port
 
 GOOD_ORIGIN = "http://good.example"
 GIB = 1 << 30

@@ -18,7 +18,8 @@ import time
 
 import httpx
 import pytest
-from conftest import ADMIN_TOKEN, assert_no_credentials, shoot, wait_for
+
+from tests.rig import ADMIN_TOKEN, assert_no_credentials, shoot, wait_for
 
 HUB_HOST = "hub.localhost"
 

@@ -1,0 +1,70 @@
+"""The settings service (``settings.py``) without processes: one call checks, stores, audits
+and answers a change; a refused change stores nothing."""
+
+import json
+import logging
+from types import SimpleNamespace
+
+import pytest
+
+from jhproxy_routes.audit import AuditLog
+from jhproxy_routes.config import PortRoutes
+from jhproxy_routes.routeapi import RouteAPI
+from jhproxy_routes.routes import RouteManager
+from jhproxy_routes.settings import PortSettings, SettingsError
+from jhproxy_routes.store import AccessStore
+
+
+@pytest.fixture
+def service(tmp_path):
+    settings = PortRoutes(ports=[5000, 5001])
+    manager = RouteManager(
+        settings,
+        "/",
+        RouteAPI("proxy", "http://127.0.0.1:1", "x"),  # never asked: the server is not running
+        logging.getLogger("test"),
+        store=AccessStore(f"sqlite:///{tmp_path / 'access.sqlite'}"),
+        audit=AuditLog(str(tmp_path / "audit.jsonl")),
+        sidecar=None,
+    )
+    return PortSettings(manager)
+
+
+ALICE = SimpleNamespace(name="alice", spawners={"": SimpleNamespace(ready=False, active=False)})
+WHO = {"by": "admin", "origin": "http://hub.example", "client": "1.2.3.4", "credential": "token"}
+
+
+async def test_a_change_is_stored_audited_and_answered(service, tmp_path):
+    answer = await service.change(ALICE, "", {"mode": "allow_all", "ports": {"5001": "public"}}, **WHO)
+    assert (answer["mode"], answer["running"]) == ("allow_all", False)
+    assert [(p["port"], p["access"], p["admits"]) for p in answer["ports"]] == [
+        (5000, "server", ["anyone"]),
+        (5001, "public", ["anyone"]),
+    ]
+    assert answer["ports"][1]["url"] == "http://hub.example/ports/alice/5001/"
+    assert service.manager.store.get("alice", "").port_access == {"5001": "public"}
+    (entry,) = [json.loads(line) for line in (tmp_path / "audit.jsonl").read_text().splitlines()]
+    assert (entry["event"], entry["by"], entry["mode"], entry["ports"]) == (
+        "settings changed",
+        "admin",
+        ["disabled", "allow_all"],
+        {"5001": [None, "public"]},
+    )
+    assert await service.change(ALICE, "", "disabled", **WHO) is None  # an action: the jhproxy value
+    assert await service.value(ALICE, "") is None
+
+
+@pytest.mark.parametrize(
+    "request_, message",
+    [
+        ({"colour": "red"}, "Unknown key"),
+        ({"mode": "open"}, "mode must be one of"),
+        ({"ports": {"6000": "public"}}, "not in the allow-list"),
+        ({"ports": {"5000": "everyone"}}, "access must be one of"),
+    ],
+)
+async def test_a_refused_change_stores_nothing(service, request_, message):
+    before = await service.value(ALICE, "")
+    with pytest.raises(SettingsError, match=message):
+        await service.change(ALICE, "", request_, **WHO)
+    assert service.manager.store.get("alice", "").port_access == {} and await service.value(ALICE, "") == before
