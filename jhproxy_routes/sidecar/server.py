@@ -499,9 +499,12 @@ class Sidecar:
             if reuse:
                 return await self.pool.acquire(route.host, route.port)
             return await self.pool.connect(route.host, route.port)
+        except ConnectionRefusedError:
+            message = f"Nothing is listening on port {route.port} of {server_words(route)} yet: start the app there, then reload."
+            raise HTTPError(502, message) from None
         except (OSError, asyncio.TimeoutError) as e:
-            reason = "connection refused" if isinstance(e, ConnectionRefusedError) else (str(e) or type(e).__name__)
-            raise HTTPError(502, f"The app on port {route.port} is not answering ({reason}).") from None
+            reason = str(e) or type(e).__name__
+            raise HTTPError(502, f"The app on port {route.port} of {server_words(route)} is not answering ({reason}).") from None
 
     async def _read_response_head(self, conn, route):
         # a timer that aborts the connection: much cheaper per request than asyncio.wait_for
@@ -775,6 +778,14 @@ def response_headers(response, own: ResponseRules) -> list[tuple[str, str]]:
         if (lower := k.lower()) not in drop and not (lower == "set-cookie" and protected_cookie(v.split("=", 1)[0].strip()))
     ]
     return headers + own.add
+
+
+def server_words(route) -> str:
+    """Whose server a route leads to, in words: ``alice's server``, ``alice's server dev``."""
+    owner, name = route.data.get("username"), route.data.get("servername")
+    if not isinstance(owner, str) or not owner:
+        return "its server"
+    return f"{owner}'s server" + (f" {name}" if isinstance(name, str) and name else "")
 
 
 def error_response(error: HTTPError, extra=(), page: str | None = None) -> bytes:
