@@ -149,7 +149,7 @@ def dash_works(page, url: str, base_path: str):
 
 
 def streamlit_works(page, url: str, base_path: str):
-    page.goto(url + "/")
+    page.goto(url)  # as Streamlit prints it: no trailing slash
     expect(page.get_by_text("jhproxy-routes Streamlit example")).to_be_visible()
     expect(page.get_by_text("count: 0")).to_be_visible()
     page.get_by_role("button", name="Add one").click()  # over the websocket
