@@ -150,7 +150,11 @@ def dash_works(page, url: str, base_path: str):
 
 def streamlit_works(page, url: str, base_path: str):
     page.goto(url)  # as Streamlit prints it: no trailing slash
-    expect(page.get_by_text("jhproxy-routes Streamlit example")).to_be_visible()
+    try:
+        # its first render loads a bundle of several MB: the slowest page here on 2 busy cores
+        expect(page.get_by_text("jhproxy-routes Streamlit example")).to_be_visible(timeout=90_000)
+    except AssertionError as e:
+        raise AssertionError(f"{e}\nat {page.url}:\n{page.content()[:3000]}") from None
     expect(page.get_by_text("count: 0")).to_be_visible()
     page.get_by_role("button", name="Add one").click()  # over the websocket
     expect(page.get_by_text("count: 1")).to_be_visible()
