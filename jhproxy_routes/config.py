@@ -45,7 +45,7 @@ def valid_port_access(value) -> bool:
     return value in PORT_ACCESS or (value.startswith(GROUP_PREFIX) and bool(value[len(GROUP_PREFIX) :].strip()))
 
 
-PORT_KEYS = {"port", "name", "access", "cors_origins", "strip_prefix", "activity"}
+PORT_KEYS = {"port", "name", "access", "cors_origins", "strip_prefix", "activity", "scope_cookies"}
 PORT_RANGE = re.compile(r"([0-9]{1,5})-([0-9]{1,5})")
 
 
@@ -60,6 +60,7 @@ class PortSpec:
     strip_prefix: bool = False
     last: int | None = None  # the last port of a range; None for one port
     activity: bool | None = None  # None: use PortRoutes.activity
+    scope_cookies: bool | None = None  # None: use PortRoutes.scope_cookies
 
     @property
     def is_range(self) -> bool:
@@ -110,6 +111,9 @@ def parse_port(item, where="c.PortRoutes.ports") -> PortSpec:
     activity = item.get("activity")
     if activity is not None and not isinstance(activity, bool):
         raise TraitError(f"{where}: port {port}: activity must be true or false")
+    scope_cookies = item.get("scope_cookies")
+    if scope_cookies is not None and not isinstance(scope_cookies, bool):
+        raise TraitError(f"{where}: port {port}: scope_cookies must be true or false")
     return PortSpec(
         port=port,
         name=str(item.get("name", "")),
@@ -118,6 +122,7 @@ def parse_port(item, where="c.PortRoutes.ports") -> PortSpec:
         strip_prefix=strip,
         last=last,
         activity=activity,
+        scope_cookies=scope_cookies,
     )
 
 
@@ -193,6 +198,9 @@ class PortRoutes(Configurable):
         - ``activity``: whether requests on this port count as the server's activity
           (for ``jupyterhub-idle-culler``); default ``PortRoutes.activity``. Set False for
           a port that a health check or a monitoring scraper calls.
+        - ``scope_cookies``: keep the app's cookies on its port (path routes); default
+          ``PortRoutes.scope_cookies``. Set False for an app whose cookies must reach
+          other paths of the hub's host.
 
         A wrong entry stops the hub at start-up with a message naming it.
         """,
@@ -279,6 +287,26 @@ class PortRoutes(Configurable):
         reconciliation and took ~2-9 ms (``benchmarks/scale.py``). Objects frozen are still
         freed by reference counting when no longer used; only reference cycles among them are
         kept. Set False to leave the collector as JupyterHub has it.
+        """,
+    )
+
+    scope_cookies = Bool(
+        True,
+        config=True,
+        help="""Keep the cookies an app sets on its own port, on path routes.
+
+        Path routes (``/ports/...``) share the hub's origin: a cookie an app sets with
+        ``Path=/`` (``_streamlit_xsrf``, a session of its own) is sent by the browser to
+        every other port of every user on the hub, whose apps can read it, and one port's
+        app can plant cookies for another's. The sidecar therefore rewrites the ``Path``
+        of each ``Set-Cookie`` of the app to the port's route (a path already below the
+        route is kept; with ``strip_prefix`` the app's path is put below the route) and
+        drops its ``Domain``, as nginx's ``proxy_cookie_path`` and
+        ``proxy_cookie_domain`` do. Routes with a host of their own
+        (``subdomain_host``) need no rewrite: their cookies are already their host's.
+
+        A direct proxy route cannot rewrite: a public port on a path route goes through
+        the sidecar while this is on. Per port: ``{"port": 8501, "scope_cookies": False}``.
         """,
     )
 
@@ -563,6 +591,10 @@ class PortRoutes(Configurable):
         if proposal.value < 0 or (positive and proposal.value <= 0):
             raise TraitError(f"c.PortRoutes.{proposal.trait.name}: {proposal.value} is too small")
         return proposal.value
+
+    def scopes_cookies(self, spec: PortSpec) -> bool:
+        """Whether the sidecar keeps the app's cookies on the port (or range)."""
+        return self.scope_cookies if spec.scope_cookies is None else spec.scope_cookies
 
     def counts_activity(self, spec: PortSpec) -> bool:
         """Whether requests on the port (or range) count as its server's activity."""

@@ -325,6 +325,7 @@ class RouteManager:
             "cors_origins": list(spec.cors_origins or self.settings.cors_origins),
             "strip_prefix": spec.strip_prefix,
             "activity": self.settings.counts_activity(spec),
+            "scope_cookies": self.settings.scopes_cookies(spec) and not self.template.by_host,
             **self._by_host,
         }
 
@@ -373,6 +374,7 @@ class RouteManager:
             port_choice(spec, access) == "public"
             and self.settings.direct_public_routes
             and not spec.strip_prefix
+            and not (on_hub_host and self.settings.scopes_cookies(spec))  # the sidecar rewrites its cookies
             and not under_cookies
         )
 

@@ -21,8 +21,8 @@ if [[ ! -x .venv/bin/python ]]; then
 fi
 PY_STAMP=.venv/.jhproxy-routes-installed
 if [[ ! -f "$PY_STAMP" || pyproject.toml -nt "$PY_STAMP" ]]; then
-    echo "bootstrap: pip install -e .[test,docs,dev]" >&2
-    .venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".[test,docs,dev]" \
+    echo "bootstrap: pip install -e .[test,docs,dev,apps]" >&2
+    .venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".[test,docs,dev,apps]" \
         || die "pip install failed"
     touch "$PY_STAMP"
 fi

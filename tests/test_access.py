@@ -19,7 +19,9 @@ def apps(make_app):
 @pytest.fixture(scope="module")
 def hub(make_hub, apps):
     ports = [apps["token"].port, {"port": apps["public"].port, "access": "public"}]
-    return make_hub(ports, "c.PortRoutes.shutdown_behavior = 'pass'")
+    return make_hub(
+        ports, "c.PortRoutes.shutdown_behavior = 'pass'\nc.PortRoutes.scope_cookies = False  # public ports go direct here"
+    )
 
 
 @pytest.fixture(scope="module")

@@ -87,8 +87,8 @@ async def test_port_traffic_keeps_servers_from_the_idle_culler(make_hub, make_ap
     ports = [
         apps["token"].port,
         nothing_there,
-        {"port": apps["public"].port, "access": "public"},
-        {"port": apps["quiet_public"].port, "access": "public", "activity": False},
+        {"port": apps["public"].port, "access": "public", "scope_cookies": False},
+        {"port": apps["quiet_public"].port, "access": "public", "activity": False, "scope_cookies": False},
         {"port": apps["quiet_token"].port, "activity": False},
     ]
     hub = make_hub(ports, culler_config())

@@ -139,7 +139,7 @@ def test_owner_opens_protected_port_by_clicking_its_link(browser, hub, apps):
     shoot(port_page, "owner-port")
     cookies = {c["name"]: c for c in context.cookies()}
     session = [c for name, c in cookies.items() if name.startswith("jhproxy-routes-session-")]
-    assert len(session) == 1 and session[0]["path"] == port_path(hub, apps["team"].port)
+    assert len(session) == 1 and session[0]["path"] == port_path(hub, apps["team"].port).rstrip("/")
     assert session[0]["httpOnly"]
     # the app saw neither the hub's cookies nor the sidecar's
     assert_no_credentials(apps["team"].received(), [session[0]["value"]])

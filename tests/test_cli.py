@@ -32,7 +32,10 @@ def apps(make_app):
 
 @pytest.fixture(scope="module")
 def hub(make_hub, apps):
-    hub = make_hub([apps["api"].port, {"port": apps["dash"].port, "name": "dashboard", "access": "public"}])
+    hub = make_hub(
+        [apps["api"].port, {"port": apps["dash"].port, "name": "dashboard", "access": "public"}],
+        "c.PortRoutes.scope_cookies = False  # public ports get direct routes here",
+    )
     for user in ("carol", "dave"):
         hub.user_token(user)
         hub.spawn(user)

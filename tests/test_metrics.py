@@ -34,7 +34,7 @@ def apps(make_app):
 
 @pytest.fixture(scope="module")
 def hub(make_hub, apps):
-    ports = [apps["protected"].port, {"port": apps["public"].port, "access": "public"}]
+    ports = [apps["protected"].port, {"port": apps["public"].port, "access": "public", "scope_cookies": False}]
     return make_hub(ports)
 
 

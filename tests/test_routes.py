@@ -19,7 +19,7 @@ def apps(make_app):
 @pytest.fixture(scope="module")
 def hub(make_hub, apps):
     protected, public = apps
-    return make_hub([protected.port, {"port": public.port, "access": "public"}])
+    return make_hub([protected.port, {"port": public.port, "access": "public", "scope_cookies": False}])
 
 
 def test_routes_follow_the_server(hub, apps):
@@ -125,7 +125,10 @@ def test_reconcile_adds_missing_and_removes_stale(hub, apps):
 def test_hub_restart_reconciles(make_hub, apps):
     """Servers keep running across a hub restart; the new CHP gets their port routes."""
     protected, public = apps
-    hub = make_hub([protected.port, {"port": public.port, "access": "public"}], "c.JupyterHub.cleanup_servers = False")
+    hub = make_hub(
+        [protected.port, {"port": public.port, "access": "public", "scope_cookies": False}],
+        "c.JupyterHub.cleanup_servers = False",
+    )
     hub.user_token("frank")
     hub.spawn("frank")
     hub.stop(leave_servers=True)
@@ -172,7 +175,7 @@ def test_an_unreachable_or_silent_sidecar_never_blocks_a_spawn(make_hub, apps):
     silent.bind(("127.0.0.1", 0))  # refusing while the hub starts (it checks external services)
     try:
         hub = make_hub(
-            [protected.port, {"port": public.port, "access": "public"}],
+            [protected.port, {"port": public.port, "access": "public", "scope_cookies": False}],
             f"""
             c.PortRoutes.sidecar_managed = False
             c.PortRoutes.sidecar_api_token = "wedged-sidecar-secret-0123456789"
@@ -203,7 +206,7 @@ def test_a_server_that_stopped_while_the_hub_was_down_gets_no_route(make_hub, ap
     """The hub is down; one user's server dies meanwhile. After the restart the other
     server's ports are back, and the dead one's stay gone, also after reconciliations."""
     _, public = apps
-    hub = make_hub([{"port": public.port, "access": "public"}], "c.JupyterHub.cleanup_servers = False")
+    hub = make_hub([{"port": public.port, "access": "public", "scope_cookies": False}], "c.JupyterHub.cleanup_servers = False")
     for user in ("gina", "hank"):
         hub.user_token(user)
         hub.spawn(user)

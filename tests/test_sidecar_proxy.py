@@ -165,7 +165,7 @@ def test_cors_restricted_to_listed_origins(hub, apps, token):
 def test_upstream_down_and_slow(hub, apps, dead_port, token):
     response = httpx.get(url(hub, dead_port), headers={"X-Proxy-Token": token})
     assert response.status_code == 502
-    assert f"port {dead_port} is not answering" in response.json()["message"]
+    assert f"Nothing is listening on port {dead_port} of alice's server yet" in response.json()["message"]
     start = time.monotonic()
     response = httpx.get(url(hub, apps["main"].port, "/slow?sleep=10"), headers={"X-Proxy-Token": token}, timeout=30)
     assert response.status_code == 504

@@ -213,7 +213,7 @@ c.JupyterHub.subdomain_host = f"http://{HUB_HOST}:{{c.JupyterHub.port}}"
     page.wait_for_url(port_url)
     assert json.loads(page.locator("body").inner_text())["path"] == f"/ports/alice/{app.port}/x"
     session = next(c for c in context.cookies() if c["name"].startswith("jhproxy-routes-session-"))
-    assert session["domain"] == HUB_HOST and session["path"] == f"/ports/alice/{app.port}/"
+    assert session["domain"] == HUB_HOST and session["path"] == f"/ports/alice/{app.port}"
     page.goto(f"{hub_url}/ports/alice/{app.port + 2}/")
     assert "is not in the allow-list of this server" in page.content()
     # the same path on a port's host, or on the sidecar's, is not this route

@@ -65,10 +65,15 @@ def cookie_values(header: str, name: str) -> list[str]:
 
 
 def route_prefix(raw_path: str, depth: int) -> str:
-    """The path of a route as the browser writes it: the first ``depth`` raw segments
-    (``/`` for a route that is a whole host)."""
+    """The path of a route as the browser writes it, and the path of its cookies: the first
+    ``depth`` raw segments, without a trailing slash (``/`` for a route that is a whole
+    host). A cookie of ``/ports/alice/8501`` is sent to that URL as Streamlit and Gradio
+    print it (no trailing slash) and to everything below it, and never to a sibling such
+    as ``/ports/alice/85012`` (RFC 6265 path-match: the next character must be ``/``).
+    Sessions made before, with a trailing slash, are still found below the slash: every
+    value of the cookie's name is tried."""
     prefix = "/".join([p for p in raw_path.split("/") if p][:depth])
-    return f"/{prefix}/" if prefix else "/"
+    return f"/{prefix}" if prefix else "/"
 
 
 def session_cookie_name(route_key: str) -> str:

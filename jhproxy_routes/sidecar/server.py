@@ -338,6 +338,8 @@ class Sidecar:
                 # a browser that says nothing of where a request comes from (plain http, an old
                 # one): a page let in by the login may still not be framed by another origin
                 own = ResponseRules(own.drop, own.add + FRAME_SELF)
+            if route.scope_cookies:  # the app's cookies stay on its port (a path route shares the hub's origin)
+                own = own._replace(cookie_path=route_prefix(path, route.path_depth), strip_prefix=route.strip_prefix)
             if websocket:
                 return await self.forward_websocket(route, method, upstream_head, reader, writer, own, version)
             return await self.forward(route, method, upstream_head, body_framing, reader, writer, own, keep_alive, version)
@@ -499,9 +501,12 @@ class Sidecar:
             if reuse:
                 return await self.pool.acquire(route.host, route.port)
             return await self.pool.connect(route.host, route.port)
+        except ConnectionRefusedError:
+            message = f"Nothing is listening on port {route.port} of {server_words(route)} yet: start the app there, then reload."
+            raise HTTPError(502, message) from None
         except (OSError, asyncio.TimeoutError) as e:
-            reason = "connection refused" if isinstance(e, ConnectionRefusedError) else (str(e) or type(e).__name__)
-            raise HTTPError(502, f"The app on port {route.port} is not answering ({reason}).") from None
+            reason = str(e) or type(e).__name__
+            raise HTTPError(502, f"The app on port {route.port} of {server_words(route)} is not answering ({reason}).") from None
 
     async def _read_response_head(self, conn, route):
         # a timer that aborts the connection: much cheaper per request than asyncio.wait_for
@@ -761,6 +766,8 @@ class ResponseRules(NamedTuple):
 
     drop: frozenset
     add: list
+    cookie_path: str | None = None  # the route's path: the app's cookies are put below it
+    strip_prefix: bool = False  # the app's cookie paths are below the stripped prefix
 
 
 def response_headers(response, own: ResponseRules) -> list[tuple[str, str]]:
@@ -774,7 +781,40 @@ def response_headers(response, own: ResponseRules) -> list[tuple[str, str]]:
         for k, v in response.headers
         if (lower := k.lower()) not in drop and not (lower == "set-cookie" and protected_cookie(v.split("=", 1)[0].strip()))
     ]
+    if own.cookie_path is not None:
+        headers = [
+            (k, scoped_cookie(v, own.cookie_path, own.strip_prefix) if k.lower() == "set-cookie" else v) for k, v in headers
+        ]
     return headers + own.add
+
+
+def scoped_cookie(value: str, prefix: str, strip_prefix: bool = False) -> str:
+    """A ``Set-Cookie`` value kept on a path route, as nginx's ``proxy_cookie_path`` does:
+    its ``Path`` below ``prefix`` (the route's path, no trailing slash; a path already below
+    it is kept; with ``strip_prefix`` the app's path is put below it), and no ``Domain``
+    (which would send it to sibling hosts). A browser then sends it to this port only."""
+    name_value, *attributes = value.split(";")
+    path = None
+    kept = []
+    for attribute in attributes:
+        key = attribute.split("=", 1)[0].strip().lower()
+        if key == "path":
+            path = attribute.split("=", 1)[1].strip() if "=" in attribute else ""
+        elif key != "domain":
+            kept.append(attribute.strip())
+    if path and path.startswith("/") and strip_prefix:
+        path = prefix + path.rstrip("/") if path != "/" else prefix
+    elif not (path and (path == prefix or path.startswith(prefix + "/"))):
+        path = prefix
+    return "; ".join([name_value.strip(), f"Path={path}", *kept])
+
+
+def server_words(route) -> str:
+    """Whose server a route leads to, in words: ``alice's server``, ``alice's server dev``."""
+    owner, name = route.data.get("username"), route.data.get("servername")
+    if not isinstance(owner, str) or not owner:
+        return "its server"
+    return f"{owner}'s server" + (f" {name}" if isinstance(name, str) and name else "")
 
 
 def error_response(error: HTTPError, extra=(), page: str | None = None) -> bytes:

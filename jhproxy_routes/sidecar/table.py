@@ -51,6 +51,7 @@ class Route:
     excluded: frozenset = frozenset()  # an entry of port ranges: ports never routed
     by_host: bool = False  # the key begins with a host (CHP's host routing)
     activity: tuple[str, str] | None = None  # (user, server) whose activity a request let through is; None: not counted
+    scope_cookies: bool = False  # the app's Set-Cookie gets the route's path, and no Domain (a path route)
 
     @property
     def path_depth(self) -> int:
@@ -106,6 +107,7 @@ def route_from_data(key: str, data: dict) -> Route:
         depth=len(segments(key)),
         entry=key,
         by_host=by_host,
+        scope_cookies=data.get("scope_cookies") is True and not by_host,
         activity=(owner, servername) if isinstance(owner, str) and owner and data.get("activity", True) is not False else None,
     )
 

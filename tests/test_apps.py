@@ -1,0 +1,224 @@
+"""Real frameworks behind ports: FastAPI, Dash and Streamlit, in Chromium, on a path route and
+on a subdomain route, started with the commands of examples/apps/commands.py.
+
+For each framework and route kind: the owner (hub login) and a second hub user the port
+admits (``access: users``) see the app's own content and make a server round trip (FastAPI:
+the ``openapi.json`` that Swagger UI fetches, and an API call; Dash: a callback updating the
+page; Streamlit: a button click over its websocket). A browser with only the port token in
+the query gets the first page, and the app's own requests after it are refused (the token is
+not kept: scripts send ``X-Proxy-Token`` with each request). A browser without credentials is
+sent to the hub login, and a script refused. docs/source/apps.md's table and commands are
+checked against what this module covers.
+
+Apps and hubs are started once per module: one hub per route kind for all frameworks.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+from playwright.sync_api import expect
+
+from tests.rig import REPO, free_port, port_open, wait_for
+
+pytestmark = pytest.mark.apps
+# a framework's first page on a cold start (Streamlit's bundle, Dash's renderer) on 2 busy cores
+expect.set_options(timeout=30_000)
+
+EXAMPLES = REPO / "examples/apps"
+APPS_DOC = REPO / "docs/source/apps.md"
+HUB_HOST = "hub.localhost"
+NAMES = {"fastapi": "FastAPI", "dash": "Dash", "streamlit": "Streamlit"}
+ROUTE_KINDS = ("path", "subdomain")
+# what each visitor gets, for every framework and both route kinds (asserted below)
+VISITORS = {"owner": "works", "users": "works", "token": "first page only", "anonymous": "refused"}
+
+
+def load_commands():
+    spec = importlib.util.spec_from_file_location("example_app_commands", EXAMPLES / "commands.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+COMMANDS = load_commands()
+
+
+class FrameworkApp:
+    def __init__(self, framework: str, kind: str, tmp: Path):
+        self.framework, self.kind, self.port = framework, kind, free_port()
+        self.base_path = f"/ports/alice/{self.port}" if kind == "path" else ""
+        argv = COMMANDS.command(framework, self.port, self.base_path)
+        assert argv[0] == "python"
+        self.log_path = tmp / f"{framework}-{kind}-{self.port}.log"
+        self.proc = subprocess.Popen(
+            [sys.executable, *argv[1:]], cwd=EXAMPLES, stdout=self.log_path.open("w"), stderr=subprocess.STDOUT
+        )
+
+    def wait(self):
+        wait_for(
+            lambda: port_open(self.port) or self.proc.poll() is not None, 60, f"{self.framework} on {self.port}", self.log_path
+        )
+        assert self.proc.poll() is None, f"{self.framework} exited:\n{self.log_path.read_text()[-3000:]}"
+
+    def stop(self):
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+@pytest.fixture(scope="module")
+def framework_apps(module_tmp):
+    apps = {(f, kind): FrameworkApp(f, kind, module_tmp) for f in COMMANDS.FRAMEWORKS for kind in ROUTE_KINDS}
+    for app in apps.values():  # started together, waited for together
+        app.wait()
+    yield apps
+    for app in apps.values():
+        app.stop()
+
+
+def start_hub(make_hub, framework_apps, kind: str):
+    ports = []
+    for (framework, app_kind), app in framework_apps.items():
+        if app_kind == kind:
+            options = COMMANDS.PATH_ROUTE_OPTIONS[framework] if kind == "path" else {}
+            ports.append({"port": app.port, "name": framework, "access": "users", **options})
+    config = "c.PortRoutes.default_startup_behavior = 'random'\n"
+    if kind == "subdomain":
+        config += f"""
+c.JupyterHub.subdomain_host = f"http://{HUB_HOST}:{{c.JupyterHub.port}}"
+c.PortRoutes.route_template = "{{port}}--{{username}}.{{subdomain_host}}"
+"""
+    hub = make_hub(ports, config, name=kind)
+    hub.user_token("bob")
+    alice = hub.user_token("alice")
+    hub.spawn("alice")
+    hub.token = hub.proxytoken(alice, "POST", content="random").json()
+    hub.kind = kind
+    hub.base = f"http://{HUB_HOST}:{hub.port}" if kind == "subdomain" else hub.url
+    return hub
+
+
+@pytest.fixture(scope="module")
+def hubs(make_hub, framework_apps):
+    return {kind: start_hub(make_hub, framework_apps, kind) for kind in ROUTE_KINDS}
+
+
+def app_url(hub, app) -> str:
+    if hub.kind == "subdomain":
+        return f"http://{app.port}--alice.{HUB_HOST}:{hub.port}"
+    return f"{hub.url}/ports/alice/{app.port}"
+
+
+def logged_in(browser, hub, user: str):
+    context = browser.new_context()
+    page = context.new_page()
+    page.goto(f"{hub.base}/hub/login?next=%2Fhub%2Fhome")
+    page.fill("#username_input", user)
+    page.fill("#password_input", "pw")
+    page.click("#login_submit")
+    page.wait_for_url(re.compile(r"/hub/home$"))
+    return context, page
+
+
+# ---- per framework: its content and a server round trip, and one of its own requests ------------
+def fastapi_works(page, url: str, base_path: str):
+    response = page.goto(url + "/docs", wait_until="domcontentloaded")  # Swagger UI's scripts come from a CDN
+    assert response.status == 200
+    openapi = f"{base_path}/openapi.json"
+    assert f"url: '{openapi}'" in page.content()  # the prefix breakage this guards against
+    spec = page.evaluate("u => fetch(u).then(r => r.json())", openapi)
+    assert spec["info"]["title"] == "jhproxy-routes FastAPI example"
+    item = page.evaluate("u => fetch(u).then(r => r.json())", f"{base_path}/items/21")
+    assert item == {"item_id": 21, "doubled": 42}
+
+
+def dash_works(page, url: str, base_path: str):
+    page.goto(url + "/")
+    expect(page.locator("h1")).to_have_text("jhproxy-routes Dash example")
+    expect(page.locator("#greeting")).to_have_text("Hello, world")  # the first callback
+    page.fill("#name", "jhproxy")
+    expect(page.locator("#greeting")).to_have_text("Hello, jhproxy")
+
+
+def streamlit_works(page, url: str, base_path: str):
+    page.goto(url)  # as Streamlit prints it: no trailing slash
+    try:
+        # its first render loads a bundle of several MB: the slowest page here on 2 busy cores
+        expect(page.get_by_text("jhproxy-routes Streamlit example")).to_be_visible(timeout=90_000)
+    except AssertionError as e:
+        raise AssertionError(f"{e}\nat {page.url}:\n{page.content()[:3000]}") from None
+    expect(page.get_by_text("count: 0")).to_be_visible()
+    page.get_by_role("button", name="Add one").click()  # over the websocket
+    expect(page.get_by_text("count: 1")).to_be_visible()
+
+
+WORKS = {"fastapi": fastapi_works, "dash": dash_works, "streamlit": streamlit_works}
+# the first page a visitor opens, and a request the app's page makes after it
+FIRST_PAGE = {"fastapi": "/docs", "dash": "/", "streamlit": "/"}
+OWN_REQUEST = {"fastapi": "/openapi.json", "dash": "/_dash-layout", "streamlit": "/_stcore/health"}
+
+
+@pytest.mark.parametrize("kind", ROUTE_KINDS)
+@pytest.mark.parametrize("framework", COMMANDS.FRAMEWORKS)
+def test_framework_behind_a_port(browser, hubs, framework_apps, framework, kind):
+    hub, app = hubs[kind], framework_apps[(framework, kind)]
+    url = app_url(hub, app)
+    base_path = app.base_path  # what the page's own absolute URLs begin with
+
+    for user in ("alice", "bob"):  # the owner, and a hub user the port admits
+        context, page = logged_in(browser, hub, user)
+        WORKS[framework](page, url, base_path)
+        context.close()
+
+    # the port token in the query: the first page, and none of the app's own requests after it
+    context = browser.new_context()
+    page = context.new_page()
+    first = page.goto(f"{url}{FIRST_PAGE[framework]}?proxy_token={hub.token}", wait_until="domcontentloaded")
+    assert first.status == 200
+    status = page.evaluate("u => fetch(u).then(r => r.status)", base_path + OWN_REQUEST[framework])
+    assert status == 403
+    context.close()
+
+    # no credentials: a browser goes to the hub login, a script is refused
+    context = browser.new_context()
+    page = context.new_page()
+    page.goto(url + "/", wait_until="domcontentloaded")
+    assert "/hub/login" in page.url
+    context.close()
+    host = {"Host": f"{app.port}--alice.{HUB_HOST}:{hub.port}"} if kind == "subdomain" else {}
+    path = (app.base_path or "") + OWN_REQUEST[framework]
+    assert httpx.get(hub.url + path, headers=host).status_code == 403
+
+
+# ---- the docs say what this module covers --------------------------------------------------------
+def documented_table() -> dict[str, dict[str, str]]:
+    rows = {}
+    for line in APPS_DOC.read_text().splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")] if line.startswith("|") else []
+        if len(cells) == 3 and cells[0] in NAMES.values():
+            rows[cells[0]] = {"path": cells[1], "subdomain": cells[2]}
+    return rows
+
+
+def test_docs_table_and_commands_match_the_suite():
+    table = documented_table()
+    assert set(table) == {NAMES[f] for f in COMMANDS.FRAMEWORKS}, table
+    for framework in COMMANDS.FRAMEWORKS:
+        for kind in ROUTE_KINDS:  # every framework is tested on both kinds of route above
+            assert table[NAMES[framework]][kind].startswith("yes"), (framework, kind)
+    text = APPS_DOC.read_text()
+    for framework in COMMANDS.FRAMEWORKS:
+        for base_path in ("/ports/alice/8050", ""):
+            shown = " ".join(COMMANDS.command(framework, 8050, base_path))
+            assert shown in text, f"docs/source/apps.md does not show: {shown}"
+    for visitor, outcome in VISITORS.items():
+        assert f"| {visitor} | {outcome} |" in text, (visitor, outcome)
