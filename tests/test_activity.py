@@ -21,7 +21,7 @@ from tornado.websocket import websocket_connect
 
 from tests.rig import ADMIN_TOKEN, free_port, wait_for
 
-TIMEOUT = 20  # the culler's --timeout
+TIMEOUT = 15  # the culler's --timeout
 EVERY = 2  # seconds between two requests of a client that keeps its server alive
 KEEP_FOR = 2.2 * TIMEOUT  # traffic time before the first check
 

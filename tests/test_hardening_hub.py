@@ -112,7 +112,7 @@ def test_token_revoked_mid_stop_is_refused_at_once(flaky):
     url = f"/ports/stopper/{protected.port}/x"
     assert hub.get(url, headers={"X-Proxy-Token": token}).status_code == 200
     (hub.dir / "BROKEN_STOP").touch()
-    (hub.dir / "SLOW_STOP").write_text("20")
+    (hub.dir / "SLOW_STOP").write_text("10")
     try:
         assert hub.api("DELETE", "/users/stopper/server").status_code == 202
         assert hub.api("GET", "/users/stopper").json()["servers"][""]["pending"] == "stop"
