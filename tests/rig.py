@@ -296,3 +296,16 @@ def assert_no_credentials(entries: list[dict], secrets_: list[str]) -> None:
                     cookie = pair.split("=", 1)[0].strip()
                     assert not cookie.startswith(("jupyterhub-", "jhproxy-routes")) and cookie != "_xsrf", entry
         assert "proxy_token" not in entry["query"], entry
+
+
+def browser_login(browser, hub_url: str, user: str):
+    """A new Chromium context (cookie jar) logged in through the hub's login form at
+    ``hub_url`` (scheme://host:port) as ``user``: (context, page)."""
+    context = browser.new_context()
+    page = context.new_page()
+    page.goto(f"{hub_url}/hub/login?next=%2Fhub%2Fhome")
+    page.fill("#username_input", user)
+    page.fill("#password_input", "pw")
+    page.click("#login_submit")
+    page.wait_for_url(re.compile(r"/hub/home$"))
+    return context, page

@@ -16,7 +16,6 @@ Apps and hubs are started once per module: one hub per route kind for all framew
 from __future__ import annotations
 
 import importlib.util
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -25,7 +24,7 @@ import httpx
 import pytest
 from playwright.sync_api import expect
 
-from tests.rig import REPO, free_port, port_open, wait_for
+from tests.rig import REPO, browser_login, free_port, port_open, wait_for
 
 pytestmark = pytest.mark.apps
 # a framework's first page on a cold start (Streamlit's bundle, Dash's renderer) on 2 busy cores
@@ -119,14 +118,7 @@ def app_url(hub, app) -> str:
 
 
 def logged_in(browser, hub, user: str):
-    context = browser.new_context()
-    page = context.new_page()
-    page.goto(f"{hub.base}/hub/login?next=%2Fhub%2Fhome")
-    page.fill("#username_input", user)
-    page.fill("#password_input", "pw")
-    page.click("#login_submit")
-    page.wait_for_url(re.compile(r"/hub/home$"))
-    return context, page
+    return browser_login(browser, hub.base, user)
 
 
 # ---- per framework: its content and a server round trip, and one of its own requests ------------

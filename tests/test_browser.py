@@ -18,7 +18,7 @@ import httpx
 import pytest
 from playwright.sync_api import expect
 
-from tests.rig import REPO, assert_no_credentials, free_port, shoot
+from tests.rig import REPO, assert_no_credentials, browser_login, free_port, shoot
 
 
 @pytest.fixture(scope="module")
@@ -58,14 +58,7 @@ class QuietHandler(http.server.SimpleHTTPRequestHandler):
 
 def login(browser, hub, user: str):
     """A new browser context (cookie jar) logged into the hub as ``user``."""
-    context = browser.new_context(base_url=hub.url)
-    page = context.new_page()
-    page.goto("/hub/login?next=%2Fhub%2Fhome")
-    page.fill("#username_input", user)
-    page.fill("#password_input", "pw")
-    page.click("#login_submit")
-    page.wait_for_url(re.compile(r"/hub/home$"))
-    return context, page
+    return browser_login(browser, hub.url, user)
 
 
 def port_path(hub, port: int, user: str = "alice") -> str:

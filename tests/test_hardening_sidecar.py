@@ -26,7 +26,7 @@ import httpx
 import pytest
 
 from jhproxy_routes.sidecar.login import session_cookie_name
-from tests.rig import ADMIN_TOKEN, free_port, wait_for
+from tests.rig import ADMIN_TOKEN, browser_login, free_port, wait_for
 
 EVIL = "https://evil.example"
 TRUSTED = "https://trusted.example"
@@ -449,13 +449,7 @@ def port_origin(hub, app, user: str) -> str:
 
 def logged_in_on_team(browser, hub, team):
     """Alice's browser: logged in at the hub, with a session on her owner-only team port."""
-    context = browser.new_context()
-    page = context.new_page()
-    page.goto(f"http://{HUB_HOST}:{hub.port}/hub/login?next=%2Fhub%2Fhome")
-    page.fill("#username_input", "alice")
-    page.fill("#password_input", "pw")
-    page.click("#login_submit")
-    page.wait_for_url(re.compile(r"/hub/home$"))
+    context, page = browser_login(browser, f"http://{HUB_HOST}:{hub.port}", "alice")
     own = port_origin(hub, team, "alice")
     page.goto(f"{own}/start")
     page.wait_for_url(f"{own}/start")

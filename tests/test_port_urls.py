@@ -17,13 +17,12 @@ browser always asks for ``/`` there (tests/test_subdomains.py).
 from __future__ import annotations
 
 import json
-import re
 import subprocess
 import sys
 
 import pytest
 
-from tests.rig import free_port, port_open, wait_for
+from tests.rig import browser_login, free_port, port_open, wait_for
 
 # an app of mallory's: every answer sets a cookie for the whole host and one with a Domain
 COOKIE_APP = """
@@ -111,14 +110,7 @@ def token(hub):
 
 
 def login(browser, hub, user: str):
-    context = browser.new_context(base_url=hub.url)
-    page = context.new_page()
-    page.goto("/hub/login?next=%2Fhub%2Fhome")
-    page.fill("#username_input", user)
-    page.fill("#password_input", "pw")
-    page.click("#login_submit")
-    page.wait_for_url(re.compile(r"/hub/home$"))
-    return context, page
+    return browser_login(browser, hub.url, user)
 
 
 def echoed(page) -> dict:

@@ -19,6 +19,7 @@ import time
 import httpx
 import pytest
 
+from tests import rig
 from tests.rig import ADMIN_TOKEN, assert_no_credentials, shoot, wait_for
 
 HUB_HOST = "hub.localhost"
@@ -134,15 +135,8 @@ def test_routes_are_kept_and_follow_the_server(hub, apps):
 
 def browser_login(browser, hub, user: str):
     """A new browser context logged in at the hub's own host; (context, page, hub URL)."""
-    context = browser.new_context()
-    page = context.new_page()
     hub_url = f"http://{HUB_HOST}:{hub.port}"
-    page.goto(f"{hub_url}/hub/login?next=%2Fhub%2Fhome")
-    page.fill("#username_input", user)
-    page.fill("#password_input", "pw")
-    page.click("#login_submit")
-    page.wait_for_url(re.compile(r"/hub/home$"))
-    return context, page, hub_url
+    return (*rig.browser_login(browser, hub_url, user), hub_url)
 
 
 def test_browser_login_on_a_port_host_and_origins_apart(browser, hub, apps):
