@@ -300,8 +300,8 @@ def assert_no_credentials(entries: list[dict], secrets_: list[str]) -> None:
 
 def browser_login(browser, hub_url: str, user: str):
     """A new Chromium context (cookie jar) logged in through the hub's login form at
-    ``hub_url`` (scheme://host:port) as ``user``: (context, page)."""
-    context = browser.new_context()
+    ``hub_url`` (scheme://host:port) as ``user``, relative URLs resolved against it: (context, page)."""
+    context = browser.new_context(base_url=hub_url)
     page = context.new_page()
     page.goto(f"{hub_url}/hub/login?next=%2Fhub%2Fhome")
     page.fill("#username_input", user)
