@@ -776,15 +776,17 @@ def response_headers(response, own: ResponseRules) -> list[tuple[str, str]]:
     the sidecar's own in place of those ``own`` replaces. For every answer, a 101 too."""
     connection = response.tokens("Connection")
     drop = own.drop | connection if connection else own.drop
-    headers = [
-        (k, v)
-        for k, v in response.headers
-        if (lower := k.lower()) not in drop and not (lower == "set-cookie" and protected_cookie(v.split("=", 1)[0].strip()))
-    ]
-    if own.cookie_path is not None:
-        headers = [
-            (k, scoped_cookie(v, own.cookie_path, own.strip_prefix) if k.lower() == "set-cookie" else v) for k, v in headers
-        ]
+    headers = []
+    for k, v in response.headers:
+        lower = k.lower()
+        if lower in drop:
+            continue
+        if lower == "set-cookie":
+            if protected_cookie(v.split("=", 1)[0].strip()):
+                continue
+            if own.cookie_path is not None:
+                v = scoped_cookie(v, own.cookie_path, own.strip_prefix)
+        headers.append((k, v))
     return headers + own.add
 
 
