@@ -2,7 +2,7 @@
 
     jhproxy-routes list [--user NAME] [--json]
     jhproxy-routes show USER[/SERVER] [--json] [--show-token]
-    jhproxy-routes set USER[/SERVER] [--mode disabled|allow_all|random] [--port PORT=ACCESS ...]
+    jhproxy-routes set USER[/SERVER] [--mode disabled|allow_all|random [--expires-in SECONDS]] [--port PORT=ACCESS ...]
     jhproxy-routes check [jupyterhub_config.py]
 
 ``list``, ``show`` and ``set`` talk to the hub's API with the JupyterHub API token in
@@ -107,6 +107,11 @@ def show_settings(settings: dict, show_token: bool) -> str:
             lines.append(f"token: {settings['token']}")
         else:
             lines.append("token: set (--show-token prints it)")
+        if settings.get("token_expires"):
+            left = settings["token_expires_in"]
+            lines.append(
+                f"expires: {settings['token_expires']}" + (f" (in {left} s)" if left else " (expired: set the mode to random)")
+            )
     rows = [
         [p["port"], p["name"] or "-", p["access"], ", ".join(p["admits"]) or "nobody", p["url"] or "-"] for p in settings["ports"]
     ]
@@ -125,6 +130,10 @@ def set_settings(hub: Hub, args) -> str:
     body: dict = {}
     if args.mode:
         body["mode"] = args.mode
+    if args.expires_in is not None:
+        if args.mode != "random":
+            raise CLIError("--expires-in is the lifetime of a new token: give it with --mode random")
+        body["expires_in"] = args.expires_in
     ports = {}
     for item in args.port or []:
         port, sep, access = item.partition("=")
@@ -173,6 +182,7 @@ def parser() -> argparse.ArgumentParser:
         p.add_argument("--show-token", action="store_true", help="print the token")
         if name == "set":
             p.add_argument("--mode", choices=MODES, help="nobody / anyone / a new random token")
+            p.add_argument("--expires-in", type=int, metavar="SECONDS", help="with --mode random: the new token's lifetime")
             p.add_argument(
                 "--port",
                 action="append",

@@ -240,6 +240,24 @@ class PortRoutes(Configurable):
         """,
     )
 
+    token_max_age = Integer(
+        0,
+        config=True,
+        help="""Longest lifetime of a port token, in seconds; 0 (the default): no limit.
+
+        A user may give a new token a lifetime (``{"mode": "random", "expires_in": 86400}``
+        in the token API, a choice on ``/hub/proxytoken/``, ``--expires-in`` in the CLI);
+        a longer one is refused (400 naming this limit). A token made without one (the
+        jhproxy protocol's ``random``, ``default_startup_behavior = "random"``) expires
+        this long after it was made. Lowering it applies to tokens already made, counted
+        from when they were made (tokens stored before this option existed count from the
+        first start of a hub that has it). The sidecar refuses an expired token as it
+        refuses a wrong one, at once; the owner makes a new one on the page.
+
+        .. versionadded:: 0.2
+        """,
+    )
+
     shutdown_behavior = CaselessStrEnum(
         ["pass", "disable"],
         "pass",
@@ -585,6 +603,7 @@ class PortRoutes(Configurable):
         "sidecar_ready_for",
         "client_idle_timeout",
         "max_idle_connections",
+        "token_max_age",
     )
     def _validate_non_negative(self, proposal):
         positive = proposal.trait.name in ("concurrency", "client_timeout", "max_idle_connections")

@@ -320,6 +320,7 @@ class RouteManager:
         return {
             "access": rule.access,
             "token_sha256": access.token_sha256 if rule.token else None,
+            "token_expires": access.expires(self.settings.token_max_age) if rule.token else None,
             "users": rule.users,
             "groups": list(rule.groups),
             "cors_origins": list(spec.cors_origins or self.settings.cors_origins),

@@ -9,8 +9,10 @@ token, ``""`` for allow all, ``None`` for disabled).
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from dataclasses import replace
+from datetime import datetime, timezone
 
 from .config import PORT_ACCESS, valid_port_access
 from .errors import TargetsPending
@@ -72,6 +74,7 @@ class PortSettings:
             server=servername,
             mode=[before.mode, access.mode],
             new_token=new_token is not None,
+            token_expires=expiry_view(access.expires(manager.settings.token_max_age))["token_expires"],
             ports={p: [before.port_access.get(p), a] for p, a in access.port_access.items() if before.port_access.get(p) != a},
             client=client,
             credential=credential,
@@ -90,14 +93,17 @@ class PortSettings:
         return new_token if new_token is not None else await seed_value(access)
 
     async def _changed_settings(self, access: ServerAccess, request: dict) -> tuple[ServerAccess, str | None]:
-        unknown = set(request) - {"mode", "ports"}
+        unknown = set(request) - {"mode", "ports", "expires_in"}
         if unknown:
-            raise SettingsError(f"Unknown key(s) {sorted(unknown)}; allowed: mode, ports.")
+            raise SettingsError(f"Unknown key(s) {sorted(unknown)}; allowed: mode, ports, expires_in.")
         new_token = None
         if "mode" in request:
             if request["mode"] not in ACTIONS:
                 raise SettingsError(f"mode must be one of {', '.join(ACTIONS)}.")
-            access, new_token = await changed_mode(access, request["mode"])
+            lifetime = self._lifetime(request)
+            access, new_token = await changed_mode(access, request["mode"], lifetime)
+        elif "expires_in" in request:
+            raise SettingsError('expires_in goes with {"mode": "random"}: it is the lifetime of a new token.')
         ports = request.get("ports", {})
         if not isinstance(ports, dict):
             raise SettingsError('ports must be an object such as {"5001": "public"}.')
@@ -110,6 +116,20 @@ class PortSettings:
                 raise SettingsError(f"Port {shown(port)}: access must be one of {', '.join(PORT_ACCESS)}, or group:<name>.")
             port_access[str(port)] = value
         return replace(access, port_access=port_access), new_token
+
+    def _lifetime(self, request: dict) -> int | None:
+        """The lifetime asked for a new token (``expires_in``, seconds): a positive whole
+        number, at most ``token_max_age``; None: none asked."""
+        if "expires_in" not in request:
+            return None
+        value, limit = request["expires_in"], self.manager.settings.token_max_age
+        if request["mode"] != "random":
+            raise SettingsError('expires_in goes with {"mode": "random"}: it is the lifetime of a new token.')
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise SettingsError("expires_in must be a positive whole number of seconds.")
+        if limit and value > limit:
+            raise SettingsError(f"expires_in must be at most {limit} seconds (c.PortRoutes.token_max_age).")
+        return value
 
     # ---- views -------------------------------------------------------------------------
     async def _settings(self, user, servername: str, access: ServerAccess, origin: str, new_token=None) -> dict:
@@ -148,6 +168,8 @@ class PortSettings:
             "mode": access.mode,
             "token": token,
             "token_readable": access.mode != "token" or token is not None,
+            **expiry_view(access.expires(manager.settings.token_max_age)),
+            "token_max_age": manager.settings.token_max_age or None,
             "ports": ports,
         }
 
@@ -191,13 +213,25 @@ class PortSettings:
         return rows
 
 
-async def changed_mode(access: ServerAccess, action: str) -> tuple[ServerAccess, str | None]:
-    """``access`` after an action (one of ACTIONS), and the new token if it made one."""
+async def changed_mode(access: ServerAccess, action: str, lifetime: int | None = None) -> tuple[ServerAccess, str | None]:
+    """``access`` after an action (one of ACTIONS), and the new token if it made one (valid
+    for ``lifetime`` seconds; None: until replaced, or ``token_max_age``)."""
     if action == "disabled":
         return access.disabled(), None
     if action == "allow_all":
         return access.allow_all(), None
-    return await with_new_token(access)
+    return await with_new_token(access, lifetime)
+
+
+def expiry_view(expires: float | None) -> dict:
+    """When a token expires, as the API shows it: ISO 8601 in UTC, and whole seconds left
+    (0 once expired); both None for a token that does not expire (or no token)."""
+    if expires is None:
+        return {"token_expires": None, "token_expires_in": None}
+    return {
+        "token_expires": datetime.fromtimestamp(expires, timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z"),
+        "token_expires_in": max(0, math.ceil(expires - time.time())),
+    }
 
 
 async def seed_value(access: ServerAccess):

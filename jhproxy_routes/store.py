@@ -1,9 +1,11 @@
 """The store of each server's access settings (``ServerAccess``): a table of its own, in
-``PortRoutes.db_url`` (the hub's database is JupyterHub's)."""
+``PortRoutes.db_url`` (the hub's database is JupyterHub's). A table made by an earlier
+version gets the columns it lacks when the store opens it."""
 
 from __future__ import annotations
 
 import json
+import time
 
 import sqlalchemy as sa
 
@@ -19,7 +21,10 @@ server_access_table = sa.Table(
     sa.Column("token_sha256", sa.Unicode(64)),
     sa.Column("token_encrypted", sa.LargeBinary),
     sa.Column("port_access", sa.UnicodeText, nullable=False, default="{}"),
+    sa.Column("token_created", sa.Float),
+    sa.Column("token_expires", sa.Float),
 )
+ADDED_COLUMNS = ("token_created", "token_expires")  # after the first version, in that order
 
 
 class AccessStore:
@@ -28,6 +33,22 @@ class AccessStore:
     def __init__(self, db_url: str):
         self.engine = sa.create_engine(db_url, future=True)
         metadata.create_all(self.engine)
+        self._add_columns()
+
+    def _add_columns(self) -> None:
+        """Add the columns an older table lacks; its tokens count as made now (so that
+        ``token_max_age`` applies to them from now on)."""
+        t = server_access_table
+        present = {c["name"] for c in sa.inspect(self.engine).get_columns(t.name)}
+        missing = [name for name in ADDED_COLUMNS if name not in present]
+        if not missing:
+            return
+        with self.engine.begin() as conn:
+            for name in missing:
+                column = t.c[name]
+                conn.execute(sa.text(f"ALTER TABLE {t.name} ADD COLUMN {name} {column.type.compile(self.engine.dialect)}"))
+            if "token_created" in missing:
+                conn.execute(sa.update(t).where(t.c.mode == "token").values(token_created=time.time()))
 
     def get(self, username: str, servername: str) -> ServerAccess | None:
         t = server_access_table
@@ -93,6 +114,8 @@ class AccessStore:
             token_sha256=access.token_sha256,
             token_encrypted=access.token_encrypted,
             port_access=json.dumps(access.port_access, sort_keys=True),
+            token_created=access.token_created,
+            token_expires=access.token_expires,
         )
 
     @staticmethod
@@ -102,4 +125,6 @@ class AccessStore:
             token_sha256=row.token_sha256,
             token_encrypted=row.token_encrypted,
             port_access=json.loads(row.port_access or "{}"),
+            token_created=row.token_created,
+            token_expires=row.token_expires,
         )

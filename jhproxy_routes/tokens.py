@@ -5,6 +5,8 @@ them as ``null``, ``""`` and the token string). The token itself is never stored
 text: the sidecar checks a SHA-256 hash, and the hub keeps a copy encrypted with JupyterHub's
 CryptKeeper (``JUPYTERHUB_CRYPT_KEY``) so that the owner can read it again. Without that key
 only the hash is kept: the token is shown once, in the answer to the request that made it.
+A token may have a lifetime: it is stored with the time it was made and the time it expires
+(Unix time, UTC), and the sidecar refuses it from then on.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+import time
 from dataclasses import dataclass, field, replace
 
 from jupyterhub.crypto import CryptKeeper, EncryptionUnavailable, decrypt, encrypt
@@ -42,26 +45,48 @@ class ServerAccess:
     token_sha256: str | None = None
     token_encrypted: bytes | None = None
     port_access: dict = field(default_factory=dict)  # {"5001": "public"}
+    token_created: float | None = None  # Unix time the token was made
+    token_expires: float | None = None  # Unix time the token is refused from; None: never
 
     def disabled(self) -> ServerAccess:
-        return replace(self, mode="disabled", token_sha256=None, token_encrypted=None)
+        return replace(self, mode="disabled", token_sha256=None, token_encrypted=None, token_created=None, token_expires=None)
 
     def allow_all(self) -> ServerAccess:
-        return replace(self, mode="allow_all", token_sha256=None, token_encrypted=None)
+        return replace(self, mode="allow_all", token_sha256=None, token_encrypted=None, token_created=None, token_expires=None)
+
+    def expires(self, max_age: int = 0) -> float | None:
+        """When the token is refused from: its own expiry, or ``max_age`` seconds after it
+        was made if that is sooner (``token_max_age``, also for tokens made before it was
+        set or lowered); None: never (or not in token mode)."""
+        if self.mode != "token":
+            return None
+        limits = [self.token_expires] if self.token_expires is not None else []
+        if max_age and self.token_created is not None:
+            limits.append(self.token_created + max_age)
+        return min(limits, default=None)
 
 
 class TokenUnreadable(Exception):
     """The server has a token, but only its hash is stored."""
 
 
-async def with_new_token(access: ServerAccess) -> tuple[ServerAccess, str]:
-    """Return ``access`` in token mode with a fresh token, and that token."""
+async def with_new_token(access: ServerAccess, lifetime: int | None = None) -> tuple[ServerAccess, str]:
+    """Return ``access`` in token mode with a fresh token (valid for ``lifetime`` seconds;
+    None: until replaced), and that token."""
     token = new_token()
+    now = time.time()
     try:
         encrypted = await encrypt(token) if CryptKeeper.instance().keys else None
     except EncryptionUnavailable:
         encrypted = None
-    changed = replace(access, mode="token", token_sha256=hash_token(token), token_encrypted=encrypted)
+    changed = replace(
+        access,
+        mode="token",
+        token_sha256=hash_token(token),
+        token_encrypted=encrypted,
+        token_created=now,
+        token_expires=now + lifetime if lifetime else None,
+    )
     return changed, token
 
 

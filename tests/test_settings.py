@@ -68,3 +68,37 @@ async def test_a_refused_change_stores_nothing(service, request_, message):
     with pytest.raises(SettingsError, match=message):
         await service.change(ALICE, "", request_, **WHO)
     assert service.manager.store.get("alice", "").port_access == {} and await service.value(ALICE, "") == before
+
+
+def test_a_store_of_an_earlier_version_gets_the_expiry_columns(tmp_path):
+    import sqlite3
+    import time
+
+    path = tmp_path / "old.sqlite"
+    with sqlite3.connect(path) as db:  # the table as the first version made it
+        db.execute(
+            "CREATE TABLE jhproxy_routes_server_access (username VARCHAR(255), servername VARCHAR(255), mode VARCHAR(16)"
+            " NOT NULL, token_sha256 VARCHAR(64), token_encrypted BLOB, port_access TEXT NOT NULL,"
+            " PRIMARY KEY (username, servername))"
+        )
+        db.execute("INSERT INTO jhproxy_routes_server_access VALUES ('alice', '', 'token', ?, NULL, '{}')", ("0" * 64,))
+        db.execute("INSERT INTO jhproxy_routes_server_access VALUES ('bob', '', 'allow_all', NULL, NULL, '{}')")
+    before = time.time()
+    store = AccessStore(f"sqlite:///{path}")
+    alice, bob = store.get("alice", ""), store.get("bob", "")
+    # an old token counts as made now: token_max_age applies to it from here on
+    assert alice.token_sha256 == "0" * 64 and before <= alice.token_created <= time.time() and alice.token_expires is None
+    assert alice.expires() is None and alice.expires(60) == alice.token_created + 60
+    assert bob.token_created is None and bob.expires(60) is None
+    assert AccessStore(f"sqlite:///{path}").get("alice", "") == alice  # opened again: nothing changes
+
+
+async def test_a_token_expires_at_its_lifetime_or_the_max_age_whichever_comes_first(service):
+    service.manager.settings.token_max_age = 100
+    answer = await service.change(ALICE, "", {"mode": "random", "expires_in": 50}, **WHO)
+    stored = service.manager.store.get("alice", "")
+    assert stored.token_expires == stored.token_created + 50 and 0 < answer["token_expires_in"] <= 50
+    service.manager.settings.token_max_age = 10  # lowered later: the earlier limit counts
+    assert stored.expires(service.manager.settings.token_max_age) == stored.token_created + 10
+    with pytest.raises(SettingsError, match=r"at most 10 seconds \(c.PortRoutes.token_max_age\)"):
+        await service.change(ALICE, "", {"mode": "random", "expires_in": 11}, **WHO)

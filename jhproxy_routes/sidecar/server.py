@@ -27,6 +27,7 @@ import ipaddress
 import json
 import logging
 import os
+import time
 from http import HTTPStatus
 from typing import NamedTuple
 from urllib.parse import unquote, unquote_plus
@@ -158,6 +159,17 @@ def ip_of(entry: str):
 def parse_networks(text: str) -> tuple:
     """Networks from a comma-separated list of addresses and CIDRs (``trusted_proxies``)."""
     return tuple(ipaddress.ip_network(item.strip(), strict=False) for item in text.split(",") if item.strip())
+
+
+def token_verdict(presented: str, route) -> str:
+    """The one check of a presented port token: ``valid``, ``token expired`` (the right
+    token after its ``token_expires``, by the sidecar's own clock) or ``wrong token``. The
+    hash is compared in constant time first, whatever the expiry."""
+    if not token_matches(presented, route.token_sha256):
+        return "wrong token"
+    if route.token_expires is not None and time.time() >= route.token_expires:
+        return "token expired"
+    return "valid"
 
 
 def strip_token_from_referer(value: str) -> str:
@@ -340,8 +352,9 @@ class Sidecar:
                 own = ResponseRules(own.drop, own.add + FRAME_SELF)
             if route.scope_cookies:  # the app's cookies stay on its port (a path route shares the hub's origin)
                 own = own._replace(cookie_path=route_prefix(path, route.path_depth), strip_prefix=route.strip_prefix)
-            if websocket:
-                return await self.forward_websocket(route, method, upstream_head, reader, writer, own, version)
+            if websocket:  # one let in by a token ends when the token expires
+                until = None if by_session else route.token_expires
+                return await self.forward_websocket(route, method, upstream_head, reader, writer, own, version, until)
             return await self.forward(route, method, upstream_head, body_framing, reader, writer, own, keep_alive, version)
 
     async def _check_access(self, request, route, token: str | None, cors, target: str, websocket: bool, peer: str) -> bool:
@@ -367,8 +380,10 @@ class Sidecar:
             raise deny(403, "port disabled", "Unauthorized access (disabled): this port is turned off.")
         if token and route.token_sha256:
             # the right token always gets in (many clients can share one address); wrong ones
-            # are counted per server token, whichever of its ports is tried
-            if token_matches(token, route.token_sha256):
+            # (and expired ones, refused alike) are counted per server token, whichever of its
+            # ports is tried
+            verdict = token_verdict(token, route)
+            if verdict == "valid":
                 return False
             wait = self.limiter.retry_after(client, route.token_sha256)
             if wait:
@@ -379,9 +394,9 @@ class Sidecar:
                     f"Too many wrong tokens from {client}; try again in {wait}s.",
                     [("Retry-After", str(wait))],
                 )
-            wrong_token = "wrong token" + (" (now rate limited)" if self.limiter.failed(client, route.token_sha256) else "")
+            wrong_token = verdict + (" (now rate limited)" if self.limiter.failed(client, route.token_sha256) else "")
         else:
-            wrong_token = ""
+            verdict = wrong_token = ""
         user = await self.login.user(request.get("Cookie", ""), route, self._secure(request))
         if user is not None:
             if not self._session_may_send(request):
@@ -406,7 +421,7 @@ class Sidecar:
         needed = (
             "a valid X-Proxy-Token or a hub login" if route.token_sha256 else "a hub login (tokens are disabled for this port)"
         )
-        kind = "wrong token" if wrong_token else "token for a port without tokens" if token else "no credentials"
+        kind = verdict if wrong_token else "token for a port without tokens" if token else "no credentials"
         raise deny(403, kind, f"Unauthorized access: {needed} is required.", detail=wrong_token)
 
     @staticmethod
@@ -608,7 +623,8 @@ class Sidecar:
             conn.close()
         return keep_alive
 
-    async def forward_websocket(self, route, method, upstream_head, reader, writer, own, version) -> bool:
+    async def forward_websocket(self, route, method, upstream_head, reader, writer, own, version, until=None) -> bool:
+        """Pipe a websocket once the app accepts it; closed at ``until`` (Unix time) if given."""
         conn = await self._open(route, reuse=False)
         try:
             conn.writer.write(upstream_head)
@@ -625,6 +641,7 @@ class Sidecar:
             return False
         # the same filter as any answer; the upgrade's own hop-by-hop headers, set again
         headers = [*response_headers(response, own), ("Connection", "Upgrade"), ("Upgrade", "websocket")]
+        expiry = None
         try:
             writer.write(render_head(f"HTTP/1.1 101 {response.start[2]}", headers))
             await writer.drain()
@@ -632,11 +649,15 @@ class Sidecar:
             if in_use is not None:
                 in_use()
             self.websockets.setdefault(route.entry, set()).add(writer)
+            if until is not None:
+                expiry = asyncio.get_running_loop().call_later(max(0.0, until - time.time()), writer.close)
             to_app, to_client = await pipe_both(reader, writer, conn.reader, conn.writer, in_use)
             self.metrics.body(route.entry, "to_app", to_app)
             self.metrics.body(route.entry, "to_client", to_client)
         finally:
             conn.close()
+            if expiry is not None:
+                expiry.cancel()
             open_here = self.websockets.get(route.entry)
             if open_here is not None:
                 open_here.discard(writer)

@@ -52,6 +52,7 @@ class Route:
     by_host: bool = False  # the key begins with a host (CHP's host routing)
     activity: tuple[str, str] | None = None  # (user, server) whose activity a request let through is; None: not counted
     scope_cookies: bool = False  # the app's Set-Cookie gets the route's path, and no Domain (a path route)
+    token_expires: float | None = None  # Unix time from which the token is refused; None: never
 
     @property
     def path_depth(self) -> int:
@@ -76,6 +77,9 @@ def route_from_data(key: str, data: dict) -> Route:
     token_sha256 = data.get("token_sha256")
     if token_sha256 is not None and not (isinstance(token_sha256, str) and len(token_sha256) == 64):
         raise ValueError("token_sha256 must be null or 64 hex characters")
+    token_expires = data.get("token_expires")
+    if token_expires is not None and (isinstance(token_expires, bool) or not isinstance(token_expires, (int, float))):
+        raise ValueError("token_expires must be null or a number (Unix time)")
     owner = data.get("username")
     if access == "restricted" and not (isinstance(owner, str) and owner):
         raise ValueError("access 'restricted' needs the owner's username")
@@ -108,6 +112,7 @@ def route_from_data(key: str, data: dict) -> Route:
         entry=key,
         by_host=by_host,
         scope_cookies=data.get("scope_cookies") is True and not by_host,
+        token_expires=token_expires if access == "restricted" else None,
         activity=(owner, servername) if isinstance(owner, str) and owner and data.get("activity", True) is not False else None,
     )
 
@@ -136,6 +141,7 @@ def ranges_from_data(key: str, data: dict) -> Route:
         data=data,
         access="disabled",
         token_sha256=None,
+        token_expires=None,
         ranges=tuple(rules),
         allowed=str(data.get("allowed", "")),
         excluded=frozenset(excluded),
