@@ -15,12 +15,14 @@ from urllib.parse import urlsplit
 
 from traitlets import (
     Bool,
+    Callable,
     CaselessStrEnum,
     Float,
     Integer,
     List,
     TraitError,
     Unicode,
+    Union,
     default,
     validate,
 )
@@ -31,10 +33,12 @@ from .route_templates import RouteTemplate
 #: The sidecar's name as a JupyterHub service (its URL prefix, its OAuth client).
 SERVICE_NAME = "jhproxy-routes"
 
-#: What a port's ``access`` may say, besides ``group:<name>``. ``server`` follows the server's
-#: token mode (``disabled`` / ``allow_all`` / token); ``owner``: the owner's hub login only;
-#: ``users``: any hub user's login, or the token; ``public``: no check; ``disabled``: nobody.
-PORT_ACCESS = ("server", "owner", "users", "public", "disabled")
+#: What a port's ``access`` may say, besides ``group:<name>``, from the most open to the least
+#: (the order in which the admin's policy narrows a setting it no longer allows, ``policy.py``;
+#: ``group:<name>`` ranks just below ``users``). ``public``: no check; ``users``: any hub
+#: user's login, or the token; ``server`` follows the server's token mode (``disabled`` /
+#: ``allow_all`` / token); ``owner``: the owner's hub login only; ``disabled``: nobody.
+PORT_ACCESS = ("public", "users", "server", "owner", "disabled")
 GROUP_PREFIX = "group:"
 
 
@@ -45,7 +49,7 @@ def valid_port_access(value) -> bool:
     return value in PORT_ACCESS or (value.startswith(GROUP_PREFIX) and bool(value[len(GROUP_PREFIX) :].strip()))
 
 
-PORT_KEYS = {"port", "name", "access", "cors_origins", "strip_prefix", "activity", "scope_cookies"}
+PORT_KEYS = {"port", "name", "access", "cors_origins", "strip_prefix", "activity", "scope_cookies", "allowed_access"}
 PORT_RANGE = re.compile(r"([0-9]{1,5})-([0-9]{1,5})")
 
 
@@ -61,6 +65,7 @@ class PortSpec:
     last: int | None = None  # the last port of a range; None for one port
     activity: bool | None = None  # None: use PortRoutes.activity
     scope_cookies: bool | None = None  # None: use PortRoutes.scope_cookies
+    allowed_access: tuple[str, ...] | None = None  # None: use PortRoutes.allowed_access
 
     @property
     def is_range(self) -> bool:
@@ -114,7 +119,11 @@ def parse_port(item, where="c.PortRoutes.ports") -> PortSpec:
     scope_cookies = item.get("scope_cookies")
     if scope_cookies is not None and not isinstance(scope_cookies, bool):
         raise TraitError(f"{where}: port {port}: scope_cookies must be true or false")
+    allowed = item.get("allowed_access")
+    if allowed is not None:
+        allowed = tuple(check_allowed_access(allowed, f"{where}: port {port}: allowed_access"))
     return PortSpec(
+        allowed_access=allowed,
         port=port,
         name=str(item.get("name", "")),
         access=access,
@@ -124,6 +133,17 @@ def parse_port(item, where="c.PortRoutes.ports") -> PortSpec:
         activity=activity,
         scope_cookies=scope_cookies,
     )
+
+
+def check_allowed_access(values, where: str) -> list[str]:
+    """``values``, a list of visibilities a user may choose (``group:*``: any group), or
+    TraitError naming ``where``."""
+    if isinstance(values, str) or not isinstance(values, (list, tuple, set, frozenset)):
+        raise TraitError(f"{where} must be a list such as ['owner', 'users'], not {values!r}")
+    for value in values:
+        if value != GROUP_PREFIX + "*" and not valid_port_access(value):
+            raise TraitError(f"{where}: {value!r} is not one of {PORT_ACCESS}, 'group:<name>' or 'group:*'")
+    return list(values)
 
 
 def url_port(url: str) -> int | None:
@@ -201,6 +221,8 @@ class PortRoutes(Configurable):
         - ``scope_cookies``: keep the app's cookies on its port (path routes); default
           ``PortRoutes.scope_cookies``. Set False for an app whose cookies must reach
           other paths of the hub's host.
+        - ``allowed_access``: the visibilities users may choose for this port, a list as
+          for ``PortRoutes.allowed_access`` (which it replaces for this port).
 
         A wrong entry stops the hub at start-up with a message naming it.
         """,
@@ -253,6 +275,68 @@ class PortRoutes(Configurable):
         from when they were made (tokens stored before this option existed count from the
         first start of a hub that has it). The sidecar refuses an expired token as it
         refuses a wrong one, at once; the owner makes a new one on the page.
+
+        .. versionadded:: 0.2
+        """,
+    )
+
+    allowed_access = Union(
+        [List(Unicode()), Callable()],
+        default_value=None,
+        allow_none=True,
+        config=True,
+        help="""The visibilities users may choose for their ports; None (the default): all.
+
+        A list of visibilities (see ``ports``; ``group:<name>`` for one group,
+        ``group:*`` for any), or a hook that returns one, called for each user and port
+        (``allowed_access(user, port)``, sync or async, as JupyterHub's hooks are: ``user``
+        is JupyterHub's User, with ``user.name`` and ``user.groups``; ``port`` the port's
+        entry, with ``port.port``, ``port.key`` (``"5000"`` or ``"8000-8099"``), ``port.name``
+        and ``port.access``)::
+
+            c.PortRoutes.allowed_access = ["owner", "server", "users"]  # never public
+
+            def allowed_access(user, port):
+                if any(g.name == "teachers" for g in user.groups):
+                    return ["owner", "server", "users", "public"]
+                return ["owner", "server"]
+            c.PortRoutes.allowed_access = allowed_access
+
+        A port's own ``allowed_access`` in ``ports`` takes precedence. The port's
+        ``access`` in ``ports`` (the admin's) and ``disabled`` are always allowed. A
+        forbidden choice is not offered on the page, and the token API and the CLI refuse
+        it (403 naming this option). A setting made before the policy was tightened is
+        narrowed at the next reconciliation (or when its server starts), logged and
+        audited: to the most open visibility still allowed that is no more open than it
+        (``public`` > ``users`` > ``group:<name>`` > ``server`` > ``owner`` >
+        ``disabled``; a group is never picked). A hook that fails or returns something
+        else allows only the admin's settings, and is logged. It is called for every
+        running server's ports at every reconciliation: keep it quick (no network calls).
+
+        Note that a port with visibility ``server`` (or ``users``, or a group) lets anyone
+        in while the server's token mode is ``allow_all``: to keep ports from being open to
+        anyone, leave ``allow_all`` out of ``allowed_modes`` too.
+
+        .. versionadded:: 0.2
+        """,
+    )
+
+    allowed_modes = Union(
+        [List(Unicode()), Callable()],
+        default_value=None,
+        allow_none=True,
+        config=True,
+        help="""The token modes users may choose: some of ``allow_all``, ``random`` and
+        ``disabled``; None (the default): all.
+
+        A list, or a hook that returns one, called for each user and server
+        (``allowed_modes(user, servername)``, sync or async; ``servername`` is ``""`` for
+        the default server). ``disabled`` and the server's ``default_startup_behavior`` are
+        always allowed. A forbidden mode is not offered on the page, and the token API and
+        the CLI refuse it (403 naming this option). A server whose mode is no longer allowed
+        is narrowed at the next reconciliation, logged and audited: ``allow_all`` becomes
+        ``random`` (a new token, which the owner reads on the page) if that is allowed, else
+        ``disabled``; ``random`` becomes ``disabled``.
 
         .. versionadded:: 0.2
         """,
@@ -568,6 +652,18 @@ class PortRoutes(Configurable):
         for item in proposal.value:
             specs.append(check_no_overlap(parse_port(item), specs))
         return proposal.value
+
+    @validate("allowed_access", "allowed_modes")
+    def _validate_allowed(self, proposal):
+        value, name = proposal.value, proposal.trait.name
+        if value is None or callable(value):
+            return value
+        if name == "allowed_access":
+            return check_allowed_access(value, "c.PortRoutes.allowed_access")
+        for mode in value:
+            if mode not in ("allow_all", "random", "disabled"):
+                raise TraitError(f"c.PortRoutes.allowed_modes: {mode!r} is not one of allow_all, random, disabled")
+        return value
 
     @validate("trusted_proxies")
     def _validate_trusted_proxies(self, proposal):

@@ -34,6 +34,7 @@ from jupyterhub.utils import url_path_join
 from tornado import web
 
 from .logsafe import shown
+from .policy import Forbidden
 from .routeapi import RouteAPIError
 from .scopes import SCOPE
 from .settings import ACTIONS, NotApplied, SettingsError
@@ -148,6 +149,8 @@ class ProxyTokenHandler(APIHandler):
                 client=self.request.remote_ip,
                 credential="token" if self.get_auth_token() else "login",
             )
+        except Forbidden as e:
+            raise web.HTTPError(403, str(e)) from None
         except SettingsError as e:
             raise web.HTTPError(400, str(e)) from None
         except NotApplied as e:

@@ -22,6 +22,7 @@ from .config import GROUP_PREFIX, PortRoutes, PortSpec
 from .errors import SharedHostError, TargetsPending
 from .logsafe import shown
 from .metrics import RECONCILE_DURATION, RECONCILE_ERRORS, RECONCILE_FIXES, ROUTES
+from .policy import Limits, Policy
 from .replicas import SidecarReplicas
 from .route_templates import RouteTemplate
 from .routeapi import ENTRIES_PER_YIELD, RouteAPI, RouteAPIError
@@ -154,6 +155,7 @@ class RouteManager:
         self.chp = chp_api
         self.sidecar = sidecar
         self._reconcile_lock = asyncio.Lock()  # one reconciliation, or one settings change, at a time
+        self.policy = Policy(settings, log)
 
     # ---- access settings -------------------------------------------------------------
     def behavior(self, spawner, name: str) -> str:
@@ -178,6 +180,36 @@ class RouteManager:
             access, _ = await with_new_token(ServerAccess())
             return access
         return ServerAccess()
+
+    async def limits(self, user, servername: str) -> Limits:
+        """What the admin's policy lets ``user`` set on the server."""
+        startup = self.behavior(user.spawners[servername], "default_startup_behavior")
+        return await self.policy.limits(user, servername, self.specs, startup)
+
+    async def narrow(self, user, servername: str, access: ServerAccess) -> ServerAccess:
+        """``access`` within the admin's policy: settings it no longer allows are narrowed
+        (``policy.py``), stored, logged and audited."""
+        if not self.policy.active:
+            return access
+        limits = await self.limits(user, servername)
+        narrowed, changes = await self.policy.narrowed(access, limits, self.specs)
+        if not changes:
+            return access
+        latest = self.store.get(user.name, servername)
+        if latest is not None and latest != access:  # changed meanwhile: narrow what is stored now
+            narrowed, changes = await self.policy.narrowed(latest, limits, self.specs)
+            if not changes:
+                return latest
+        self.store.put(user.name, servername, narrowed)
+        what = ", ".join(
+            [f"mode {a} -> {b}" for a, b in [changes["mode"]] if "mode" in changes]
+            + [f"port {port} {a} -> {b}" for port, (a, b) in changes.get("ports", {}).items()]
+        )
+        self.log.warning(
+            "jhproxy-routes: settings of %s/%s narrowed to the policy: %s", shown(user.name), shown(servername), shown(what)
+        )
+        self.audit.record("settings narrowed", user=user.name, server=servername, by="policy", **changes)
+        return narrowed
 
     async def forget(self, gone: dict[tuple[str, str | None], str]) -> None:
         """Delete the settings of servers that no longer exist (servername ``None``: all of
@@ -381,7 +413,7 @@ class RouteManager:
 
     # ---- one server ------------------------------------------------------------------
     async def server_started(self, user, servername: str) -> None:
-        access = await self.access_for(user, servername)
+        access = await self.narrow(user, servername, await self.access_for(user, servername))
         await self.apply(user, servername, access)
         # changed meanwhile (the server was not ready yet: the change only withdrew its routes)
         latest = await asyncio.to_thread(self.store.get, user.name, servername)
@@ -470,6 +502,7 @@ class RouteManager:
                     key = (user.name, servername)
                     if key not in stored:
                         stored[key] = first_seen[key] = await self.first_access(spawner)
+                    stored[key] = await self.narrow(user, servername, stored[key])
                     wanted.update(await self.wanted_routes(user, servername, stored[key]))
                     continue
             except TargetsPending as e:

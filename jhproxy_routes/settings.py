@@ -65,6 +65,9 @@ class PortSettings:
             access, new_token = await self._changed_settings(before, request)
         else:
             access, new_token = await changed_mode(before, request)
+        if manager.policy.active:  # raises Forbidden, naming the rule
+            action = request.get("mode") if isinstance(request, dict) else request
+            (await manager.limits(user, servername)).check(before, access, action)
         manager.store.put(user.name, servername, access)
         manager.log.info("jhproxy-routes: %s set %s/%s to mode %s", shown(by), shown(user.name), shown(servername), access.mode)
         manager.audit.record(
@@ -142,6 +145,7 @@ class PortSettings:
             except TokenUnreadable:
                 token = None
         ports = []
+        limits = await manager.limits(user, servername) if manager.policy.active else None
         routed = self.routed(user.name, servername)
         for spec in manager.specs:
             rule = port_rule(spec, access)
@@ -159,6 +163,7 @@ class PortSettings:
                     "effective_access": rule.access,
                     "admits": rule.who,
                     "url": url,
+                    "allowed_access": limits.as_json(spec.key) if limits else None,
                 }
             )
         return {
@@ -170,6 +175,7 @@ class PortSettings:
             "token_readable": access.mode != "token" or token is not None,
             **expiry_view(access.expires(manager.settings.token_max_age)),
             "token_max_age": manager.settings.token_max_age or None,
+            "allowed_modes": sorted(limits.modes) if limits and limits.modes is not None else None,
             "ports": ports,
         }
 

@@ -1,6 +1,11 @@
-"""Tokens that expire: made with a lifetime or capped by ``token_max_age``, shown with their
-expiry by the API, and refused by the real sidecar behind the real CHP from the moment they
-expire (its own clock: real waiting of a couple of seconds, no mocked time)."""
+"""The admin's policy and tokens that expire, against a real hub, CHP, sidecar, servers and
+apps. The policy: users in the group ``publishers`` may make ports public and allow anyone,
+others may not (hooks, as an admin writes them), and one port has a rule of its own; a
+change outside it is refused by the API, the CLI and the page, and a setting made before it
+was tightened (here: a user taken out of the group) is narrowed at the next reconciliation.
+Tokens: made with a lifetime or capped by ``token_max_age``, refused by the sidecar from the
+moment they expire (its own clock: real waiting of a couple of seconds, no mocked time).
+"""
 
 import asyncio
 import json
@@ -15,14 +20,33 @@ from tests.rig import ADMIN_TOKEN, wait_for
 MAX_AGE = 3600
 
 
+POLICY = f"""
+c.JupyterHub.cleanup_servers = False  # the servers outlive a restart of the hub
+c.PortRoutes.token_max_age = {MAX_AGE}
+
+def publisher(user):
+    return any(group.name == "publishers" for group in user.groups)
+
+def allowed_access(user, port):
+    return ["public", "users", "server", "owner"] if publisher(user) else ["users", "server", "owner"]
+
+async def allowed_modes(user, servername):
+    return ["allow_all", "random"] if publisher(user) else ["random"]
+
+c.PortRoutes.allowed_access = allowed_access
+c.PortRoutes.allowed_modes = allowed_modes
+"""
+
+
 @pytest.fixture(scope="module")
 def apps(make_app):
-    return {"api": make_app(), "open": make_app()}
+    return {"api": make_app(), "open": make_app(), "locked": make_app()}
 
 
 @pytest.fixture(scope="module")
 def hub(make_hub, apps):
-    return make_hub([apps["api"].port, apps["open"].port], f"c.PortRoutes.token_max_age = {MAX_AGE}")
+    locked = {"port": apps["locked"].port, "access": "users", "allowed_access": ["owner"]}
+    return make_hub([apps["api"].port, apps["open"].port, locked], POLICY)
 
 
 @pytest.fixture(scope="module")
@@ -112,7 +136,7 @@ def test_the_seed_protocol_keeps_working_capped_by_the_max_age(hub, apps, alice)
     assert MAX_AGE - 5 <= settings["token_expires_in"] <= MAX_AGE
     assert httpx.get(port(hub, apps), headers={"X-Proxy-Token": token}).status_code == 200
     # the other modes have no expiry
-    hub.proxytoken(alice, "POST", content="allow_all")
+    hub.proxytoken(alice, "POST", content="disabled")
     settings = hub.proxytoken(alice, params={"format": "full"}).json()
     assert (settings["token_expires"], settings["token_expires_in"]) == (None, None)
 
@@ -140,3 +164,161 @@ async def test_a_websocket_let_in_by_a_token_ends_when_the_token_expires(hub, ap
     with pytest.raises(HTTPClientError) as refused:
         await websocket_connect(HTTPRequest(url, headers={"X-Proxy-Token": token}))
     assert refused.value.code == 403
+
+
+# ---- the policy ------------------------------------------------------------------------
+def settings_of(hub, token, user=None) -> dict:
+    params = {"format": "full", **({"user": user} if user else {})}
+    return hub.proxytoken(token, params=params).json()
+
+
+def access_of(settings: dict) -> dict:
+    return {p["port"]: p["access"] for p in settings["ports"]}
+
+
+def test_a_change_the_policy_forbids_is_refused_by_the_api_naming_the_rule(hub, apps, alice):
+    api, locked = str(apps["api"].port), str(apps["locked"].port)
+    before = settings_of(hub, alice)
+    seen = len(apps["api"].received())
+    for body, status, message in [
+        ({"ports": {api: "public"}}, 403, f"Port {api}: the visibility public is not allowed here (c.PortRoutes.allowed_access)"),
+        ({"mode": "random", "ports": {api: "public"}}, 403, "c.PortRoutes.allowed_access"),  # nothing of it is made
+        ({"ports": {locked: "server"}}, 403, f"(c.PortRoutes.ports, port {locked}: allowed_access)"),
+        ({"ports": {locked: "public"}}, 403, f"port {locked}: allowed_access"),
+        ({"mode": "allow_all"}, 403, "The token mode allow_all is not allowed here (c.PortRoutes.allowed_modes)"),
+        ("allow_all", 403, "c.PortRoutes.allowed_modes"),  # the seed's body
+        ('"allow_all"', 403, "c.PortRoutes.allowed_modes"),  # the seed's body, as JSON
+        (" allow_all\n", 403, "c.PortRoutes.allowed_modes"),
+        # what else an attacker might send: refused as malformed, never taken as public
+        (f'{{"ports": {{"{api}": "owner", "{api}": "public"}}}}', 403, "c.PortRoutes.allowed_access"),  # the last key counts
+        ({"ports": {api: "PUBLIC"}}, 400, "access must be one of"),
+        ({"ports": {api: "Public "}}, 400, "access must be one of"),
+        ({"ports": {api: ["public"]}}, 400, "access must be one of"),
+        ({"ports": {api: {"access": "public"}}}, 400, "access must be one of"),
+        ({"ports": [[api, "public"]]}, 400, "ports must be an object"),
+        ({"access": "public"}, 400, "Unknown key"),
+        ({"ports": {api: "server"}, "access": {api: "public"}}, 400, "Unknown key"),
+        ({"ports": {f"0{api}": "public"}}, 400, "not in the allow-list"),
+        ({"mode": "ALLOW_ALL"}, 400, "mode must be one of"),
+        ('["allow_all"]', 400, "Invalid action"),
+        ("ALLOW_ALL", 400, "Invalid action"),
+    ]:
+        kwargs = {"content": body} if isinstance(body, str) else {"json": body}
+        response = hub.proxytoken(alice, "POST", **kwargs)
+        assert response.status_code == status and message in response.json()["message"], (body, response.text)
+        assert "Traceback" not in response.text
+    assert settings_of(hub, alice) == before  # nothing changed, no new token
+    assert hub.get(f"/ports/alice/{api}/data").status_code == 403
+    assert len(apps["api"].received()) == seen
+    # the hub's admin changes ports under the same policy; the admin's own settings are allowed
+    response = hub.proxytoken(ADMIN_TOKEN, "POST", params={"user": "alice"}, json={"ports": {api: "public"}})
+    assert response.status_code == 403 and "c.PortRoutes.allowed_access" in response.json()["message"]
+    for value in ("owner", "users", "disabled", "users"):  # users: the port's own access in ports
+        assert hub.proxytoken(alice, "POST", json={"ports": {locked: value}}).status_code == 200, value
+
+
+def test_the_api_says_what_is_allowed(hub, apps, alice):
+    settings = settings_of(hub, alice)
+    allowed = {p["port"]: p["allowed_access"] for p in settings["ports"]}
+    assert allowed[apps["api"].port] == ["users", "server", "owner", "disabled"]
+    assert allowed[apps["locked"].port] == ["users", "owner", "disabled"]
+    assert settings["allowed_modes"] == ["disabled", "random"]
+
+
+def test_the_cli_is_refused_naming_the_rule(hub, apps, alice):
+    from tests.test_cli import run
+
+    result = run("set", "alice", "--port", f"{apps['api'].port}=public", token=alice, hub=hub)
+    assert result.returncode == 1 and "403" in result.stderr and "c.PortRoutes.allowed_access" in result.stderr, result
+    result = run("set", "alice", "--mode", "allow_all", token=alice, hub=hub)
+    assert result.returncode == 1 and "c.PortRoutes.allowed_modes" in result.stderr and "Traceback" not in result.stderr
+    assert settings_of(hub, alice)["mode"] != "allow_all"
+
+
+def test_a_setting_the_policy_no_longer_allows_is_narrowed_at_the_next_reconciliation(hub, apps, alice):
+    hub.api("POST", "/groups/publishers")
+    assert hub.api("POST", "/groups/publishers/users", json={"users": ["alice"]}).status_code == 200
+    api, open_, locked = (apps[a].port for a in ("api", "open", "locked"))
+    body = {"mode": "allow_all", "ports": {str(api): "public", str(open_): "users", str(locked): "owner"}}
+    response = hub.proxytoken(alice, "POST", json=body)
+    assert response.status_code == 200, response.text
+    assert hub.get(f"/ports/alice/{api}/data").status_code == 200  # anyone
+    assert hub.get(f"/ports/alice/{open_}/data").status_code == 200  # allow_all lets anyone in
+    # alice leaves the group: her hooks now forbid public and allow_all; the next pass narrows
+    assert hub.api("DELETE", "/groups/publishers/users", json={"users": ["alice"]}).status_code == 200
+    settings = wait_for(lambda: (s := settings_of(hub, alice))["mode"] == "token" and s, 15, "the narrowing", hub.log_path)
+    # each to the most open setting still allowed, never a more open one
+    assert access_of(settings) == {api: "users", open_: "users", locked: "owner"}
+    wait_for(lambda: hub.get(f"/ports/alice/{api}/data").status_code == 403, 5, "the port to close")
+    assert hub.get(f"/ports/alice/{open_}/data").status_code == 403
+    # the new token (mode random: the most open mode allowed below allow_all) opens the ports
+    assert hub.get(f"/ports/alice/{api}/data", headers={"X-Proxy-Token": settings["token"]}).status_code == 200
+    audit = [json.loads(line) for line in (hub.dir / "jhproxy-routes-audit.jsonl").read_text().splitlines()]
+    (narrowed,) = [e for e in audit if e["event"] == "settings narrowed"]
+    assert (narrowed["user"], narrowed["by"], narrowed["mode"]) == ("alice", "policy", ["allow_all", "random"])
+    assert narrowed["ports"] == {str(api): ["public", "users"]}
+    assert f"settings of alice/ narrowed to the policy: mode allow_all -> random, port {api} public -> users" in hub.log()
+    # and it stays so: the next passes find nothing to narrow
+    time.sleep(2.5)
+    assert (
+        sum(
+            e["event"] == "settings narrowed"
+            for e in map(json.loads, (hub.dir / "jhproxy-routes-audit.jsonl").read_text().splitlines())
+        )
+        == 1
+    )
+
+
+def test_the_page_offers_only_what_the_policy_allows_and_shows_the_expiry(browser, hub, apps, alice):
+    from playwright.sync_api import expect
+
+    from tests.rig import browser_login, shoot
+
+    context, page = browser_login(browser, hub.url, "alice")
+    page.goto("/hub/proxytoken/")
+    section = page.locator(".jhpr-server[data-server='']")
+    api = section.locator(f'tr[data-port="{apps["api"].port}"] select')
+    expect(api).to_be_visible()
+    options = lambda select: select.locator("option").evaluate_all("os => os.map(o => o.value)")  # noqa: E731
+    assert "public" not in options(api) and {"users", "server", "owner"} <= set(options(api))
+    locked = section.locator(f'tr[data-port="{apps["locked"].port}"] select')
+    assert set(options(locked)) == {"users", "owner", "disabled"}
+    expect(section.locator("[data-action=allow_all]")).to_be_hidden()
+    expect(section.locator("[data-action=random]")).to_be_visible()
+    # a token for a quarter of an hour: the page shows when it expires
+    lifetime = section.locator(".jhpr-lifetime")
+    assert options(lifetime)[0] == str(MAX_AGE)  # the longest allowed, unless a shorter one is chosen
+    assert options(lifetime)[1:] == ["900"]  # the shorter lifetimes on offer
+    lifetime.select_option("900")
+    section.locator("[data-action=random]").click()
+    expect(section.locator(".jhpr-expiry")).to_contain_text("This token expires at")
+    shoot(page, "proxytoken-page-policy")
+    settings = settings_of(hub, alice)
+    assert settings["mode"] == "token" and 0 < settings["token_expires_in"] <= 900
+    context.close()
+
+
+def test_lowering_the_max_age_shortens_the_tokens_already_made(hub, apps, alice):
+    """Last in the module: the admin restarts the hub with a lower ``token_max_age``."""
+    token, url = new_token(hub, alice)["token"], port(hub, apps)
+    made = time.time()
+    assert httpx.get(url, headers={"X-Proxy-Token": token}).status_code == 200
+    hub.stop(leave_servers=True)
+    with (hub.dir / "jupyterhub_config.py").open("a") as config:
+        config.write("c.PortRoutes.token_max_age = 2\n")
+    hub.start()
+    time.sleep(max(0.0, made + 2 - time.time()))  # the token is now older than the new limit
+    statuses = []
+
+    def refused():
+        statuses.append(httpx.get(url, headers={"X-Proxy-Token": token}).status_code)
+        return statuses[-1] == 403
+
+    wait_for(refused, 30, "the port to refuse the token", hub.log_path)
+    assert 200 not in statuses, statuses
+    settings = settings_of(hub, alice)
+    assert settings["token"] == token and settings["token_expires_in"] == 0 and settings["token_max_age"] == 2
+    response = hub.proxytoken(alice, "POST", json={"mode": "random", "expires_in": 3})
+    assert response.status_code == 400 and "at most 2 seconds (c.PortRoutes.token_max_age)" in response.json()["message"]
+    fresh = new_token(hub, alice)["token"]
+    assert httpx.get(url, headers={"X-Proxy-Token": fresh}).status_code == 200

@@ -102,3 +102,69 @@ async def test_a_token_expires_at_its_lifetime_or_the_max_age_whichever_comes_fi
     assert stored.expires(service.manager.settings.token_max_age) == stored.token_created + 10
     with pytest.raises(SettingsError, match=r"at most 10 seconds \(c.PortRoutes.token_max_age\)"):
         await service.change(ALICE, "", {"mode": "random", "expires_in": 11}, **WHO)
+
+
+def test_narrowing_picks_the_most_open_setting_allowed_and_never_a_more_open_one():
+    import asyncio
+
+    from jhproxy_routes.policy import Limits, Policy
+    from jhproxy_routes.tokens import ServerAccess
+
+    specs = PortRoutes(ports=[5000, {"port": 5001, "access": "owner"}]).port_specs
+    policy = Policy(PortRoutes(), logging.getLogger("test"))
+
+    def narrow(mode, current, modes=None, allowed=None):
+        limits = Limits(modes and frozenset(modes), {"5000": allowed and frozenset(allowed), "5001": None})
+        access, changes = asyncio.run(policy.narrowed(ServerAccess(mode=mode, port_access={"5000": current}), limits, specs))
+        return access.mode, access.port_access.get("5000", "server"), changes  # "server": the admin's
+
+    assert narrow("disabled", "public", allowed=["users", "server", "owner"])[1] == "users"
+    assert narrow("disabled", "public", allowed=["server", "owner", "group:*"])[1] == "server"  # a group is never guessed
+    assert narrow("disabled", "users", allowed=["public", "owner"])[1] == "owner"  # never more open
+    assert narrow("disabled", "group:a", allowed=["group:b", "server"])[1] == "server"
+    assert narrow("disabled", "group:a", allowed=["group:*"])[1] == "group:a"  # allowed: kept
+    assert narrow("disabled", "owner", allowed=["public"])[1] == "disabled"
+    mode, port, changes = narrow("allow_all", "server", modes=["random", "disabled"])
+    assert (mode, port, changes) == ("token", "server", {"mode": ["allow_all", "random"]})
+    assert narrow("token", "server", modes=["allow_all", "disabled"])[0] == "disabled"  # never more open
+    assert narrow("allow_all", "server", modes=["disabled"])[0] == "disabled"
+    assert narrow("allow_all", "public", modes=["allow_all"], allowed=["public"])[2] == {}
+
+
+async def test_a_forbidden_change_is_refused_naming_the_rule_and_stores_nothing(tmp_path):
+    from jhproxy_routes.policy import Forbidden
+
+    calls = []
+
+    async def allowed_access(user, port):  # an async hook, as JupyterHub's may be
+        calls.append((user.name, port.key))
+        return ["owner", "server"]
+
+    settings = PortRoutes(
+        ports=[5000, {"port": 5001, "access": "users", "allowed_access": ["owner"]}],
+        allowed_access=allowed_access,
+        allowed_modes=lambda user, servername: ["random"],
+    )
+    manager = RouteManager(
+        settings,
+        "/",
+        RouteAPI("proxy", "http://127.0.0.1:1", "x"),
+        logging.getLogger("test"),
+        store=AccessStore(f"sqlite:///{tmp_path / 'access.sqlite'}"),
+        audit=AuditLog(None),
+        sidecar=None,
+    )
+    service = PortSettings(manager)
+    for request_, rule in [
+        ({"ports": {"5000": "public"}}, r"Port 5000: the visibility public is not allowed here \(c.PortRoutes.allowed_access\)"),
+        ({"ports": {"5001": "server"}}, r"\(c.PortRoutes.ports, port 5001: allowed_access\)"),
+        ("allow_all", r"The token mode allow_all is not allowed here \(c.PortRoutes.allowed_modes\)"),
+        ({"mode": "random", "ports": {"5000": "users"}}, "c.PortRoutes.allowed_access"),
+    ]:
+        with pytest.raises(Forbidden, match=rule):
+            await service.change(ALICE, "", request_, **WHO)
+        assert manager.store.get("alice", "") == await manager.first_access(ALICE.spawners[""])
+    assert ("alice", "5000") in calls and ("alice", "5001") not in calls  # the port's own rule wins
+    answer = await service.change(ALICE, "", {"ports": {"5001": "users", "5000": "owner"}}, **WHO)  # the admin's: allowed
+    assert [p["allowed_access"] for p in answer["ports"]] == [["server", "owner", "disabled"], ["users", "owner", "disabled"]]
+    assert answer["allowed_modes"] == ["disabled", "random"]
