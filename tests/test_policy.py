@@ -305,20 +305,23 @@ def test_lowering_the_max_age_shortens_the_tokens_already_made(hub, apps, alice)
     assert httpx.get(url, headers={"X-Proxy-Token": token}).status_code == 200
     hub.stop(leave_servers=True)
     with (hub.dir / "jupyterhub_config.py").open("a") as config:
-        config.write("c.PortRoutes.token_max_age = 2\n")
+        config.write("c.PortRoutes.token_max_age = 4\n")
     hub.start()
-    time.sleep(max(0.0, made + 2 - time.time()))  # the token is now older than the new limit
-    statuses = []
+    try:
+        time.sleep(max(0.0, made + 4 - time.time()))  # the token is now older than the new limit
+        statuses = []
 
-    def refused():
-        statuses.append(httpx.get(url, headers={"X-Proxy-Token": token}).status_code)
-        return statuses[-1] == 403
+        def refused():
+            statuses.append(httpx.get(url, headers={"X-Proxy-Token": token}).status_code)
+            return statuses[-1] == 403
 
-    wait_for(refused, 30, "the port to refuse the token", hub.log_path)
-    assert 200 not in statuses, statuses
-    settings = settings_of(hub, alice)
-    assert settings["token"] == token and settings["token_expires_in"] == 0 and settings["token_max_age"] == 2
-    response = hub.proxytoken(alice, "POST", json={"mode": "random", "expires_in": 3})
-    assert response.status_code == 400 and "at most 2 seconds (c.PortRoutes.token_max_age)" in response.json()["message"]
-    fresh = new_token(hub, alice)["token"]
-    assert httpx.get(url, headers={"X-Proxy-Token": fresh}).status_code == 200
+        wait_for(refused, 30, "the port to refuse the token", hub.log_path)
+        assert 200 not in statuses, statuses
+        settings = settings_of(hub, alice)
+        assert settings["token"] == token and settings["token_expires_in"] == 0 and settings["token_max_age"] == 4
+        response = hub.proxytoken(alice, "POST", json={"mode": "random", "expires_in": 5})
+        assert response.status_code == 400 and "at most 4 seconds (c.PortRoutes.token_max_age)" in response.json()["message"]
+        fresh = new_token(hub, alice)["token"]
+        assert httpx.get(url, headers={"X-Proxy-Token": fresh}).status_code == 200
+    finally:  # the server outlived the first hub process: stopped through the second
+        hub.stop_server("alice")
