@@ -24,6 +24,7 @@ from .tokens import ServerAccess, TokenUnreadable, read_token, with_new_token
 
 ACTIONS = ("disabled", "allow_all", "random")
 ROUTE_LIST_MAX_AGE = 5.0  # seconds the route list is answered from the tables as last read
+LONGEST_LIFETIME = 10 * 365 * 86400  # seconds: ten years, the longest expires_in without token_max_age
 
 
 class SettingsError(ValueError):
@@ -125,13 +126,14 @@ class PortSettings:
         number, at most ``token_max_age``; None: none asked."""
         if "expires_in" not in request:
             return None
-        value, limit = request["expires_in"], self.manager.settings.token_max_age
+        value, limit = request["expires_in"], self.manager.settings.token_max_age or LONGEST_LIFETIME
         if request["mode"] != "random":
             raise SettingsError('expires_in goes with {"mode": "random"}: it is the lifetime of a new token.')
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
             raise SettingsError("expires_in must be a positive whole number of seconds.")
-        if limit and value > limit:
-            raise SettingsError(f"expires_in must be at most {limit} seconds (c.PortRoutes.token_max_age).")
+        if value > limit:
+            why = "c.PortRoutes.token_max_age" if self.manager.settings.token_max_age else "ten years"
+            raise SettingsError(f"expires_in must be at most {limit} seconds ({why}).")
         return value
 
     # ---- views -------------------------------------------------------------------------

@@ -94,6 +94,8 @@ def test_a_store_of_an_earlier_version_gets_the_expiry_columns(tmp_path):
 
 
 async def test_a_token_expires_at_its_lifetime_or_the_max_age_whichever_comes_first(service):
+    with pytest.raises(SettingsError, match=r"at most 315360000 seconds \(ten years\)"):  # no token_max_age
+        await service.change(ALICE, "", {"mode": "random", "expires_in": 10**30}, **WHO)
     service.manager.settings.token_max_age = 100
     answer = await service.change(ALICE, "", {"mode": "random", "expires_in": 50}, **WHO)
     stored = service.manager.store.get("alice", "")
