@@ -170,3 +170,18 @@ async def test_a_forbidden_change_is_refused_naming_the_rule_and_stores_nothing(
     answer = await service.change(ALICE, "", {"ports": {"5001": "users", "5000": "owner"}}, **WHO)  # the admin's: allowed
     assert [p["allowed_access"] for p in answer["ports"]] == [["server", "owner", "disabled"], ["users", "owner", "disabled"]]
     assert answer["allowed_modes"] == ["disabled", "random"]
+
+
+async def test_a_hook_that_fails_or_answers_nonsense_allows_only_the_admins_settings(caplog):
+    from jhproxy_routes.policy import Policy
+
+    def broken(user, port):
+        raise RuntimeError("the directory is down")
+
+    user = SimpleNamespace(name="alice")
+    for hook, logged in [(broken, "the directory is down"), (lambda user, port: "public", "must return a list")]:
+        settings = PortRoutes(ports=[{"port": 5000, "access": "owner"}], allowed_access=hook)
+        policy = Policy(settings, logging.getLogger("test-policy"))
+        limits = await policy.limits(user, "", settings.port_specs, "disabled")
+        assert limits.access["5000"] == {"owner", "disabled"}  # the port's own access, and closing it
+        assert logged in caplog.text and "c.PortRoutes.allowed_access failed for alice" in caplog.text
