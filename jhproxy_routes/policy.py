@@ -133,8 +133,8 @@ class Policy:
                 )
             return list(answer)
         except Exception as e:
-            if name not in self._logged:
-                self._logged.add(name)
+            if (name, args[0].name) not in self._logged:  # once per user, not at every reconciliation
+                self._logged.add((name, args[0].name))
                 self.log.error(
                     "jhproxy-routes: c.PortRoutes.%s failed for %s (allowing only the admin's settings): %s",
                     name,
@@ -151,11 +151,12 @@ class Policy:
         if not limits.mode_allowed(action):
             lower = [m for m in MODES[MODES.index(action) + 1 :] if limits.mode_allowed(m)]
             new = lower[0] if lower else "disabled"
-            changes["mode"] = [access.mode, new]
             if new == "random":
-                access, _ = await with_new_token(access)
+                narrowed, _ = await with_new_token(access)
             else:
-                access = access.disabled()
+                narrowed = access.disabled()
+            changes["mode"] = [access.mode, narrowed.mode]  # as stored: disabled, allow_all, token
+            access = narrowed
         ports = {}
         port_access = dict(access.port_access)
         for spec in specs:

@@ -255,9 +255,9 @@ def test_a_setting_the_policy_no_longer_allows_is_narrowed_at_the_next_reconcili
     assert hub.get(f"/ports/alice/{api}/data", headers={"X-Proxy-Token": settings["token"]}).status_code == 200
     audit = [json.loads(line) for line in (hub.dir / "jhproxy-routes-audit.jsonl").read_text().splitlines()]
     (narrowed,) = [e for e in audit if e["event"] == "settings narrowed"]
-    assert (narrowed["user"], narrowed["by"], narrowed["mode"]) == ("alice", "policy", ["allow_all", "random"])
+    assert (narrowed["user"], narrowed["by"], narrowed["mode"]) == ("alice", "policy", ["allow_all", "token"])
     assert narrowed["ports"] == {str(api): ["public", "users"]}
-    assert f"settings of alice/ narrowed to the policy: mode allow_all -> random, port {api} public -> users" in hub.log()
+    assert f"settings of alice/ narrowed to the policy: mode allow_all -> token, port {api} public -> users" in hub.log()
     # and it stays so: the next passes find nothing to narrow
     time.sleep(2.5)
     assert (
