@@ -26,6 +26,7 @@ from traitlets import (
 )
 from traitlets.config import Configurable
 
+from .contract import DEFAULTS, TOKEN_ENV, SidecarSettings
 from .route_templates import RouteTemplate
 
 #: The sidecar's name as a JupyterHub service (its URL prefix, its OAuth client).
@@ -434,7 +435,7 @@ class PortRoutes(Configurable):
     )
 
     upstream_timeout = Float(
-        300,
+        DEFAULTS.upstream_timeout,
         config=True,
         help="""Seconds the sidecar waits for an app to start answering a request before it
         returns 504.
@@ -442,7 +443,7 @@ class PortRoutes(Configurable):
     )
 
     client_timeout = Float(
-        60,
+        DEFAULTS.client_timeout,
         config=True,
         help="""Seconds the sidecar gives a client to finish a request head once begun: a
         head still incomplete one to two of these periods later (slowloris) gets 408 and the
@@ -451,7 +452,7 @@ class PortRoutes(Configurable):
     )
 
     client_idle_timeout = Float(
-        300,
+        DEFAULTS.client_idle_timeout,
         config=True,
         help="""Seconds a keep-alive connection to the sidecar may wait for its next request
         before the sidecar closes it (checked every ``client_timeout``). CHP keeps connections
@@ -462,7 +463,7 @@ class PortRoutes(Configurable):
     )
 
     max_idle_connections = Integer(
-        10_000,
+        DEFAULTS.max_idle_connections,
         config=True,
         help="""Idle connections to the sidecar (waiting for their next request: CHP's pool,
         or clients that reach the sidecar directly) kept at once. A new connection beyond this
@@ -473,7 +474,7 @@ class PortRoutes(Configurable):
     )
 
     login_cache_max_age = Integer(
-        60,
+        DEFAULTS.login_cache_max_age,
         config=True,
         help="""Seconds the sidecar trusts what the hub said about a browser's login before
         asking again. A hub logout ends the user's sessions on ports within this time;
@@ -491,7 +492,7 @@ class PortRoutes(Configurable):
     )
 
     bad_token_limit = Integer(
-        10,
+        DEFAULTS.bad_token_limit,
         config=True,
         help="""Wrong tokens one client may send to one port within ``bad_token_window``
         seconds; after that its wrong tokens on that port get 429 (Too Many Requests) until
@@ -501,7 +502,7 @@ class PortRoutes(Configurable):
     )
 
     bad_token_window = Float(
-        60,
+        DEFAULTS.bad_token_window,
         config=True,
         help="""Seconds over which ``bad_token_limit`` counts wrong tokens.""",
     )
@@ -519,7 +520,7 @@ class PortRoutes(Configurable):
     )
 
     metrics_by_route = Bool(
-        True,
+        DEFAULTS.metrics_by_route,
         config=True,
         help="""Label the sidecar's request and byte metrics with each route (a few series per
         running server's port). Set False on hubs with many thousands of servers: all routes
@@ -538,11 +539,27 @@ class PortRoutes(Configurable):
     @property
     def has_explicit_sidecar_token(self) -> bool:
         """Whether the sidecar's secret was set (config or environment), not made up here."""
-        return "sidecar_api_token" in self.config.get("PortRoutes", {}) or bool(os.environ.get("JHPROXY_ROUTES_SIDECAR_TOKEN"))
+        return "sidecar_api_token" in self.config.get("PortRoutes", {}) or bool(os.environ.get(TOKEN_ENV))
+
+    def sidecar_settings(self, authenticate_metrics: bool) -> SidecarSettings:
+        """What a managed sidecar is told (its metrics protected as the hub's are)."""
+        return SidecarSettings(
+            upstream_timeout=self.upstream_timeout,
+            client_timeout=self.client_timeout,
+            client_idle_timeout=self.client_idle_timeout,
+            max_idle_connections=self.max_idle_connections,
+            login_cache_max_age=self.login_cache_max_age,
+            bad_token_limit=self.bad_token_limit,
+            bad_token_window=self.bad_token_window,
+            audit_log=self.audit_log_path,
+            authenticate_metrics=authenticate_metrics,
+            metrics_by_route=self.metrics_by_route,
+            trusted_proxies=tuple(self.trusted_proxies),
+        )
 
     @default("sidecar_api_token")
     def _default_sidecar_api_token(self):
-        return os.environ.get("JHPROXY_ROUTES_SIDECAR_TOKEN") or secrets.token_hex(32)
+        return os.environ.get(TOKEN_ENV) or secrets.token_hex(32)
 
     @validate("ports")
     def _validate_ports(self, proposal):

@@ -13,6 +13,7 @@ from pathlib import Path
 from jupyterhub.roles import get_default_roles
 
 from .config import SERVICE_NAME, PortRoutes, configured
+from .contract import TOKEN_ENV
 from .handlers import token_handlers
 from .scopes import LOGIN_SCOPE, SCOPE, SCOPE_DESCRIPTION
 
@@ -33,20 +34,7 @@ def sidecar_service(settings: PortRoutes, authenticate_metrics: bool = True) -> 
         **SERVICE_COMMON,
         "url": settings.sidecar_url,
         "command": [sys.executable, "-m", "jhproxy_routes.sidecar"],
-        "environment": {
-            "JHPROXY_ROUTES_SIDECAR_TOKEN": settings.sidecar_api_token,
-            "JHPROXY_ROUTES_UPSTREAM_TIMEOUT": str(settings.upstream_timeout),
-            "JHPROXY_ROUTES_CLIENT_TIMEOUT": str(settings.client_timeout),
-            "JHPROXY_ROUTES_CLIENT_IDLE_TIMEOUT": str(settings.client_idle_timeout),
-            "JHPROXY_ROUTES_MAX_IDLE_CONNECTIONS": str(settings.max_idle_connections),
-            "JHPROXY_ROUTES_LOGIN_CACHE_MAX_AGE": str(settings.login_cache_max_age),
-            "JHPROXY_ROUTES_AUDIT_LOG": settings.audit_log_path,
-            "JHPROXY_ROUTES_BAD_TOKEN_LIMIT": str(settings.bad_token_limit),
-            "JHPROXY_ROUTES_BAD_TOKEN_WINDOW": str(settings.bad_token_window),
-            "JHPROXY_ROUTES_AUTHENTICATE_METRICS": "1" if authenticate_metrics else "0",
-            "JHPROXY_ROUTES_METRICS_BY_ROUTE": "1" if settings.metrics_by_route else "0",
-            "JHPROXY_ROUTES_TRUSTED_PROXIES": ",".join(settings.trusted_proxies),
-        },
+        "environment": {TOKEN_ENV: settings.sidecar_api_token, **settings.sidecar_settings(authenticate_metrics).environ()},
     }
 
 
@@ -57,7 +45,7 @@ def external_sidecar_service(settings: PortRoutes) -> dict:
     if not settings.has_explicit_sidecar_token:
         raise ValueError(
             "c.PortRoutes.sidecar_managed is False: set c.PortRoutes.sidecar_api_token (or"
-            " $JHPROXY_ROUTES_SIDECAR_TOKEN) to the secret the sidecar has"
+            f" ${TOKEN_ENV}) to the secret the sidecar has"
         )
     return {**SERVICE_COMMON, "url": settings.sidecar_url, "api_token": settings.sidecar_api_token}
 

@@ -32,6 +32,7 @@ from typing import NamedTuple
 from urllib.parse import unquote, unquote_plus
 
 from ..audit import AuditLog, DenialLog
+from ..contract import ACTIVITY_API, API_PREFIX, BULK_API, HEALTH_PATH, METRICS_PATH, READY_PATH, ROUTES_API
 from ..http1 import (
     HOP_BY_HOP,
     MAX_HEAD,
@@ -57,7 +58,6 @@ from .upstream import UpstreamPool
 
 log = logging.getLogger("jhproxy_routes.sidecar")
 
-API_PREFIX = "/_jhproxy-routes/"
 TOKEN_HEADER = "x-proxy-token"
 TOKEN_QUERY = "proxy_token"
 PROTECTED_COOKIE_PREFIXES = ("jupyterhub-", "jhproxy-routes")
@@ -155,9 +155,9 @@ def ip_of(entry: str):
     return getattr(address, "ipv4_mapped", None) or address
 
 
-def parse_networks(text: str) -> tuple:
-    """Networks from a comma-separated list of addresses and CIDRs (``trusted_proxies``)."""
-    return tuple(ipaddress.ip_network(item.strip(), strict=False) for item in text.split(",") if item.strip())
+def parse_networks(items) -> tuple:
+    """Networks from addresses and CIDRs (``trusted_proxies``)."""
+    return tuple(ipaddress.ip_network(item.strip(), strict=False) for item in items if item.strip())
 
 
 def strip_token_from_referer(value: str) -> str:
@@ -664,24 +664,23 @@ class Sidecar:
             body = await asyncio.to_thread(self.metrics.exposition, gzipped)
             extra = [("Content-Encoding", "gzip")] if gzipped else []
             return await self.send(writer, 200, METRICS_CONTENT_TYPE, body, keep_alive, extra, head)
-        if path == API_PREFIX + "ready":
+        if path == READY_PATH:
             ready = asyncio.get_running_loop().time() < self.complete_until
             return await self.send_json(
                 writer, 200 if ready else 503, {"ready": ready, "routes": len(self.table.routes)}, keep_alive, head
             )
-        if path == API_PREFIX + "health" or not path.startswith(API_PREFIX):
+        if path == HEALTH_PATH or not path.startswith(API_PREFIX):
             return await self.send_json(writer, 200, {"status": "ok", "routes": len(self.table.routes)}, keep_alive, head)
         auth = request.get("Authorization", "").encode("latin-1")
         if not hmac.compare_digest(auth, f"token {self.api_token}".encode("latin-1")):
             raise HTTPError(403, "The sidecar's route API needs the hub's token.")
-        if path == API_PREFIX + "api/bulk":
+        if path == BULK_API:
             return await self.handle_bulk(method, body, writer, keep_alive)
-        if path == API_PREFIX + "api/activity":
+        if path == ACTIVITY_API:
             return await self.send_json(writer, 200, self.activity.answer(activity_since(request.start[1])), keep_alive)
-        routes_prefix = API_PREFIX + "api/routes"
-        if not path.startswith(routes_prefix):
+        if not path.startswith(ROUTES_API):
             raise HTTPError(404, "Unknown sidecar API path.")
-        key = route_key(path[len(routes_prefix) :])
+        key = route_key(path[len(ROUTES_API) :])
         if method == "GET":
             return await self.send_json(writer, 200, self.table.as_dict(), keep_alive)
         if method == "POST":
@@ -741,7 +740,7 @@ class Sidecar:
 
     @property
     def metrics_paths(self) -> tuple[str, ...]:
-        own = API_PREFIX + "metrics"
+        own = METRICS_PATH
         return (own, self.service_prefix.rstrip("/") + "/metrics") if self.service_prefix else (own,)
 
     @classmethod
