@@ -153,3 +153,27 @@ def test_a_share_code_accepted_in_chromium(browser, hub, apps):
     assert page.locator('section[data-server="a"] select').first.input_value() == "shared"
     shoot(page, "shared-port-who-list")
     context.close()
+
+
+def test_home_page_lists_the_ports_of_each_running_server(browser, hub, apps):
+    context, page = browser_login(browser, hub.url, "alice")  # lands on /hub/home
+    context.grant_permissions(["clipboard-read", "clipboard-write"], origin=hub.url)
+    rows = {}
+    for server in ("a", "b"):
+        rows[server] = page.locator(f'.jhpr-home-server[data-server="{server}"] tr[data-port="{apps["dash"].port}"]')
+        rows[server].wait_for()
+        assert rows[server].locator("a").get_attribute("href") == hub.url + port_url(apps, server)
+        assert rows[server].locator(".jhpr-home-access").text_content() == "shared"
+    shoot(page, "home-page-ports")
+    rows["b"].locator(".jhpr-home-copy").click()
+    assert page.evaluate("navigator.clipboard.readText()") == hub.url + port_url(apps, "b")
+    with context.expect_page() as opened:
+        rows["a"].locator("a").click()
+    app_page = opened.value
+    app_page.wait_for_load_state()
+    assert f'"path": "{port_url(apps)}"' in app_page.text_content("body")  # through the hub's OAuth
+    # "Ports" in the navbar leads to the port page; no Services menu to know about
+    page.click("nav >> text=Ports")
+    page.wait_for_url(f"{hub.url}/hub/proxytoken/")
+    assert page.locator("nav >> text=Services").count() == 0
+    context.close()
