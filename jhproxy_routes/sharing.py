@@ -47,9 +47,7 @@ def shared_with(db, orm_spawner) -> list[str]:
                 users.add(share.user.name)
             elif share.group is not None:
                 groups.add(share.group.name)
-    for role in db.query(orm.Role):
-        if not (role.users or role.groups):
-            continue
+    for role in db.query(orm.Role):  # members loaded only for roles that grant access
         with warnings.catch_warnings():  # owner-relative scopes, expanded without an owner: dropped
             warnings.simplefilter("ignore")
             scopes = expand_scopes(role.scopes)

@@ -124,6 +124,9 @@ def test_a_share_of_one_server_and_hub_tokens_open_nothing_else(hub, apps):
     assert hub.api("GET", ask + "a", token=hub.tokens["carol"]).json()["access"] is False
     assert hub.api("GET", ask + "a", token=ADMIN_TOKEN).status_code == 403
     assert httpx.get(f"{hub.url}/hub/api{ask}a", timeout=30).status_code == 403
+    # the port token still opens a shared port (the server is in token mode)
+    port_token = hub.proxytoken(hub.tokens["alice"], server="a").json()
+    assert httpx.get(url, headers={"X-Proxy-Token": port_token}, timeout=30).status_code == 200
     share(hub, "PATCH", user="bob")
 
 
