@@ -34,8 +34,10 @@ SERVICE_NAME = "jhproxy-routes"
 
 #: What a port's ``access`` may say, besides ``group:<name>``. ``server`` follows the server's
 #: token mode (``disabled`` / ``allow_all`` / token); ``owner``: the owner's hub login only;
-#: ``users``: any hub user's login, or the token; ``public``: no check; ``disabled``: nobody.
-PORT_ACCESS = ("server", "owner", "users", "public", "disabled")
+#: ``users``: any hub user's login, or the token; ``shared``: the login of whoever the hub lets
+#: access the server (its sharing, share codes, roles), or the token; ``public``: no check;
+#: ``disabled``: nobody.
+PORT_ACCESS = ("server", "owner", "users", "shared", "public", "disabled")
 GROUP_PREFIX = "group:"
 
 
@@ -187,7 +189,9 @@ class PortRoutes(Configurable):
         - ``access``: who may call the port. ``server`` (default): the server's token mode
           decides (nobody / anyone / holders of the token); ``owner``: only the owner,
           logged into the hub, in a browser; ``users``: any logged-in hub user, or the
-          token; ``group:<name>``: members of that hub group, or the token; ``public``:
+          token; ``group:<name>``: members of that hub group, or the token; ``shared``:
+          whoever the hub lets access the server (JupyterHub's sharing and share codes,
+          roles with ``access:servers`` on it), logged in, or the token; ``public``:
           anyone, no check; ``disabled``: nobody, not even the owner. Except for
           ``disabled``, the owner's browser always gets in through the hub login.
           Users may change it for their own servers on ``/hub/proxytoken/``.

@@ -1,4 +1,5 @@
-"""Wiring into a JupyterHub app: the sidecar service, the token API handlers, the scope.
+"""Wiring into a JupyterHub app: the sidecar service, the token API handlers, the scope,
+the templates (the port page, the home page's ports, "Ports" in the navbar).
 
 Runs when the hub builds its proxy (``init_proxy``), after the whole config file was read and
 before the hub reads services, roles and handlers, so it adds to whatever the admin set,
@@ -7,6 +8,7 @@ in whatever order the config file says it.
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -19,8 +21,9 @@ from .scopes import LOGIN_SCOPE, SCOPE, SCOPE_DESCRIPTION
 
 SERVICE_COMMON = {
     "name": SERVICE_NAME,
-    # in the hub's Services menu: the sidecar sends browsers on to /hub/proxytoken/
-    "display": True,
+    # the navbar's "Ports" (templates/page.html) leads to /hub/proxytoken/ instead; without
+    # it (an admin's own page.html), the Services menu does (``add_templates``)
+    "display": False,
     # logging into a port is part of the hub, not a third party asking for access
     "oauth_no_confirm": True,
 }
@@ -51,17 +54,16 @@ def external_sidecar_service(settings: PortRoutes) -> dict:
 
 
 def wire_into_hub(app, settings: PortRoutes) -> None:
+    navbar = add_templates(app)
     if not any(s.get("name") == SERVICE_NAME for s in app.services):
         service = (
             sidecar_service(settings, app.authenticate_prometheus)
             if settings.sidecar_managed
             else external_sidecar_service(settings)
         )
-        app.services = [*app.services, service]
+        app.services = [*app.services, {**service, "display": not navbar}]
     # in place: the hub reads the list in init_handlers (assigning it would log a deprecation)
     app.extra_handlers.extend(token_handlers())
-    # after the admin's and the hub's own paths: page.html stays theirs, ours can be overridden
-    app.template_paths = [*app.template_paths, str(TEMPLATES)]
     if SCOPE not in app.custom_scopes:
         app.custom_scopes = {**app.custom_scopes, SCOPE: {"description": SCOPE_DESCRIPTION}}
     grant_to_users(app, f"{SCOPE}!user", LOGIN_SCOPE)
@@ -69,6 +71,19 @@ def wire_into_hub(app, settings: PortRoutes) -> None:
     # user's other servers' (JupyterHub resolves !server to the server's own name)
     grant_to_role(app, "server", f"{SCOPE}!server")
     publish_docker_ports(app, [spec.port for spec in settings.port_specs if not spec.is_range])
+
+
+def add_templates(app) -> bool:
+    """Put our templates after the admin's own paths and before the hub's: ``home.html``
+    (the hub's home page with each running server's ports) and ``page.html`` (the hub's, with
+    "Ports" in the navbar) extend the hub's own by name (``templates/home.html``), so an
+    admin's templates of those names still win, and ``jhproxy-routes.html`` can be overridden
+    the same way. Whether our navbar entry is shown: not when the admin has a page.html."""
+    hub_templates = os.path.join(app.data_files_path, "templates")
+    paths = [path for path in app.template_paths if path != str(TEMPLATES)]
+    at = paths.index(hub_templates) if hub_templates in paths else len(paths)
+    app.template_paths = [*paths[:at], str(TEMPLATES), *paths[at:]]
+    return not any(os.path.isfile(os.path.join(path, "page.html")) for path in paths[:at])
 
 
 def publish_docker_ports(app, ports: list[int]) -> None:

@@ -259,3 +259,26 @@ def test_bad_config_stops_the_hub(make_hub, setting, message):
         pytest.fail("the hub kept running with a bad config")
     assert proc.returncode != 0
     assert message in hub.log()
+
+
+def test_templates_go_between_the_admins_and_the_hubs(tmp_path):
+    """Ours come after the admin's template paths (their home.html or page.html wins) and
+    before the hub's (ours extend it by name); the navbar's "Ports" is ours unless the admin
+    has a page.html of their own, and then the Services menu lists the sidecar instead."""
+    from jupyterhub.app import JupyterHub
+
+    from jhproxy_routes.wiring import TEMPLATES, add_templates
+
+    app = JupyterHub()
+    hub_templates = app.template_paths[0]
+    assert add_templates(app) is True
+    assert app.template_paths == [str(TEMPLATES), hub_templates]
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    app = JupyterHub(template_paths=[str(mine)])  # the hub adds its own after every other
+    assert add_templates(app) is True
+    assert app.template_paths == [str(mine), str(TEMPLATES)]
+    (mine / "page.html").write_text('{% extends "templates/page.html" %}')
+    app = JupyterHub(template_paths=[str(mine), hub_templates])
+    assert add_templates(app) is False  # the admin's page.html: no navbar entry of ours
+    assert add_templates(app) is False and app.template_paths == [str(mine), str(TEMPLATES), hub_templates]

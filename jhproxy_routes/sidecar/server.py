@@ -382,8 +382,9 @@ class Sidecar:
             wrong_token = "wrong token" + (" (now rate limited)" if self.limiter.failed(client, route.token_sha256) else "")
         else:
             wrong_token = ""
-        user = await self.login.user(request.get("Cookie", ""), route, self._secure(request))
-        if user is not None:
+        session = await self.login.session(request.get("Cookie", ""), route, self._secure(request))
+        if session is not None:
+            user, login_token = session
             if not self._session_may_send(request):
                 message = (
                     "Refused: this request came from another page than the port's own (a form, frame, script or"
@@ -391,7 +392,7 @@ class Sidecar:
                     " URL directly, or send an X-Proxy-Token."
                 )
                 raise deny(403, "cross-site login", message)
-            if self.login.admits(route, user):
+            if await self.login.admits(route, user, login_token):
                 return True
             detail = f"login of {user['name']} not admitted" + (f"; {wrong_token}" if wrong_token else "")
             message = f"Unauthorized access: you are logged in as {user['name']}, and this port is not open to you."
