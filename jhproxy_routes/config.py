@@ -28,18 +28,24 @@ from traitlets import (
 )
 from traitlets.config import Configurable
 
+from .contract import DEFAULTS, TOKEN_ENV, SidecarSettings
 from .route_templates import RouteTemplate
 
 #: The sidecar's name as a JupyterHub service (its URL prefix, its OAuth client).
 SERVICE_NAME = "jhproxy-routes"
 
-#: What a port's ``access`` may say, besides ``group:<name>``, from the most open to the least
-#: (the order in which the admin's policy narrows a setting it no longer allows, ``policy.py``;
-#: ``group:<name>`` ranks just below ``users``). ``public``: no check; ``users``: any hub
-#: user's login, or the token; ``server`` follows the server's token mode (``disabled`` /
-#: ``allow_all`` / token); ``owner``: the owner's hub login only; ``disabled``: nobody.
-PORT_ACCESS = ("public", "users", "server", "owner", "disabled")
 GROUP_PREFIX = "group:"
+
+#: What a port's ``access`` may say, by level from the most open to the least: a level admits
+#: no one the level above it does not, the visibilities of one level admit different people
+#: (``group:`` stands for every ``group:<name>``). The admin's policy narrows a setting it no
+#: longer allows along these levels (``policy.py``). ``public``: no check; ``users``: any hub
+#: user's login, or the token; ``shared``: the login of whoever the hub lets access the server
+#: (its sharing, share codes, roles), or the token; ``group:<name>``: that group's members'
+#: logins, or the token; ``server`` follows the server's token mode (``disabled`` /
+#: ``allow_all`` / token); ``owner``: the owner's hub login only; ``disabled``: nobody.
+ACCESS_LEVELS = (("public",), ("users",), ("shared", GROUP_PREFIX), ("server",), ("owner",), ("disabled",))
+PORT_ACCESS = tuple(value for level in ACCESS_LEVELS for value in level if value != GROUP_PREFIX)
 
 
 def valid_port_access(value) -> bool:
@@ -206,7 +212,9 @@ class PortRoutes(Configurable):
         - ``access``: who may call the port. ``server`` (default): the server's token mode
           decides (nobody / anyone / holders of the token); ``owner``: only the owner,
           logged into the hub, in a browser; ``users``: any logged-in hub user, or the
-          token; ``group:<name>``: members of that hub group, or the token; ``public``:
+          token; ``group:<name>``: members of that hub group, or the token; ``shared``:
+          whoever the hub lets access the server (JupyterHub's sharing and share codes,
+          roles with ``access:servers`` on it), logged in, or the token; ``public``:
           anyone, no check; ``disabled``: nobody, not even the owner. Except for
           ``disabled``, the owner's browser always gets in through the hub login.
           Users may change it for their own servers on ``/hub/proxytoken/``.
@@ -308,8 +316,8 @@ class PortRoutes(Configurable):
         it (403 naming this option). A setting made before the policy was tightened is
         narrowed at the next reconciliation (or when its server starts), logged and
         audited: to the most open visibility still allowed that is no more open than it
-        (``public`` > ``users`` > ``group:<name>`` > ``server`` > ``owner`` >
-        ``disabled``; a group is never picked). A hook that fails or returns something
+        (``public`` > ``users`` > ``shared`` and ``group:<name>`` > ``server`` >
+        ``owner`` > ``disabled``; a group is never picked). A hook that fails or returns something
         else allows only the admin's settings, and is logged. It is called for every
         running server's ports at every reconciliation: keep it quick (no network calls).
 
@@ -536,7 +544,7 @@ class PortRoutes(Configurable):
     )
 
     upstream_timeout = Float(
-        300,
+        DEFAULTS.upstream_timeout,
         config=True,
         help="""Seconds the sidecar waits for an app to start answering a request before it
         returns 504.
@@ -544,7 +552,7 @@ class PortRoutes(Configurable):
     )
 
     client_timeout = Float(
-        60,
+        DEFAULTS.client_timeout,
         config=True,
         help="""Seconds the sidecar gives a client to finish a request head once begun: a
         head still incomplete one to two of these periods later (slowloris) gets 408 and the
@@ -553,7 +561,7 @@ class PortRoutes(Configurable):
     )
 
     client_idle_timeout = Float(
-        300,
+        DEFAULTS.client_idle_timeout,
         config=True,
         help="""Seconds a keep-alive connection to the sidecar may wait for its next request
         before the sidecar closes it (checked every ``client_timeout``). CHP keeps connections
@@ -564,7 +572,7 @@ class PortRoutes(Configurable):
     )
 
     max_idle_connections = Integer(
-        10_000,
+        DEFAULTS.max_idle_connections,
         config=True,
         help="""Idle connections to the sidecar (waiting for their next request: CHP's pool,
         or clients that reach the sidecar directly) kept at once. A new connection beyond this
@@ -575,7 +583,7 @@ class PortRoutes(Configurable):
     )
 
     login_cache_max_age = Integer(
-        60,
+        DEFAULTS.login_cache_max_age,
         config=True,
         help="""Seconds the sidecar trusts what the hub said about a browser's login before
         asking again. A hub logout ends the user's sessions on ports within this time;
@@ -593,7 +601,7 @@ class PortRoutes(Configurable):
     )
 
     bad_token_limit = Integer(
-        10,
+        DEFAULTS.bad_token_limit,
         config=True,
         help="""Wrong tokens one client may send to one port within ``bad_token_window``
         seconds; after that its wrong tokens on that port get 429 (Too Many Requests) until
@@ -603,7 +611,7 @@ class PortRoutes(Configurable):
     )
 
     bad_token_window = Float(
-        60,
+        DEFAULTS.bad_token_window,
         config=True,
         help="""Seconds over which ``bad_token_limit`` counts wrong tokens.""",
     )
@@ -621,7 +629,7 @@ class PortRoutes(Configurable):
     )
 
     metrics_by_route = Bool(
-        True,
+        DEFAULTS.metrics_by_route,
         config=True,
         help="""Label the sidecar's request and byte metrics with each route (a few series per
         running server's port). Set False on hubs with many thousands of servers: all routes
@@ -640,11 +648,27 @@ class PortRoutes(Configurable):
     @property
     def has_explicit_sidecar_token(self) -> bool:
         """Whether the sidecar's secret was set (config or environment), not made up here."""
-        return "sidecar_api_token" in self.config.get("PortRoutes", {}) or bool(os.environ.get("JHPROXY_ROUTES_SIDECAR_TOKEN"))
+        return "sidecar_api_token" in self.config.get("PortRoutes", {}) or bool(os.environ.get(TOKEN_ENV))
+
+    def sidecar_settings(self, authenticate_metrics: bool) -> SidecarSettings:
+        """What a managed sidecar is told (its metrics protected as the hub's are)."""
+        return SidecarSettings(
+            upstream_timeout=self.upstream_timeout,
+            client_timeout=self.client_timeout,
+            client_idle_timeout=self.client_idle_timeout,
+            max_idle_connections=self.max_idle_connections,
+            login_cache_max_age=self.login_cache_max_age,
+            bad_token_limit=self.bad_token_limit,
+            bad_token_window=self.bad_token_window,
+            audit_log=self.audit_log_path,
+            authenticate_metrics=authenticate_metrics,
+            metrics_by_route=self.metrics_by_route,
+            trusted_proxies=tuple(self.trusted_proxies),
+        )
 
     @default("sidecar_api_token")
     def _default_sidecar_api_token(self):
-        return os.environ.get("JHPROXY_ROUTES_SIDECAR_TOKEN") or secrets.token_hex(32)
+        return os.environ.get(TOKEN_ENV) or secrets.token_hex(32)
 
     @validate("ports")
     def _validate_ports(self, proposal):

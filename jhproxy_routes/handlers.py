@@ -16,6 +16,9 @@ the new value as JSON. ``POST`` with a JSON object ``{"mode": ..., "ports": {"50
 ``GET /hub/api/jhproxy-routes/routes[?user=<name>]``: every live port route the credential
 may see, with its owner, port, target, mode and access.
 
+``GET /hub/api/jhproxy-routes/access/<owner>/<server>``: whether the user whose token this is
+may access that server now (``{"access": true}``), as the sidecar asks for ``shared`` ports.
+
 Auth as for JupyterHub's own API: an API token (``Authorization: token ...``), or the hub
 login cookie plus JupyterHub's XSRF token. Either needs the scope
 ``custom:jhproxy-routes:tokens`` on the server (``!server=<user>/<server>``, or on its owner:
@@ -38,6 +41,7 @@ from .policy import Forbidden
 from .routeapi import RouteAPIError
 from .scopes import SCOPE
 from .settings import ACTIONS, NotApplied, SettingsError
+from .sharing import may_access
 from .tokens import TokenUnreadable
 
 
@@ -45,6 +49,7 @@ def token_handlers():
     return [
         (r"/proxytoken/?(?P<server_name>[^/]*)/?", ProxyTokenRoute),
         (r"/api/jhproxy-routes/routes/?", RouteListHandler),
+        (r"/api/jhproxy-routes/access/(?P<owner>[^/]+)/(?P<server_name>[^/]*)", ServerAccessHandler),
     ]
 
 
@@ -200,3 +205,18 @@ class RouteListHandler(APIHandler):
         except RouteAPIError as e:
             raise web.HTTPError(503, f"The route tables could not be read: {e}") from None
         self.finish(json.dumps([row for row in rows if visible(row["user"], row["server"])]))
+
+
+class ServerAccessHandler(APIHandler):
+    """``GET /hub/api/jhproxy-routes/access/<owner>/<server>``: whether the user whose token
+    this is may access the server ``owner/server`` now (``sharing.may_access``: the user's
+    roles, groups and shares, read from the hub's database). The sidecar asks it for a
+    ``shared`` port with the visitor's own OAuth token. The answer is about that user alone,
+    so any token of theirs may ask, whatever its scopes; a service's token may not."""
+
+    def get(self, owner: str, server_name: str):
+        current = self.current_user
+        if current is None or getattr(current, "kind", "user") != "user":
+            raise web.HTTPError(403, "A user's token is required.")
+        allowed = may_access(self.db, current.orm_user, owner, server_name)
+        self.finish(json.dumps({"user": current.name, "server": f"{owner}/{server_name}", "access": allowed}))

@@ -5,10 +5,10 @@ a port's own ``allowed_access`` in ``c.PortRoutes.ports``, and ``c.PortRoutes.al
 (a list, or a hook called with the user and the server's name) give what a user may set;
 ``Limits`` holds the answer for one server. A change outside it is refused (``Forbidden``,
 naming the rule). Settings made before the policy was tightened are *narrowed*: each to the
-most open setting the policy still allows that is no more open than it was, along two orders
-(most open first): the visibilities as ``config.PORT_ACCESS`` lists them (a group, or any
-other visibility naming a set of people, ranks just below ``users``; a group is never chosen
-when narrowing: which one would be a guess), and the modes ``allow_all`` > ``random`` >
+most open setting the policy still allows on a lower level than it, along two orders (most
+open first): the levels of visibilities of ``config.ACCESS_LEVELS`` (``public`` > ``users`` >
+``shared`` and groups > ``server`` > ``owner`` > ``disabled``; a group is never chosen when
+narrowing: which one would be a guess), and the modes ``allow_all`` > ``random`` >
 ``disabled``. What the admin set is always allowed: a port's own ``access``, the server's
 ``default_startup_behavior``, and ``disabled`` for either (closing is never forbidden).
 """
@@ -19,7 +19,7 @@ from dataclasses import dataclass, replace
 
 from jupyterhub.utils import maybe_future
 
-from .config import GROUP_PREFIX, PORT_ACCESS, PortSpec, valid_port_access
+from .config import ACCESS_LEVELS, GROUP_PREFIX, PORT_ACCESS, PortSpec, valid_port_access
 from .logsafe import shown
 from .tokens import ServerAccess, with_new_token
 
@@ -31,12 +31,12 @@ class Forbidden(ValueError):
     """A change the admin's policy does not allow; the message names the rule."""
 
 
-def openness(access: str) -> float:
-    """How open a visibility is: higher is more open (the order of ``PORT_ACCESS``; a group
-    or another visibility outside that list ranks just below ``users``)."""
-    if access in PORT_ACCESS:
-        return len(PORT_ACCESS) - PORT_ACCESS.index(access)
-    return len(PORT_ACCESS) - PORT_ACCESS.index("users") - 0.5
+def openness(access: str) -> int:
+    """How open a visibility is: its level in ``ACCESS_LEVELS``, higher is more open."""
+    for rank, level in enumerate(reversed(ACCESS_LEVELS)):
+        if access in level or (access.startswith(GROUP_PREFIX) and GROUP_PREFIX in level):
+            return rank
+    raise ValueError(f"unknown visibility {access!r}")
 
 
 def mode_action(mode: str) -> str:

@@ -28,6 +28,7 @@ from urllib.parse import urlsplit, urlunsplit
 from jupyterhub.utils import url_path_join
 
 from .config import PortRoutes, url_port
+from .contract import API_PREFIX
 from .routeapi import RouteAPIError, SidecarRouteAPI
 
 RESOLVE_EVERY = 5.0  # seconds between two DNS lookups of the replicas' names
@@ -64,7 +65,7 @@ class SidecarReplicas:
             settings.sidecar_api_resolve_all,
             lambda url: SidecarRouteAPI(
                 f"sidecar {url}" if several else "sidecar",
-                url_path_join(url, "_jhproxy-routes/"),
+                url_path_join(url, API_PREFIX),
                 settings.sidecar_api_token,
                 timeout=settings.api_timeout,
                 retry_timeout=settings.api_retry_timeout,

@@ -18,6 +18,7 @@ from urllib.parse import quote
 import httpx
 from jupyterhub.utils import exponential_backoff
 
+from .contract import ACTIVITY_API, API_PREFIX, BULK_API
 from .transport import KeepAliveTransport
 
 ROUTE_TAG = "jhproxy_routes"
@@ -202,7 +203,7 @@ class SidecarRouteAPI(RouteAPI):
 
     @property
     def address(self) -> str:
-        return self.api_url.removesuffix("/_jhproxy-routes/api/")
+        return self.api_url.removesuffix(API_PREFIX + "api/")
 
     @staticmethod
     def stranger(response: httpx.Response) -> str:
@@ -217,17 +218,17 @@ class SidecarRouteAPI(RouteAPI):
         items = list(routes.items())
         for i in range(0, len(items), self.BATCH):
             add = {routespec_to_api_path(spec): {**data, ROUTE_TAG: True} for spec, data in items[i : i + self.BATCH]}
-            await self._request("POST", "(bulk add)", {"add": add}, url=self.api_url + "bulk")
+            await self._request("POST", "(bulk add)", {"add": add}, url=self.address + BULK_API)
 
     async def delete_many(self, routespecs: list[str]) -> None:
         for i in range(0, len(routespecs), self.BATCH):
             delete = [routespec_to_api_path(spec) for spec in routespecs[i : i + self.BATCH]]
-            await self._request("POST", "(bulk delete)", {"delete": delete}, url=self.api_url + "bulk")
+            await self._request("POST", "(bulk delete)", {"delete": delete}, url=self.address + BULK_API)
 
     async def activity(self, since: float) -> dict:
         """The servers' activity the sidecar saw at or after ``since`` (the ``now`` of its
         last answer, which this acknowledges): ``{"now": t, "servers": [[user, server, t]]}``."""
-        response = await self._request("GET", "(activity)", url=f"{self.api_url}activity?since={since!r}")
+        response = await self._request("GET", "(activity)", url=f"{self.address}{ACTIVITY_API}?since={since!r}")
         try:
             answer = response.json()
             now = answer.get("now")
@@ -240,4 +241,4 @@ class SidecarRouteAPI(RouteAPI):
     async def mark_complete(self, valid_for: float | None) -> None:
         """Tell the sidecar its table is the hub's whole table: it reports ready for
         ``valid_for`` seconds (None: until it stops), unless told so again."""
-        await self._request("POST", "(complete)", {"complete": True, "valid_for": valid_for}, url=self.api_url + "bulk")
+        await self._request("POST", "(complete)", {"complete": True, "valid_for": valid_for}, url=self.address + BULK_API)

@@ -44,12 +44,14 @@ def port_choice(spec: PortSpec, access: ServerAccess) -> str:
 @dataclass(frozen=True)
 class PortRule:
     """What a request to a port must show. ``restricted`` admits the owner's hub login, a
-    valid token if ``token``, any hub user's login if ``users``, members of ``groups``."""
+    valid token if ``token``, any hub user's login if ``users``, members of ``groups``, and
+    if ``shared`` the login of whoever the hub lets access the server (asked by the sidecar)."""
 
     access: str  # public | disabled | restricted
     token: bool = False
     users: bool = False
     groups: tuple[str, ...] = ()
+    shared: bool = False
 
     @property
     def who(self) -> list[str]:
@@ -57,7 +59,8 @@ class PortRule:
         if self.access != "restricted":
             return ["anyone"] if self.access == "public" else []
         groups = [GROUP_PREFIX + g for g in self.groups]
-        return ["owner", *(["token"] if self.token else []), *(["users"] if self.users else []), *groups]
+        shared = ["shared"] if self.shared else []
+        return ["owner", *(["token"] if self.token else []), *(["users"] if self.users else []), *shared, *groups]
 
 
 def port_rule(spec: PortSpec, access: ServerAccess) -> PortRule:
@@ -72,6 +75,8 @@ def port_rule(spec: PortSpec, access: ServerAccess) -> PortRule:
     token = access.mode == "token"
     if choice == "users":
         return PortRule("restricted", token=token, users=True)
+    if choice == "shared":
+        return PortRule("restricted", token=token, shared=True)
     if choice.startswith(GROUP_PREFIX):
         return PortRule("restricted", token=token, groups=(choice[len(GROUP_PREFIX) :],))
     return PortRule("restricted", token=token)  # server
@@ -355,6 +360,7 @@ class RouteManager:
             "token_expires": access.expires(self.settings.token_max_age) if rule.token else None,
             "users": rule.users,
             "groups": list(rule.groups),
+            "shared": rule.shared,
             "cors_origins": list(spec.cors_origins or self.settings.cors_origins),
             "strip_prefix": spec.strip_prefix,
             "activity": self.settings.counts_activity(spec),

@@ -20,6 +20,7 @@ from .logsafe import shown
 from .metrics import SERVER_UPDATE_ERRORS
 from .routeapi import RouteAPIError
 from .routes import RouteManager, port_choice, port_rule
+from .sharing import shared_with
 from .tokens import ServerAccess, TokenUnreadable, read_token, with_new_token
 
 ACTIONS = ("disabled", "allow_all", "random")
@@ -149,8 +150,11 @@ class PortSettings:
         ports = []
         limits = await manager.limits(user, servername) if manager.policy.active else None
         routed = self.routed(user.name, servername)
+        shared: list[str] | None = None  # who the hub lets access the server, read once
         for spec in manager.specs:
             rule = port_rule(spec, access)
+            if rule.shared and shared is None:
+                shared = shared_with(user.db, user.spawners[servername].orm_spawner)
             if not routed:
                 url = None
             elif spec.is_range:
@@ -164,6 +168,7 @@ class PortSettings:
                     "access": port_choice(spec, access),
                     "effective_access": rule.access,
                     "admits": rule.who,
+                    **({"shared_with": shared} if rule.shared else {}),
                     "url": url,
                     "allowed_access": limits.as_json(spec.key) if limits else None,
                 }

@@ -1,4 +1,5 @@
-"""Wiring into a JupyterHub app: the sidecar service, the token API handlers, the scope.
+"""Wiring into a JupyterHub app: the sidecar service, the token API handlers, the scope,
+the templates (the port page, the home page's ports, "Ports" in the navbar).
 
 Runs when the hub builds its proxy (``init_proxy``), after the whole config file was read and
 before the hub reads services, roles and handlers, so it adds to whatever the admin set,
@@ -7,19 +8,22 @@ in whatever order the config file says it.
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
 from jupyterhub.roles import get_default_roles
 
 from .config import SERVICE_NAME, PortRoutes, configured
+from .contract import TOKEN_ENV
 from .handlers import token_handlers
 from .scopes import LOGIN_SCOPE, SCOPE, SCOPE_DESCRIPTION
 
 SERVICE_COMMON = {
     "name": SERVICE_NAME,
-    # in the hub's Services menu: the sidecar sends browsers on to /hub/proxytoken/
-    "display": True,
+    # the navbar's "Ports" (templates/page.html) leads to /hub/proxytoken/ instead; without
+    # it (an admin's own page.html), the Services menu does (``add_templates``)
+    "display": False,
     # logging into a port is part of the hub, not a third party asking for access
     "oauth_no_confirm": True,
 }
@@ -33,20 +37,7 @@ def sidecar_service(settings: PortRoutes, authenticate_metrics: bool = True) -> 
         **SERVICE_COMMON,
         "url": settings.sidecar_url,
         "command": [sys.executable, "-m", "jhproxy_routes.sidecar"],
-        "environment": {
-            "JHPROXY_ROUTES_SIDECAR_TOKEN": settings.sidecar_api_token,
-            "JHPROXY_ROUTES_UPSTREAM_TIMEOUT": str(settings.upstream_timeout),
-            "JHPROXY_ROUTES_CLIENT_TIMEOUT": str(settings.client_timeout),
-            "JHPROXY_ROUTES_CLIENT_IDLE_TIMEOUT": str(settings.client_idle_timeout),
-            "JHPROXY_ROUTES_MAX_IDLE_CONNECTIONS": str(settings.max_idle_connections),
-            "JHPROXY_ROUTES_LOGIN_CACHE_MAX_AGE": str(settings.login_cache_max_age),
-            "JHPROXY_ROUTES_AUDIT_LOG": settings.audit_log_path,
-            "JHPROXY_ROUTES_BAD_TOKEN_LIMIT": str(settings.bad_token_limit),
-            "JHPROXY_ROUTES_BAD_TOKEN_WINDOW": str(settings.bad_token_window),
-            "JHPROXY_ROUTES_AUTHENTICATE_METRICS": "1" if authenticate_metrics else "0",
-            "JHPROXY_ROUTES_METRICS_BY_ROUTE": "1" if settings.metrics_by_route else "0",
-            "JHPROXY_ROUTES_TRUSTED_PROXIES": ",".join(settings.trusted_proxies),
-        },
+        "environment": {TOKEN_ENV: settings.sidecar_api_token, **settings.sidecar_settings(authenticate_metrics).environ()},
     }
 
 
@@ -57,23 +48,22 @@ def external_sidecar_service(settings: PortRoutes) -> dict:
     if not settings.has_explicit_sidecar_token:
         raise ValueError(
             "c.PortRoutes.sidecar_managed is False: set c.PortRoutes.sidecar_api_token (or"
-            " $JHPROXY_ROUTES_SIDECAR_TOKEN) to the secret the sidecar has"
+            f" ${TOKEN_ENV}) to the secret the sidecar has"
         )
     return {**SERVICE_COMMON, "url": settings.sidecar_url, "api_token": settings.sidecar_api_token}
 
 
 def wire_into_hub(app, settings: PortRoutes) -> None:
+    navbar = add_templates(app)
     if not any(s.get("name") == SERVICE_NAME for s in app.services):
         service = (
             sidecar_service(settings, app.authenticate_prometheus)
             if settings.sidecar_managed
             else external_sidecar_service(settings)
         )
-        app.services = [*app.services, service]
+        app.services = [*app.services, {**service, "display": not navbar}]
     # in place: the hub reads the list in init_handlers (assigning it would log a deprecation)
     app.extra_handlers.extend(token_handlers())
-    # after the admin's and the hub's own paths: page.html stays theirs, ours can be overridden
-    app.template_paths = [*app.template_paths, str(TEMPLATES)]
     if SCOPE not in app.custom_scopes:
         app.custom_scopes = {**app.custom_scopes, SCOPE: {"description": SCOPE_DESCRIPTION}}
     grant_to_users(app, f"{SCOPE}!user", LOGIN_SCOPE)
@@ -81,6 +71,19 @@ def wire_into_hub(app, settings: PortRoutes) -> None:
     # user's other servers' (JupyterHub resolves !server to the server's own name)
     grant_to_role(app, "server", f"{SCOPE}!server")
     publish_docker_ports(app, [spec.port for spec in settings.port_specs if not spec.is_range])
+
+
+def add_templates(app) -> bool:
+    """Put our templates after the admin's own paths and before the hub's: ``home.html``
+    (the hub's home page with each running server's ports) and ``page.html`` (the hub's, with
+    "Ports" in the navbar) extend the hub's own by name (``templates/home.html``), so an
+    admin's templates of those names still win, and ``jhproxy-routes.html`` can be overridden
+    the same way. Whether our navbar entry is shown: not when the admin has a page.html."""
+    hub_templates = os.path.join(app.data_files_path, "templates")
+    paths = [path for path in app.template_paths if path != str(TEMPLATES)]
+    at = paths.index(hub_templates) if hub_templates in paths else len(paths)
+    app.template_paths = [*paths[:at], str(TEMPLATES), *paths[at:]]
+    return not any(os.path.isfile(os.path.join(path, "page.html")) for path in paths[:at])
 
 
 def publish_docker_ports(app, ports: list[int]) -> None:

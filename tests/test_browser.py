@@ -73,10 +73,9 @@ def server_section(page):
 
 def test_token_page_regenerate_and_call_from_another_origin(browser, hub, apps, other_origin):
     context, page = login(browser, hub, "alice")
-    # the hub's Services menu leads to the page
+    # "Ports" in the hub's navbar leads to the page
     page.goto("/hub/home")
-    page.click("text=Services")
-    page.click("a.dropdown-item:has-text('jhproxy-routes')")
+    page.click("nav >> text=Ports")
     page.wait_for_url(re.compile(r"/hub/proxytoken/$"))
     section = server_section(page)
     assert "Ports of your servers" in page.content()

@@ -1,6 +1,8 @@
 """Configuration: what an admin may write, and what stops the hub with a clear message."""
 
+import os
 import subprocess
+import sys
 
 import pytest
 from traitlets import TraitError
@@ -8,8 +10,10 @@ from traitlets.config import Config
 
 from jhproxy_routes import install
 from jhproxy_routes.config import SERVICE_NAME, PortRoutes, PortSpec
+from jhproxy_routes.contract import DEFAULTS, TOKEN_ENV, SidecarSettings
 from jhproxy_routes.route_templates import RouteTemplate, dns_label
 from jhproxy_routes.scopes import SCOPE
+from jhproxy_routes.wiring import sidecar_service
 
 
 def port_routes(**settings) -> PortRoutes:
@@ -163,6 +167,44 @@ def test_template_rendering():
     assert not seed.serves("ann", "named") and seed.serves("ann", "")
 
 
+def test_the_sidecar_reads_back_what_the_hub_writes():
+    """The hub's options reach a managed sidecar through its environment: every setting,
+    with the defaults of one place (contract.py), and a value of the wrong kind is named."""
+    defaults = PortRoutes()
+    for field in ("upstream_timeout", "client_timeout", "login_cache_max_age", "bad_token_limit", "metrics_by_route"):
+        assert getattr(defaults, field) == getattr(DEFAULTS, field), field
+    settings = port_routes(
+        upstream_timeout=12.5,
+        client_idle_timeout=0,
+        max_idle_connections=7,
+        login_cache_max_age=5,
+        bad_token_limit=0,
+        metrics_by_route=False,
+        trusted_proxies=["10.0.0.0/8", "::1"],
+        audit_log="",
+    )
+    environment = sidecar_service(settings, authenticate_metrics=False)["environment"]
+    assert environment[TOKEN_ENV] == settings.sidecar_api_token
+    read = SidecarSettings.from_environ(environment)
+    assert read == settings.sidecar_settings(authenticate_metrics=False)
+    assert (read.upstream_timeout, read.max_idle_connections, read.metrics_by_route) == (12.5, 7, False)
+    assert read.trusted_proxies == ("10.0.0.0/8", "::1") and read.authenticate_metrics is False
+    assert SidecarSettings.from_environ({}) == DEFAULTS
+    for variable, value, kind in [
+        ("JHPROXY_ROUTES_CLIENT_TIMEOUT", "soon", "a number"),
+        ("JHPROXY_ROUTES_BAD_TOKEN_LIMIT", "1.5", "an integer"),
+        ("JHPROXY_ROUTES_METRICS_BY_ROUTE", "yes", "0 or 1"),
+    ]:
+        with pytest.raises(ValueError, match=f"{variable}=.*{kind}"):
+            SidecarSettings.from_environ({variable: value})
+    bad = {**os.environ, TOKEN_ENV: "secret", "JHPROXY_ROUTES_CLIENT_TIMEOUT": "soon"}
+    started = subprocess.run(
+        [sys.executable, "-m", "jhproxy_routes.sidecar"], env=bad, capture_output=True, text=True, timeout=60
+    )
+    assert started.returncode == 1 and "Traceback" not in started.stderr, started.stderr
+    assert "JHPROXY_ROUTES_CLIENT_TIMEOUT='soon': must be a number" in started.stderr
+
+
 def test_install_sets_only_the_proxy_class():
     c = Config()
     c.JupyterHub.services = [{"name": "mine"}]
@@ -217,3 +259,26 @@ def test_bad_config_stops_the_hub(make_hub, setting, message):
         pytest.fail("the hub kept running with a bad config")
     assert proc.returncode != 0
     assert message in hub.log()
+
+
+def test_templates_go_between_the_admins_and_the_hubs(tmp_path):
+    """Ours come after the admin's template paths (their home.html or page.html wins) and
+    before the hub's (ours extend it by name); the navbar's "Ports" is ours unless the admin
+    has a page.html of their own, and then the Services menu lists the sidecar instead."""
+    from jupyterhub.app import JupyterHub
+
+    from jhproxy_routes.wiring import TEMPLATES, add_templates
+
+    app = JupyterHub()
+    hub_templates = app.template_paths[0]
+    assert add_templates(app) is True
+    assert app.template_paths == [str(TEMPLATES), hub_templates]
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    app = JupyterHub(template_paths=[str(mine)])  # the hub adds its own after every other
+    assert add_templates(app) is True
+    assert app.template_paths == [str(mine), str(TEMPLATES)]
+    (mine / "page.html").write_text('{% extends "templates/page.html" %}')
+    app = JupyterHub(template_paths=[str(mine), hub_templates])
+    assert add_templates(app) is False  # the admin's page.html: no navbar entry of ours
+    assert add_templates(app) is False and app.template_paths == [str(mine), str(TEMPLATES), hub_templates]

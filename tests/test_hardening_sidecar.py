@@ -620,7 +620,7 @@ def test_client_address_believes_only_trusted_proxies():
 
     def client(trusted: str, *values: str) -> str:
         head = "GET / HTTP/1.1\r\nHost: x\r\n" + "".join(f"X-Forwarded-For: {v}\r\n" for v in values) + "\r\n"
-        return client_address(parse_request_head(head.encode()), "192.0.2.1", parse_networks(trusted))
+        return client_address(parse_request_head(head.encode()), "192.0.2.1", parse_networks(trusted.split(",")))
 
     assert client("", "6.6.6.6, 10.0.0.5") == "10.0.0.5"  # nothing trusted: the address CHP saw
     assert client("") == "192.0.2.1"

@@ -67,6 +67,10 @@ def test_route_places_under_subdomain_host():
         ("users", "disabled", None, "restricted", ["owner", "users"]),
         ("server", "token", "group:staff", "restricted", ["owner", "token", "group:staff"]),
         ("group:staff", "allow_all", None, "public", ["anyone"]),
+        # whoever the hub lets access the server (the sidecar asks it), and the token mode
+        ("server", "token", "shared", "restricted", ["owner", "token", "shared"]),
+        ("shared", "disabled", None, "restricted", ["owner", "shared"]),
+        ("shared", "allow_all", None, "public", ["anyone"]),
     ],
 )
 def test_port_rule(spec_access, mode, override, expected, admits):

@@ -124,6 +124,9 @@ def test_narrowing_picks_the_most_open_setting_allowed_and_never_a_more_open_one
     assert narrow("disabled", "public", allowed=["server", "owner", "group:*"])[1] == "server"  # a group is never guessed
     assert narrow("disabled", "users", allowed=["public", "owner"])[1] == "owner"  # never more open
     assert narrow("disabled", "group:a", allowed=["group:b", "server"])[1] == "server"
+    assert narrow("disabled", "users", allowed=["shared", "server"])[1] == "shared"  # shared is below users
+    assert narrow("disabled", "group:a", allowed=["shared", "owner"])[1] == "owner"  # beside a group: no narrowing to it
+    assert narrow("disabled", "shared", allowed=["group:*", "server"])[1] == "server"
     assert narrow("disabled", "group:a", allowed=["group:*"])[1] == "group:a"  # allowed: kept
     assert narrow("disabled", "owner", allowed=["public"])[1] == "disabled"
     mode, port, changes = narrow("allow_all", "server", modes=["random", "disabled"])

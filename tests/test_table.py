@@ -79,12 +79,13 @@ def ranges_table() -> RouteTable:
         "/ports/alice",
         {
             "ranges": [
-                {**route("http://10.0.0.5:8000"), "last": 8099},
+                {**route("http://10.0.0.5:8000", access="restricted", shared=True), "last": 8099},
                 {**route("http://10.0.0.5:9000", access="restricted", token_sha256="a" * 64), "last": 9009, "strip_prefix": True},
             ],
             "allowed": "5000, 8000-8099, 9000-9009",
             "excluded": [8088],
             "username": "alice",
+            "servername": "lab",
         },
     )
     return table
@@ -101,9 +102,10 @@ def test_a_port_range_is_one_entry_that_reads_the_port_from_the_path():
         3,
         "/api/x/",
     )
+    assert (found.shared, found.owner, found.servername) == (True, "alice", "lab")  # the hub is asked about alice/lab
     found, rest = table.lookup("/ports/alice/9009")
     assert (found.port, found.access, found.strip_prefix, rest) == (9009, "restricted", True, "/")
-    assert found.token_sha256 == "a" * 64 and found.owner == "alice"
+    assert found.token_sha256 == "a" * 64 and found.owner == "alice" and not found.shared
     # a single port routed on its own keeps its own, longer, route
     found, rest = table.lookup("/ports/alice/5000/x")
     assert (found.host, found.port, found.ranges) == ("127.0.0.1", 5000, ())

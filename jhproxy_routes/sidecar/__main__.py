@@ -1,7 +1,7 @@
 """Run the sidecar: ``python -m jhproxy_routes.sidecar [--ip IP] [--port PORT]``.
 
 As a JupyterHub managed service it listens where ``JUPYTERHUB_SERVICE_URL`` says. The
-hub's token for the route API comes from ``JHPROXY_ROUTES_SIDECAR_TOKEN``. With the hub's
+hub's token for the route API comes from ``JHPROXY_ROUTES_SIDECAR_TOKEN``, its settings from\nthe environment the hub gives it (``contract.SidecarSettings``). With the hub's
 service environment (``JUPYTERHUB_API_TOKEN``, ``JUPYTERHUB_CLIENT_ID``, ...), browsers of
 hub users get into restricted ports by their hub login; without it, only tokens do.
 
@@ -24,6 +24,7 @@ from prometheus_client import disable_created_metrics
 
 from ..audit import AuditLog
 from ..config import SERVICE_NAME
+from ..contract import TOKEN_ENV, SidecarSettings
 from ..logsafe import EscapingFormatter
 from .login import HubLogin
 from .ratelimit import BadTokenLimiter
@@ -32,33 +33,13 @@ from .server import Sidecar, parse_networks, serve
 
 def main(argv=None) -> None:
     service_url = urlsplit(os.environ.get("JUPYTERHUB_SERVICE_URL", "http://127.0.0.1:8765"))
+    try:
+        settings = SidecarSettings.from_environ(os.environ)
+    except ValueError as e:
+        sys.exit(f"jhproxy-routes sidecar: {e}")
     parser = argparse.ArgumentParser(prog="python -m jhproxy_routes.sidecar", description=__doc__.splitlines()[0])
     parser.add_argument("--ip", default=service_url.hostname or "127.0.0.1")
     parser.add_argument("--port", type=int, default=service_url.port or 8765)
-    parser.add_argument(
-        "--upstream-timeout",
-        type=float,
-        default=float(os.environ.get("JHPROXY_ROUTES_UPSTREAM_TIMEOUT", "300")),
-        help="seconds to wait for an app's answer before 504",
-    )
-    parser.add_argument(
-        "--client-timeout",
-        type=float,
-        default=float(os.environ.get("JHPROXY_ROUTES_CLIENT_TIMEOUT", "60")),
-        help="seconds a client may take to finish a request head once begun (else 408)",
-    )
-    parser.add_argument(
-        "--client-idle-timeout",
-        type=float,
-        default=float(os.environ.get("JHPROXY_ROUTES_CLIENT_IDLE_TIMEOUT", "300")),
-        help="seconds a keep-alive connection may wait for its next request before it is closed (0: never)",
-    )
-    parser.add_argument(
-        "--max-idle-connections",
-        type=int,
-        default=int(os.environ.get("JHPROXY_ROUTES_MAX_IDLE_CONNECTIONS", "10000")),
-        help="idle connections kept at once; beyond, the longest idle one is closed (busy ones never count)",
-    )
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
     external_service_environment()
@@ -69,32 +50,27 @@ def main(argv=None) -> None:
     handler = logging.StreamHandler()
     handler.setFormatter(EscapingFormatter("[%(levelname).1s %(asctime)s sidecar] %(message)s"))
     logging.basicConfig(level=args.log_level.upper(), handlers=[handler])
-    api_token = os.environ.get("JHPROXY_ROUTES_SIDECAR_TOKEN")
+    api_token = os.environ.get(TOKEN_ENV)
     if not api_token:
-        sys.exit("jhproxy-routes sidecar: set JHPROXY_ROUTES_SIDECAR_TOKEN (the hub's token for the route API)")
+        sys.exit(f"jhproxy-routes sidecar: set {TOKEN_ENV} (the hub's token for the route API)")
     # the hub's public URL when the hub gives it, else its public host (under subdomain_host
     # the sidecar's own pages and the ports are on other hosts than the hub's)
     hub_url = os.environ.get("JUPYTERHUB_PUBLIC_HUB_URL") or os.environ.get("JUPYTERHUB_HOST", "").rstrip("/") + url_path_join(
         os.environ.get("JUPYTERHUB_BASE_URL", "/"), "hub/"
     )
-    hub_page = url_path_join(hub_url, "proxytoken/")
-    limiter = BadTokenLimiter(
-        limit=int(os.environ.get("JHPROXY_ROUTES_BAD_TOKEN_LIMIT", "10")),
-        window=float(os.environ.get("JHPROXY_ROUTES_BAD_TOKEN_WINDOW", "60")),
-    )
     sidecar = Sidecar(
         api_token,
-        upstream_timeout=args.upstream_timeout,
-        client_timeout=args.client_timeout,
-        client_idle_timeout=args.client_idle_timeout,
-        max_idle_connections=args.max_idle_connections,
-        login=hub_login(api_token),
-        hub_page=hub_page,
-        audit=AuditLog(os.environ.get("JHPROXY_ROUTES_AUDIT_LOG")),  # unset or empty: none
-        limiter=limiter,
-        authenticate_metrics=os.environ.get("JHPROXY_ROUTES_AUTHENTICATE_METRICS", "1") != "0",
-        metrics_by_route=os.environ.get("JHPROXY_ROUTES_METRICS_BY_ROUTE", "1") != "0",
-        trusted_proxies=parse_networks(os.environ.get("JHPROXY_ROUTES_TRUSTED_PROXIES", "")),
+        upstream_timeout=settings.upstream_timeout,
+        client_timeout=settings.client_timeout,
+        client_idle_timeout=settings.client_idle_timeout,
+        max_idle_connections=settings.max_idle_connections,
+        login=hub_login(api_token, settings.login_cache_max_age),
+        hub_page=url_path_join(hub_url, "proxytoken/"),
+        audit=AuditLog(settings.audit_log),  # empty: none
+        limiter=BadTokenLimiter(limit=settings.bad_token_limit, window=settings.bad_token_window),
+        authenticate_metrics=settings.authenticate_metrics,
+        metrics_by_route=settings.metrics_by_route,
+        trusted_proxies=parse_networks(settings.trusted_proxies),
     )
     asyncio.run(run(sidecar, args.ip, args.port))
 
@@ -103,7 +79,7 @@ def external_service_environment() -> None:
     """Fill in the service environment of a sidecar the hub does not start, from the
     service it registers for it: name, OAuth client, prefix, and the shared secret as the
     API token. A managed sidecar has all of it already; nothing is overwritten."""
-    token = os.environ.get("JHPROXY_ROUTES_SIDECAR_TOKEN")
+    token = os.environ.get(TOKEN_ENV)
     if not (token and os.environ.get("JUPYTERHUB_API_URL")):
         return
     prefix = url_path_join(os.environ.get("JUPYTERHUB_BASE_URL", "/"), "services", SERVICE_NAME) + "/"
@@ -117,14 +93,13 @@ def external_service_environment() -> None:
         os.environ.setdefault(name, value)
 
 
-def hub_login(api_token: str) -> HubLogin:
+def hub_login(api_token: str, cache_max_age: int) -> HubLogin:
     """Hub login through HubOAuth when the hub gave us an OAuth client, else tokens only."""
     if not (os.environ.get("JUPYTERHUB_API_TOKEN") and os.environ.get("JUPYTERHUB_CLIENT_ID")):
         logging.warning("no JupyterHub OAuth client in the environment: restricted ports take tokens only")
         return HubLogin(api_token)
     from jupyterhub.services.auth import HubOAuth
 
-    cache_max_age = int(os.environ.get("JHPROXY_ROUTES_LOGIN_CACHE_MAX_AGE", "60"))
     return HubLogin(api_token, HubOAuth(cache_max_age=cache_max_age))
 
 

@@ -18,7 +18,9 @@ hub's OAuth, as any JupyterHub service does it (``HubOAuth``).
 4. On each request the hub is asked whose token that is (``HubOAuth.user_for_token``,
    cached for ``cache_max_age``): a hub logout revokes the token, and so ends the session.
 
-The route says who gets in: its owner, any hub user, or members of some groups. The cookie,
+The route says who gets in: its owner, any hub user, members of some groups, or (``shared``)
+whoever the hub lets access the owner's server, which the hub is asked with the visitor's own
+token (``may_access_server``, cached for ``cache_max_age``). The cookie,
 the state cookie and the ticket are credentials of the sidecar: ``server.py`` never lets
 them reach an app.
 """
@@ -32,9 +34,12 @@ import json
 import logging
 import re
 import secrets
-from urllib.parse import parse_qsl, urlsplit
+import time
+from urllib.parse import parse_qsl, quote, urlsplit
 
 from cryptography.fernet import Fernet, InvalidToken
+from jupyterhub.utils import make_ssl_context
+from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 from tornado.httputil import url_concat
 from tornado.web import create_signed_value, decode_signed_value
 
@@ -52,6 +57,8 @@ TICKET_MAX_AGE = 60  # seconds from the callback back to the port
 TICKET_QUERY = "jhproxy_routes_login"
 HOST_AND_PORT = re.compile(r"(.*?)(:[0-9]+)?")
 SESSION_MAX_AGE = 14 * 86400  # seconds; the hub's own token expiry usually ends it sooner
+HUB_TIMEOUT = 20  # seconds to wait for the hub's answer about a shared server
+SERVER_ACCESS_CACHE_SIZE = 10_000  # answers about shared servers kept at once
 
 
 def cookie_values(header: str, name: str) -> list[str]:
@@ -106,21 +113,24 @@ class HubLogin:
         self.sessions = Fernet(base64.urlsafe_b64encode(session_key))
         self.auth = auth
         self.callback_path = urlsplit(auth.oauth_redirect_uri).path if auth else None
+        # (token hash, owner, server) -> (monotonic time until which it holds, may access)
+        self._server_access: dict[tuple[str, str, str], tuple[float, bool]] = {}
 
     @property
     def available(self) -> bool:
         return self.auth is not None
 
     # ---- a request to a restricted port --------------------------------------------------
-    async def user(self, cookie_header: str, route, secure: bool) -> dict | None:
-        """The hub user whose session cookie for ``route`` came with the request, if any."""
+    async def session(self, cookie_header: str, route, secure: bool) -> tuple[dict, str] | None:
+        """The hub user whose session cookie for ``route`` came with the request, and the
+        session's OAuth token (to ask the hub about that user), if any."""
         if not self.available or not cookie_header:
             return None
         name = cookie_name(session_cookie_name(route.key), route.path_depth == 0, secure)
         for value in cookie_values(cookie_header, name):
             token = self._open_session(value, route.key)
             if token is not None and (model := await self._user_for_token(token)) is not None:
-                return model
+                return model, token
         return None
 
     def _seal_session(self, token: str, route_key: str) -> str:
@@ -155,9 +165,50 @@ class HubLogin:
             return None
         return model
 
-    @staticmethod
-    def admits(route, user: dict) -> bool:
-        return user["name"] == route.owner or route.users or bool(route.groups.intersection(user.get("groups") or ()))
+    async def admits(self, route, user: dict, token: str) -> bool:
+        """Whether the login of ``user`` (with its session's ``token``) gets into ``route``:
+        the owner's, any user's (``users``), a member's of its groups, or (``shared``) the
+        login of whoever the hub lets access the owner's server."""
+        if user["name"] == route.owner or route.users or route.groups.intersection(user.get("groups") or ()):
+            return True
+        return route.shared and await self.may_access_server(token, route.owner, route.servername)
+
+    async def may_access_server(self, token: str, owner: str, servername: str) -> bool:
+        """Whether the user holding ``token`` may access the server ``owner/servername``,
+        as the hub says now (its roles, groups, shares and share codes: ``sharing.py`` in
+        the hub), asked with that user's own token and trusted for ``cache_max_age``
+        seconds: a revoked share closes the port within that time, and so does a hub
+        logout (the token is revoked, the hub answers 403)."""
+        key = (hashlib.sha256(token.encode()).hexdigest(), owner, servername)
+        now = time.monotonic()
+        cached = self._server_access.get(key)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        quoted = "/".join(quote(part, safe="") for part in (owner, servername))
+        request = HTTPRequest(
+            f"{self.auth.api_url.rstrip('/')}/jhproxy-routes/access/{quoted}",
+            headers={"Authorization": f"token {token}"},
+            request_timeout=HUB_TIMEOUT,
+            ssl_options=make_ssl_context(self.auth.keyfile, self.auth.certfile, cafile=self.auth.client_ca)
+            if self.auth.certfile
+            else None,
+        )
+        try:
+            response = await AsyncHTTPClient().fetch(request, raise_error=False)
+            if response.code not in (200, 403):
+                raise ValueError(f"HTTP {response.code}")
+            allowed = response.code == 200 and json.loads(response.body).get("access") is True
+        except Exception as e:  # the hub is down or answers nonsense: say so, never a traceback
+            log.error("asking the hub whether a login may access %s/%s failed: %s", shown(owner), shown(servername), shown(e))
+            raise HTTPError(
+                503, "The hub could not be asked whether this server is shared with you; try again shortly."
+            ) from None
+        if len(self._server_access) >= SERVER_ACCESS_CACHE_SIZE:
+            self._server_access = {k: v for k, v in self._server_access.items() if v[0] > now}
+            if len(self._server_access) >= SERVER_ACCESS_CACHE_SIZE:
+                self._server_access.clear()
+        self._server_access[key] = (now + self.auth.cache_max_age, allowed)
+        return allowed
 
     def start(self, origin: str, target: str, cookie_path: str, secure: bool) -> list[tuple[str, str]]:
         """Headers of the redirect that sends a browser to log in at the hub, and back to

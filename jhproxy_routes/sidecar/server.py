@@ -33,6 +33,7 @@ from typing import NamedTuple
 from urllib.parse import unquote, unquote_plus
 
 from ..audit import AuditLog, DenialLog
+from ..contract import ACTIVITY_API, API_PREFIX, BULK_API, HEALTH_PATH, METRICS_PATH, READY_PATH, ROUTES_API
 from ..http1 import (
     HOP_BY_HOP,
     MAX_HEAD,
@@ -58,7 +59,6 @@ from .upstream import UpstreamPool
 
 log = logging.getLogger("jhproxy_routes.sidecar")
 
-API_PREFIX = "/_jhproxy-routes/"
 TOKEN_HEADER = "x-proxy-token"
 TOKEN_QUERY = "proxy_token"
 PROTECTED_COOKIE_PREFIXES = ("jupyterhub-", "jhproxy-routes")
@@ -156,9 +156,9 @@ def ip_of(entry: str):
     return getattr(address, "ipv4_mapped", None) or address
 
 
-def parse_networks(text: str) -> tuple:
-    """Networks from a comma-separated list of addresses and CIDRs (``trusted_proxies``)."""
-    return tuple(ipaddress.ip_network(item.strip(), strict=False) for item in text.split(",") if item.strip())
+def parse_networks(items) -> tuple:
+    """Networks from addresses and CIDRs (``trusted_proxies``)."""
+    return tuple(ipaddress.ip_network(item.strip(), strict=False) for item in items if item.strip())
 
 
 def token_verdict(presented: str, route) -> str:
@@ -397,8 +397,9 @@ class Sidecar:
             wrong_token = verdict + (" (now rate limited)" if self.limiter.failed(client, route.token_sha256) else "")
         else:
             verdict = wrong_token = ""
-        user = await self.login.user(request.get("Cookie", ""), route, self._secure(request))
-        if user is not None:
+        session = await self.login.session(request.get("Cookie", ""), route, self._secure(request))
+        if session is not None:
+            user, login_token = session
             if not self._session_may_send(request):
                 message = (
                     "Refused: this request came from another page than the port's own (a form, frame, script or"
@@ -406,7 +407,7 @@ class Sidecar:
                     " URL directly, or send an X-Proxy-Token."
                 )
                 raise deny(403, "cross-site login", message)
-            if self.login.admits(route, user):
+            if await self.login.admits(route, user, login_token):
                 return True
             detail = f"login of {user['name']} not admitted" + (f"; {wrong_token}" if wrong_token else "")
             message = f"Unauthorized access: you are logged in as {user['name']}, and this port is not open to you."
@@ -685,24 +686,23 @@ class Sidecar:
             body = await asyncio.to_thread(self.metrics.exposition, gzipped)
             extra = [("Content-Encoding", "gzip")] if gzipped else []
             return await self.send(writer, 200, METRICS_CONTENT_TYPE, body, keep_alive, extra, head)
-        if path == API_PREFIX + "ready":
+        if path == READY_PATH:
             ready = asyncio.get_running_loop().time() < self.complete_until
             return await self.send_json(
                 writer, 200 if ready else 503, {"ready": ready, "routes": len(self.table.routes)}, keep_alive, head
             )
-        if path == API_PREFIX + "health" or not path.startswith(API_PREFIX):
+        if path == HEALTH_PATH or not path.startswith(API_PREFIX):
             return await self.send_json(writer, 200, {"status": "ok", "routes": len(self.table.routes)}, keep_alive, head)
         auth = request.get("Authorization", "").encode("latin-1")
         if not hmac.compare_digest(auth, f"token {self.api_token}".encode("latin-1")):
             raise HTTPError(403, "The sidecar's route API needs the hub's token.")
-        if path == API_PREFIX + "api/bulk":
+        if path == BULK_API:
             return await self.handle_bulk(method, body, writer, keep_alive)
-        if path == API_PREFIX + "api/activity":
+        if path == ACTIVITY_API:
             return await self.send_json(writer, 200, self.activity.answer(activity_since(request.start[1])), keep_alive)
-        routes_prefix = API_PREFIX + "api/routes"
-        if not path.startswith(routes_prefix):
+        if not path.startswith(ROUTES_API):
             raise HTTPError(404, "Unknown sidecar API path.")
-        key = route_key(path[len(routes_prefix) :])
+        key = route_key(path[len(ROUTES_API) :])
         if method == "GET":
             return await self.send_json(writer, 200, self.table.as_dict(), keep_alive)
         if method == "POST":
@@ -762,7 +762,7 @@ class Sidecar:
 
     @property
     def metrics_paths(self) -> tuple[str, ...]:
-        own = API_PREFIX + "metrics"
+        own = METRICS_PATH
         return (own, self.service_prefix.rstrip("/") + "/metrics") if self.service_prefix else (own,)
 
     @classmethod

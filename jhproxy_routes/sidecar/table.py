@@ -52,6 +52,8 @@ class Route:
     by_host: bool = False  # the key begins with a host (CHP's host routing)
     activity: tuple[str, str] | None = None  # (user, server) whose activity a request let through is; None: not counted
     scope_cookies: bool = False  # the app's Set-Cookie gets the route's path, and no Domain (a path route)
+    shared: bool = False  # restricted: logins the hub lets access the server admit
+    servername: str = ""  # the owner's server the port belongs to
     token_expires: float | None = None  # Unix time from which the token is refused; None: never
 
     @property
@@ -105,6 +107,8 @@ def route_from_data(key: str, data: dict) -> Route:
         owner=owner or "",
         users=bool(data.get("users")),
         groups=frozenset(groups),
+        shared=data.get("shared") is True,
+        servername=servername,
         cors_any="*" in origins,
         cors_origins=frozenset(origins),
         strip_prefix=bool(data.get("strip_prefix")),
