@@ -153,7 +153,7 @@ def test_a_share_code_accepted_in_chromium(browser, hub, apps):
     who = page.locator('section[data-server="a"] .jhpr-admits').first
     who.wait_for()
     assert who.text_content() == "you, token holders, erin, group viewers"
-    assert page.locator('section[data-server="a"] select').first.input_value() == "shared"
+    assert page.locator('section[data-server="a"] .jhpr-ports select').first.input_value() == "shared"
     shoot(page, "shared-port-who-list")
     context.close()
 
