@@ -29,9 +29,6 @@ from traitlets.config import Configurable
 from .contract import DEFAULTS, TOKEN_ENV, SidecarSettings
 from .route_templates import RouteTemplate
 
-#: The sidecar's name as a JupyterHub service (its URL prefix, its OAuth client).
-SERVICE_NAME = "jhproxy-routes"
-
 #: What a port's ``access`` may say, besides ``group:<name>``. ``server`` follows the server's
 #: token mode (``disabled`` / ``allow_all`` / token); ``owner``: the owner's hub login only;
 #: ``users``: any hub user's login, or the token; ``shared``: the login of whoever the hub lets

@@ -180,6 +180,7 @@ def test_lookup_refuses_dot_segments_and_bad_encoding(path):
         (route(access="restricted", username=""), "owner"),
         (route(access="restricted", username="alice", groups="staff"), "groups"),
         (route(cors_origins="*"), "cors_origins"),
+        (route(access="restricted", username="alice", shared=True), "servername"),
     ],
 )
 def test_table_refuses_bad_route_data(data, message):
