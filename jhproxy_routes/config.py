@@ -31,9 +31,6 @@ from traitlets.config import Configurable
 from .contract import DEFAULTS, TOKEN_ENV, SidecarSettings
 from .route_templates import RouteTemplate
 
-#: The sidecar's name as a JupyterHub service (its URL prefix, its OAuth client).
-SERVICE_NAME = "jhproxy-routes"
-
 GROUP_PREFIX = "group:"
 
 #: What a port's ``access`` may say, by level from the most open to the least: a level admits

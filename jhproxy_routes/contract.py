@@ -1,6 +1,6 @@
 """The contract between the hub and the sidecar, in one place both sides import: the
-settings the hub hands a sidecar (its environment, with their defaults) and the paths of the
-sidecar's own API.
+settings the hub hands a sidecar (its environment, with their defaults), the sidecar's service
+name and OAuth client, and the paths of the sidecar's own API.
 
 The hub's traits (``config.py``) take their defaults from :class:`SidecarSettings`; the hub
 writes the environment of a managed sidecar with :meth:`SidecarSettings.environ`, and a
@@ -11,6 +11,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
+
+#: the sidecar's JupyterHub service: its name, and the OAuth client the hub makes for it
+SERVICE_NAME = "jhproxy-routes"
+CLIENT_ID = f"service-{SERVICE_NAME}"
 
 #: everything of the sidecar's own under this path, on any host (never an app's)
 API_PREFIX = "/_jhproxy-routes/"

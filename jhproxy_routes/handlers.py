@@ -17,7 +17,8 @@ the new value as JSON. ``POST`` with a JSON object ``{"mode": ..., "ports": {"50
 may see, with its owner, port, target, mode and access.
 
 ``GET /hub/api/jhproxy-routes/access/<owner>/<server>``: whether the user whose token this is
-may access that server now (``{"access": true}``), as the sidecar asks for ``shared`` ports.
+may access that server now (``{"access": true}``), as the sidecar asks for ``shared`` ports;
+answered only to the sidecar's login tokens.
 
 Auth as for JupyterHub's own API: an API token (``Authorization: token ...``), or the hub
 login cookie plus JupyterHub's XSRF token. Either needs the scope
@@ -36,6 +37,7 @@ from jupyterhub.handlers.base import BaseHandler
 from jupyterhub.utils import url_path_join
 from tornado import web
 
+from .contract import CLIENT_ID, SERVICE_NAME
 from .logsafe import shown
 from .policy import Forbidden
 from .routeapi import RouteAPIError
@@ -211,12 +213,15 @@ class ServerAccessHandler(APIHandler):
     """``GET /hub/api/jhproxy-routes/access/<owner>/<server>``: whether the user whose token
     this is may access the server ``owner/server`` now (``sharing.may_access``: the user's
     roles, groups and shares, read from the hub's database). The sidecar asks it for a
-    ``shared`` port with the visitor's own OAuth token. The answer is about that user alone,
-    so any token of theirs may ask, whatever its scopes; a service's token may not."""
+    ``shared`` port with the visitor's own OAuth token, and only such a token is answered:
+    the hub login on ports is the sidecar's OAuth client, so no other token of the user (a
+    server's, one of few scopes) learns anything here, and nor does a service's."""
 
     def get(self, owner: str, server_name: str):
-        current = self.current_user
-        if current is None or getattr(current, "kind", "user") != "user":
-            raise web.HTTPError(403, "A user's token is required.")
+        current, token = self.current_user, self.get_token()
+        if current is None or token is None or token.user is None or token.client_id != CLIENT_ID:
+            raise web.HTTPError(403, f"Only a login token of the {SERVICE_NAME} service may ask this.")
+        if "/" in owner or "/" in server_name:
+            raise web.HTTPError(400, "A user or server name has no '/'.")
         allowed = may_access(self.db, current.orm_user, owner, server_name)
         self.finish(json.dumps({"user": current.name, "server": f"{owner}/{server_name}", "access": allowed}))

@@ -1,6 +1,6 @@
 """The hub scopes of jhproxy-routes (granted by ``wiring.py``, checked by ``handlers.py``)."""
 
-from .config import SERVICE_NAME
+from .contract import SERVICE_NAME
 
 SCOPE = "custom:jhproxy-routes:tokens"
 SCOPE_DESCRIPTION = "Read and change the port tokens and port access of servers."

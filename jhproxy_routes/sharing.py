@@ -9,7 +9,8 @@ a share revoked, a role or a group changed counts from the next question on.
 
 - ``may_access``: for the sidecar, about one visitor (``handlers.ServerAccessHandler``);
   the sidecar caches the answer for ``login_cache_max_age`` seconds.
-- ``shared_with``: for the page, who that is now besides the owner (users and groups).
+- ``shared_with``: for the page, who that is now besides the owner (users and groups, and
+  whether roles with access to every server exist, unnamed).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import warnings
 from jupyterhub import orm
 from jupyterhub.scopes import expand_scopes, get_scopes_for, has_scope
 
-from .config import GROUP_PREFIX
+ALL_SERVERS = "access:servers"  # unfiltered: every server of every user
 
 
 def access_scope(owner: str, servername: str) -> str:
@@ -32,15 +33,19 @@ def may_access(db, orm_user, owner: str, servername: str) -> bool:
     return bool(has_scope(access_scope(owner, servername), get_scopes_for(orm_user), db=db))
 
 
-def shared_with(db, orm_spawner) -> list[str]:
-    """Who besides the owner may access the server now: user names, then ``group:<name>``,
-    each sorted. From the server's shares (with users and groups) and from every role
-    whose scopes grant access to it, listed by its users and groups (a role's ``!user`` or
-    ``self`` scopes are each member's own servers, so they add nobody here)."""
+def shared_with(db, orm_spawner) -> dict:
+    """Who besides the owner may access the server now, as the page shows it:
+    ``{"users": [...], "groups": [...], "all_servers": bool}``. Named: the server's shares
+    (with users and groups) and the members of roles whose scopes grant access to this server
+    in particular (``!server=``, ``!user=`` its owner, ``!group=`` one of the owner's groups).
+    Roles that grant access to every server (the hub's admins, a support role) are not named,
+    as the owner may not see who holds them: ``all_servers`` says that there are such
+    users. (A role's ``self`` scopes are each member's own servers: they add nobody here.)"""
     owner = orm_spawner.user.name
     target = access_scope(owner, orm_spawner.name)
     users: set[str] = set()
     groups: set[str] = set()
+    all_servers = False
     for share in orm_spawner.shares:
         if target in share.scopes:
             if share.user is not None:
@@ -51,8 +56,10 @@ def shared_with(db, orm_spawner) -> list[str]:
         with warnings.catch_warnings():  # owner-relative scopes, expanded without an owner: dropped
             warnings.simplefilter("ignore")
             scopes = expand_scopes(role.scopes)
-        if has_scope(target, scopes, db=db):
+        if ALL_SERVERS in scopes:
+            all_servers = all_servers or bool(role.users or role.groups)
+        elif has_scope(target, scopes, db=db):
             users.update(user.name for user in role.users)
             groups.update(group.name for group in role.groups)
     users.discard(owner)
-    return sorted(users) + [GROUP_PREFIX + name for name in sorted(groups)]
+    return {"users": sorted(users), "groups": sorted(groups), "all_servers": all_servers}

@@ -14,8 +14,8 @@ from pathlib import Path
 
 from jupyterhub.roles import get_default_roles
 
-from .config import SERVICE_NAME, PortRoutes, configured
-from .contract import TOKEN_ENV
+from .config import PortRoutes, configured
+from .contract import SERVICE_NAME, TOKEN_ENV
 from .handlers import token_handlers
 from .scopes import LOGIN_SCOPE, SCOPE, SCOPE_DESCRIPTION
 
@@ -79,9 +79,10 @@ def add_templates(app) -> bool:
     "Ports" in the navbar) extend the hub's own by name (``templates/home.html``), so an
     admin's templates of those names still win, and ``jhproxy-routes.html`` can be overridden
     the same way. Whether our navbar entry is shown: not when the admin has a page.html."""
-    hub_templates = os.path.join(app.data_files_path, "templates")
-    paths = [path for path in app.template_paths if path != str(TEMPLATES)]
-    at = paths.index(hub_templates) if hub_templates in paths else len(paths)
+    hub_templates = os.path.normpath(os.path.join(app.data_files_path, "templates"))
+    paths = [path for path in app.template_paths if os.path.normpath(path) != str(TEMPLATES)]
+    normalised = [os.path.normpath(path) for path in paths]  # "/x/templates/" is the hub's too
+    at = normalised.index(hub_templates) if hub_templates in normalised else len(paths)
     app.template_paths = [*paths[:at], str(TEMPLATES), *paths[at:]]
     return not any(os.path.isfile(os.path.join(path, "page.html")) for path in paths[:at])
 

@@ -9,8 +9,8 @@ from traitlets import TraitError
 from traitlets.config import Config
 
 from jhproxy_routes import install
-from jhproxy_routes.config import SERVICE_NAME, PortRoutes, PortSpec
-from jhproxy_routes.contract import DEFAULTS, TOKEN_ENV, SidecarSettings
+from jhproxy_routes.config import PortRoutes, PortSpec
+from jhproxy_routes.contract import DEFAULTS, SERVICE_NAME, TOKEN_ENV, SidecarSettings
 from jhproxy_routes.route_templates import RouteTemplate, dns_label
 from jhproxy_routes.scopes import SCOPE
 from jhproxy_routes.wiring import sidecar_service
@@ -282,3 +282,5 @@ def test_templates_go_between_the_admins_and_the_hubs(tmp_path):
     app = JupyterHub(template_paths=[str(mine), hub_templates])
     assert add_templates(app) is False  # the admin's page.html: no navbar entry of ours
     assert add_templates(app) is False and app.template_paths == [str(mine), str(TEMPLATES), hub_templates]
+    app = JupyterHub(template_paths=[str(tmp_path), hub_templates + "/"])  # as Helm charts often write it
+    assert add_templates(app) is True and app.template_paths == [str(tmp_path), str(TEMPLATES), hub_templates + "/"]

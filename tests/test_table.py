@@ -182,6 +182,7 @@ def test_lookup_refuses_dot_segments_and_bad_encoding(path):
         (route(cors_origins="*"), "cors_origins"),
         (route(access="restricted", token_expires="1800000000"), "token_expires"),
         (route(access="restricted", token_expires=True), "token_expires"),
+        (route(access="restricted", username="alice", shared=True), "servername"),
     ],
 )
 def test_table_refuses_bad_route_data(data, message):

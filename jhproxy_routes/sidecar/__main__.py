@@ -23,8 +23,7 @@ from jupyterhub.utils import url_path_join
 from prometheus_client import disable_created_metrics
 
 from ..audit import AuditLog
-from ..config import SERVICE_NAME
-from ..contract import TOKEN_ENV, SidecarSettings
+from ..contract import CLIENT_ID, SERVICE_NAME, TOKEN_ENV, SidecarSettings
 from ..logsafe import EscapingFormatter
 from .login import HubLogin
 from .ratelimit import BadTokenLimiter
@@ -86,7 +85,7 @@ def external_service_environment() -> None:
     for name, value in {
         "JUPYTERHUB_API_TOKEN": token,
         "JUPYTERHUB_SERVICE_NAME": SERVICE_NAME,
-        "JUPYTERHUB_CLIENT_ID": f"service-{SERVICE_NAME}",
+        "JUPYTERHUB_CLIENT_ID": CLIENT_ID,
         "JUPYTERHUB_SERVICE_PREFIX": prefix,
         "JUPYTERHUB_OAUTH_CALLBACK_URL": prefix + "oauth_callback",
     }.items():

@@ -94,6 +94,8 @@ def route_from_data(key: str, data: dict) -> Route:
     servername = data.get("servername", "")
     if not isinstance(servername, str):
         raise ValueError("servername must be a string")
+    if data.get("shared") is True and "servername" not in data:
+        raise ValueError("a shared port needs its servername (the server the hub is asked about)")
     by_host = data.get("by_host") is True
     if by_host and not HOST_NAME.fullmatch(next(iter(segments(key)), "")):
         raise ValueError(f"by_host: the key {key!r} must begin with a host name (lower case)")
