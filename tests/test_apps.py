@@ -4,10 +4,9 @@ on a subdomain route, started with the commands of examples/apps/commands.py.
 For each framework and route kind: the owner (hub login) and a second hub user the port
 admits (``access: users``) see the app's own content and make a server round trip (FastAPI:
 the ``openapi.json`` that Swagger UI fetches, and an API call; Dash: a callback updating the
-page; Streamlit: a button click over its websocket). A browser with only the port token in
-the query gets the first page, and the app's own requests after it are refused (the token is
-not kept: scripts send ``X-Proxy-Token`` with each request). A browser without credentials is
-sent to the hub login, and a script refused. docs/source/apps.md's table and commands are
+page; Streamlit: a button click over its websocket), and so does a browser that opened the
+port once with the port token in the query (the sidecar trades it for a cookie of the port).
+A browser without credentials is sent to the hub login, and a script refused. docs/source/apps.md's table and commands are
 checked against what this module covers.
 
 Apps and hubs are started once per module: one hub per route kind for all frameworks.
@@ -36,7 +35,7 @@ HUB_HOST = "hub.localhost"
 NAMES = {"fastapi": "FastAPI", "dash": "Dash", "streamlit": "Streamlit"}
 ROUTE_KINDS = ("path", "subdomain")
 # what each visitor gets, for every framework and both route kinds (asserted below)
-VISITORS = {"owner": "works", "users": "works", "token": "first page only", "anonymous": "refused"}
+VISITORS = {"owner": "works", "users": "works", "token": "works", "anonymous": "refused"}
 
 
 def load_commands():
@@ -122,8 +121,8 @@ def logged_in(browser, hub, user: str):
 
 
 # ---- per framework: its content and a server round trip, and one of its own requests ------------
-def fastapi_works(page, url: str, base_path: str):
-    response = page.goto(url + "/docs", wait_until="domcontentloaded")  # Swagger UI's scripts come from a CDN
+def fastapi_works(page, url: str, base_path: str, query: str = ""):
+    response = page.goto(url + "/docs" + query, wait_until="domcontentloaded")  # Swagger UI's scripts come from a CDN
     assert response.status == 200
     openapi = f"{base_path}/openapi.json"
     assert f"url: '{openapi}'" in page.content()  # the prefix breakage this guards against
@@ -133,16 +132,16 @@ def fastapi_works(page, url: str, base_path: str):
     assert item == {"item_id": 21, "doubled": 42}
 
 
-def dash_works(page, url: str, base_path: str):
-    page.goto(url + "/")
+def dash_works(page, url: str, base_path: str, query: str = ""):
+    page.goto(url + "/" + query)
     expect(page.locator("h1")).to_have_text("jhproxy-routes Dash example")
     expect(page.locator("#greeting")).to_have_text("Hello, world")  # the first callback
     page.fill("#name", "jhproxy")
     expect(page.locator("#greeting")).to_have_text("Hello, jhproxy")
 
 
-def streamlit_works(page, url: str, base_path: str):
-    page.goto(url)  # as Streamlit prints it: no trailing slash
+def streamlit_works(page, url: str, base_path: str, query: str = ""):
+    page.goto(url + query)  # as Streamlit prints it: no trailing slash
     try:
         # its first render loads a bundle of several MB: the slowest page here on 2 busy cores
         expect(page.get_by_text("jhproxy-routes Streamlit example")).to_be_visible(timeout=90_000)
@@ -154,8 +153,7 @@ def streamlit_works(page, url: str, base_path: str):
 
 
 WORKS = {"fastapi": fastapi_works, "dash": dash_works, "streamlit": streamlit_works}
-# the first page a visitor opens, and a request the app's page makes after it
-FIRST_PAGE = {"fastapi": "/docs", "dash": "/", "streamlit": "/"}
+# a request the app's page makes after its first
 OWN_REQUEST = {"fastapi": "/openapi.json", "dash": "/_dash-layout", "streamlit": "/_stcore/health"}
 
 
@@ -171,13 +169,12 @@ def test_framework_behind_a_port(browser, hubs, framework_apps, framework, kind)
         WORKS[framework](page, url, base_path)
         context.close()
 
-    # the port token in the query: the first page, and none of the app's own requests after it
+    # the port token in the query: traded for a cookie of the port, the token out of the address,
+    # and the app works as for a login
     context = browser.new_context()
     page = context.new_page()
-    first = page.goto(f"{url}{FIRST_PAGE[framework]}?proxy_token={hub.token}", wait_until="domcontentloaded")
-    assert first.status == 200
-    status = page.evaluate("u => fetch(u).then(r => r.status)", base_path + OWN_REQUEST[framework])
-    assert status == 403
+    WORKS[framework](page, url, base_path, query=f"?proxy_token={hub.token}")
+    assert "proxy_token" not in page.url, page.url
     context.close()
 
     # no credentials: a browser goes to the hub login, a script is refused
@@ -189,6 +186,8 @@ def test_framework_behind_a_port(browser, hubs, framework_apps, framework, kind)
     host = {"Host": f"{app.port}--alice.{HUB_HOST}:{hub.port}"} if kind == "subdomain" else {}
     path = (app.base_path or "") + OWN_REQUEST[framework]
     assert httpx.get(hub.url + path, headers=host).status_code == 403
+    # a script with the token in the query gets the app's answer itself (no redirect, no cookie)
+    assert httpx.get(hub.url + path, headers=host, params={"proxy_token": hub.token}).status_code == 200
 
 
 # ---- the docs say what this module covers --------------------------------------------------------

@@ -53,6 +53,7 @@ from .metrics import SidecarMetrics
 from .pages import error_page
 from .ratelimit import BadTokenLimiter
 from .table import RouteTable
+from .token_cookie import TokenCookies, is_navigation
 from .upstream import UpstreamPool
 
 log = logging.getLogger("jhproxy_routes.sidecar")
@@ -203,6 +204,7 @@ class Sidecar:
         # JupyterHub checks a managed service at its prefix: answer there as at /health
         self.service_prefix = service_prefix or os.environ.get("JUPYTERHUB_SERVICE_PREFIX", "")
         self.login = login or HubLogin(api_token)
+        self.token_cookies = TokenCookies(api_token)
         self.hub_page = hub_page  # where a user manages their ports: linked from error pages
         self.table = RouteTable(on_change=self._close_websockets)
         self.pool = UpstreamPool(connect_timeout=connect_timeout)
@@ -319,6 +321,8 @@ class Sidecar:
                 headers = self.login.land(ticket, request.get("Cookie", ""), route, cookie_path, self._secure(request))
                 raise HTTPErrorWithHeaders(302, "Logged in.", headers)
             token, query = split_query(query)
+            if token is not None:
+                self._trade_token(request, route, token, path, query)
             websocket = "upgrade" in connection and "websocket" in request.tokens("Upgrade")
             by_session = route.access != "public" and await self._check_access(
                 request, route, request.get(TOKEN_HEADER) or token, cors, target, websocket, peer
@@ -345,8 +349,9 @@ class Sidecar:
             return await self.forward(route, method, upstream_head, body_framing, reader, writer, own, keep_alive, version)
 
     async def _check_access(self, request, route, token: str | None, cors, target: str, websocket: bool, peer: str) -> bool:
-        """Let the request through (True if by a hub login, False by a token), or raise: 403
-        or 429 (recorded in the audit log), or a redirect to log in at the hub."""
+        """Let the request through (True if by a browser session: a hub login or the token's
+        cookie; False by a token), or raise: 403 or 429 (recorded in the audit log), or a
+        redirect to log in at the hub."""
         client = client_address(request, peer, self.trusted_proxies)
 
         def deny(status: int, kind: str, message: str, headers=(), detail: str = ""):
@@ -382,6 +387,11 @@ class Sidecar:
             wrong_token = "wrong token" + (" (now rate limited)" if self.limiter.failed(client, route.token_sha256) else "")
         else:
             wrong_token = ""
+        if self.token_cookies.valid(request.get("Cookie", ""), route, self._secure(request)):
+            if not self._session_may_send(request):
+                message = "Refused: the port token's cookie is used only by the port's own pages; send an X-Proxy-Token."
+                raise deny(403, "cross-site token cookie", message)
+            return True
         user = await self.login.user(request.get("Cookie", ""), route, self._secure(request))
         if user is not None:
             if not self._session_may_send(request):
@@ -408,6 +418,16 @@ class Sidecar:
         )
         kind = "wrong token" if wrong_token else "token for a port without tokens" if token else "no credentials"
         raise deny(403, kind, f"Unauthorized access: {needed} is required.", detail=wrong_token)
+
+    def _trade_token(self, request, route, token: str, path: str, query: str) -> None:
+        """A browser opening the port at the top with the right token in the query: raise the
+        redirect to the same URL without it, with the token's cookie (``token_cookie.py``).
+        Anything else (a script, a frame, a wrong token) goes on as before."""
+        if route.token_sha256 and is_navigation(request) and token_matches(token, route.token_sha256):
+            location = "/" + path.lstrip("/\\") + ("?" + query if query else "")  # "//host/" would be another host
+            cookie_path = route_prefix(path, route.path_depth)
+            headers = self.token_cookies.exchange(route, location, cookie_path, self._secure(request))
+            raise HTTPErrorWithHeaders(302, "The token is kept in a cookie of this port.", headers)
 
     @staticmethod
     def _secure(request) -> bool:
