@@ -157,9 +157,13 @@ class Hub:
             start_new_session=True,
         )
 
-    def start(self) -> Hub:
+    def start(self, wait: bool = True) -> Hub:
+        """Launch the hub; ``wait=False``: return at once (``wait_started()`` later), so that
+        other processes can start meanwhile."""
         self.proc = self.launch()
+        return self.wait_started() if wait else self
 
+    def wait_started(self) -> Hub:
         def up():
             if self.proc.poll() is not None:
                 raise AssertionError(f"jupyterhub exited with {self.proc.returncode}:\n{self.log()[-4000:]}")
