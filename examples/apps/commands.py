@@ -13,7 +13,7 @@ from __future__ import annotations
 import shlex
 import sys
 
-FRAMEWORKS = ("fastapi", "dash", "streamlit", "panel")
+FRAMEWORKS = ("fastapi", "dash", "streamlit", "panel", "gradio")
 
 #: the port's entry options in ``c.PortRoutes.ports`` on a path route (none on a subdomain route)
 PATH_ROUTE_OPTIONS = {
@@ -21,6 +21,7 @@ PATH_ROUTE_OPTIONS = {
     "dash": {},
     "streamlit": {},
     "panel": {},
+    "gradio": {"strip_prefix": True},
 }
 
 
@@ -39,6 +40,8 @@ def command(framework: str, port: int, base_path: str = "", host: str = "") -> l
         argv = ["python", "-m", "panel", "serve", "panel_app.py", "--port", str(port), "--address", "0.0.0.0"]
         argv += ["--allow-websocket-origin", host or f"localhost:{port}", "--index", "panel_app"]
         return argv + (["--prefix", base_path] if base_path else [])
+    if framework == "gradio":
+        return ["python", "gradio_app.py", "--port", str(port)] + (["--root-path", base_path] if base_path else [])
     raise ValueError(f"unknown framework {framework!r}; one of {FRAMEWORKS}")
 
 
