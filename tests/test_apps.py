@@ -1,4 +1,4 @@
-"""Real frameworks behind ports: FastAPI, Dash, Streamlit, Panel and Gradio,
+"""Real frameworks behind ports: FastAPI, Dash, Streamlit, Panel, Gradio and Voila,
 in Chromium, on a path route and on a subdomain route, started with the commands of
 examples/apps/commands.py.
 
@@ -6,7 +6,8 @@ For each framework and route kind: the owner (hub login) and a second hub user t
 admits (``access: users``) see the app's own content and make a server round trip (FastAPI:
 the ``openapi.json`` that Swagger UI fetches, and an API call; Dash: a callback updating the
 page; Streamlit: a button click over its websocket; Panel: a button click over Bokeh's
-websocket; Gradio: a submit through its queue and event stream), and so does a browser that opened the port once with the port token in the query
+websocket; Gradio: a submit through its queue and event stream; Voila: a widget's click
+handled by the kernel over its websocket), and so does a browser that opened the port once with the port token in the query
 (the sidecar trades it for a cookie of the port). A browser without credentials is sent to the
 hub login, and a script refused; a script with the token gets the app's answer.
 docs/source/apps.md's table and commands are checked against what this module covers.
@@ -42,6 +43,7 @@ NAMES = {
     "streamlit": "Streamlit",
     "panel": "Panel",
     "gradio": "Gradio",
+    "voila": "Voilà",
 }
 ROUTE_KINDS = ("path", "subdomain")
 # what each visitor gets, for every framework and both route kinds (asserted below)
@@ -212,12 +214,21 @@ def gradio_works(page, url: str, base_path: str, query: str = ""):
     expect(page.get_by_label("greeting")).to_have_value("Hello, jhproxy")
 
 
+def voila_works(page, url: str, base_path: str, query: str = ""):
+    page.goto(url + "/" + query)
+    expect(page.get_by_text("jhproxy-routes Voilà example")).to_be_visible()
+    expect(page.get_by_text("count: 0")).to_be_visible()
+    page.get_by_role("button", name="Add one").click()  # to the kernel over its websocket
+    expect(page.get_by_text("count: 1")).to_be_visible()
+
+
 WORKS = {
     "fastapi": fastapi_works,
     "dash": dash_works,
     "streamlit": streamlit_works,
     "panel": panel_works,
     "gradio": gradio_works,
+    "voila": voila_works,
 }
 # a request the app's page makes after its first (a script gets 403 without a token, the app's answer with it)
 OWN_REQUEST = {
@@ -226,6 +237,7 @@ OWN_REQUEST = {
     "streamlit": "/_stcore/health",
     "panel": "/",
     "gradio": "/config",
+    "voila": "/",
 }
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import shlex
 import sys
 
-FRAMEWORKS = ("fastapi", "dash", "streamlit", "panel", "gradio")
+FRAMEWORKS = ("fastapi", "dash", "streamlit", "panel", "gradio", "voila")
 
 #: the port's entry options in ``c.PortRoutes.ports`` on a path route (none on a subdomain route)
 PATH_ROUTE_OPTIONS = {
@@ -22,6 +22,7 @@ PATH_ROUTE_OPTIONS = {
     "streamlit": {},
     "panel": {},
     "gradio": {"strip_prefix": True},
+    "voila": {},
 }
 
 
@@ -42,6 +43,9 @@ def command(framework: str, port: int, base_path: str = "", host: str = "") -> l
         return argv + (["--prefix", base_path] if base_path else [])
     if framework == "gradio":
         return ["python", "gradio_app.py", "--port", str(port)] + (["--root-path", base_path] if base_path else [])
+    if framework == "voila":
+        argv = ["python", "-m", "voila", "voila_app.ipynb", f"--port={port}", "--Voila.ip=0.0.0.0", "--no-browser"]
+        return argv + ([f"--base_url={base_path}/"] if base_path else [])
     raise ValueError(f"unknown framework {framework!r}; one of {FRAMEWORKS}")
 
 
