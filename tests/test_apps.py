@@ -1,4 +1,4 @@
-"""Real frameworks behind ports: FastAPI, Dash, Streamlit, Panel, Gradio and Voila,
+"""Real frameworks behind ports: FastAPI, Dash, Streamlit, Panel, Gradio, Voila and TensorBoard,
 in Chromium, on a path route and on a subdomain route, started with the commands of
 examples/apps/commands.py.
 
@@ -7,7 +7,8 @@ admits (``access: users``) see the app's own content and make a server round tri
 the ``openapi.json`` that Swagger UI fetches, and an API call; Dash: a callback updating the
 page; Streamlit: a button click over its websocket; Panel: a button click over Bokeh's
 websocket; Gradio: a submit through its queue and event stream; Voila: a widget's click
-handled by the kernel over its websocket), and so does a browser that opened the port once with the port token in the query
+handled by the kernel over its websocket; TensorBoard: the scalars its page fetches from its
+data API), and so does a browser that opened the port once with the port token in the query
 (the sidecar trades it for a cookie of the port). A browser without credentials is sent to the
 hub login, and a script refused; a script with the token gets the app's answer.
 docs/source/apps.md's table and commands are checked against what this module covers.
@@ -44,6 +45,7 @@ NAMES = {
     "panel": "Panel",
     "gradio": "Gradio",
     "voila": "Voilà",
+    "tensorboard": "TensorBoard",
 }
 ROUTE_KINDS = ("path", "subdomain")
 # what each visitor gets, for every framework and both route kinds (asserted below)
@@ -222,6 +224,14 @@ def voila_works(page, url: str, base_path: str, query: str = ""):
     expect(page.get_by_text("count: 1")).to_be_visible()
 
 
+def tensorboard_works(page, url: str, base_path: str, query: str = ""):
+    page.goto(url + "/" + query)
+    # the scalars dashboard shows the example run's tag once the page fetched it from the data API
+    expect(page.get_by_text("jhproxy-routes/loss").first).to_be_visible()
+    runs = page.evaluate("u => fetch(u).then(r => r.json())", f"{base_path}/data/runs")
+    assert runs == ["example"]
+
+
 WORKS = {
     "fastapi": fastapi_works,
     "dash": dash_works,
@@ -229,6 +239,7 @@ WORKS = {
     "panel": panel_works,
     "gradio": gradio_works,
     "voila": voila_works,
+    "tensorboard": tensorboard_works,
 }
 # a request the app's page makes after its first (a script gets 403 without a token, the app's answer with it)
 OWN_REQUEST = {
@@ -238,6 +249,7 @@ OWN_REQUEST = {
     "panel": "/",
     "gradio": "/config",
     "voila": "/",
+    "tensorboard": "/data/runs",
 }
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import shlex
 import sys
 
-FRAMEWORKS = ("fastapi", "dash", "streamlit", "panel", "gradio", "voila")
+FRAMEWORKS = ("fastapi", "dash", "streamlit", "panel", "gradio", "voila", "tensorboard")
 
 #: the port's entry options in ``c.PortRoutes.ports`` on a path route (none on a subdomain route)
 PATH_ROUTE_OPTIONS = {
@@ -23,6 +23,7 @@ PATH_ROUTE_OPTIONS = {
     "panel": {},
     "gradio": {"strip_prefix": True},
     "voila": {},
+    "tensorboard": {},
 }
 
 
@@ -46,6 +47,9 @@ def command(framework: str, port: int, base_path: str = "", host: str = "") -> l
     if framework == "voila":
         argv = ["python", "-m", "voila", "voila_app.ipynb", f"--port={port}", "--Voila.ip=0.0.0.0", "--no-browser"]
         return argv + ([f"--base_url={base_path}/"] if base_path else [])
+    if framework == "tensorboard":
+        argv = ["python", "tensorboard_app.py", "--logdir", "runs", "--port", str(port), "--bind_all"]
+        return argv + (["--path_prefix", base_path] if base_path else [])
     raise ValueError(f"unknown framework {framework!r}; one of {FRAMEWORKS}")
 
 
