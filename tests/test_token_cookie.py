@@ -21,7 +21,7 @@ import pytest
 from jhproxy_routes.sidecar.table import RouteTable
 from jhproxy_routes.sidecar.token_cookie import TokenCookies
 from jhproxy_routes.tokens import hash_token
-from tests.rig import assert_no_credentials
+from tests.rig import assert_no_credentials, cookie_header, sibling_ports
 from tests.tables import route
 
 NAVIGATE = {"Sec-Fetch-Mode": "navigate", "Sec-Fetch-Dest": "document", "Sec-Fetch-Site": "none", "Accept": "text/html"}
@@ -35,12 +35,15 @@ CROSS_SITE = {
 
 @pytest.fixture(scope="module")
 def apps(make_app):
-    return {name: make_app() for name in ("a", "b", "mallory")}
+    port, sibling = sibling_ports()
+    return {"a": make_app(), "b": make_app(), "mallory": make_app(), "slashless": make_app(port), "sibling": make_app(sibling)}
 
 
 @pytest.fixture(scope="module")
 def hub(make_hub, apps):
-    ports = [apps["a"].port, apps["b"].port, apps["mallory"].port]
+    ports = [apps["a"].port, apps["b"].port, apps["mallory"].port, apps["slashless"].port]
+    # direct from CHP (no sidecar): the app sees the browser's Cookie header as sent
+    ports.append({"port": apps["sibling"].port, "access": "public", "scope_cookies": False})
     hub = make_hub(ports, "c.PortRoutes.default_startup_behavior = 'random'\n")
     for user in ("alice", "mallory"):
         hub.user_token(user)
@@ -94,6 +97,28 @@ def test_a_browser_keeps_the_token_in_a_cookie_of_the_port(browser, hub, apps, t
     # the other port of the same server, same token: the cookie is not sent, and not taken
     status = page.evaluate("u => fetch(u).then(r => r.status)", f"{path_of(apps, 'b')}/api")
     assert status == 403
+    context.close()
+
+
+def test_the_slashless_url_and_a_sibling_port(browser, hub, apps, tokens):
+    """A port opened as apps print it (no trailing slash) with the token: the cookie has the
+    route's path without the slash, and a sibling whose path has it as a string prefix
+    (``/ports/alice/P`` and ``/ports/alice/P2``) never gets it."""
+    context = browser.new_context(base_url=hub.url)
+    page = context.new_page()
+    path, sibling = path_of(apps, "slashless"), path_of(apps, "sibling")
+    assert sibling.startswith(path) and sibling != path
+    response = page.goto(f"{path}?proxy_token={tokens['alice']}")
+    assert response.status == 200 and page.url == hub.url + path
+    assert json.loads(page.locator("body").inner_text())["path"] == path
+    [cookie] = [c for c in context.cookies() if c["name"].startswith("jhproxy-routes-token-")]
+    assert cookie["path"] == path
+    assert page.evaluate("u => fetch(u).then(r => r.status)", path + "/below") == 200
+    before = len(apps["sibling"].received())
+    page.goto(sibling)
+    page.goto(sibling + "/")
+    seen = apps["sibling"].received()[before:]
+    assert len(seen) == 2 and all("jhproxy-routes" not in cookie_header(e) for e in seen), seen
     context.close()
 
 
