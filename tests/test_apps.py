@@ -144,6 +144,8 @@ def stack(make_hub, module_tmp):
             app.wait()
         yield apps, hubs
     finally:
+        for app in apps.values():  # all asked to stop first, then waited for
+            app.proc.terminate()
         for app in apps.values():
             app.stop()
 
@@ -248,7 +250,7 @@ OWN_REQUEST = {
     "streamlit": "/_stcore/health",
     "panel": "/",
     "gradio": "/config",
-    "voila": "/",
+    "voila": "/voila/templates/lab/static/voila.js",  # not the page: each rendering starts a kernel
     "tensorboard": "/data/runs",
 }
 
