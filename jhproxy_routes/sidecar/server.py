@@ -2,10 +2,11 @@
 
 Per request: find the route (longest prefix), answer a CORS preflight, check the access
 (public, disabled, or restricted: the port token from ``X-Proxy-Token`` or the ``proxy_token``
-query parameter, or a hub login, see ``login.py``, used only by requests from the port's own
-origin or by top-level pages: no CSRF or framing from a sibling port), strip credentials (hub
-and sidecar cookies, the token, also from ``Referer``), forward to the app over a pooled
-keep-alive connection, and stream both bodies without buffering them. Every answer of the app,
+query parameter, which a browser's top-level page trades for a cookie of the port, see
+``token_cookie.py``; or a hub login, see ``login.py``; both cookies used only by requests from
+the port's own origin or by top-level pages: no CSRF or framing from a sibling port), strip
+credentials (hub and sidecar cookies, the token, also from ``Referer``), forward to the app
+over a pooled keep-alive connection, and stream both bodies without buffering them. Every answer of the app,
 a websocket's 101 included, passes one filter (``response_headers``): no hub or sidecar cookie,
 the port's CORS policy instead of the app's. Websocket upgrades become a byte pipe once the app
 answers 101. The check is made for every request, never per connection: CHP reuses its
