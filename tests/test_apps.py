@@ -24,6 +24,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -160,6 +161,11 @@ def hubs(stack):
     return stack[1]
 
 
+def on_this_machine(url: str) -> bool:
+    host = urlsplit(url).hostname or ""  # data: and blob: URLs have none
+    return host in ("", "127.0.0.1", HUB_HOST) or host.endswith("." + HUB_HOST)
+
+
 def app_url(hub, app) -> str:
     if hub.kind == "subdomain":
         return f"http://{app.port}--alice.{HUB_HOST}:{hub.port}"
@@ -243,6 +249,11 @@ WORKS = {
     "voila": voila_works,
     "tensorboard": tensorboard_works,
 }
+# what a page asks of a CDN (nothing on this machine reaches one; the pages work without it)
+CDN_ASKED = {
+    "fastapi": ("https://cdn.jsdelivr.net/npm/swagger-ui-dist@", "https://fastapi.tiangolo.com/img/favicon"),  # Swagger UI
+    "voila": ("https://cdn.jsdelivr.net/npm/@fortawesome/",),  # the icons' CSS of its lab template
+}
 # a request the app's page makes after its first (a script gets 403 without a token, the app's answer with it)
 OWN_REQUEST = {
     "fastapi": "/openapi.json",
@@ -264,8 +275,11 @@ def test_framework_behind_a_port(browser, hubs, framework_apps, framework, kind)
 
     for user in ("alice", "bob"):  # the owner, and a hub user the port admits
         context, page = logged_in(browser, hub, user)
+        outside = []  # what the page asks of other hosts than the hub's
+        page.on("request", lambda r: None if on_this_machine(r.url) else outside.append(r.url))
         WORKS[framework](page, url, base_path)
         context.close()
+        assert all(u.startswith(CDN_ASKED.get(framework, ())) for u in outside), outside  # it worked without them
 
     # the port token in the query: traded for a cookie of the port, the token out of the address,
     # and the app works as for a login
