@@ -36,6 +36,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def sibling_ports() -> tuple[int, int]:
+    """A free port P and the free port P*10+2: the path of one is a string prefix of the other's."""
+    for _ in range(200):
+        port = free_port() % 5000 + 1100
+        if not port_open(port) and not port_open(port * 10 + 2):
+            return port, port * 10 + 2
+    raise AssertionError("no free pair of ports P and P*10+2 found")
+
+
 def wait_for(predicate, timeout: float, what: str, log_path: Path | None = None, interval: float = 0.1):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -157,9 +166,13 @@ class Hub:
             start_new_session=True,
         )
 
-    def start(self) -> Hub:
+    def start(self, wait: bool = True) -> Hub:
+        """Launch the hub; ``wait=False``: return at once (``wait_started()`` later), so that
+        other processes can start meanwhile."""
         self.proc = self.launch()
+        return self.wait_started() if wait else self
 
+    def wait_started(self) -> Hub:
         def up():
             if self.proc.poll() is not None:
                 raise AssertionError(f"jupyterhub exited with {self.proc.returncode}:\n{self.log()[-4000:]}")
@@ -281,6 +294,11 @@ SCREENSHOTS = REPO / "tests/screenshots"
 
 def shoot(page, name: str) -> None:
     page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
+
+
+def cookie_header(entry: dict) -> str:
+    """The Cookie header of a request the echo app recorded ("" if none)."""
+    return next((value for name, value in entry["headers"] if name.lower() == "cookie"), "")
 
 
 def assert_no_credentials(entries: list[dict], secrets_: list[str]) -> None:

@@ -1,24 +1,30 @@
-"""Real frameworks behind ports: FastAPI, Dash and Streamlit, in Chromium, on a path route and
-on a subdomain route, started with the commands of examples/apps/commands.py.
+"""Real frameworks behind ports: FastAPI, Dash, Streamlit, Panel, Gradio, Voila and TensorBoard,
+in Chromium, on a path route and on a subdomain route, started with the commands of
+examples/apps/commands.py.
 
 For each framework and route kind: the owner (hub login) and a second hub user the port
 admits (``access: users``) see the app's own content and make a server round trip (FastAPI:
 the ``openapi.json`` that Swagger UI fetches, and an API call; Dash: a callback updating the
-page; Streamlit: a button click over its websocket). A browser with only the port token in
-the query gets the first page, and the app's own requests after it are refused (the token is
-not kept: scripts send ``X-Proxy-Token`` with each request). A browser without credentials is
-sent to the hub login, and a script refused. docs/source/apps.md's table and commands are
-checked against what this module covers.
+page; Streamlit: a button click over its websocket; Panel: a button click over Bokeh's
+websocket; Gradio: a submit through its queue and event stream; Voila: a widget's click
+handled by the kernel over its websocket; TensorBoard: the scalars its page fetches from its
+data API), and so does a browser that opened the port once with the port token in the query
+(the sidecar trades it for a cookie of the port). A browser without credentials is sent to the
+hub login, and a script refused; a script with the token gets the app's answer.
+docs/source/apps.md's table and commands are checked against what this module covers.
 
-Apps and hubs are started once per module: one hub per route kind for all frameworks.
+Apps and hubs are started once per module, all at once: one hub per route kind for all
+frameworks.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import shutil
 import subprocess
 import sys
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -33,10 +39,18 @@ expect.set_options(timeout=30_000)
 EXAMPLES = REPO / "examples/apps"
 APPS_DOC = REPO / "docs/source/apps.md"
 HUB_HOST = "hub.localhost"
-NAMES = {"fastapi": "FastAPI", "dash": "Dash", "streamlit": "Streamlit"}
+NAMES = {
+    "fastapi": "FastAPI",
+    "dash": "Dash",
+    "streamlit": "Streamlit",
+    "panel": "Panel",
+    "gradio": "Gradio",
+    "voila": "Voilà",
+    "tensorboard": "TensorBoard",
+}
 ROUTE_KINDS = ("path", "subdomain")
 # what each visitor gets, for every framework and both route kinds (asserted below)
-VISITORS = {"owner": "works", "users": "works", "token": "first page only", "anonymous": "refused"}
+VISITORS = {"owner": "works", "users": "works", "token": "works", "anonymous": "refused"}
 
 
 def load_commands():
@@ -50,19 +64,24 @@ COMMANDS = load_commands()
 
 
 class FrameworkApp:
-    def __init__(self, framework: str, kind: str, tmp: Path):
-        self.framework, self.kind, self.port = framework, kind, free_port()
-        self.base_path = f"/ports/alice/{self.port}" if kind == "path" else ""
-        argv = COMMANDS.command(framework, self.port, self.base_path)
+    """A framework's example app on a port of alice's, started with its command from
+    examples/apps/commands.py in ``workdir`` (a copy of examples/apps: what the apps write
+    there, TensorBoard's runs and Gradio's cache, stays out of the repository)."""
+
+    def __init__(self, framework: str, kind: str, port: int, host: str, workdir: Path):
+        self.framework, self.kind, self.port = framework, kind, port
+        self.base_path = f"/ports/alice/{port}" if kind == "path" else ""
+        argv = COMMANDS.command(framework, port, self.base_path, host)
         assert argv[0] == "python"
-        self.log_path = tmp / f"{framework}-{kind}-{self.port}.log"
+        self.log_path = workdir.parent / f"{framework}-{kind}-{port}.log"
         self.proc = subprocess.Popen(
-            [sys.executable, *argv[1:]], cwd=EXAMPLES, stdout=self.log_path.open("w"), stderr=subprocess.STDOUT
+            [sys.executable, *argv[1:]], cwd=workdir, stdout=self.log_path.open("w"), stderr=subprocess.STDOUT
         )
 
     def wait(self):
+        # up to 14 apps and two hubs starting at once on 2 cores: Gradio's imports alone take a while
         wait_for(
-            lambda: port_open(self.port) or self.proc.poll() is not None, 60, f"{self.framework} on {self.port}", self.log_path
+            lambda: port_open(self.port) or self.proc.poll() is not None, 120, f"{self.framework} on {self.port}", self.log_path
         )
         assert self.proc.poll() is None, f"{self.framework} exited:\n{self.log_path.read_text()[-3000:]}"
 
@@ -74,41 +93,77 @@ class FrameworkApp:
             self.proc.kill()
 
 
-@pytest.fixture(scope="module")
-def framework_apps(module_tmp):
-    apps = {(f, kind): FrameworkApp(f, kind, module_tmp) for f in COMMANDS.FRAMEWORKS for kind in ROUTE_KINDS}
-    for app in apps.values():  # started together, waited for together
-        app.wait()
-    yield apps
-    for app in apps.values():
-        app.stop()
-
-
-def start_hub(make_hub, framework_apps, kind: str):
-    ports = []
-    for (framework, app_kind), app in framework_apps.items():
+def hub_ports(ports: dict, kind: str) -> list[dict]:
+    """The hub's ``c.PortRoutes.ports``: every framework's port for this kind of route."""
+    entries = []
+    for (framework, app_kind), port in ports.items():
         if app_kind == kind:
             options = COMMANDS.PATH_ROUTE_OPTIONS[framework] if kind == "path" else {}
-            ports.append({"port": app.port, "name": framework, "access": "users", **options})
+            entries.append({"port": port, "name": framework, "access": "users", **options})
+    return entries
+
+
+def hub_config(kind: str) -> str:
     config = "c.PortRoutes.default_startup_behavior = 'random'\n"
     if kind == "subdomain":
         config += f"""
 c.JupyterHub.subdomain_host = f"http://{HUB_HOST}:{{c.JupyterHub.port}}"
 c.PortRoutes.route_template = "{{port}}--{{username}}.{{subdomain_host}}"
 """
-    hub = make_hub(ports, config, name=kind)
-    hub.user_token("bob")
-    alice = hub.user_token("alice")
-    hub.spawn("alice")
-    hub.token = hub.proxytoken(alice, "POST", content="random").json()
-    hub.kind = kind
-    hub.base = f"http://{HUB_HOST}:{hub.port}" if kind == "subdomain" else hub.url
-    return hub
+    return config
+
+
+def browser_host(hub, kind: str, port: int) -> str:
+    """The host (and port) a browser shows for a port: the hub's, or the port's own."""
+    return f"{port}--alice.{HUB_HOST}:{hub.port}" if kind == "subdomain" else f"127.0.0.1:{hub.port}"
 
 
 @pytest.fixture(scope="module")
-def hubs(make_hub, framework_apps):
-    return {kind: start_hub(make_hub, framework_apps, kind) for kind in ROUTE_KINDS}
+def stack(make_hub, module_tmp):
+    """One hub per route kind for all frameworks, and every app: all started at once, then
+    waited for (the hubs' ports are known before they start, and the apps need them)."""
+    ports = {(f, kind): free_port() for f in COMMANDS.FRAMEWORKS for kind in ROUTE_KINDS}
+    hubs = {kind: make_hub(hub_ports(ports, kind), hub_config(kind), name=kind, start=False) for kind in ROUTE_KINDS}
+    for hub in hubs.values():
+        hub.start(wait=False)
+    workdir = module_tmp / "apps"
+    shutil.copytree(EXAMPLES, workdir, ignore=shutil.ignore_patterns("__pycache__", "runs", ".gradio"))
+    apps = {
+        (f, kind): FrameworkApp(f, kind, port, browser_host(hubs[kind], kind, port), workdir) for (f, kind), port in ports.items()
+    }
+    try:
+        for hub in hubs.values():
+            hub.wait_started()
+        for kind, hub in hubs.items():
+            hub.user_token("bob")
+            alice = hub.user_token("alice")
+            hub.spawn("alice")
+            hub.token = hub.proxytoken(alice, "POST", content="random").json()
+            hub.kind = kind
+            hub.base = f"http://{HUB_HOST}:{hub.port}" if kind == "subdomain" else hub.url
+        for app in apps.values():
+            app.wait()
+        yield apps, hubs
+    finally:
+        for app in apps.values():  # all asked to stop first, then waited for
+            app.proc.terminate()
+        for app in apps.values():
+            app.stop()
+
+
+@pytest.fixture(scope="module")
+def framework_apps(stack):
+    return stack[0]
+
+
+@pytest.fixture(scope="module")
+def hubs(stack):
+    return stack[1]
+
+
+def on_this_machine(url: str) -> bool:
+    host = urlsplit(url).hostname or ""  # data: and blob: URLs have none
+    return host in ("", "127.0.0.1", HUB_HOST) or host.endswith("." + HUB_HOST)
 
 
 def app_url(hub, app) -> str:
@@ -122,8 +177,8 @@ def logged_in(browser, hub, user: str):
 
 
 # ---- per framework: its content and a server round trip, and one of its own requests ------------
-def fastapi_works(page, url: str, base_path: str):
-    response = page.goto(url + "/docs", wait_until="domcontentloaded")  # Swagger UI's scripts come from a CDN
+def fastapi_works(page, url: str, base_path: str, query: str = ""):
+    response = page.goto(url + "/docs" + query, wait_until="domcontentloaded")  # Swagger UI's scripts come from a CDN
     assert response.status == 200
     openapi = f"{base_path}/openapi.json"
     assert f"url: '{openapi}'" in page.content()  # the prefix breakage this guards against
@@ -133,16 +188,16 @@ def fastapi_works(page, url: str, base_path: str):
     assert item == {"item_id": 21, "doubled": 42}
 
 
-def dash_works(page, url: str, base_path: str):
-    page.goto(url + "/")
+def dash_works(page, url: str, base_path: str, query: str = ""):
+    page.goto(url + "/" + query)
     expect(page.locator("h1")).to_have_text("jhproxy-routes Dash example")
     expect(page.locator("#greeting")).to_have_text("Hello, world")  # the first callback
     page.fill("#name", "jhproxy")
     expect(page.locator("#greeting")).to_have_text("Hello, jhproxy")
 
 
-def streamlit_works(page, url: str, base_path: str):
-    page.goto(url)  # as Streamlit prints it: no trailing slash
+def streamlit_works(page, url: str, base_path: str, query: str = ""):
+    page.goto(url + query)  # as Streamlit prints it: no trailing slash
     try:
         # its first render loads a bundle of several MB: the slowest page here on 2 busy cores
         expect(page.get_by_text("jhproxy-routes Streamlit example")).to_be_visible(timeout=90_000)
@@ -153,10 +208,62 @@ def streamlit_works(page, url: str, base_path: str):
     expect(page.get_by_text("count: 1")).to_be_visible()
 
 
-WORKS = {"fastapi": fastapi_works, "dash": dash_works, "streamlit": streamlit_works}
-# the first page a visitor opens, and a request the app's page makes after it
-FIRST_PAGE = {"fastapi": "/docs", "dash": "/", "streamlit": "/"}
-OWN_REQUEST = {"fastapi": "/openapi.json", "dash": "/_dash-layout", "streamlit": "/_stcore/health"}
+def panel_works(page, url: str, base_path: str, query: str = ""):
+    page.goto(url + "/" + query)
+    expect(page.get_by_text("jhproxy-routes Panel example")).to_be_visible()
+    expect(page.get_by_text("count: 0")).to_be_visible()
+    page.get_by_role("button", name="Add one").click()  # over Bokeh's websocket
+    expect(page.get_by_text("count: 1")).to_be_visible()
+
+
+def gradio_works(page, url: str, base_path: str, query: str = ""):
+    page.goto(url + "/" + query)  # with the slash: its page asks for ./assets/
+    expect(page.get_by_text("jhproxy-routes Gradio example")).to_be_visible()
+    page.get_by_label("name").fill("jhproxy")
+    page.get_by_role("button", name="Greet").click()  # through the queue and its event stream
+    expect(page.get_by_label("greeting")).to_have_value("Hello, jhproxy")
+
+
+def voila_works(page, url: str, base_path: str, query: str = ""):
+    page.goto(url + "/" + query)
+    expect(page.get_by_text("jhproxy-routes Voilà example")).to_be_visible()
+    expect(page.get_by_text("count: 0")).to_be_visible()
+    page.get_by_role("button", name="Add one").click()  # to the kernel over its websocket
+    expect(page.get_by_text("count: 1")).to_be_visible()
+
+
+def tensorboard_works(page, url: str, base_path: str, query: str = ""):
+    page.goto(url + "/" + query)
+    # the scalars dashboard shows the example run's tag once the page fetched it from the data API
+    expect(page.get_by_text("jhproxy-routes/loss").first).to_be_visible()
+    runs = page.evaluate("u => fetch(u).then(r => r.json())", f"{base_path}/data/runs")
+    assert runs == ["example"]
+
+
+WORKS = {
+    "fastapi": fastapi_works,
+    "dash": dash_works,
+    "streamlit": streamlit_works,
+    "panel": panel_works,
+    "gradio": gradio_works,
+    "voila": voila_works,
+    "tensorboard": tensorboard_works,
+}
+# what a page asks of a CDN (nothing on this machine reaches one; the pages work without it)
+CDN_ASKED = {
+    "fastapi": ("https://cdn.jsdelivr.net/npm/swagger-ui-dist@", "https://fastapi.tiangolo.com/img/favicon"),  # Swagger UI
+    "voila": ("https://cdn.jsdelivr.net/npm/@fortawesome/",),  # the icons' CSS of its lab template
+}
+# a request the app's page makes after its first (a script gets 403 without a token, the app's answer with it)
+OWN_REQUEST = {
+    "fastapi": "/openapi.json",
+    "dash": "/_dash-layout",
+    "streamlit": "/_stcore/health",
+    "panel": "/",
+    "gradio": "/config",
+    "voila": "/voila/templates/lab/static/voila.js",  # not the page: each rendering starts a kernel
+    "tensorboard": "/data/runs",
+}
 
 
 @pytest.mark.parametrize("kind", ROUTE_KINDS)
@@ -168,16 +275,18 @@ def test_framework_behind_a_port(browser, hubs, framework_apps, framework, kind)
 
     for user in ("alice", "bob"):  # the owner, and a hub user the port admits
         context, page = logged_in(browser, hub, user)
+        outside = []  # what the page asks of other hosts than the hub's
+        page.on("request", lambda r: None if on_this_machine(r.url) else outside.append(r.url))
         WORKS[framework](page, url, base_path)
         context.close()
+        assert all(u.startswith(CDN_ASKED.get(framework, ())) for u in outside), outside  # it worked without them
 
-    # the port token in the query: the first page, and none of the app's own requests after it
+    # the port token in the query: traded for a cookie of the port, the token out of the address,
+    # and the app works as for a login
     context = browser.new_context()
     page = context.new_page()
-    first = page.goto(f"{url}{FIRST_PAGE[framework]}?proxy_token={hub.token}", wait_until="domcontentloaded")
-    assert first.status == 200
-    status = page.evaluate("u => fetch(u).then(r => r.status)", base_path + OWN_REQUEST[framework])
-    assert status == 403
+    WORKS[framework](page, url, base_path, query=f"?proxy_token={hub.token}")
+    assert "proxy_token" not in page.url, page.url
     context.close()
 
     # no credentials: a browser goes to the hub login, a script is refused
@@ -189,6 +298,8 @@ def test_framework_behind_a_port(browser, hubs, framework_apps, framework, kind)
     host = {"Host": f"{app.port}--alice.{HUB_HOST}:{hub.port}"} if kind == "subdomain" else {}
     path = (app.base_path or "") + OWN_REQUEST[framework]
     assert httpx.get(hub.url + path, headers=host).status_code == 403
+    # a script with the token in the query gets the app's answer itself (no redirect, no cookie)
+    assert httpx.get(hub.url + path, headers=host, params={"proxy_token": hub.token}).status_code == 200
 
 
 # ---- the docs say what this module covers --------------------------------------------------------
@@ -209,8 +320,8 @@ def test_docs_table_and_commands_match_the_suite():
             assert table[NAMES[framework]][kind].startswith("yes"), (framework, kind)
     text = APPS_DOC.read_text()
     for framework in COMMANDS.FRAMEWORKS:
-        for base_path in ("/ports/alice/8050", ""):
-            shown = " ".join(COMMANDS.command(framework, 8050, base_path))
+        for base_path, host in (("/ports/alice/8050", "hub.example.org"), ("", "8050--alice.hub.example.org")):
+            shown = " ".join(COMMANDS.command(framework, 8050, base_path, host))
             assert shown in text, f"docs/source/apps.md does not show: {shown}"
     for visitor, outcome in VISITORS.items():
         assert f"| {visitor} | {outcome} |" in text, (visitor, outcome)

@@ -17,6 +17,8 @@ import pytest
 
 from tests.rig import ADMIN_TOKEN, wait_for
 
+NAVIGATE = {"Sec-Fetch-Mode": "navigate", "Sec-Fetch-Dest": "document", "Sec-Fetch-Site": "none", "Accept": "text/html"}
+
 MAX_AGE = 3600
 
 
@@ -108,6 +110,11 @@ def test_an_expired_token_is_refused_at_once_and_a_new_one_is_one_call_away(hub,
     assert settings["token_max_age"] == MAX_AGE
     assert httpx.get(url, headers={"X-Proxy-Token": token}).status_code == 200
     assert httpx.get(url, params={"proxy_token": token}).status_code == 200
+    # a browser trades it for the port's cookie, which lives no longer than the token
+    traded = httpx.get(url, params={"proxy_token": token}, headers=NAVIGATE)
+    assert traded.status_code == 302, traded.text
+    cookie = {"Cookie": traded.headers["set-cookie"].partition(";")[0]}
+    assert httpx.get(url, headers=cookie).status_code == 200
     wrong = httpx.get(url, headers={"X-Proxy-Token": token[:-1] + "x"})
     expired_before = denied_count(hub, "token expired")
     seen = len(apps["api"].received())
@@ -117,10 +124,15 @@ def test_an_expired_token_is_refused_at_once_and_a_new_one_is_one_call_away(hub,
         response = httpx.get(url, **request)
         # refused exactly as a wrong token is: nothing tells a caller it was once right
         assert (response.status_code, response.json()) == (wrong.status_code, wrong.json()), request
+    expired_cookie = httpx.get(url, headers=cookie)
+    assert expired_cookie.status_code == 403, "the token's cookie outlived the token"
+    no_trade = httpx.get(url, params={"proxy_token": token}, headers=NAVIGATE)
+    assert no_trade.status_code == 403 and "set-cookie" not in no_trade.headers  # an expired token is never traded
     assert len(apps["api"].received()) == seen, "an expired token reached the app"
-    assert denied_count(hub, "token expired") == expired_before + 2
+    assert denied_count(hub, "token expired") == expired_before + 3  # header, query, the navigation
     audit = [json.loads(line) for line in (hub.dir / "jhproxy-routes-audit.jsonl").read_text().splitlines()]
-    assert [e["reason"] for e in audit if e["event"] == "denied"][-2:] == ["token expired"] * 2
+    reasons = [e["reason"] for e in audit if e["event"] == "denied"][-4:]
+    assert reasons == ["token expired", "token expired", "no credentials", "token expired"], reasons
     # the seed GET still answers the token; the full view says it expired
     assert hub.proxytoken(alice).json() == token
     fresh = new_token(hub, alice)  # no lifetime asked: token_max_age caps it

@@ -22,7 +22,7 @@ import sys
 
 import pytest
 
-from tests.rig import browser_login, free_port, port_open, wait_for
+from tests.rig import browser_login, cookie_header, free_port, port_open, sibling_ports, wait_for
 
 # an app of mallory's: every answer sets a cookie for the whole host and one with a Domain
 COOKIE_APP = """
@@ -39,15 +39,6 @@ class Handler(web.RequestHandler):
 web.Application([(r"/(.*)", Handler)]).listen(int(sys.argv[1]), "127.0.0.1")
 ioloop.IOLoop.current().start()
 """
-
-
-def sibling_ports() -> tuple[int, int]:
-    """A free port P and the free port P*10+2: the path of one is a string prefix of the other's."""
-    for _ in range(200):
-        port = free_port() % 5000 + 1100
-        if not port_open(port) and not port_open(port * 10 + 2):
-            return port, port * 10 + 2
-    raise AssertionError("no free pair of ports P and P*10+2 found")
 
 
 @pytest.fixture(scope="module")
@@ -115,10 +106,6 @@ def login(browser, hub, user: str):
 
 def echoed(page) -> dict:
     return json.loads(page.locator("body").inner_text())
-
-
-def cookie_header(entry: dict) -> str:
-    return next((value for name, value in entry["headers"] if name.lower() == "cookie"), "")
 
 
 # ---- 1. the URL without its trailing slash ------------------------------------------------------

@@ -2,10 +2,11 @@
 
 Per request: find the route (longest prefix), answer a CORS preflight, check the access
 (public, disabled, or restricted: the port token from ``X-Proxy-Token`` or the ``proxy_token``
-query parameter, or a hub login, see ``login.py``, used only by requests from the port's own
-origin or by top-level pages: no CSRF or framing from a sibling port), strip credentials (hub
-and sidecar cookies, the token, also from ``Referer``), forward to the app over a pooled
-keep-alive connection, and stream both bodies without buffering them. Every answer of the app,
+query parameter, which a browser's top-level page trades for a cookie of the port, see
+``token_cookie.py``; or a hub login, see ``login.py``; both cookies used only by requests from
+the port's own origin or by top-level pages: no CSRF or framing from a sibling port), strip
+credentials (hub and sidecar cookies, the token, also from ``Referer``), forward to the app
+over a pooled keep-alive connection, and stream both bodies without buffering them. Every answer of the app,
 a websocket's 101 included, passes one filter (``response_headers``): no hub or sidecar cookie,
 the port's CORS policy instead of the app's. Websocket upgrades become a byte pipe once the app
 answers 101. The check is made for every request, never per connection: CHP reuses its
@@ -55,6 +56,7 @@ from .metrics import SidecarMetrics
 from .pages import error_page
 from .ratelimit import BadTokenLimiter
 from .table import RouteTable
+from .token_cookie import TokenCookies, is_navigation
 from .upstream import UpstreamPool
 
 log = logging.getLogger("jhproxy_routes.sidecar")
@@ -167,9 +169,12 @@ def token_verdict(presented: str, route) -> str:
     hash is compared in constant time first, whatever the expiry."""
     if not token_matches(presented, route.token_sha256):
         return "wrong token"
-    if route.token_expires is not None and time.time() >= route.token_expires:
-        return "token expired"
-    return "valid"
+    return "token expired" if token_expired(route) else "valid"
+
+
+def token_expired(route) -> bool:
+    """Whether the route's token is past its ``token_expires`` (the sidecar's clock)."""
+    return route.token_expires is not None and time.time() >= route.token_expires
 
 
 def strip_token_from_referer(value: str) -> str:
@@ -215,6 +220,7 @@ class Sidecar:
         # JupyterHub checks a managed service at its prefix: answer there as at /health
         self.service_prefix = service_prefix or os.environ.get("JUPYTERHUB_SERVICE_PREFIX", "")
         self.login = login or HubLogin(api_token)
+        self.token_cookies = TokenCookies(api_token)
         self.hub_page = hub_page  # where a user manages their ports: linked from error pages
         self.table = RouteTable(on_change=self._close_websockets)
         self.pool = UpstreamPool(connect_timeout=connect_timeout)
@@ -331,10 +337,15 @@ class Sidecar:
                 headers = self.login.land(ticket, request.get("Cookie", ""), route, cookie_path, self._secure(request))
                 raise HTTPErrorWithHeaders(302, "Logged in.", headers)
             token, query = split_query(query)
+            if token is not None:
+                self._trade_token(request, route, token, path, query)
             websocket = "upgrade" in connection and "websocket" in request.tokens("Upgrade")
-            by_session = route.access != "public" and await self._check_access(
-                request, route, request.get(TOKEN_HEADER) or token, cors, target, websocket, peer
+            credential = (
+                ""
+                if route.access == "public"
+                else await self._check_access(request, route, request.get(TOKEN_HEADER) or token, cors, target, websocket, peer)
             )
+            by_session = credential in ("login", "token cookie")  # a browser's cookie
             upstream_path = rest if route.strip_prefix else path
             upstream_target = upstream_path + ("?" + query if query else "")
             headers = self._upstream_headers(request, connection, route, peer, body_framing, websocket, path, rest)
@@ -352,14 +363,14 @@ class Sidecar:
                 own = ResponseRules(own.drop, own.add + FRAME_SELF)
             if route.scope_cookies:  # the app's cookies stay on its port (a path route shares the hub's origin)
                 own = own._replace(cookie_path=route_prefix(path, route.path_depth), strip_prefix=route.strip_prefix)
-            if websocket:  # one let in by a token ends when the token expires
-                until = None if by_session else route.token_expires
+            if websocket:  # one let in by the token (or its cookie) ends when the token expires
+                until = route.token_expires if credential in ("token", "token cookie") else None
                 return await self.forward_websocket(route, method, upstream_head, reader, writer, own, version, until)
             return await self.forward(route, method, upstream_head, body_framing, reader, writer, own, keep_alive, version)
 
-    async def _check_access(self, request, route, token: str | None, cors, target: str, websocket: bool, peer: str) -> bool:
-        """Let the request through (True if by a hub login, False by a token), or raise: 403
-        or 429 (recorded in the audit log), or a redirect to log in at the hub."""
+    async def _check_access(self, request, route, token: str | None, cors, target: str, websocket: bool, peer: str) -> str:
+        """Let the request through, saying by what (``token``, ``token cookie`` or ``login``),
+        or raise: 403 or 429 (recorded in the audit log), or a redirect to log in at the hub."""
         client = client_address(request, peer, self.trusted_proxies)
 
         def deny(status: int, kind: str, message: str, headers=(), detail: str = ""):
@@ -384,7 +395,7 @@ class Sidecar:
             # ports is tried
             verdict = token_verdict(token, route)
             if verdict == "valid":
-                return False
+                return "token"
             wait = self.limiter.retry_after(client, route.token_sha256)
             if wait:
                 await asyncio.sleep(LIMITED_PAUSE)  # a guesser over the limit: slowed as well as refused
@@ -397,6 +408,11 @@ class Sidecar:
             wrong_token = verdict + (" (now rate limited)" if self.limiter.failed(client, route.token_sha256) else "")
         else:
             verdict = wrong_token = ""
+        if self.token_cookies.valid(request.get("Cookie", ""), route, self._secure(request)) and not token_expired(route):
+            if not self._session_may_send(request):
+                message = "Refused: the port token's cookie is used only by the port's own pages; send an X-Proxy-Token."
+                raise deny(403, "cross-site token cookie", message)
+            return "token cookie"
         session = await self.login.session(request.get("Cookie", ""), route, self._secure(request))
         if session is not None:
             user, login_token = session
@@ -408,7 +424,7 @@ class Sidecar:
                 )
                 raise deny(403, "cross-site login", message)
             if await self.login.admits(route, user, login_token):
-                return True
+                return "login"
             detail = f"login of {user['name']} not admitted" + (f"; {wrong_token}" if wrong_token else "")
             message = f"Unauthorized access: you are logged in as {user['name']}, and this port is not open to you."
             raise deny(403, "login not admitted", message, detail=detail)
@@ -424,6 +440,16 @@ class Sidecar:
         )
         kind = verdict if wrong_token else "token for a port without tokens" if token else "no credentials"
         raise deny(403, kind, f"Unauthorized access: {needed} is required.", detail=wrong_token)
+
+    def _trade_token(self, request, route, token: str, path: str, query: str) -> None:
+        """A browser opening the port at the top with the right token in the query: raise the
+        redirect to the same URL without it, with the token's cookie (``token_cookie.py``).
+        Anything else (a script, a frame, a wrong token) goes on as before."""
+        if route.token_sha256 and is_navigation(request) and token_verdict(token, route) == "valid":
+            location = "/" + path.lstrip("/\\") + ("?" + query if query else "")  # "//host/" would be another host
+            cookie_path = route_prefix(path, route.path_depth)
+            headers = self.token_cookies.exchange(route, location, cookie_path, self._secure(request))
+            raise HTTPErrorWithHeaders(302, "The token is kept in a cookie of this port.", headers)
 
     @staticmethod
     def _secure(request) -> bool:
