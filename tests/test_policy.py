@@ -170,9 +170,15 @@ async def test_a_websocket_let_in_by_a_token_ends_when_the_token_expires(hub, ap
     token = (await asyncio.to_thread(new_token, hub, alice, expires_in=4))["token"]
     url = port(hub, apps).replace("http://", "ws://").replace("/data", "/ws")
     conn = await websocket_connect(HTTPRequest(url, headers={"X-Proxy-Token": token}))
-    conn.write_message("before")
-    assert await conn.read_message() == "before"
+    # and one of the port's own pages, let in by the cookie the token was traded for
+    traded = await asyncio.to_thread(httpx.get, port(hub, apps), params={"proxy_token": token}, headers=NAVIGATE)
+    page = {"Cookie": traded.headers["set-cookie"].partition(";")[0], "Origin": hub.url}
+    by_cookie = await websocket_connect(HTTPRequest(url, headers=page))
+    for ws in (conn, by_cookie):
+        ws.write_message("before")
+        assert await ws.read_message() == "before"
     assert await asyncio.wait_for(conn.read_message(), 10) is None, "the websocket outlived its token"
+    assert await asyncio.wait_for(by_cookie.read_message(), 5) is None, "the cookie's websocket outlived the token"
     with pytest.raises(HTTPClientError) as refused:
         await websocket_connect(HTTPRequest(url, headers={"X-Proxy-Token": token}))
     assert refused.value.code == 403
