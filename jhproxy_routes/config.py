@@ -45,6 +45,12 @@ ACCESS_LEVELS = (("public",), ("users",), ("shared", GROUP_PREFIX), ("server",),
 PORT_ACCESS = tuple(value for level in ACCESS_LEVELS for value in level if value != GROUP_PREFIX)
 
 
+def takes_token(access: str) -> bool:
+    """Whether a port of this visibility lets the port token in (``server``, ``users``,
+    ``shared``, a group): in the token mode ``allow_all``, anyone."""
+    return access not in ("public", "disabled", "owner")
+
+
 def valid_port_access(value) -> bool:
     """One of PORT_ACCESS, or ``group:<name>`` with a non-empty name."""
     if not isinstance(value, str):
@@ -318,9 +324,10 @@ class PortRoutes(Configurable):
         else allows only the admin's settings, and is logged. It is called for every
         running server's ports at every reconciliation: keep it quick (no network calls).
 
-        Note that a port with visibility ``server`` (or ``users``, or a group) lets anyone
-        in while the server's token mode is ``allow_all``: to keep ports from being open to
-        anyone, leave ``allow_all`` out of ``allowed_modes`` too.
+        A port with visibility ``server`` (or ``users``, ``shared``, a group) lets anyone
+        in while the server's token mode is ``allow_all``: that mode is therefore refused
+        (and narrowed to ``random``) while such a port may not be ``public``, unless it is
+        the server's ``default_startup_behavior``.
 
         .. versionadded:: 0.2
         """,
@@ -625,6 +632,26 @@ class PortRoutes(Configurable):
         """,
     )
 
+    token_cookies = Bool(
+        DEFAULTS.token_cookies,
+        config=True,
+        help="""Trade a port token that a browser brings in the address (``?proxy_token=``,
+        a link someone was given) for a cookie of that port: the browser is sent on to the
+        same address without the token, and the app's own requests after the first page
+        (scripts, websockets) get in by the cookie. The cookie is bound to the port and the
+        token: a new or disabled token, or its expiry, ends it.
+
+        On path routes every port shares the hub's origin, so a page of any other port that
+        the same browser opens later can use that cookie as the port's own pages do (as it
+        can use a hub login on ports): a token holder who then visits an untrusted port
+        lends it their access. Use ``subdomain_host`` (each port an origin of its own) where
+        that matters, or set False: a browser then gets the first page only, and scripts
+        send the token with each request. Scripts are never given the cookie.
+
+        .. versionadded:: 0.2
+        """,
+    )
+
     metrics_by_route = Bool(
         DEFAULTS.metrics_by_route,
         config=True,
@@ -661,6 +688,7 @@ class PortRoutes(Configurable):
             authenticate_metrics=authenticate_metrics,
             metrics_by_route=self.metrics_by_route,
             trusted_proxies=tuple(self.trusted_proxies),
+            token_cookies=self.token_cookies,
         )
 
     @default("sidecar_api_token")

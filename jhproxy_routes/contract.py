@@ -50,6 +50,7 @@ class SidecarSettings:
     authenticate_metrics: bool = True
     metrics_by_route: bool = True
     trusted_proxies: tuple[str, ...] = ()
+    token_cookies: bool = True
 
     @staticmethod
     def variable(name: str) -> str:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, replace
 
 from jupyterhub.utils import maybe_future
 
-from .config import ACCESS_LEVELS, GROUP_PREFIX, PORT_ACCESS, PortSpec, valid_port_access
+from .config import ACCESS_LEVELS, GROUP_PREFIX, PORT_ACCESS, PortSpec, takes_token, valid_port_access
 from .logsafe import shown
 from .tokens import ServerAccess, with_new_token
 
@@ -57,9 +57,33 @@ class Limits:
     access: dict  # port key -> frozenset | None
     mode_rule: str = "c.PortRoutes.allowed_modes"
     access_rules: dict | None = None  # port key -> rule
+    defaults: dict | None = None  # port key -> the admin's visibility (``access`` in ``ports``)
+    startup_mode: str = ""  # the server's default_startup_behavior (the admin's)
 
     def mode_allowed(self, action: str) -> bool:
         return self.modes is None or action in self.modes
+
+    def mode_refusal(self, action: str, access: ServerAccess) -> str | None:
+        """Why the token mode ``action`` is not allowed with the ports' visibilities of
+        ``access`` (None: it is): not among the modes, or ``allow_all`` where it would let
+        anyone into a port that may not be public (a port that takes the token takes
+        anyone in that mode), unless the admin made it the startup mode."""
+        if not self.mode_allowed(action):
+            return f"The token mode {action} is not allowed here ({self.mode_rule}); allowed: {', '.join(sorted(self.modes))}."
+        if action != "allow_all" or self.startup_mode == "allow_all":
+            return None
+        opened = [
+            key
+            for key, default in (self.defaults or {}).items()
+            if takes_token(access.port_access.get(key, default)) and not self.access_allowed(key, "public")
+        ]
+        if not opened:
+            return None
+        rules = sorted({(self.access_rules or {}).get(key, "c.PortRoutes.allowed_access") for key in opened})
+        return (
+            f"The token mode allow_all would let anyone into port {', '.join(opened)}, where the visibility public"
+            f" is not allowed ({'; '.join(rules)}); make those ports owner-only first, or choose another mode."
+        )
 
     def access_allowed(self, key: str, value: str) -> bool:
         allowed = self.access.get(key)
@@ -70,15 +94,22 @@ class Limits:
     def check(self, before: ServerAccess, after: ServerAccess, action: str | None) -> None:
         """Raise Forbidden for an asked mode (``action``) or a port's visibility that changed
         to something not allowed."""
-        if action is not None and not self.mode_allowed(action):
-            raise Forbidden(
-                f"The token mode {action} is not allowed here ({self.mode_rule}); allowed: {', '.join(sorted(self.modes))}."
-            )
+        # the mode asked, or the mode kept when ports change under allow_all
+        mode = action if action is not None else mode_action(after.mode) if after.mode == "allow_all" else None
+        refusal = mode and self.mode_refusal(mode, after)
+        if refusal:
+            raise Forbidden(refusal)
         for key, value in after.port_access.items():
             if before.port_access.get(key) != value and not self.access_allowed(key, value):
                 rule = (self.access_rules or {}).get(key, "c.PortRoutes.allowed_access")
                 allowed = ", ".join(sorted(self.access[key]))
                 raise Forbidden(f"Port {key}: the visibility {shown(value)} is not allowed here ({rule}); allowed: {allowed}.")
+
+    def allowed_modes(self, access: ServerAccess) -> list[str] | None:
+        """The token modes allowed with the ports' visibilities of ``access``, for the API
+        and the page (None: any)."""
+        allowed = [mode for mode in MODES if not self.mode_refusal(mode, access)]
+        return None if self.modes is None and len(allowed) == len(MODES) else sorted(allowed)
 
     def as_json(self, key: str) -> list[str] | None:
         """The visibilities allowed on a port, for the API and the page (None: any)."""
@@ -118,7 +149,8 @@ class Policy:
                 access[spec.key] = None
                 continue
             access[spec.key] = frozenset(allowed) | {"disabled", spec.access}
-        return Limits(modes, access, access_rules=rules)
+        defaults = {spec.key: spec.access for spec in specs}
+        return Limits(modes, access, access_rules=rules, defaults=defaults, startup_mode=startup_mode)
 
     async def _ask(self, value, name: str, args: tuple, valid) -> list[str]:
         """A list as it is, or what a hook answers; a hook that fails or answers something
@@ -127,6 +159,7 @@ class Policy:
             return list(value)
         try:
             answer = await maybe_future(value(*args))
+            answer = answer if isinstance(answer, str) else list(answer)  # a generator is read once
             if isinstance(answer, str) or not all(isinstance(v, str) and valid(v) for v in answer):
                 raise ValueError(
                     f"it must return a list of strings such as {list(MODES if name == 'allowed_modes' else PORT_ACCESS)}, not {answer!r}"
@@ -148,8 +181,8 @@ class Policy:
         docstring), and what changed: ``{"mode": [old, new], "ports": {key: [old, new]}}``."""
         changes: dict = {}
         action = mode_action(access.mode)
-        if not limits.mode_allowed(action):
-            lower = [m for m in MODES[MODES.index(action) + 1 :] if limits.mode_allowed(m)]
+        if limits.mode_refusal(action, access):
+            lower = [m for m in MODES[MODES.index(action) + 1 :] if not limits.mode_refusal(m, access)]
             new = lower[0] if lower else "disabled"
             if new == "random":
                 narrowed, _ = await with_new_token(access)

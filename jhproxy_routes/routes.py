@@ -18,7 +18,7 @@ from jupyterhub.utils import subdomain_hook_idna, url_path_join
 from traitlets import TraitError
 
 from .audit import AuditLog
-from .config import GROUP_PREFIX, PortRoutes, PortSpec
+from .config import GROUP_PREFIX, PortRoutes, PortSpec, takes_token
 from .errors import SharedHostError, TargetsPending
 from .logsafe import shown
 from .metrics import RECONCILE_DURATION, RECONCILE_ERRORS, RECONCILE_FIXES, ROUTES
@@ -66,11 +66,9 @@ class PortRule:
 def port_rule(spec: PortSpec, access: ServerAccess) -> PortRule:
     """The rule of one port, from its choice and the server's token mode."""
     choice = port_choice(spec, access)
-    if choice in ("public", "disabled"):
-        return PortRule(choice)
-    if choice == "owner":
-        return PortRule("restricted")
-    if access.mode == "allow_all":  # server, users, group: the token mode lets anyone in
+    if not takes_token(choice):  # public, disabled, owner
+        return PortRule("restricted" if choice == "owner" else choice)
+    if access.mode == "allow_all":  # server, users, shared, group: the token mode lets anyone in
         return PortRule("public")
     token = access.mode == "token"
     if choice == "users":

@@ -182,7 +182,7 @@ class PortSettings:
             "token_readable": access.mode != "token" or token is not None,
             **expiry_view(access.expires(manager.settings.token_max_age)),
             "token_max_age": manager.settings.token_max_age or None,
-            "allowed_modes": sorted(limits.modes) if limits and limits.modes is not None else None,
+            "allowed_modes": limits.allowed_modes(access) if limits else None,
             "ports": ports,
         }
 

@@ -182,13 +182,14 @@ def test_the_sidecar_reads_back_what_the_hub_writes():
         metrics_by_route=False,
         trusted_proxies=["10.0.0.0/8", "::1"],
         audit_log="",
+        token_cookies=False,
     )
     environment = sidecar_service(settings, authenticate_metrics=False)["environment"]
     assert environment[TOKEN_ENV] == settings.sidecar_api_token
     read = SidecarSettings.from_environ(environment)
     assert read == settings.sidecar_settings(authenticate_metrics=False)
     assert (read.upstream_timeout, read.max_idle_connections, read.metrics_by_route) == (12.5, 7, False)
-    assert read.trusted_proxies == ("10.0.0.0/8", "::1") and read.authenticate_metrics is False
+    assert read.trusted_proxies == ("10.0.0.0/8", "::1") and read.authenticate_metrics is False and read.token_cookies is False
     assert SidecarSettings.from_environ({}) == DEFAULTS
     for variable, value, kind in [
         ("JHPROXY_ROUTES_CLIENT_TIMEOUT", "soon", "a number"),

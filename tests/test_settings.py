@@ -15,9 +15,7 @@ from jhproxy_routes.settings import PortSettings, SettingsError
 from jhproxy_routes.store import AccessStore
 
 
-@pytest.fixture
-def service(tmp_path):
-    settings = PortRoutes(ports=[5000, 5001])
+def settings_service(settings: PortRoutes, tmp_path) -> PortSettings:
     manager = RouteManager(
         settings,
         "/",
@@ -28,6 +26,11 @@ def service(tmp_path):
         sidecar=None,
     )
     return PortSettings(manager)
+
+
+@pytest.fixture
+def service(tmp_path):
+    return settings_service(PortRoutes(ports=[5000, 5001]), tmp_path)
 
 
 ALICE = SimpleNamespace(name="alice", spawners={"": SimpleNamespace(ready=False, active=False)})
@@ -116,7 +119,8 @@ def test_narrowing_picks_the_most_open_setting_allowed_and_never_a_more_open_one
     policy = Policy(PortRoutes(), logging.getLogger("test"))
 
     def narrow(mode, current, modes=None, allowed=None):
-        limits = Limits(modes and frozenset(modes), {"5000": allowed and frozenset(allowed), "5001": None})
+        defaults = {"5000": "server", "5001": "owner"}
+        limits = Limits(modes and frozenset(modes), {"5000": allowed and frozenset(allowed), "5001": None}, defaults=defaults)
         access, changes = asyncio.run(policy.narrowed(ServerAccess(mode=mode, port_access={"5000": current}), limits, specs))
         return access.mode, access.port_access.get("5000", "server"), changes  # "server": the admin's
 
@@ -134,6 +138,10 @@ def test_narrowing_picks_the_most_open_setting_allowed_and_never_a_more_open_one
     assert narrow("token", "server", modes=["allow_all", "disabled"])[0] == "disabled"  # never more open
     assert narrow("allow_all", "server", modes=["disabled"])[0] == "disabled"
     assert narrow("allow_all", "public", modes=["allow_all"], allowed=["public"])[2] == {}
+    # allow_all lets anyone into a port that takes the token: not where public is not allowed
+    assert narrow("allow_all", "server", allowed=["server", "owner"])[:2] == ("token", "server")
+    assert narrow("allow_all", "owner", allowed=["server", "owner"])[0] == "allow_all"  # owner-only: nobody more
+    assert narrow("allow_all", "shared", allowed=["public", "shared"])[0] == "allow_all"
 
 
 async def test_a_forbidden_change_is_refused_naming_the_rule_and_stores_nothing(tmp_path):
@@ -150,16 +158,8 @@ async def test_a_forbidden_change_is_refused_naming_the_rule_and_stores_nothing(
         allowed_access=allowed_access,
         allowed_modes=lambda user, servername: ["random"],
     )
-    manager = RouteManager(
-        settings,
-        "/",
-        RouteAPI("proxy", "http://127.0.0.1:1", "x"),
-        logging.getLogger("test"),
-        store=AccessStore(f"sqlite:///{tmp_path / 'access.sqlite'}"),
-        audit=AuditLog(None),
-        sidecar=None,
-    )
-    service = PortSettings(manager)
+    service = settings_service(settings, tmp_path)
+    manager = service.manager
     for request_, rule in [
         ({"ports": {"5000": "public"}}, r"Port 5000: the visibility public is not allowed here \(c.PortRoutes.allowed_access\)"),
         ({"ports": {"5001": "server"}}, r"\(c.PortRoutes.ports, port 5001: allowed_access\)"),
@@ -173,6 +173,27 @@ async def test_a_forbidden_change_is_refused_naming_the_rule_and_stores_nothing(
     answer = await service.change(ALICE, "", {"ports": {"5001": "users", "5000": "owner"}}, **WHO)  # the admin's: allowed
     assert [p["allowed_access"] for p in answer["ports"]] == [["server", "owner", "disabled"], ["users", "owner", "disabled"]]
     assert answer["allowed_modes"] == ["disabled", "random"]
+
+
+async def test_allow_all_is_refused_where_it_would_open_a_port_that_may_not_be_public(tmp_path):
+    from jhproxy_routes.policy import Forbidden
+
+    def allowed_access(user, port):
+        return (v for v in ["owner", "server"])  # a generator: read once, and it counts
+
+    settings = PortRoutes(ports=[5000, {"port": 5001, "access": "owner"}], allowed_access=allowed_access)
+    service = settings_service(settings, tmp_path)
+    refusal = (
+        r"allow_all would let anyone into port 5000, where the visibility public is not allowed \(c.PortRoutes.allowed_access\)"
+    )
+    with pytest.raises(Forbidden, match=refusal):
+        await service.change(ALICE, "", "allow_all", **WHO)
+    answer = await service.change(ALICE, "", {"ports": {"5000": "owner"}}, **WHO)
+    assert answer["allowed_modes"] is None  # no port that takes the token: any mode
+    assert (await service.change(ALICE, "", "allow_all", **WHO)) == ""  # the seed answer of allow_all
+    with pytest.raises(Forbidden, match=refusal):  # a port opened under allow_all
+        await service.change(ALICE, "", {"ports": {"5000": "server"}}, **WHO)
+    assert service.manager.store.get("alice", "").port_access == {"5000": "owner"}
 
 
 async def test_a_hook_that_fails_or_answers_nonsense_allows_only_the_admins_settings(caplog):

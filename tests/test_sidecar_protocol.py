@@ -11,6 +11,7 @@ import json
 import pytest
 
 from jhproxy_routes.sidecar.server import Sidecar, serve
+from jhproxy_routes.sidecar.token_cookie import TokenCookies
 from jhproxy_routes.tokens import hash_token
 
 TOKEN = "the-port-token"
@@ -226,3 +227,27 @@ async def test_head_probes_get_headers_only_and_the_connection_stays_in_step(sid
     first, _, rest = out.partition(b"\r\n\r\n")
     assert first.startswith(b"HTTP/1.1 200") and b"Content-Length: " in first
     assert rest.startswith(b"HTTP/1.1 503"), out  # the ready answer comes right after the HEAD's headers
+
+
+async def test_with_token_cookies_off_a_browser_keeps_the_token_in_the_address():
+    """``c.PortRoutes.token_cookies = False``: a navigation with the right token gets the
+    app's page (the token stripped, as for a script), no redirect and no cookie; a cookie of
+    the port made while they were on is worth nothing."""
+    sidecar = Sidecar("api-secret", upstream_timeout=5, token_cookies=False)
+    server = await serve(sidecar, "127.0.0.1", 0)
+    sidecar.port = server.sockets[0].getsockname()[1]
+    app = await RawApp(ok_reply()).start()
+    await route_to(sidecar, app)
+    route, _ = sidecar.table.lookup("/ports/alice/5000/")
+    old_cookie = TokenCookies("api-secret")
+    navigate = b"Sec-Fetch-Mode: navigate\r\nSec-Fetch-Dest: document\r\nSec-Fetch-Site: none\r\nAccept: text/html\r\n"
+    out = await exchange(
+        sidecar, b"GET /ports/alice/5000/?proxy_token=%b HTTP/1.1\r\nHost: h\r\n%b\r\n" % (TOKEN.encode(), navigate)
+    )
+    assert out.startswith(b"HTTP/1.1 200") and b"set-cookie" not in out.lower(), out
+    assert b"proxy_token" not in app.received and TOKEN.encode() not in app.received
+    cookie = b"Cookie: %b=%b\r\n" % (old_cookie.name(route).encode(), old_cookie.value(route).encode())
+    out = await exchange(sidecar, b"GET /ports/alice/5000/x HTTP/1.1\r\nHost: h\r\n%b\r\n" % cookie)
+    assert out.startswith(b"HTTP/1.1 403"), out
+    server.close()
+    sidecar.pool.close_all()

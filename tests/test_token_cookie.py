@@ -186,7 +186,9 @@ def test_a_new_or_disabled_token_ends_the_cookie(hub, apps, tokens):
     path = path_of(apps, "a")
     name, value = traded(hub, path, tokens["alice"])
     cookie = {"Cookie": f"{name}={value}"}
-    assert hub.get(f"{path}/x", headers=cookie).status_code == 200
+    by_cookie = hub.get(f"{path}/x", headers=cookie)
+    assert by_cookie.status_code == 200
+    assert "Cookie" in by_cookie.headers.get_list("vary"), by_cookie.headers  # no shared cache serves it to others
     alice = hub.user_token("alice")
     new = hub.proxytoken(alice, "POST", content="random").json()
     assert new != tokens["alice"]

@@ -70,6 +70,7 @@ def main(argv=None) -> None:
         authenticate_metrics=settings.authenticate_metrics,
         metrics_by_route=settings.metrics_by_route,
         trusted_proxies=parse_networks(settings.trusted_proxies),
+        token_cookies=settings.token_cookies,
     )
     asyncio.run(run(sidecar, args.ip, args.port))
 

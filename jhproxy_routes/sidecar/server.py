@@ -85,6 +85,7 @@ RESPONSE_DROP_CORS = RESPONSE_DROP | CORS_RESPONSE_HEADERS
 # the answer to a request with the token in its query: its Referer never carries the token on
 NO_REFERRER = [("Referrer-Policy", "no-referrer")]
 FRAME_SELF = [("Content-Security-Policy", "frame-ancestors 'self'")]  # added to the app's own policy, never replacing it
+VARY_COOKIE = [("Vary", "Cookie")]
 LIMITED_PAUSE = 1.0  # seconds before a 429 answers a wrong token
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})  # retried once on a fresh connection
 SECURE_SCHEMES = ("https", "wss")  # CHP terminating TLS says wss for websockets
@@ -208,6 +209,7 @@ class Sidecar:
         authenticate_metrics: bool = True,
         metrics_by_route: bool = True,
         trusted_proxies: tuple = (),
+        token_cookies: bool = True,
     ):
         self.api_token = api_token
         self.upstream_timeout = upstream_timeout
@@ -220,7 +222,8 @@ class Sidecar:
         # JupyterHub checks a managed service at its prefix: answer there as at /health
         self.service_prefix = service_prefix or os.environ.get("JUPYTERHUB_SERVICE_PREFIX", "")
         self.login = login or HubLogin(api_token)
-        self.token_cookies = TokenCookies(api_token)
+        # a port token opened in a browser traded for a cookie of the port (None: never)
+        self.token_cookies = TokenCookies(api_token) if token_cookies else None
         self.hub_page = hub_page  # where a user manages their ports: linked from error pages
         self.table = RouteTable(on_change=self._close_websockets)
         self.pool = UpstreamPool(connect_timeout=connect_timeout)
@@ -357,6 +360,8 @@ class Sidecar:
             own = ResponseRules(RESPONSE_DROP_CORS if route.cors_origins else RESPONSE_DROP, cors)
             if token is not None:
                 own = ResponseRules(own.drop | {"referrer-policy"}, cors + NO_REFERRER)
+            if by_session:  # an answer for this browser's cookie: no shared cache may give it to others
+                own = ResponseRules(own.drop, own.add + VARY_COOKIE)
             if by_session and request.get("Sec-Fetch-Site") is None:
                 # a browser that says nothing of where a request comes from (plain http, an old
                 # one): a page let in by the login may still not be framed by another origin
@@ -408,7 +413,8 @@ class Sidecar:
             wrong_token = verdict + (" (now rate limited)" if self.limiter.failed(client, route.token_sha256) else "")
         else:
             verdict = wrong_token = ""
-        if self.token_cookies.valid(request.get("Cookie", ""), route, self._secure(request)) and not token_expired(route):
+        cookies = request.get("Cookie", "")
+        if self.token_cookies and self.token_cookies.valid(cookies, route, self._secure(request)) and not token_expired(route):
             if not self._session_may_send(request):
                 message = "Refused: the port token's cookie is used only by the port's own pages; send an X-Proxy-Token."
                 raise deny(403, "cross-site token cookie", message)
@@ -445,7 +451,7 @@ class Sidecar:
         """A browser opening the port at the top with the right token in the query: raise the
         redirect to the same URL without it, with the token's cookie (``token_cookie.py``).
         Anything else (a script, a frame, a wrong token) goes on as before."""
-        if route.token_sha256 and is_navigation(request) and token_verdict(token, route) == "valid":
+        if self.token_cookies and route.token_sha256 and is_navigation(request) and token_verdict(token, route) == "valid":
             location = "/" + path.lstrip("/\\") + ("?" + query if query else "")  # "//host/" would be another host
             cookie_path = route_prefix(path, route.path_depth)
             headers = self.token_cookies.exchange(route, location, cookie_path, self._secure(request))
