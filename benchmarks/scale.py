@@ -53,7 +53,12 @@ from jhproxy_routes.routeapi import RouteAPI
 from jhproxy_routes.routes import RouteManager
 from jhproxy_routes.store import AccessStore
 
-TARGETS = {"time_s": 10.0, "block_ms": 50.0}
+# seconds per pass (a first pass writes every server; later ones find little to do), and the
+# longest the hub's event loop may be blocked, with the collector on
+TARGETS = {
+    "time_s": {"cold": 10.0, "warm": 1.0, "churn": 2.0, "activity, first": 10.0, "activity": 1.0},
+    "block_ms": 50.0,
+}
 
 
 def fake_users(db, first: int, count: int) -> dict:
@@ -178,7 +183,8 @@ async def run(servers: int, tmp: Path) -> dict:
         for port in (protected, public):
             wait_http(f"http://{HOST}:{port}/bytes", 30)
         settings = PortRoutes(
-            ports=[protected, {"port": public, "access": "public"}],
+            # a public port straight from CHP: without scope_cookies (on by default) it needs no sidecar
+            ports=[protected, {"port": public, "access": "public", "scope_cookies": False}],
             sidecar_url=f"http://{HOST}:{sidecar_port}",
             sidecar_api_token=sidecar_token,
             db_url=f"sqlite:///{tmp / 'access.sqlite'}",
@@ -243,10 +249,11 @@ def report(servers: int, results: dict) -> str:
     ]
     for collector, runs in results.items():
         for run, r in runs.items():
-            ok_time = "ok" if r["time_s"] <= TARGETS["time_s"] else "MISSED"
+            time_target = TARGETS["time_s"][run]
+            ok_time = "ok" if r["time_s"] <= time_target else "MISSED"
             ok_block = "ok" if r["block_ms"] <= TARGETS["block_ms"] else "MISSED"
             lines.append(
-                f"| {collector} | {run} | {r['time_s']:.2f} s | <= {TARGETS['time_s']:g} s ({ok_time}) |"
+                f"| {collector} | {run} | {r['time_s']:.2f} s | <= {time_target:g} s ({ok_time}) |"
                 f" {r['block_ms']:.1f} ms | <= {TARGETS['block_ms']:g} ms ({ok_block}) | {r['gc_pause_ms']:.1f} ms |"
             )
     return "\n".join(lines) + "\n"
