@@ -19,6 +19,7 @@ from traitlets import TraitError
 
 from .audit import AuditLog
 from .config import GROUP_PREFIX, PortRoutes, PortSpec, takes_token
+from .contract import PortRange, RangesEntry, RouteEntry
 from .errors import SharedHostError, TargetsPending
 from .logsafe import shown
 from .metrics import RECONCILE_DURATION, RECONCILE_ERRORS, RECONCILE_FIXES, ROUTES
@@ -86,7 +87,7 @@ class PortRoute:
 
     routespec: str
     chp: dict
-    sidecar: dict | None
+    sidecar: RouteEntry | RangesEntry | None
 
 
 def differs(actual: dict | None, want: dict) -> bool:
@@ -311,7 +312,7 @@ class RouteManager:
             if self._direct(routespec, spec, access):
                 routes[routespec] = PortRoute(routespec, {"target": app, **who}, None)
                 continue
-            sidecar = {"target": app, **self._sidecar_rule(spec, access), **who}
+            sidecar = RouteEntry(target=app, **self._sidecar_rule(spec, access), **who)
             routes[routespec] = PortRoute(routespec, {"target": self.settings.sidecar_url, **who}, sidecar)
         if self.port_ranges:
             ranges = self._ranges_route(user.name, servername, never, targets, access)
@@ -339,31 +340,27 @@ class RouteManager:
             self._logged.add(key)
             self.log.log(level, "jhproxy-routes: " + message, *(shown(a) if isinstance(a, str) else a for a in args))
 
-    @property
-    def _by_host(self) -> dict:
-        """In a sidecar entry: the route's key begins with its host (CHP's host routing)."""
-        return {"by_host": True} if self.host_routing else {}
-
     @staticmethod
     def _who(username: str, servername: str, port) -> dict:
         """The route data that names its server and port (also for the route list)."""
         return {"username": username, "servername": servername, "port": port}
 
     def _sidecar_rule(self, spec: PortSpec, access: ServerAccess) -> dict:
-        """What the sidecar checks on a port (or range), and how it forwards."""
+        """What the sidecar checks on a port (or range), and how it forwards: the fields of
+        its entry's :class:`~.contract.PortCheck` but the target."""
         rule = port_rule(spec, access)
         return {
             "access": rule.access,
             "token_sha256": access.token_sha256 if rule.token else None,
             "token_expires": access.expires(self.settings.token_max_age) if rule.token else None,
             "users": rule.users,
-            "groups": list(rule.groups),
+            "groups": rule.groups,
             "shared": rule.shared,
-            "cors_origins": list(spec.cors_origins or self.settings.cors_origins),
+            "cors_origins": tuple(spec.cors_origins or self.settings.cors_origins),
             "strip_prefix": spec.strip_prefix,
             "activity": self.settings.counts_activity(spec),
             "scope_cookies": self.settings.scopes_cookies(spec) and not self.template.by_host,
-            **self._by_host,
+            "by_host": self.host_routing,
         }
 
     def _ranges_route(self, username: str, servername: str, never: dict[int, str], targets: dict, access) -> PortRoute | None:
@@ -382,18 +379,18 @@ class RouteManager:
                     servername,
                 )
                 continue
-            ranges.append({"target": targets[spec.port], "last": spec.last, **self._sidecar_rule(spec, access)})
+            ranges.append(PortRange(target=targets[spec.port], last=spec.last, **self._sidecar_rule(spec, access)))
         if not ranges:
             return None
         routespec = self.ranges_routespec(username, servername)
         who = self._who(username, servername, ", ".join(s.key for s in self.port_ranges))
-        sidecar = {
-            "ranges": ranges,
-            "allowed": ", ".join(spec.key for spec in self.specs),
-            "excluded": sorted(p for p in never if any(spec.covers(p) for spec in self.port_ranges)),
+        sidecar = RangesEntry(
+            ranges=tuple(ranges),
+            allowed=", ".join(spec.key for spec in self.specs),
+            excluded=tuple(sorted(p for p in never if any(spec.covers(p) for spec in self.port_ranges))),
             **who,
-            **self._by_host,
-        }
+            by_host=self.host_routing,
+        )
         return PortRoute(routespec, {"target": self.settings.sidecar_url, **who}, sidecar)
 
     def _direct(self, routespec: str, spec: PortSpec, access: ServerAccess) -> bool:
@@ -445,7 +442,7 @@ class RouteManager:
 
     async def _apply_route(self, route: PortRoute) -> None:
         if route.sidecar is not None:
-            await self.sidecar.add(route.routespec, route.sidecar)
+            await self.sidecar.add(route.routespec, route.sidecar.to_json())
             await self.chp.add(route.routespec, route.chp)
         else:
             await self.chp.add(route.routespec, route.chp)
@@ -533,7 +530,7 @@ class RouteManager:
         replicas = await self.sidecar.replicas()  # one snapshot for the whole pass
         chp_routes, tables = await asyncio.gather(self.chp.get_all(), self.sidecar.each(replicas, lambda api: api.get_all()))
         chp_adds, chp_stale = await table_changes(chp_routes, {s: r.chp for s, r in wanted.items()}, keep)
-        sidecar_want = {s: r.sidecar for s, r in wanted.items() if r.sidecar is not None}
+        sidecar_want = {s: r.sidecar.to_json() for s, r in wanted.items() if r.sidecar is not None}
         changes = {api: await table_changes(table, sidecar_want, keep) for api, table in tables.items()}
         self._log_changes("sidecar", "adding", {s for adds, _ in changes.values() for s in adds})
         self._log_changes("proxy", "adding", chp_adds)

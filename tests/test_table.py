@@ -3,8 +3,11 @@ host, port ranges, and what it refuses (climbing out of a prefix, a string prefi
 not a segment prefix, bad route data); and the route keys of CHP's API (``routeapi.py``).
 """
 
+import json
+
 import pytest
 
+from jhproxy_routes.contract import PortRange, RangesEntry, RouteEntry
 from jhproxy_routes.http1 import (
     HTTPError,
 )
@@ -188,3 +191,33 @@ def test_lookup_refuses_dot_segments_and_bad_encoding(path):
 def test_table_refuses_bad_route_data(data, message):
     with pytest.raises(ValueError, match=message):
         RouteTable().set("/p", data)
+
+
+@pytest.mark.parametrize("by_host", [False, True])
+def test_an_entry_the_hub_sends_reads_back_as_itself(by_host):
+    check = {
+        "access": "restricted",
+        "token_sha256": "a" * 64,
+        "token_expires": 1800000000.5,
+        "users": True,
+        "groups": ("staff",),
+        "shared": True,
+        "cors_origins": ("*",),
+        "strip_prefix": True,
+        "activity": False,
+        "scope_cookies": True,
+        "by_host": by_host,
+    }
+    port = RouteEntry(target="http://10.0.0.5:5000", **check, username="alice", servername="dev", port=5000)
+    ranges = RangesEntry(
+        ranges=(PortRange(target="http://10.0.0.5:8000", last=8099, **check),),
+        allowed="5000, 8000-8099",
+        excluded=(8088,),
+        username="alice",
+        servername="dev",
+        port="8000-8099",
+        by_host=by_host,
+    )
+    for entry in (port, ranges):
+        sent = json.loads(json.dumps(entry.to_json()))
+        assert type(entry).from_json(sent) == entry and ("by_host" in sent) == by_host

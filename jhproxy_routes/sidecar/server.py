@@ -866,10 +866,9 @@ def scoped_cookie(value: str, prefix: str, strip_prefix: bool = False) -> str:
 
 def server_words(route) -> str:
     """Whose server a route leads to, in words: ``alice's server``, ``alice's server dev``."""
-    owner, name = route.data.get("username"), route.data.get("servername")
-    if not isinstance(owner, str) or not owner:
+    if not route.owner:
         return "its server"
-    return f"{owner}'s server" + (f" {name}" if isinstance(name, str) and name else "")
+    return f"{route.owner}'s server" + (f" {route.servername}" if route.servername else "")
 
 
 def error_response(error: HTTPError, extra=(), page: str | None = None) -> bytes:

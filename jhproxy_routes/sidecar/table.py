@@ -19,11 +19,11 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, replace
-from urllib.parse import unquote, urlsplit
+from urllib.parse import unquote
 
+from ..contract import PortCheck, RangesEntry, RouteEntry
 from ..http1 import HTTPError
 
-ACCESS = ("public", "disabled", "restricted")
 # a '.' or '..' segment, also one hidden behind an encoded slash or backslash; or a NUL
 DOT_SEGMENT = re.compile(r"(^|[/\\])\.{1,2}($|[/\\])|\x00")
 HOST_NAME = re.compile(r"[a-z0-9-]+(\.[a-z0-9-]+)*")
@@ -32,7 +32,7 @@ HOST_NAME = re.compile(r"[a-z0-9-]+(\.[a-z0-9-]+)*")
 @dataclass(frozen=True)
 class Route:
     key: str
-    data: dict  # as the hub sent it (returned by GET)
+    data: dict  # the entry as the hub sent it (returned by GET)
     host: str
     port: int
     access: str
@@ -67,90 +67,54 @@ def segments(path: str) -> tuple[str, ...]:
 
 
 def route_from_data(key: str, data: dict) -> Route:
-    """Validate what the hub pushed; raises ValueError with the reason."""
+    """Validate what the hub pushed (an entry of ``contract.py``); raises ValueError with the reason."""
     if "ranges" in data:
-        return ranges_from_data(key, data)
-    target = urlsplit(str(data.get("target", "")))
-    if target.scheme != "http" or not target.hostname or not target.port:
-        raise ValueError(f"target must be http://host:port, got {data.get('target')!r}")
-    access = data.get("access")
-    if access not in ACCESS:
-        raise ValueError(f"access must be one of {ACCESS}, got {access!r}")
-    token_sha256 = data.get("token_sha256")
-    if token_sha256 is not None and not (isinstance(token_sha256, str) and len(token_sha256) == 64):
-        raise ValueError("token_sha256 must be null or 64 hex characters")
-    token_expires = data.get("token_expires")
-    if token_expires is not None and (isinstance(token_expires, bool) or not isinstance(token_expires, (int, float))):
-        raise ValueError("token_expires must be null or a number (Unix time)")
-    owner = data.get("username")
-    if access == "restricted" and not (isinstance(owner, str) and owner):
-        raise ValueError("access 'restricted' needs the owner's username")
-    groups = data.get("groups") or []
-    if not isinstance(groups, list) or not all(isinstance(g, str) for g in groups):
-        raise ValueError("groups must be a list of strings")
-    origins = data.get("cors_origins") or []
-    if not isinstance(origins, list) or not all(isinstance(o, str) for o in origins):
-        raise ValueError("cors_origins must be a list of strings")
-    servername = data.get("servername", "")
-    if not isinstance(servername, str):
-        raise ValueError("servername must be a string")
-    if data.get("shared") is True and "servername" not in data:
-        raise ValueError("a shared port needs its servername (the server the hub is asked about)")
-    by_host = data.get("by_host") is True
-    if by_host and not HOST_NAME.fullmatch(next(iter(segments(key)), "")):
+        return ranges_route(key, data, RangesEntry.from_json(data))
+    entry = RouteEntry.from_json(data)
+    return check_route(key, data, entry, entry.username, entry.servername)
+
+
+def check_route(key: str, data: dict, check: PortCheck, owner: str, servername: str) -> Route:
+    """The route of one port's (or one range's) check, of ``owner``'s server."""
+    if check.by_host and not HOST_NAME.fullmatch(next(iter(segments(key)), "")):
         raise ValueError(f"by_host: the key {key!r} must begin with a host name (lower case)")
+    host, port = check.address
+    restricted = check.access == "restricted"
     return Route(
         key=key,
         data=data,
-        host=target.hostname,
-        port=target.port,
-        access=access,
-        token_sha256=token_sha256 if access == "restricted" else None,
-        owner=owner or "",
-        users=bool(data.get("users")),
-        groups=frozenset(groups),
-        shared=data.get("shared") is True,
+        host=host,
+        port=port,
+        access=check.access,
+        token_sha256=check.token_sha256 if restricted else None,
+        owner=owner,
+        users=check.users,
+        groups=frozenset(check.groups),
+        shared=check.shared,
         servername=servername,
-        cors_any="*" in origins,
-        cors_origins=frozenset(origins),
-        strip_prefix=bool(data.get("strip_prefix")),
+        cors_any="*" in check.cors_origins,
+        cors_origins=frozenset(check.cors_origins),
+        strip_prefix=check.strip_prefix,
         depth=len(segments(key)),
         entry=key,
-        by_host=by_host,
-        scope_cookies=data.get("scope_cookies") is True and not by_host,
-        token_expires=token_expires if access == "restricted" else None,
-        activity=(owner, servername) if isinstance(owner, str) and owner and data.get("activity", True) is not False else None,
+        by_host=check.by_host,
+        scope_cookies=check.scope_cookies and not check.by_host,
+        token_expires=check.token_expires if restricted else None,
+        activity=(owner, servername) if owner and check.activity else None,
     )
 
 
-def ranges_from_data(key: str, data: dict) -> Route:
-    """An entry of port ranges: ``{"ranges": [{rule, "target": "http://host:<first>",
-    "last": <last>}, ...], "allowed": ..., "excluded": [...], "username": ...}``."""
-    ranges = data.get("ranges")
-    if not isinstance(ranges, list) or not ranges:
-        raise ValueError("ranges must be a non-empty list")
-    rules = []
-    for item in ranges:
-        if not isinstance(item, dict) or "ranges" in item:
-            raise ValueError("each range must be an object (without ranges of its own)")
-        rule = route_from_data(key, {**item, **{k: data.get(k) for k in ("username", "servername", "by_host") if k in data}})
-        last = item.get("last")
-        if isinstance(last, bool) or not isinstance(last, int) or not rule.port < last <= 65535:
-            raise ValueError(f"range of {rule.port}: last must be a higher port, got {last!r}")
-        rules.append(replace(rule, last_port=last))
-    excluded = data.get("excluded") or []
-    if not isinstance(excluded, list) or not all(type(p) is int for p in excluded):
-        raise ValueError("excluded must be a list of ports")
-    first = rules[0]
+def ranges_route(key: str, data: dict, entry: RangesEntry) -> Route:
+    """The route of an entry of port ranges: the first range's, holding one per range."""
+    rules = tuple(replace(check_route(key, data, r, entry.username, entry.servername), last_port=r.last) for r in entry.ranges)
     return replace(
-        first,
-        data=data,
+        rules[0],
         access="disabled",
         token_sha256=None,
         token_expires=None,
-        ranges=tuple(rules),
-        allowed=str(data.get("allowed", "")),
-        excluded=frozenset(excluded),
+        ranges=rules,
+        allowed=entry.allowed,
+        excluded=frozenset(entry.excluded),
         last_port=0,
     )
 
