@@ -303,21 +303,24 @@ def test_framework_behind_a_port(browser, hubs, framework_apps, framework, kind)
 
 
 # ---- the docs say what this module covers --------------------------------------------------------
-def documented_table() -> dict[str, dict[str, str]]:
+def documented_table(doc: Path) -> dict[str, dict[str, str]]:
+    """The rows "framework | path route | subdomain route" of ``doc``, by framework."""
     rows = {}
-    for line in APPS_DOC.read_text().splitlines():
+    for line in doc.read_text().splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")] if line.startswith("|") else []
-        if len(cells) == 3 and cells[0] in NAMES.values():
-            rows[cells[0]] = {"path": cells[1], "subdomain": cells[2]}
+        name = cells[0].split(" (")[0] if cells else ""
+        if len(cells) == 3 and name in NAMES.values():
+            rows[name] = {"path": cells[1], "subdomain": cells[2]}
     return rows
 
 
 def test_docs_table_and_commands_match_the_suite():
-    table = documented_table()
-    assert set(table) == {NAMES[f] for f in COMMANDS.FRAMEWORKS}, table
-    for framework in COMMANDS.FRAMEWORKS:
-        for kind in ROUTE_KINDS:  # every framework is tested on both kinds of route above
-            assert table[NAMES[framework]][kind].startswith("yes"), (framework, kind)
+    for doc in (APPS_DOC, REPO / "README.md"):
+        table = documented_table(doc)
+        assert set(table) == {NAMES[f] for f in COMMANDS.FRAMEWORKS}, (doc, table)
+        for framework in COMMANDS.FRAMEWORKS:
+            for kind in ROUTE_KINDS:  # every framework is tested on both kinds of route above
+                assert table[NAMES[framework]][kind].startswith("yes"), (doc, framework, kind)
     text = APPS_DOC.read_text()
     for framework in COMMANDS.FRAMEWORKS:
         for base_path, host in (("/ports/alice/8050", "hub.example.org"), ("", "8050--alice.hub.example.org")):
