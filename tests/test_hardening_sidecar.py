@@ -616,7 +616,7 @@ def test_client_address_believes_only_trusted_proxies():
     """Pure logic of ``trusted_proxies``: the rightmost X-Forwarded-For entry that is not a
     trusted proxy; CHP's own (last) entry is the connection's client when nothing is trusted."""
     from jhproxy_routes.http1 import parse_request_head
-    from jhproxy_routes.sidecar.server import client_address, parse_networks
+    from jhproxy_routes.sidecar.access import client_address, parse_networks
 
     def client(trusted: str, *values: str) -> str:
         head = "GET / HTTP/1.1\r\nHost: x\r\n" + "".join(f"X-Forwarded-For: {v}\r\n" for v in values) + "\r\n"

@@ -11,7 +11,8 @@ from hypothesis import strategies as st
 
 from jhproxy_routes.http1 import HTTPError, parse_request_head
 from jhproxy_routes.route_templates import DNS_SAFE, RouteTemplate, dns_label
-from jhproxy_routes.sidecar.server import Sidecar, filter_cookies, protected_cookie, split_query
+from jhproxy_routes.sidecar.access import filter_cookies, protected_cookie, split_query
+from jhproxy_routes.sidecar.server import Sidecar
 from jhproxy_routes.sidecar.table import RouteTable
 
 # no per-example deadline (a loaded CI machine is slow, not wrong), no example database on disk

@@ -4,7 +4,7 @@ the hub's and its own cookies, the token query parameter.
 
 import pytest
 
-from jhproxy_routes.sidecar.server import filter_cookies, split_query
+from jhproxy_routes.sidecar.access import filter_cookies, split_query
 
 
 @pytest.mark.parametrize(

@@ -25,9 +25,10 @@ from prometheus_client import disable_created_metrics
 from ..audit import AuditLog
 from ..contract import CLIENT_ID, SERVICE_NAME, TOKEN_ENV, SidecarSettings
 from ..logsafe import EscapingFormatter
+from .access import parse_networks
 from .login import HubLogin
 from .ratelimit import BadTokenLimiter
-from .server import Sidecar, parse_networks, serve
+from .server import Sidecar, serve
 
 
 def main(argv=None) -> None:

@@ -7,7 +7,7 @@ query parameter, which a browser's top-level page trades for a cookie of the por
 the port's own origin or by top-level pages: no CSRF or framing from a sibling port), strip
 credentials (hub and sidecar cookies, the token, also from ``Referer``), forward to the app
 over a pooled keep-alive connection, and stream both bodies without buffering them. Every answer of the app,
-a websocket's 101 included, passes one filter (``response_headers``): no hub or sidecar cookie,
+a websocket's 101 included, passes one filter (``response_headers`` in ``forward.py``): no hub or sidecar cookie,
 the port's CORS policy instead of the app's. Websocket upgrades become a byte pipe once the app
 answers 101. The check is made for every request, never per connection: CHP reuses its
 connections to the sidecar across clients.
@@ -24,14 +24,11 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import ipaddress
 import json
 import logging
 import os
 import time
 from http import HTTPStatus
-from typing import NamedTuple
-from urllib.parse import unquote, unquote_plus
 
 from ..audit import AuditLog, DenialLog
 from ..contract import ACTIVITY_API, API_PREFIX, BULK_API, HEALTH_PATH, METRICS_PATH, READY_PATH, ROUTES_API
@@ -48,8 +45,19 @@ from ..http1 import (
     request_body_framing,
     response_body_framing,
 )
-from ..tokens import token_matches
+from .access import (
+    TOKEN_HEADER,
+    client_address,
+    filter_cookies,
+    split_query,
+    strip_token_from_referer,
+    token_expired,
+    token_verdict,
+    wants_html,
+)
 from .activity import ServerActivity
+from .api import activity_since, route_key
+from .forward import ResponseRules, _UpstreamClosed, pipe_both, response_headers
 from .login import TICKET_QUERY, HubLogin, route_prefix
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .metrics import SidecarMetrics
@@ -61,10 +69,6 @@ from .upstream import UpstreamPool
 
 log = logging.getLogger("jhproxy_routes.sidecar")
 
-TOKEN_HEADER = "x-proxy-token"
-TOKEN_QUERY = "proxy_token"
-PROTECTED_COOKIE_PREFIXES = ("jupyterhub-", "jhproxy-routes")
-PROTECTED_COOKIES = {"_xsrf"}
 FRAMING = {"content-length", "transfer-encoding"}
 CORS_RESPONSE_HEADERS = {
     "access-control-allow-origin",
@@ -91,105 +95,6 @@ SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})  # retried once on
 SECURE_SCHEMES = ("https", "wss")  # CHP terminating TLS says wss for websockets
 MAX_API_BODY = 1024 * 1024
 SMALL_BODY = 64 * 1024
-
-
-def protected_cookie(name: str) -> bool:
-    """A cookie of the hub or the sidecar: never sent to an app, never set by one. Also as
-    ``__Host-``/``__Secure-``: the sidecar's behind HTTPS, and with JupyterHub's
-    ``cookie_host_prefix_enabled`` the hub's and its services' OAuth cookies
-    (``__Host-service-<name>``), which then have path ``/``."""
-    lower = name.lower()
-    if lower.startswith("__host-"):
-        return protected_cookie(name[len("__host-") :]) or name[len("__host-") :].startswith("service-")
-    if lower.startswith("__secure-"):
-        return protected_cookie(name[len("__secure-") :])
-    return name.startswith(PROTECTED_COOKIE_PREFIXES) or name in PROTECTED_COOKIES
-
-
-def filter_cookies(value: str) -> str:
-    """The Cookie header without the hub's and the sidecar's cookies."""
-    kept = [pair.strip() for pair in value.split(";")]
-    return "; ".join(p for p in kept if p and not protected_cookie(p.split("=", 1)[0].strip()))
-
-
-def split_query(query: str, name: str = TOKEN_QUERY) -> tuple[str | None, str]:
-    """The query parameter ``name`` (the first if several), and the query without any of
-    them (the rest byte for byte)."""
-    if "%" not in query and name.rsplit("_", 1)[-1] not in query.lower():  # the common case, quickly
-        return None, query
-    found, kept = None, []
-    for pair in query.split("&"):
-        key, _, value = pair.partition("=")
-        if unquote_plus(key) == name:
-            found = unquote_plus(value) if found is None else found
-        else:
-            kept.append(pair)
-    return found, "&".join(kept)
-
-
-def client_address(request, peer: str, trusted_proxies=()) -> str:
-    """The client's address: the last ``X-Forwarded-For`` entry, which CHP appends (earlier
-    entries come from the client and can be anything), else the connection's peer. When
-    that is one of ``trusted_proxies`` (networks of front proxies), the entry it added before
-    is believed instead, and so on: the rightmost entry that is not a trusted proxy."""
-    forwarded = request.get_all("X-Forwarded-For")
-    if not forwarded:
-        return peer
-    if not trusted_proxies:
-        return forwarded[-1].rsplit(",", 1)[-1].strip()
-    entries = [e.strip() for value in forwarded for e in value.split(",")]
-    for entry in reversed(entries):
-        address = ip_of(entry)
-        if address is None:
-            return entry  # not an address: no proxy of ours wrote it, so it is the client's word
-        if not any(address in network for network in trusted_proxies):
-            return str(address)
-    return entries[0]
-
-
-def ip_of(entry: str):
-    """The IP address in an X-Forwarded-For entry (``1.2.3.4``, ``1.2.3.4:5678``,
-    ``[::1]:80``), IPv4-mapped IPv6 as IPv4 (a dual-stack CHP writes ``::ffff:10.1.2.3``);
-    None if there is none."""
-    text = entry[1:].partition("]")[0] if entry.startswith("[") else entry.partition(":")[0] if entry.count(":") == 1 else entry
-    try:
-        address = ipaddress.ip_address(text)
-    except ValueError:
-        return None
-    return getattr(address, "ipv4_mapped", None) or address
-
-
-def parse_networks(items) -> tuple:
-    """Networks from addresses and CIDRs (``trusted_proxies``)."""
-    return tuple(ipaddress.ip_network(item.strip(), strict=False) for item in items if item.strip())
-
-
-def token_verdict(presented: str, route) -> str:
-    """The one check of a presented port token: ``valid``, ``token expired`` (the right
-    token after its ``token_expires``, by the sidecar's own clock) or ``wrong token``. The
-    hash is compared in constant time first, whatever the expiry."""
-    if not token_matches(presented, route.token_sha256):
-        return "wrong token"
-    return "token expired" if token_expired(route) else "valid"
-
-
-def token_expired(route) -> bool:
-    """Whether the route's token is past its ``token_expires`` (the sidecar's clock)."""
-    return route.token_expires is not None and time.time() >= route.token_expires
-
-
-def strip_token_from_referer(value: str) -> str:
-    """A Referer without the ``proxy_token`` query parameter."""
-    url, mark, query = value.partition("?")
-    if not mark:
-        return value
-    token, query = split_query(query)
-    return value if token is None else url + ("?" + query if query else "")
-
-
-def wants_html(request) -> bool:
-    """A browser opening a page (not a script's fetch, which asks for */* or JSON)."""
-    return "text/html" in request.get("Accept", "")
 
 
 class Sidecar:
@@ -813,57 +718,6 @@ class Sidecar:
         return keep_alive
 
 
-class ResponseRules(NamedTuple):
-    """What an app's answer to one request loses (``drop``: lower-case header names) and gets
-    of the sidecar's own (``add``)."""
-
-    drop: frozenset
-    add: list
-    cookie_path: str | None = None  # the route's path: the app's cookies are put below it
-    strip_prefix: bool = False  # the app's cookie paths are below the stripped prefix
-
-
-def response_headers(response, own: ResponseRules) -> list[tuple[str, str]]:
-    """The app's response headers as they may reach the client: no hop-by-hop or framing
-    headers (nor any its Connection names), no cookie of the hub's or the sidecar's, and
-    the sidecar's own in place of those ``own`` replaces. For every answer, a 101 too."""
-    connection = response.tokens("Connection")
-    drop = own.drop | connection if connection else own.drop
-    headers = []
-    for k, v in response.headers:
-        lower = k.lower()
-        if lower in drop:
-            continue
-        if lower == "set-cookie":
-            if protected_cookie(v.split("=", 1)[0].strip()):
-                continue
-            if own.cookie_path is not None:
-                v = scoped_cookie(v, own.cookie_path, own.strip_prefix)
-        headers.append((k, v))
-    return headers + own.add
-
-
-def scoped_cookie(value: str, prefix: str, strip_prefix: bool = False) -> str:
-    """A ``Set-Cookie`` value kept on a path route, as nginx's ``proxy_cookie_path`` does:
-    its ``Path`` below ``prefix`` (the route's path, no trailing slash; a path already below
-    it is kept; with ``strip_prefix`` the app's path is put below it), and no ``Domain``
-    (which would send it to sibling hosts). A browser then sends it to this port only."""
-    name_value, *attributes = value.split(";")
-    path = None
-    kept = []
-    for attribute in attributes:
-        key = attribute.split("=", 1)[0].strip().lower()
-        if key == "path":
-            path = attribute.split("=", 1)[1].strip() if "=" in attribute else ""
-        elif key != "domain":
-            kept.append(attribute.strip())
-    if path and path.startswith("/") and strip_prefix:
-        path = prefix + path.rstrip("/") if path != "/" else prefix
-    elif not (path and (path == prefix or path.startswith(prefix + "/"))):
-        path = prefix
-    return "; ".join([name_value.strip(), f"Path={path}", *kept])
-
-
 def server_words(route) -> str:
     """Whose server a route leads to, in words: ``alice's server``, ``alice's server dev``."""
     if not route.owner:
@@ -880,26 +734,6 @@ def error_response(error: HTTPError, extra=(), page: str | None = None) -> bytes
         body, kind = json.dumps({"status": error.status, "message": error.message}).encode(), "application/json"
     headers = [("Content-Type", kind), ("Content-Length", str(len(body))), *extra, ("Connection", "close")]
     return render_head(f"HTTP/1.1 {error.status} {HTTPStatus(error.status).phrase}", headers) + body
-
-
-def activity_since(target: str) -> float:
-    """``since`` of an activity request (400 unless a number of seconds)."""
-    since, _ = split_query(target.partition("?")[2], "since")
-    try:
-        value = float(since or 0)
-    except ValueError:
-        raise HTTPError(400, "since must be a number of seconds (the now of the last answer).") from None
-    if value != value or value in (float("inf"), float("-inf")):
-        raise HTTPError(400, "since must be a finite number of seconds.")
-    return value
-
-
-def route_key(path: str) -> str:
-    """A table key (unescaped, no trailing slash) from the escaped path of a route API call."""
-    try:
-        return "/" + "/".join(unquote(s, errors="strict") for s in str(path).split("/") if s)
-    except UnicodeDecodeError:
-        raise HTTPError(400, "The route path is not valid UTF-8.") from None
 
 
 class HeadDeadline:
@@ -951,35 +785,6 @@ class HTTPErrorWithHeaders(HTTPError):
     def __init__(self, status, message, headers):
         super().__init__(status, message)
         self.headers = headers
-
-
-class _UpstreamClosed(Exception):
-    pass
-
-
-async def pipe_both(reader_a, writer_a, reader_b, writer_b, on_data=None) -> tuple[int, int]:
-    """Copy bytes both ways until either side closes; returns the bytes copied a->b, b->a.
-    ``on_data()`` is called for every piece copied."""
-    copied = [0, 0]
-
-    async def pipe(reader, writer, direction):
-        try:
-            while data := await reader.read(65536):
-                if on_data is not None:
-                    on_data()
-                writer.write(data)
-                copied[direction] += len(data)
-                await writer.drain()
-        except ConnectionError:
-            pass
-
-    tasks = [asyncio.ensure_future(pipe(reader_a, writer_b, 0)), asyncio.ensure_future(pipe(reader_b, writer_a, 1))]
-    try:
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for task in tasks:
-            task.cancel()
-    return copied[0], copied[1]
 
 
 async def serve(sidecar: Sidecar, host: str, port: int):
