@@ -30,17 +30,50 @@ DEMO_APP = REPO / "examples/demo_app.py"
 ADMIN_TOKEN = secrets.token_hex(16)
 
 
-def free_port() -> int:
+def _worker_ports() -> range:
+    """This test process's own ports: below the kernel's ephemeral range (32768 and up, where
+    a bind to port 0 and every outgoing connection take theirs, so a port found free there
+    can be taken before the process meant to listen on it does), a block of its own for each
+    pytest-xdist worker (gw0, gw1, ...), so parallel workers never hand out the same one."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
+    index = int(worker) % 10 if worker.isdigit() else 0
+    return range(17000 + index * 1500, 17000 + (index + 1) * 1500)
+
+
+_PORTS = _worker_ports()
+_next_port = [_PORTS.start]  # the next one to try; never the same twice in a run (until the block wraps)
+
+
+def _bindable(port: int) -> bool:
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def free_ports(count: int = 1) -> int:
+    """The first of ``count`` consecutive ports that are free now, from this process's block."""
+    for _ in range(len(_PORTS)):
+        start = _next_port[0] if _next_port[0] + count <= _PORTS.stop else _PORTS.start
+        _next_port[0] = start + count
+        if all(_bindable(port) for port in range(start, start + count)):
+            return start
+    raise AssertionError(f"no {count} consecutive free ports in {_PORTS}")
+
+
+def free_port() -> int:
+    return free_ports(1)
 
 
 def sibling_ports() -> tuple[int, int]:
-    """A free port P and the free port P*10+2: the path of one is a string prefix of the other's."""
-    for _ in range(200):
-        port = free_port() % 5000 + 1100
-        if not port_open(port) and not port_open(port * 10 + 2):
+    """A free port P and the free port P*10+2: the path of one is a string prefix of the other's.
+    P is one of this process's sixty in 1100-1699, so P*10+2 (11002-16992) lies below every
+    worker's block and the ephemeral range."""
+    first = 1100 + (_PORTS.start - 17000) // 1500 * 60
+    for port in range(first, first + 60):
+        if _bindable(port) and _bindable(port * 10 + 2):
             return port, port * 10 + 2
     raise AssertionError("no free pair of ports P and P*10+2 found")
 

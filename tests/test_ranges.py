@@ -2,39 +2,16 @@
 read from the path by the sidecar, a clear 404 for any other port, and never the Jupyter
 server's own port. A real hub, CHP, sidecar, single-user server and apps on real ports."""
 
-import socket
-
 import httpx
 import pytest
 
-from tests.rig import ADMIN_TOKEN, App, free_port
-
-
-def free_block(size: int) -> int:
-    """The first of ``size`` consecutive free ports."""
-    for _ in range(50):
-        base = free_port()
-        if base + size > 65535:
-            continue
-        sockets = []
-        try:
-            for port in range(base, base + size):
-                s = socket.socket()
-                sockets.append(s)
-                s.bind(("127.0.0.1", port))
-            return base
-        except OSError:
-            continue
-        finally:
-            for s in sockets:
-                s.close()
-    raise AssertionError(f"no {size} consecutive free ports found")
+from tests.rig import ADMIN_TOKEN, App, free_ports
 
 
 @pytest.fixture(scope="module")
 def block(module_tmp):
     """Ports base..base+4: apps on base and base+2, the Jupyter server on base+1, base+3 idle."""
-    base = free_block(5)
+    base = free_ports(5)
     apps = [App(module_tmp, base), App(module_tmp, base + 2)]
     yield base
     for app in apps:
