@@ -22,7 +22,7 @@ import sys
 
 import pytest
 
-from tests.rig import browser_login, cookie_header, free_port, port_open, sibling_ports, wait_for
+from tests.rig import browser_login, cookie_header, free_port, free_ports, port_open, sibling_ports, wait_for
 
 # an app of mallory's: every answer sets a cookie for the whole host and one with a Domain
 COOKIE_APP = """
@@ -63,7 +63,7 @@ def cookie_apps(module_tmp):
 @pytest.fixture(scope="module")
 def apps(make_app):
     owner, sibling = sibling_ports()
-    block = free_port() % 5000 + 20000
+    block = free_ports(2)  # the range block..block+1, an app on its first port
     return {
         "owner": make_app(owner),
         "sibling": make_app(sibling),
