@@ -318,13 +318,13 @@ class Sidecar:
             wrong_token = verdict + (" (now rate limited)" if self.limiter.failed(client, route.token_sha256) else "")
         else:
             verdict = wrong_token = ""
-        cookies = request.get("Cookie", "")
-        if self.token_cookies and self.token_cookies.valid(cookies, route, self._secure(request)) and not token_expired(route):
+        cookies, secure = request.get("Cookie", ""), self._secure(request)
+        if self.token_cookies and self.token_cookies.valid(cookies, route, secure) and not token_expired(route):
             if not self._session_may_send(request):
                 message = "Refused: the port token's cookie is used only by the port's own pages; send an X-Proxy-Token."
                 raise deny(403, "cross-site token cookie", message)
             return "token cookie"
-        session = await self.login.session(request.get("Cookie", ""), route, self._secure(request))
+        session = await self.login.session(cookies, route, secure)
         if session is not None:
             user, login_token = session
             if not self._session_may_send(request):
