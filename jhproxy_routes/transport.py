@@ -15,7 +15,7 @@ from collections import defaultdict
 
 import httpx
 
-from .http1 import MAX_HEAD, HTTPError, copy_chunked, parse_response_head, response_body_framing
+from .http1 import COPY_SIZE, MAX_HEAD, ChunkedBody, HTTPError, parse_response_head, response_body_framing
 
 FRAMING = (b"transfer-encoding", b"content-length")
 
@@ -25,19 +25,6 @@ class _Connection:
 
     def __init__(self, reader, writer):
         self.reader, self.writer, self.reused = reader, writer, False
-
-
-class _Buffer:
-    """Collects a body that ``copy_chunked`` writes."""
-
-    def __init__(self):
-        self.parts: list[bytes] = []
-
-    def write(self, data: bytes) -> None:
-        self.parts.append(data)
-
-    async def drain(self) -> None:
-        pass
 
 
 class KeepAliveTransport(httpx.AsyncBaseTransport):
@@ -111,15 +98,22 @@ class KeepAliveTransport(httpx.AsyncBaseTransport):
         conn.writer.write(message)
         await conn.writer.drain()
         response = parse_response_head(await conn.reader.readuntil(b"\r\n\r\n"))
-        while response.start[1].startswith("1"):  # interim responses: skipped
+        while response.start.status.startswith("1"):  # interim responses: skipped
             response = parse_response_head(await conn.reader.readuntil(b"\r\n\r\n"))
         kind, length = response_body_framing(response, method)
+        extra = b""  # what came after the body: the connection is not clean
         if kind == "length":
             content = await conn.reader.readexactly(length)
         elif kind == "chunked":
-            buffer = _Buffer()
-            await copy_chunked(conn.reader, buffer, rechunk=False)
-            content = b"".join(buffer.parts)
+            body, parts = ChunkedBody(rechunk=False), []
+            while not body.done:
+                data = await conn.reader.read(COPY_SIZE)
+                if not data:
+                    raise ConnectionError("connection closed in the middle of a chunked body")
+                part, used = body.feed(data)
+                parts.append(part)
+                extra = data[used:]
+            content = b"".join(parts)
         elif kind == "close":
             content = await conn.reader.read()
         else:
@@ -127,11 +121,12 @@ class KeepAliveTransport(httpx.AsyncBaseTransport):
         reusable = (
             kind != "close"
             and "close" not in response.tokens("Connection")
-            and response.start[0] == "HTTP/1.1"
+            and response.start.version == "HTTP/1.1"
+            and not extra
             and not len(getattr(conn.reader, "_buffer", b""))  # nothing unread after the body
         )
         headers = [(k, v) for k, v in response.headers if k.lower() not in ("transfer-encoding", "content-length")]
-        return int(response.start[1]), headers, content, reusable
+        return int(response.start.status), headers, content, reusable
 
     async def aclose(self) -> None:
         for conns in self.idle.values():

@@ -12,6 +12,8 @@ from hypothesis import strategies as st
 from jhproxy_routes.http1 import HTTPError, parse_request_head
 from jhproxy_routes.route_templates import DNS_SAFE, RouteTemplate, dns_label
 from jhproxy_routes.sidecar.access import filter_cookies, protected_cookie, split_query
+from jhproxy_routes.sidecar.exchange import Exchange
+from jhproxy_routes.sidecar.forward import upstream_headers
 from jhproxy_routes.sidecar.server import Sidecar
 from jhproxy_routes.sidecar.table import RouteTable
 
@@ -123,7 +125,9 @@ def test_the_token_never_reaches_the_app(token, query):
     sidecar = Sidecar("x")
     sidecar.table.set("/ports/alice/5000", route(5000))
     found_route, rest = sidecar.table.lookup("/ports/alice/5000/x")
-    headers = sidecar._upstream_headers(request, set(), found_route, "127.0.0.1", ("none", 0), False, "/ports/alice/5000/x", rest)
+    exchange = Exchange(None, request, "127.0.0.1")
+    exchange.route, exchange.rest = found_route, rest
+    headers = upstream_headers(exchange)
     assert not any(k.lower() == "x-proxy-token" for k, _ in headers)
     assert "proxy_token" not in rest_query and "proxy%5Ftoken" not in rest_query.lower()
 

@@ -1,18 +1,24 @@
-"""Who may pass: the sidecar's access rules as plain functions.
+"""Who may pass: ``Access`` decides for every request to a route, with the rules below.
 
-The port token (``X-Proxy-Token`` or the ``proxy_token`` query parameter) and its expiry,
-the client's address behind CHP and trusted front proxies, and what of a request's
-credentials never reaches an app (the hub's and the sidecar's cookies, the token in
-``Referer``). ``server.py`` applies them to every request.
+The port token (``X-Proxy-Token`` or the ``proxy_token`` query parameter) and its expiry;
+the token's cookie (``token_cookie.py``) and the hub login (``login.py``), both used only by
+requests from the port's own origin or by top-level pages (no CSRF or framing from a
+sibling port); CORS; the client's address behind CHP and trusted front proxies; and what
+of a request's credentials never reaches an app (the hub's and the sidecar's cookies, the
+token in ``Referer``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import time
 from urllib.parse import unquote_plus
 
+from ..http1 import Answer, HTTPError
 from ..tokens import token_matches
+from .login import route_prefix
+from .token_cookie import is_navigation
 
 TOKEN_HEADER = "x-proxy-token"
 TOKEN_QUERY = "proxy_token"
@@ -117,3 +123,157 @@ def strip_token_from_referer(value: str) -> str:
 def wants_html(request) -> bool:
     """A browser opening a page (not a script's fetch, which asks for */* or JSON)."""
     return "text/html" in request.get("Accept", "")
+
+
+LIMITED_PAUSE = 1.0  # seconds before a 429 answers a wrong token
+
+
+class Access:
+    """The access check of one sidecar: ``quick`` when the request carries what decides at
+    once, else ``check`` (which may ask the hub); ``trade_token`` and ``preflight`` for the
+    answers the sidecar gives itself."""
+
+    def __init__(self, login, token_cookies, limiter, denials, metrics, trusted_proxies=()):
+        self.login = login
+        self.token_cookies = token_cookies  # None: tokens in a query are never traded for cookies
+        self.limiter = limiter
+        self.denials = denials
+        self.metrics = metrics
+        self.trusted_proxies = trusted_proxies  # ip_network objects: front proxies whose X-Forwarded-For is believed
+
+    @staticmethod
+    def quick(ex) -> str | None:
+        """The credential that lets ``ex`` in without more ado (``""`` on a public port,
+        ``token`` for the right, unexpired token), or None: ``check`` decides."""
+        route = ex.route
+        if route.access == "public":
+            return ""
+        token = ex.header(TOKEN_HEADER) or ex.token
+        if token and route.token_sha256 and route.access != "disabled" and token_verdict(token, route) == "valid":
+            return "token"
+        return None
+
+    async def check(self, ex) -> str | Answer:
+        """Let the request through, saying by what (``token``, ``token cookie`` or ``login``),
+        or the redirect to log in at the hub; or raise 403 or 429 (recorded in the audit log)."""
+        route, token = ex.route, ex.header(TOKEN_HEADER) or ex.token
+        quick = self.quick(ex)
+        if quick is not None:
+            return quick
+        client = client_address(ex.head, ex.peer, self.trusted_proxies)
+
+        def deny(status: int, kind: str, message: str, headers=(), detail: str = ""):
+            """The refusal, recorded: ``kind`` (a metric label, one of a few) and ``detail``."""
+            self.metrics.denied(kind)
+            self.denials.record(
+                client,
+                reason=detail or kind,
+                route=route.key,
+                owner=route.owner,
+                port=route.port,
+                method=ex.method[:20],
+                path=ex.path[:300],
+            )
+            return HTTPError(status, message, [*ex.cors, *headers])
+
+        if route.access == "disabled":
+            raise deny(403, "port disabled", "Unauthorized access (disabled): this port is turned off.")
+        if token and route.token_sha256:
+            # wrong tokens (and expired ones, refused alike) are counted per server token,
+            # whichever of its ports is tried; the right one always gets in (``quick``: many
+            # clients can share one address)
+            verdict = token_verdict(token, route)
+            wait = self.limiter.retry_after(client, route.token_sha256)
+            if wait:
+                await asyncio.sleep(LIMITED_PAUSE)  # a guesser over the limit: slowed as well as refused
+                raise deny(
+                    429,
+                    "rate limited",
+                    f"Too many wrong tokens from {client}; try again in {wait}s.",
+                    [("Retry-After", str(wait))],
+                )
+            wrong_token = verdict + (" (now rate limited)" if self.limiter.failed(client, route.token_sha256) else "")
+        else:
+            verdict = wrong_token = ""
+        cookies, secure = ex.header("Cookie", ""), ex.secure
+        if self.token_cookies and self.token_cookies.valid(cookies, route, secure) and not token_expired(route):
+            if not self.session_may_send(ex):
+                message = "Refused: the port token's cookie is used only by the port's own pages; send an X-Proxy-Token."
+                raise deny(403, "cross-site token cookie", message)
+            return "token cookie"
+        session = await self.login.session(cookies, route, secure)
+        if session is not None:
+            user, login_token = session
+            if not self.session_may_send(ex):
+                message = (
+                    "Refused: this request came from another page than the port's own (a form, frame, script or"
+                    " websocket of another site or port), and your hub login is not used for those. Open the port's"
+                    " URL directly, or send an X-Proxy-Token."
+                )
+                raise deny(403, "cross-site login", message)
+            if await self.login.admits(route, user, login_token):
+                return "login"
+            detail = f"login of {user['name']} not admitted" + (f"; {wrong_token}" if wrong_token else "")
+            message = f"Unauthorized access: you are logged in as {user['name']}, and this port is not open to you."
+            raise deny(403, "login not admitted", message, detail=detail)
+        # a page opened at the top: never a frame, where another page could read the result
+        top_level = ex.header("Sec-Fetch-Dest", "document") == "document"
+        browser_visit = ex.method in ("GET", "HEAD") and ex.wants_html and top_level and not ex.websocket
+        if browser_visit and not token and self.login.available:
+            cookie_path = route_prefix(ex.path, route.path_depth)
+            return Answer(302, "Log in at the hub first.", self.login.start(ex.origin, ex.target, cookie_path, secure))
+        needed = (
+            "a valid X-Proxy-Token or a hub login" if route.token_sha256 else "a hub login (tokens are disabled for this port)"
+        )
+        kind = verdict if wrong_token else "token for a port without tokens" if token else "no credentials"
+        raise deny(403, kind, f"Unauthorized access: {needed} is required.", detail=wrong_token)
+
+    def trade_token(self, ex) -> Answer | None:
+        """A browser opening the port at the top with the right token in the query: the
+        redirect to the same URL without it, with the token's cookie (``token_cookie.py``).
+        Anything else (a script, a frame, a wrong token): None, and it goes on as before."""
+        route = ex.route
+        if self.token_cookies and route.token_sha256 and is_navigation(ex.head) and token_verdict(ex.token, route) == "valid":
+            location = "/" + ex.path.lstrip("/\\") + ("?" + ex.query if ex.query else "")  # "//host/" would be another host
+            cookie_path = route_prefix(ex.path, route.path_depth)
+            headers = self.token_cookies.exchange(route, location, cookie_path, ex.secure)
+            return Answer(302, "The token is kept in a cookie of this port.", headers)
+        return None
+
+    @staticmethod
+    def session_may_send(ex) -> bool:
+        """Whether a request may use the session cookie (CSRF, framing): if it comes from the
+        port's own origin; otherwise only as a top-level page opened with GET or HEAD (a link
+        followed, a URL typed), or from a client that sends neither ``Origin`` nor
+        ``Sec-Fetch-*`` (no browser, or a very old one). Every port host is the same *site*,
+        so SameSite=Lax alone would let a sibling port's form, frame or websocket in."""
+        origin = ex.header("Origin")
+        if ex.header("Sec-Fetch-Site") == "same-origin" or (origin is not None and origin == ex.origin):
+            return True
+        if origin is not None or ex.method not in ("GET", "HEAD"):
+            return False
+        mode, dest = ex.header("Sec-Fetch-Mode"), ex.header("Sec-Fetch-Dest")
+        return (mode == "navigate" and dest == "document") or (mode is None and dest is None)
+
+    @staticmethod
+    def cors_headers(route, origin: str | None) -> list[tuple[str, str]]:
+        if origin is None:
+            return []
+        if route.cors_any:
+            return [("Access-Control-Allow-Origin", "*")]
+        if origin in route.cors_origins:
+            return [("Access-Control-Allow-Origin", origin), ("Vary", "Origin")]
+        return []
+
+    @staticmethod
+    def preflight(ex) -> list[tuple[str, str]]:
+        """The headers of the 204 answering a CORS preflight of an allowed origin."""
+        if not ex.cors:
+            raise HTTPError(403, "This origin may not call this port (CORS).")
+        asked = ex.header("Access-Control-Request-Headers", "").strip()
+        return [
+            *ex.cors,
+            ("Access-Control-Allow-Methods", ex.header("Access-Control-Request-Method")),
+            ("Access-Control-Allow-Headers", ", ".join(h for h in ["X-Proxy-Token", asked] if h)),
+            ("Access-Control-Max-Age", "600"),
+        ]

@@ -1,15 +1,83 @@
-"""Relaying between client and app: what of an app's answer reaches the client
-(``response_headers`` under a request's ``ResponseRules``, cookies kept below a path
-route's prefix by ``scoped_cookie``) and the byte pipe of a websocket (``pipe_both``).
-``server.py`` opens the connections and streams the bodies.
+"""What crosses between client and app: the request's head as the app gets it
+(``upstream_head``: no token, no hub or sidecar cookie, the sidecar's own framing and
+``X-Forwarded-*``), and what of an app's answer reaches the client (``response_headers``
+under the request's ``ResponseRules``, cookies kept below a path route's prefix by
+``scoped_cookie``). ``relay.py`` moves the bytes.
 """
 
 from __future__ import annotations
 
-import asyncio
 from typing import NamedTuple
 
-from .access import protected_cookie
+from ..http1 import HOP_BY_HOP, render_head
+from .access import TOKEN_HEADER, filter_cookies, protected_cookie, strip_token_from_referer
+from .login import route_prefix
+
+FRAMING = {"content-length", "transfer-encoding"}
+CORS_RESPONSE_HEADERS = {
+    "access-control-allow-origin",
+    "access-control-allow-credentials",
+    "access-control-allow-methods",
+    "access-control-allow-headers",
+    "access-control-max-age",
+    "access-control-expose-headers",
+}
+# never forwarded to an app: hop-by-hop headers, framing (rewritten), the token, and
+# what the sidecar sets itself
+UPSTREAM_DROP = frozenset(HOP_BY_HOP | FRAMING | {TOKEN_HEADER, "expect", "x-forwarded-prefix"})
+# the sidecar's X-Forwarded-* always reach the app, whatever the client's Connection names
+FORWARDED = frozenset({"host", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "x-forwarded-prefix"})
+RESPONSE_DROP = frozenset(HOP_BY_HOP | FRAMING)
+# on a port with a CORS policy of the sidecar's, the app's own CORS headers never pass
+RESPONSE_DROP_CORS = RESPONSE_DROP | CORS_RESPONSE_HEADERS
+# the answer to a request with the token in its query: its Referer never carries the token on
+NO_REFERRER = [("Referrer-Policy", "no-referrer")]
+FRAME_SELF = [("Content-Security-Policy", "frame-ancestors 'self'")]  # added to the app's own policy, never replacing it
+VARY_COOKIE = [("Vary", "Cookie")]
+
+
+def upstream_head(ex) -> bytes:
+    """The request head for the app, from the exchange ``ex`` (route found, access checked)."""
+    route = ex.route
+    target = (ex.rest if route.strip_prefix else ex.path) + ("?" + ex.query if ex.query else "")
+    return render_head(f"{ex.method} {target} HTTP/1.1", upstream_headers(ex))
+
+
+def upstream_headers(ex) -> list[tuple[str, str]]:
+    # headers the client names in Connection are hop-by-hop too, but never the Host or
+    # the X-Forwarded-* the sidecar passes on
+    drop = UPSTREAM_DROP | (ex.connection - FORWARDED) if ex.connection else UPSTREAM_DROP
+    headers = []
+    forwarded_for = None
+    for name, value in ex.head.headers:
+        lower = name.lower()
+        if lower in drop:
+            continue
+        if lower == "cookie":
+            value = filter_cookies(value)
+            if not value:
+                continue
+        elif lower == "x-forwarded-for":
+            forwarded_for = value
+            continue
+        elif lower == "referer" and "?" in value:
+            value = strip_token_from_referer(value)
+        headers.append((name, value))
+    request, peer, path, rest = ex.head, ex.peer, ex.path, ex.rest
+    headers.append(("X-Forwarded-For", f"{forwarded_for}, {peer}" if forwarded_for else peer))
+    if request.get("X-Forwarded-Proto") is None:
+        headers.append(("X-Forwarded-Proto", "http"))
+    if request.get("X-Forwarded-Host") is None and request.get("Host"):
+        headers.append(("X-Forwarded-Host", request.get("Host")))
+    if ex.route.strip_prefix:
+        headers.append(("X-Forwarded-Prefix", path[: len(path) - len(rest)].rstrip("/") if rest != "/" else path.rstrip("/")))
+    if ex.websocket:
+        headers += [("Connection", "Upgrade"), ("Upgrade", "websocket")]
+    elif ex.body.kind == "chunked":
+        headers.append(("Transfer-Encoding", "chunked"))
+    elif ex.body.kind == "length":
+        headers.append(("Content-Length", str(ex.body.length)))
+    return headers
 
 
 class ResponseRules(NamedTuple):
@@ -20,6 +88,26 @@ class ResponseRules(NamedTuple):
     add: list
     cookie_path: str | None = None  # the route's path: the app's cookies are put below it
     strip_prefix: bool = False  # the app's cookie paths are below the stripped prefix
+
+
+def response_rules(ex) -> ResponseRules:
+    """What the answer to ``ex`` gets of the sidecar's own, replacing the app's: CORS (the
+    port's policy decides for every origin), no Referer with a token from the query, and
+    for an answer let in by a browser's cookie, no shared cache and no framing by others."""
+    route = ex.route
+    own = ResponseRules(RESPONSE_DROP_CORS if route.cors_origins else RESPONSE_DROP, ex.cors)
+    if ex.token is not None:
+        own = ResponseRules(own.drop | {"referrer-policy"}, own.add + NO_REFERRER)
+    by_session = ex.credential in ("login", "token cookie")
+    if by_session:  # an answer for this browser's cookie: no shared cache may give it to others
+        own = ResponseRules(own.drop, own.add + VARY_COOKIE)
+    if by_session and ex.header("Sec-Fetch-Site") is None:
+        # a browser that says nothing of where a request comes from (plain http, an old
+        # one): a page let in by the login may still not be framed by another origin
+        own = ResponseRules(own.drop, own.add + FRAME_SELF)
+    if route.scope_cookies:  # the app's cookies stay on its port (a path route shares the hub's origin)
+        own = own._replace(cookie_path=route_prefix(ex.path, route.path_depth), strip_prefix=route.strip_prefix)
+    return own
 
 
 def response_headers(response, own: ResponseRules) -> list[tuple[str, str]]:
@@ -61,32 +149,3 @@ def scoped_cookie(value: str, prefix: str, strip_prefix: bool = False) -> str:
     elif not (path and (path == prefix or path.startswith(prefix + "/"))):
         path = prefix
     return "; ".join([name_value.strip(), f"Path={path}", *kept])
-
-
-class _UpstreamClosed(Exception):
-    pass
-
-
-async def pipe_both(reader_a, writer_a, reader_b, writer_b, on_data=None) -> tuple[int, int]:
-    """Copy bytes both ways until either side closes; returns the bytes copied a->b, b->a.
-    ``on_data()`` is called for every piece copied."""
-    copied = [0, 0]
-
-    async def pipe(reader, writer, direction):
-        try:
-            while data := await reader.read(65536):
-                if on_data is not None:
-                    on_data()
-                writer.write(data)
-                copied[direction] += len(data)
-                await writer.drain()
-        except ConnectionError:
-            pass
-
-    tasks = [asyncio.ensure_future(pipe(reader_a, writer_b, 0)), asyncio.ensure_future(pipe(reader_b, writer_a, 1))]
-    try:
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for task in tasks:
-            task.cancel()
-    return copied[0], copied[1]

@@ -21,7 +21,7 @@ hub's OAuth, as any JupyterHub service does it (``HubOAuth``).
 The route says who gets in: its owner, any hub user, members of some groups, or (``shared``)
 whoever the hub lets access the owner's server, which the hub is asked with the visitor's own
 token (``may_access_server``, cached for ``cache_max_age``). The cookie,
-the state cookie and the ticket are credentials of the sidecar: ``server.py`` never lets
+the state cookie and the ticket are credentials of the sidecar: ``forward.py`` never lets
 them reach an app.
 """
 

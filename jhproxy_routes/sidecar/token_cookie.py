@@ -28,7 +28,7 @@ def is_navigation(request) -> bool:
     """A browser opening a page at the top (a link followed, a URL typed): never a frame,
     a script's fetch, or a client without fetch metadata."""
     return (
-        request.start[0] in ("GET", "HEAD")
+        request.start.method in ("GET", "HEAD")
         and request.get("Sec-Fetch-Mode") == "navigate"
         and request.get("Sec-Fetch-Dest") == "document"
     )

@@ -1,0 +1,431 @@
+"""Forwarding, transport to transport: a request's head and body to the app, the app's
+answer back to the client, and a websocket's frames both ways once the app answers 101.
+
+Bytes are handed from one transport straight to the other in the protocols' callbacks (no
+stream buffers, no task per request): a body's framing is checked as it passes
+(``http1.LengthBody``, ``ChunkedBody``, ``UntilCloseBody``) and written anew, and when the
+receiving side's writes back up, reading from the sending side pauses (flow control). Apps
+are reached over pooled keep-alive connections (``UpstreamPool``): CHP pools its connections
+to the sidecar across clients, and a small request costs no new TCP connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import defaultdict
+
+from ..http1 import MAX_HEAD, HTTPError, UntilCloseBody, body_reader, parse_response_head, render_head, response_body_framing
+from .forward import response_headers
+
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})  # retried once on a fresh connection
+WRITE_BUFFER_HIGH = 256 * 1024  # bytes waiting to be sent before the other side pauses
+
+
+class AppConnection(asyncio.Protocol):
+    """A connection to an app, used for one request at a time by its ``relay``."""
+
+    __slots__ = ("closed", "idle_since", "relay", "reused", "transport")
+
+    def __init__(self):
+        self.transport = None
+        self.relay: Relay | None = None
+        self.idle_since = 0.0
+        self.reused = False
+        self.closed = False
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        transport.set_write_buffer_limits(high=WRITE_BUFFER_HIGH)
+
+    def data_received(self, data: bytes) -> None:
+        if self.relay is not None:
+            self.relay.from_app(data)
+        else:  # an idle connection the app wrote to: not clean any more
+            self.close()
+
+    def eof_received(self) -> None:
+        if self.relay is not None:
+            self.relay.app_closed()
+
+    def connection_lost(self, exc) -> None:
+        self.closed = True
+        if self.relay is not None:
+            self.relay.app_closed()
+
+    def pause_writing(self) -> None:
+        if self.relay is not None:
+            self.relay.client.pause_reading("app")
+
+    def resume_writing(self) -> None:
+        if self.relay is not None:
+            self.relay.client.resume_reading("app")
+
+    def close(self) -> None:
+        self.closed = True
+        self.relay = None
+        self.transport.close()
+
+
+class UpstreamPool:
+    """Idle connections to the apps, per address: dropped when the app closed them or they
+    idled ``idle_timeout`` seconds; at most ``max_idle`` kept per address."""
+
+    def __init__(self, connect_timeout: float = 10, idle_timeout: float = 4, max_idle: int = 64):
+        self.connect_timeout = connect_timeout
+        self.idle_timeout = idle_timeout
+        self.max_idle = max_idle
+        self.idle: dict[tuple[str, int], list[AppConnection]] = defaultdict(list)
+
+    def take(self, host: str, port: int) -> AppConnection | None:
+        """An idle pooled connection that still looks open, or None."""
+        idle = self.idle.get((host, port))
+        now = time.monotonic()
+        while idle:
+            conn = idle.pop()
+            if now - conn.idle_since < self.idle_timeout and not conn.closed and not conn.transport.is_closing():
+                conn.reused = True
+                return conn
+            conn.close()
+        return None
+
+    async def connect(self, host: str, port: int) -> AppConnection:
+        loop = asyncio.get_running_loop()
+        _, conn = await asyncio.wait_for(loop.create_connection(AppConnection, host, port), self.connect_timeout)
+        return conn
+
+    def release(self, host: str, port: int, conn: AppConnection) -> None:
+        conn.relay = None
+        conn.transport.resume_reading()  # paused if the client's writes backed up at the end
+        idle = self.idle[(host, port)]
+        if len(idle) >= self.max_idle or conn.closed or conn.transport.is_closing():
+            conn.close()
+            return
+        conn.idle_since = time.monotonic()
+        idle.append(conn)
+
+    def close_all(self) -> None:
+        for conns in self.idle.values():
+            for conn in conns:
+                conn.close()
+        self.idle.clear()
+
+
+class Relay:
+    """One request forwarded: ``start`` sends it (a pooled connection, else a new one), the
+    answer streams back as it arrives, and ``done`` ends the exchange. A pooled connection the
+    app had closed is tried once more on a fresh one, for a safe method without a body (the
+    app may have received the request before it closed)."""
+
+    __slots__ = (
+        "app",
+        "body",
+        "client",
+        "exchange",
+        "expiry",
+        "head",
+        "keep_alive",
+        "pending",
+        "response",
+        "retried",
+        "reusable",
+        "sent_at",
+        "sidecar",
+        "state",
+        "timed_out",
+        "to_app",
+        "to_client",
+        "until",
+    )
+
+    def __init__(self, sidecar, exchange, head: bytes, until: float | None = None):
+        self.sidecar = sidecar  # its pool, metrics, timeouts, open websockets
+        self.exchange = exchange
+        self.client = exchange.client
+        self.head = head  # the request head for the app
+        self.until = until  # a websocket: closed at this Unix time (its token's expiry)
+        self.app: AppConnection | None = None
+        self.state = "connecting"  # sending, head, body, websocket, done
+        self.pending = bytearray()  # the app's answer so far, while its head is incomplete
+        self.body = None  # the body being read: the request's, then the response's
+        self.response = None
+        self.retried = self.timed_out = self.keep_alive = self.reusable = False
+        self.expiry = None
+        self.sent_at = 0.0
+        self.to_app = self.to_client = 0
+
+    @property
+    def route(self):
+        return self.exchange.route
+
+    # ---- the request -----------------------------------------------------------------------
+    def start(self) -> None:
+        conn = None if self.exchange.websocket else self.sidecar.pool.take(self.route.host, self.route.port)
+        if conn is not None:
+            self.send(conn)
+        else:
+            self.sidecar.spawn(self.exchange, self._connect())
+
+    async def _connect(self) -> None:
+        route = self.route
+        try:
+            conn = await self.sidecar.pool.connect(route.host, route.port)
+        except ConnectionRefusedError:
+            message = f"Nothing is listening on port {route.port} of {server_words(route)} yet: start the app there, then reload."
+            raise HTTPError(502, message) from None
+        except (OSError, asyncio.TimeoutError) as e:
+            reason = str(e) or type(e).__name__
+            raise HTTPError(502, f"The app on port {route.port} of {server_words(route)} is not answering ({reason}).") from None
+        if self.state == "done":  # the client went away meanwhile
+            conn.close()
+            return
+        self.send(conn)
+
+    def send(self, conn: AppConnection) -> None:
+        self.app = conn
+        conn.relay = self
+        self.state = "sending"
+        self.body = body_reader(self.exchange.body)
+        if self.body is None:
+            conn.transport.write(self.head)
+            self.request_sent()
+            return
+        data = self.client.take_buffer()
+        try:
+            out, used = self.body.feed(data)
+        except HTTPError as e:
+            self.fail(e)
+            return
+        conn.transport.write(self.head + out)
+        if self.body.done:
+            self.client.give_back(data[used:])
+            self.request_sent()
+        else:
+            self.client.receiver = self.from_client
+
+    def from_client(self, data: bytes) -> None:
+        """A piece of the request body."""
+        try:
+            out, used = self.body.feed(data)
+        except HTTPError as e:
+            self.fail(e)
+            return
+        if out:
+            self.app.transport.write(out)
+        if self.body.done:
+            self.client.receiver = None
+            self.client.give_back(data[used:])
+            self.request_sent()
+
+    def request_sent(self) -> None:
+        if self.body is not None:
+            self.sidecar.metrics.body(self.route.entry, "to_app", self.body.size)
+        self.body = None
+        self.sent_at = asyncio.get_running_loop().time()
+        self.sidecar.awaiting_answer[self] = None  # until the answer's head (upstream_timeout)
+        self.state = "head"
+        if self.pending:  # the app answered early
+            self.app.transport.resume_reading()
+            self._read_head()
+
+    def time_out(self) -> None:
+        self.timed_out = True
+        self.app.transport.abort()
+
+    # ---- the answer ------------------------------------------------------------------------
+    def from_app(self, data: bytes) -> None:
+        if self.state == "body":
+            self._body_piece(data)
+        elif self.state == "websocket":
+            self.to_client += len(data)
+            self.sidecar.in_use(self.route)
+            self.client.write(data)
+        elif self.state in ("head", "sending"):
+            self.pending += data
+            if self.state == "head":
+                self._read_head()
+            elif len(self.pending) > MAX_HEAD:
+                self.app.transport.pause_reading()  # resumed when the request is sent
+
+    def _read_head(self) -> None:
+        while True:
+            end = self.pending.find(b"\r\n\r\n")
+            if end < 0 or end > MAX_HEAD:
+                if end > MAX_HEAD or len(self.pending) > MAX_HEAD:
+                    self.fail(HTTPError(502, f"The app on port {self.route.port} sent a response head over 64 KiB."))
+                return
+            try:
+                response = parse_response_head(bytes(self.pending[: end + 4]))
+            except HTTPError as e:
+                self.fail(e)
+                return
+            del self.pending[: end + 4]
+            if not response.start.status.startswith("1") or response.start.status == "101":
+                break  # interim answers (100 Continue, 103) are skipped
+        del self.sidecar.awaiting_answer[self]
+        self.sidecar.metrics.upstream_latency.observe(asyncio.get_running_loop().time() - self.sent_at)
+        rest = bytes(self.pending)
+        self.pending.clear()
+        if self.exchange.websocket and response.start.status == "101":
+            self._upgrade(response, rest)
+        else:
+            self._respond(response, rest)
+
+    def _respond(self, response, rest: bytes) -> None:
+        ex = self.exchange
+        try:
+            framing = response_body_framing(response, ex.method)
+        except HTTPError as e:
+            self.fail(e)
+            return
+        status = response.start.status
+        if self.route.activity is not None and status < "400":  # the app answered: the server is in use
+            self.sidecar.activity.seen(self.route.activity)
+        self.reusable = (
+            framing.kind != "close"
+            and "close" not in response.tokens("Connection")
+            and response.start.version == "HTTP/1.1"
+            and not ex.websocket
+        )
+        keep_alive = ex.keep_alive and not ex.websocket
+        headers = response_headers(response, ex.own)
+        if framing.kind == "length":
+            headers.append(("Content-Length", str(framing.length)))
+        elif framing.kind != "none":
+            if ex.version == "HTTP/1.1":
+                headers.append(("Transfer-Encoding", "chunked"))
+            else:
+                keep_alive = False  # an HTTP/1.0 client: the end of the body is the end of the connection
+        if not keep_alive:
+            headers.append(("Connection", "close"))
+        self.keep_alive = keep_alive
+        head = render_head(f"HTTP/1.1 {status} {response.start.reason}", headers)
+        self.body = body_reader(framing, chunked_out=ex.version == "HTTP/1.1")
+        self.client.source = self.app.transport
+        if self.client.writes_paused:
+            self.app.transport.pause_reading()
+        self.state = "body"
+        if self.body is None:
+            self.client.write(head)
+            self._done(rest)
+            return
+        self._body_piece(rest, head)
+
+    def _body_piece(self, data: bytes, head: bytes = b"") -> None:
+        """A piece of the answer's body (after its ``head``, written with it in one send)."""
+        try:
+            out, used = self.body.feed(data)
+        except HTTPError:
+            self.client.write(head)
+            self._abort()  # the answer is half sent: all there is to do is close
+            return
+        self.client.write(head + out if head else out)
+        if self.body.done:
+            self._done(data[used:])
+
+    def _done(self, extra: bytes) -> None:
+        """The whole answer is sent: the app's connection back to the pool if clean."""
+        self.state = "done"
+        size = self.body.size if self.body is not None else 0
+        self.sidecar.metrics.body(self.route.entry, "to_client", size)
+        app, self.app = self.app, None
+        if self.reusable and not extra and not app.closed:
+            self.sidecar.pool.release(self.route.host, self.route.port, app)
+        else:
+            app.close()
+        self.exchange.end(self.keep_alive)
+
+    def app_closed(self) -> None:
+        """The app closed the connection (or it was aborted)."""
+        if self.state == "body" and isinstance(self.body, UntilCloseBody):
+            self.client.write(self.body.end())
+            self._done(b"")
+        elif self.state in ("sending", "head"):
+            self.app.close()
+            if self.timed_out:
+                self.fail(
+                    HTTPError(504, f"The app on port {self.route.port} did not answer within {self.sidecar.upstream_timeout:g}s.")
+                )
+            elif self.state == "head" and self._may_retry():
+                self.retried = True
+                self.app, self.state = None, "connecting"
+                self.sidecar.spawn(self.exchange, self._connect())
+            else:
+                said = "without answering" if self.state == "head" else ""
+                self.fail(HTTPError(502, f"The app on port {self.route.port} closed the connection {said}".rstrip() + "."))
+        elif self.state in ("body", "websocket"):
+            self._abort()
+
+    def _may_retry(self) -> bool:
+        ex = self.exchange
+        return self.app.reused and not self.retried and ex.body.kind == "none" and ex.method in SAFE_METHODS
+
+    # ---- a websocket -------------------------------------------------------------------------
+    def _upgrade(self, response, rest: bytes) -> None:
+        """The app accepted the websocket: its 101 through the same filter as any answer,
+        then frames both ways until either side closes."""
+        headers = [*response_headers(response, self.exchange.own), ("Connection", "Upgrade"), ("Upgrade", "websocket")]
+        self.state = "websocket"
+        self.client.write(render_head(f"HTTP/1.1 101 {response.start.reason}", headers) + rest)
+        self.to_client += len(rest)
+        self.sidecar.in_use(self.route)
+        self.sidecar.websocket_opened(self)
+        if self.until is not None:
+            self.expiry = asyncio.get_running_loop().call_later(max(0.0, self.until - time.time()), self.close)
+        self.client.source = self.app.transport
+        self.client.receiver = self._ws_from_client
+        early = self.client.take_buffer()
+        if early:
+            self._ws_from_client(early)
+
+    def _ws_from_client(self, data: bytes) -> None:
+        self.to_app += len(data)
+        self.sidecar.in_use(self.route)
+        self.app.transport.write(data)
+
+    def close(self) -> None:
+        """End a websocket (its route changed, its token expired)."""
+        self.client.close()
+
+    # ---- endings -----------------------------------------------------------------------------
+    def fail(self, error: HTTPError) -> None:
+        """An error before any of the answer was sent: the client gets it, the app's
+        connection is closed."""
+        self._stop()
+        self.exchange.fail(error, self.sidecar.hub_page)
+
+    def _abort(self) -> None:
+        self._stop()
+        self.client.close()
+        self.exchange.end(False)
+
+    def client_gone(self) -> None:
+        """The client closed its connection."""
+        if self.state == "done":
+            return
+        answering = self.state in ("body", "websocket")  # the app's answer had begun: forwarded
+        self._stop()
+        if answering:
+            self.exchange.end(False)
+        else:
+            self.exchange.abort()
+
+    def _stop(self) -> None:
+        if self.state == "websocket":
+            self.sidecar.metrics.body(self.route.entry, "to_app", self.to_app)
+            self.sidecar.metrics.body(self.route.entry, "to_client", self.to_client)
+            self.sidecar.websocket_closed(self)
+        self.state = "done"
+        self.sidecar.awaiting_answer.pop(self, None)
+        if self.expiry is not None:
+            self.expiry.cancel()
+        if self.app is not None:
+            self.app.close()
+            self.app = None
+
+
+def server_words(route) -> str:
+    """Whose server a route leads to, in words: ``alice's server``, ``alice's server dev``."""
+    if not route.owner:
+        return "its server"
+    return f"{route.owner}'s server" + (f" {route.servername}" if route.servername else "")
