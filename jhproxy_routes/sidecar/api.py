@@ -37,9 +37,9 @@ class HubAPI:
         return (METRICS_PATH, prefix.rstrip("/") + "/metrics") if prefix else (METRICS_PATH,)
 
     async def answer(self, ex) -> None:
-        if ex.body.kind == "chunked" or ex.body.length > MAX_API_BODY:
-            raise HTTPError(413, "Send the route as JSON with a Content-Length of at most 1 MiB.")
-        body = await ex.read_body()
+        """Answer a call of the hub's (or of a probe: health, readiness, metrics). Only a call
+        with the hub's token has its body read; any other body is left unread, and the
+        connection closed after the answer."""
         sidecar, path, method = self.sidecar, ex.path, ex.method
         table = sidecar.table
         head_only = method == "HEAD"  # the same answer without its body (a probe may ask so)
@@ -60,6 +60,9 @@ class HubAPI:
         auth = ex.header("Authorization", "").encode("latin-1")
         if not hmac.compare_digest(auth, f"token {sidecar.api_token}".encode("latin-1")):
             raise HTTPError(403, "The sidecar's route API needs the hub's token.")
+        if ex.body.kind == "chunked" or ex.body.length > MAX_API_BODY:
+            raise HTTPError(413, "Send the route as JSON with a Content-Length of at most 1 MiB.")
+        body = await ex.read_body()
         if path == BULK_API:
             ex.reply_json(200, self.bulk(method, body))
         elif path == ACTIVITY_API:

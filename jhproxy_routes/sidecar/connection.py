@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 from ..http1 import MAX_HEAD, HTTPError, parse_request_head
 from .access import wants_html
@@ -47,6 +48,7 @@ class ClientConnection(asyncio.Protocol):
         self.writes_paused = False
         self._reading_heads = False
         self._pauses: set[str] = set()
+        self._body_wait = None  # read_body's future while it waits for the rest of a body
 
     # ---- asyncio's calls -----------------------------------------------------------------
     def connection_made(self, transport) -> None:
@@ -62,10 +64,9 @@ class ClientConnection(asyncio.Protocol):
             self.receiver(data)
             return
         self.buffer += data
-        if self.exchange is None:
-            self.next_request()
-        elif len(self.buffer) > MAX_WAITING:
+        if len(self.buffer) > MAX_WAITING:
             self.pause_reading("waiting")
+        self.next_request()
 
     def eof_received(self) -> bool:
         self.eof = True
@@ -76,6 +77,8 @@ class ClientConnection(asyncio.Protocol):
     def connection_lost(self, exc) -> None:
         self.closed = True
         self._stop_waiting()
+        if self._body_wait is not None and not self._body_wait.done():
+            self._body_wait.set_exception(ConnectionResetError("the client closed the connection"))
         if self.exchange is not None:
             self.sidecar.client_gone(self.exchange)
 
@@ -88,16 +91,18 @@ class ClientConnection(asyncio.Protocol):
         self.writes_paused = False
         if self.source is not None:
             self.source.resume_reading()
+        self.next_request()  # requests that waited for the client to read its answers
 
     # ---- requests --------------------------------------------------------------------------
     def next_request(self) -> None:
         """Read and hand on every whole request head in the buffer, one exchange at a time
-        (a loop, not recursion: answers of the sidecar's own end at once)."""
+        (a loop, not recursion: answers of the sidecar's own end at once), while the client
+        reads its answers (none is begun while writes to it are paused)."""
         if self._reading_heads:
             return
         self._reading_heads = True
         try:
-            while self.exchange is None and not self.closed and not self.transport.is_closing():
+            while self.exchange is None and not self.writes_paused and not self.closed and not self.transport.is_closing():
                 end = self.buffer.find(b"\r\n\r\n")
                 if end < 0 or end > MAX_HEAD:
                     if end > MAX_HEAD or len(self.buffer) > MAX_HEAD:
@@ -123,6 +128,8 @@ class ClientConnection(asyncio.Protocol):
                 self.sidecar.dispatch(self.exchange)
         finally:
             self._reading_heads = False
+            if len(self.buffer) <= MAX_WAITING:
+                self.resume_reading("waiting")
 
     def exchange_ended(self, exchange: Exchange, keep_alive: bool) -> None:
         if exchange is not self.exchange:
@@ -133,12 +140,11 @@ class ClientConnection(asyncio.Protocol):
             self.close()
             return
         self.resume_reading("app")  # the app's connection may have been released while paused
-        self.resume_reading("waiting")
         self.next_request()
 
     def _wait_for_head(self) -> None:
         if self.waiting_since is None:
-            self.waiting_since = asyncio.get_running_loop().time()
+            self.waiting_since = time.monotonic()
             self.head_seen = None
             self.sidecar.idle_clients[self] = None
 
@@ -196,9 +202,10 @@ class ClientConnection(asyncio.Protocol):
             self.buffer[:0] = data
 
     async def read_body(self, length: int) -> bytes:
-        """The whole request body of ``length`` bytes (small ones: the hub's API calls)."""
+        """The whole request body of ``length`` bytes (small ones: the hub's API calls),
+        within ``client_timeout`` (else 408); ConnectionError if the client goes away."""
         if len(self.buffer) < length:
-            whole = asyncio.get_running_loop().create_future()
+            whole = self._body_wait = asyncio.get_running_loop().create_future()
 
             def collect(data: bytes) -> None:
                 self.buffer += data
@@ -208,7 +215,12 @@ class ClientConnection(asyncio.Protocol):
 
             self.receiver = collect
             self.resume_reading("waiting")
-            await whole
+            try:
+                await asyncio.wait_for(whole, self.sidecar.client_timeout)
+            except asyncio.TimeoutError:
+                raise HTTPError(408, "The request body did not arrive in time.") from None
+            finally:
+                self.receiver = self._body_wait = None
         body = bytes(self.buffer[:length])
         del self.buffer[:length]
         return body

@@ -101,6 +101,7 @@ class Exchange:
         if self.ended:
             return
         self.ended = True
+        self.relay = None  # no cycle left for the garbage collector to find
         if self._counter is not None:
             self._counter.request(self.route.entry, self.outcome)
         self._client.exchange_ended(self, keep_alive and self.keep_alive)

@@ -27,6 +27,9 @@ CORS_RESPONSE_HEADERS = {
 UPSTREAM_DROP = frozenset(HOP_BY_HOP | FRAMING | {TOKEN_HEADER, "expect", "x-forwarded-prefix"})
 # the sidecar's X-Forwarded-* always reach the app, whatever the client's Connection names
 FORWARDED = frozenset({"host", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "x-forwarded-prefix"})
+# spelt with underscores, these would stand for the sidecar's own in apps that read headers
+# as CGI variables (WSGI: X_Forwarded_For is HTTP_X_FORWARDED_FOR too): never forwarded
+UNDERSCORED = frozenset(name.replace("-", "_") for name in FORWARDED | {TOKEN_HEADER})
 RESPONSE_DROP = frozenset(HOP_BY_HOP | FRAMING)
 # on a port with a CORS policy of the sidecar's, the app's own CORS headers never pass
 RESPONSE_DROP_CORS = RESPONSE_DROP | CORS_RESPONSE_HEADERS
@@ -51,7 +54,7 @@ def upstream_headers(ex) -> list[tuple[str, str]]:
     forwarded_for = None
     for name, value in ex.head.headers:
         lower = name.lower()
-        if lower in drop:
+        if lower in drop or ("_" in lower and lower in UNDERSCORED):
             continue
         if lower == "cookie":
             value = filter_cookies(value)

@@ -98,11 +98,23 @@ class UpstreamPool:
         conn.relay = None
         conn.transport.resume_reading()  # paused if the client's writes backed up at the end
         idle = self.idle[(host, port)]
-        if len(idle) >= self.max_idle or conn.closed or conn.transport.is_closing():
+        # a connection with writes still buffered would carry its flow control (paused
+        # writes, which asyncio says only once) over to the next request: not kept
+        if len(idle) >= self.max_idle or conn.closed or conn.transport.is_closing() or conn.transport.get_write_buffer_size():
             conn.close()
             return
         conn.idle_since = time.monotonic()
         idle.append(conn)
+
+    def sweep(self) -> None:
+        """Close the connections idle over ``idle_timeout`` (the longest idle come first)."""
+        now = time.monotonic()
+        for address in list(self.idle):
+            idle = self.idle[address]
+            while idle and now - idle[0].idle_since >= self.idle_timeout:
+                idle.pop(0).close()
+            if not idle:
+                del self.idle[address]
 
     def close_all(self) -> None:
         for conns in self.idle.values():
@@ -172,10 +184,12 @@ class Relay:
             conn = await self.sidecar.pool.connect(route.host, route.port)
         except ConnectionRefusedError:
             message = f"Nothing is listening on port {route.port} of {server_words(route)} yet: start the app there, then reload."
-            raise HTTPError(502, message) from None
+            self.fail(HTTPError(502, message))
+            return
         except (OSError, asyncio.TimeoutError) as e:
             reason = str(e) or type(e).__name__
-            raise HTTPError(502, f"The app on port {route.port} of {server_words(route)} is not answering ({reason}).") from None
+            self.fail(HTTPError(502, f"The app on port {route.port} of {server_words(route)} is not answering ({reason})."))
+            return
         if self.state == "done":  # the client went away meanwhile
             conn.close()
             return
@@ -221,7 +235,7 @@ class Relay:
         if self.body is not None:
             self.sidecar.metrics.body(self.route.entry, "to_app", self.body.size)
         self.body = None
-        self.sent_at = asyncio.get_running_loop().time()
+        self.sent_at = time.monotonic()
         self.sidecar.awaiting_answer[self] = None  # until the answer's head (upstream_timeout)
         self.state = "head"
         if self.pending:  # the app answered early
@@ -230,7 +244,10 @@ class Relay:
 
     def time_out(self) -> None:
         self.timed_out = True
-        self.app.transport.abort()
+        if self.app is not None:
+            self.app.transport.abort()
+        else:  # not waiting on an app any more
+            self.sidecar.awaiting_answer.pop(self, None)
 
     # ---- the answer ------------------------------------------------------------------------
     def from_app(self, data: bytes) -> None:
@@ -260,10 +277,13 @@ class Relay:
                 self.fail(e)
                 return
             del self.pending[: end + 4]
+            if response.start.status == "101" and not self.exchange.websocket:
+                self.fail(HTTPError(502, f"The app on port {self.route.port} switched protocols unasked."))
+                return
             if not response.start.status.startswith("1") or response.start.status == "101":
                 break  # interim answers (100 Continue, 103) are skipped
         del self.sidecar.awaiting_answer[self]
-        self.sidecar.metrics.upstream_latency.observe(asyncio.get_running_loop().time() - self.sent_at)
+        self.sidecar.metrics.upstream_latency.observe(time.monotonic() - self.sent_at)
         rest = bytes(self.pending)
         self.pending.clear()
         if self.exchange.websocket and response.start.status == "101":
@@ -349,6 +369,8 @@ class Relay:
             elif self.state == "head" and self._may_retry():
                 self.retried = True
                 self.app, self.state = None, "connecting"
+                self.pending.clear()  # anything the closed connection sent is not the answer
+                self.sidecar.awaiting_answer.pop(self, None)
                 self.sidecar.spawn(self.exchange, self._connect())
             else:
                 said = "without answering" if self.state == "head" else ""
@@ -373,6 +395,8 @@ class Relay:
         if self.until is not None:
             self.expiry = asyncio.get_running_loop().call_later(max(0.0, self.until - time.time()), self.close)
         self.client.source = self.app.transport
+        if self.client.writes_paused:  # the client is not reading what it was sent so far
+            self.app.transport.pause_reading()
         self.client.receiver = self._ws_from_client
         early = self.client.take_buffer()
         if early:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 
 from ..audit import AuditLog, DenialLog
 from ..http1 import Answer, HTTPError
@@ -92,6 +93,7 @@ class Sidecar:
         )
         self.api = HubAPI(self, authenticate_metrics)
         self._tasks: set[asyncio.Task] = set()
+        self._last_sweep = 0.0  # when the pool's idle connections were last looked at
 
     # ---- one request -----------------------------------------------------------------------
     def dispatch(self, ex) -> None:
@@ -121,6 +123,8 @@ class Sidecar:
             raise HTTPError(503, "This port route is not (or no longer) known to the sidecar; try again shortly.")
         ex.route, ex.rest = found
         ex.count_in(self.metrics)
+        if ex.websocket and ex.body.kind != "none":  # its body would reach the app as a request of its own
+            raise HTTPError(400, "A websocket upgrade request cannot have a body.")
         origin = ex.header("Origin")
         ex.cors = self.access.cors_headers(ex.route, origin)
         if ex.method == "OPTIONS" and origin is not None and ex.header("Access-Control-Request-Method"):
@@ -173,6 +177,8 @@ class Sidecar:
                 await work
             except HTTPError as e:
                 ex.fail(e, self.hub_page)
+            except ConnectionError:  # the client went away while its request was read
+                ex.abort()
             except Exception:
                 log.exception("unexpected error answering a request from %s", ex.peer)
                 ex.abort()
@@ -193,13 +199,18 @@ class Sidecar:
     def tick(self) -> None:
         """Check every deadline, a few times per timeout period: one timer for all the
         connections instead of one per request."""
-        loop = asyncio.get_running_loop()
-        now = loop.time()
+        # the next tick first: whatever goes wrong in this one, the deadlines hold
+        asyncio.get_running_loop().call_later(
+            max(MIN_TICK, min(MAX_TICK, self.client_timeout / 2, self.upstream_timeout / 2)), self.tick
+        )
+        now = time.monotonic()  # as the deadlines were taken (loop.time() is coarser on uvloop)
         for client in list(self.idle_clients):
             client.check_deadline(now)
         for relay in [r for r in self.awaiting_answer if now - r.sent_at >= self.upstream_timeout]:
             relay.time_out()
-        loop.call_later(max(MIN_TICK, min(MAX_TICK, self.client_timeout / 2, self.upstream_timeout / 2)), self.tick)
+        if now - self._last_sweep >= self.pool.idle_timeout:
+            self._last_sweep = now
+            self.pool.sweep()
 
     # ---- what relays tell ------------------------------------------------------------------
     def in_use(self, route) -> None:
