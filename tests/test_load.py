@@ -82,7 +82,9 @@ async def test_500_connections_10000_mixed_requests(hub, apps, token):
             response = await client.post(f"{base}/upload", content=body)
             echo = response.json()
             if response.status_code != 200 or echo["body_sha256"] != hashlib.sha256(body).hexdigest():
-                raise AssertionError(f"upload {size}: HTTP {response.status_code}, app saw {echo.get('body_bytes')} bytes")
+                raise AssertionError(
+                    f"upload {size}: HTTP {response.status_code}, app saw {echo.get('body_bytes')} bytes {response.text[:200]}"
+                )
         else:
             ws_url = base.replace("http", "ws", 1) + "/ws"
             conn = await tornado.websocket.websocket_connect(

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
 
 from ..http1 import MAX_HEAD, HTTPError, UntilCloseBody, body_reader, parse_response_head, render_head, response_body_framing
 from .forward import response_headers
@@ -23,9 +23,10 @@ WRITE_BUFFER_HIGH = 256 * 1024  # bytes waiting to be sent before the other side
 
 
 class AppConnection(asyncio.Protocol):
-    """A connection to an app, used for one request at a time by its ``relay``."""
+    """A connection to an app, used for one request at a time by its ``relay``. Until the
+    app first answers on it, it counts as opening (``UpstreamPool.connect``)."""
 
-    __slots__ = ("closed", "idle_since", "relay", "reused", "transport")
+    __slots__ = ("address", "closed", "idle_since", "opening", "relay", "reused", "transport", "writes_paused")
 
     def __init__(self):
         self.transport = None
@@ -33,12 +34,22 @@ class AppConnection(asyncio.Protocol):
         self.idle_since = 0.0
         self.reused = False
         self.closed = False
+        self.writes_paused = False
+        self.opening: UpstreamPool | None = None  # the pool counting it as opening
+        self.address = ("", 0)
+
+    def answered(self) -> None:
+        """The app has taken this connection (it answered on it, or it is gone)."""
+        pool, self.opening = self.opening, None
+        pool.opened(self.address)
 
     def connection_made(self, transport) -> None:
         self.transport = transport
         transport.set_write_buffer_limits(high=WRITE_BUFFER_HIGH)
 
     def data_received(self, data: bytes) -> None:
+        if self.opening is not None:
+            self.answered()
         if self.relay is not None:
             self.relay.from_app(data)
         else:  # an idle connection the app wrote to: not clean any more
@@ -50,14 +61,18 @@ class AppConnection(asyncio.Protocol):
 
     def connection_lost(self, exc) -> None:
         self.closed = True
+        if self.opening is not None:
+            self.answered()
         if self.relay is not None:
             self.relay.app_closed()
 
     def pause_writing(self) -> None:
+        self.writes_paused = True
         if self.relay is not None:
             self.relay.client.pause_reading("app")
 
     def resume_writing(self) -> None:
+        self.writes_paused = False
         if self.relay is not None:
             self.relay.client.resume_reading("app")
 
@@ -69,13 +84,22 @@ class AppConnection(asyncio.Protocol):
 
 class UpstreamPool:
     """Idle connections to the apps, per address: dropped when the app closed them or they
-    idled ``idle_timeout`` seconds; at most ``max_idle`` kept per address."""
+    idled ``idle_timeout`` seconds; at most ``max_idle`` kept per address.
 
-    def __init__(self, connect_timeout: float = 10, idle_timeout: float = 4, max_idle: int = 64):
+    At most ``max_opening`` new connections to one app wait for its first answer at a time;
+    more requests wait for one of those to answer, or for a connection back in the pool. A
+    connection is established by the kernel before the app accepts it: a burst of hundreds
+    would overflow a busy app's listen backlog (100 in asyncio, 128 in tornado and werkzeug),
+    and the kernel then resets connections the sidecar has already sent a request on."""
+
+    def __init__(self, connect_timeout: float = 10, idle_timeout: float = 4, max_idle: int = 64, max_opening: int = 64):
         self.connect_timeout = connect_timeout
         self.idle_timeout = idle_timeout
         self.max_idle = max_idle
+        self.max_opening = max_opening
         self.idle: dict[tuple[str, int], list[AppConnection]] = defaultdict(list)
+        self.opening: dict[tuple[str, int], int] = {}  # per address: connections not yet answered on
+        self.waiting: dict[tuple[str, int], deque] = {}  # per address: futures of requests waiting to connect
 
     def take(self, host: str, port: int) -> AppConnection | None:
         """An idle pooled connection that still looks open, or None."""
@@ -90,21 +114,57 @@ class UpstreamPool:
         return None
 
     async def connect(self, host: str, port: int) -> AppConnection:
-        loop = asyncio.get_running_loop()
-        _, conn = await asyncio.wait_for(loop.create_connection(AppConnection, host, port), self.connect_timeout)
+        """A connection for one request: a new one, or a pooled one that came back while
+        this request waited for its turn to open one."""
+        loop, address = asyncio.get_running_loop(), (host, port)
+        while self.opening.get(address, 0) >= self.max_opening:
+            turn = loop.create_future()
+            self.waiting.setdefault(address, deque()).append(turn)
+            await turn
+            conn = self.take(host, port)
+            if conn is not None:
+                self._wake(address)  # the turn it did not use
+                return conn
+        self.opening[address] = self.opening.get(address, 0) + 1
+        try:
+            _, conn = await asyncio.wait_for(loop.create_connection(AppConnection, host, port), self.connect_timeout)
+        except BaseException:
+            self.opened(address)
+            raise
+        conn.opening, conn.address = self, address
         return conn
+
+    def opened(self, address: tuple[str, int]) -> None:
+        """A connection to ``address`` no longer counts as opening: the next waiter's turn."""
+        left = self.opening[address] - 1
+        if left:
+            self.opening[address] = left
+        else:
+            del self.opening[address]
+        self._wake(address)
+
+    def _wake(self, address: tuple[str, int]) -> None:
+        waiting = self.waiting.get(address)
+        while waiting:
+            turn = waiting.popleft()
+            if not turn.done():  # not given up (its request's task cancelled)
+                turn.set_result(None)
+                break
+        if not waiting:
+            self.waiting.pop(address, None)
 
     def release(self, host: str, port: int, conn: AppConnection) -> None:
         conn.relay = None
         conn.transport.resume_reading()  # paused if the client's writes backed up at the end
         idle = self.idle[(host, port)]
-        # a connection with writes still buffered would carry its flow control (paused
-        # writes, which asyncio says only once) over to the next request: not kept
-        if len(idle) >= self.max_idle or conn.closed or conn.transport.is_closing() or conn.transport.get_write_buffer_size():
+        # a connection whose writes are paused (the app stopped reading) would carry that
+        # over to the next request, whose relay never hears of it: not kept
+        if len(idle) >= self.max_idle or conn.closed or conn.transport.is_closing() or conn.writes_paused:
             conn.close()
             return
         conn.idle_since = time.monotonic()
         idle.append(conn)
+        self._wake((host, port))  # a request waiting for its turn to connect takes this one
 
     def sweep(self) -> None:
         """Close the connections idle over ``idle_timeout`` (the longest idle come first)."""
