@@ -28,7 +28,7 @@ from traitlets import (
 )
 from traitlets.config import Configurable
 
-from .contract import DEFAULTS, EVENT_LOOPS, TOKEN_ENV, SidecarSettings
+from .contract import DEFAULTS, TOKEN_ENV, SidecarSettings
 from .route_templates import RouteTemplate
 
 GROUP_PREFIX = "group:"
@@ -664,19 +664,6 @@ class PortRoutes(Configurable):
         """,
     )
 
-    sidecar_event_loop = CaselessStrEnum(
-        list(EVENT_LOOPS),
-        DEFAULTS.sidecar_event_loop,
-        config=True,
-        help="""The sidecar's event loop: ``uvloop`` (libuv's, in C: the package uvloop,
-        installed with jhproxy-routes except on Windows) or ``asyncio`` (Python's own). On
-        uvloop a request through the sidecar to an app costs less time at the sidecar's
-        hop: in the benchmark a single client's requests get through it at a 15-25% lower
-        median latency. A sidecar told ``uvloop`` where uvloop is not installed says so in
-        its log and runs on asyncio's loop.
-        """,
-    )
-
     @property
     def audit_log_path(self) -> str:
         """``audit_log`` as an absolute path ("" when off): the sidecar runs elsewhere."""
@@ -702,7 +689,6 @@ class PortRoutes(Configurable):
             metrics_by_route=self.metrics_by_route,
             trusted_proxies=tuple(self.trusted_proxies),
             token_cookies=self.token_cookies,
-            sidecar_event_loop=self.sidecar_event_loop,
         )
 
     @default("sidecar_api_token")

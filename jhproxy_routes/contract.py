@@ -39,9 +39,6 @@ METRICS_PATH = API_PREFIX + "metrics"
 #: when the hub does not start it); not one of :class:`SidecarSettings`: never defaulted
 TOKEN_ENV = "JHPROXY_ROUTES_SIDECAR_TOKEN"
 
-#: the event loops the sidecar can run on: libuv's (the uvloop package) or asyncio's own
-EVENT_LOOPS = ("uvloop", "asyncio")
-
 
 @dataclass(frozen=True)
 class SidecarSettings:
@@ -60,7 +57,6 @@ class SidecarSettings:
     metrics_by_route: bool = True
     trusted_proxies: tuple[str, ...] = ()
     token_cookies: bool = True
-    sidecar_event_loop: str = "uvloop"  # one of EVENT_LOOPS
 
     @staticmethod
     def variable(name: str) -> str:
@@ -79,11 +75,7 @@ class SidecarSettings:
             text = environ.get(cls.variable(f.name))
             if text is not None:
                 values[f.name] = _from_text(cls.variable(f.name), text, type(f.default))
-        settings = cls(**values)
-        if settings.sidecar_event_loop not in EVENT_LOOPS:
-            variable = cls.variable("sidecar_event_loop")
-            raise ValueError(f"{variable}={settings.sidecar_event_loop!r}: must be one of {', '.join(EVENT_LOOPS)}")
-        return settings
+        return cls(**values)
 
 
 DEFAULTS = SidecarSettings()

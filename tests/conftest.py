@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import shutil
 import subprocess
@@ -60,20 +59,6 @@ def make_hub(module_tmp):
     yield make
     for hub in hubs:
         hub.stop()
-
-
-# modules that run a sidecar in the test's own event loop: each of their tests runs on both
-# loops the sidecar can be given (c.PortRoutes.sidecar_event_loop), asyncio's and uvloop's;
-# every other async test on asyncio's alone
-ON_BOTH_LOOPS = {"test_sidecar_protocol.py", "test_route_api.py", "test_relay_attacks.py"}
-
-
-def pytest_asyncio_loop_factories(config, item):
-    if Path(str(item.fspath)).name in ON_BOTH_LOOPS:
-        import uvloop
-
-        return {"asyncio": asyncio.new_event_loop, "uvloop": uvloop.new_event_loop}
-    return {"asyncio": asyncio.new_event_loop}
 
 
 def pytest_report_header(config):

@@ -4,7 +4,6 @@ import os
 import subprocess
 import sys
 
-import httpx
 import pytest
 from traitlets import TraitError
 from traitlets.config import Config
@@ -15,7 +14,6 @@ from jhproxy_routes.contract import DEFAULTS, SERVICE_NAME, TOKEN_ENV, SidecarSe
 from jhproxy_routes.route_templates import RouteTemplate, dns_label
 from jhproxy_routes.scopes import SCOPE
 from jhproxy_routes.wiring import sidecar_service
-from tests.rig import free_port
 
 
 def port_routes(**settings) -> PortRoutes:
@@ -287,39 +285,3 @@ def test_templates_go_between_the_admins_and_the_hubs(tmp_path):
     assert add_templates(app) is False and app.template_paths == [str(mine), str(TEMPLATES), hub_templates]
     app = JupyterHub(template_paths=[str(tmp_path), hub_templates + "/"])  # as Helm charts often write it
     assert add_templates(app) is True and app.template_paths == [str(tmp_path), str(TEMPLATES), hub_templates + "/"]
-
-
-@pytest.mark.parametrize("event_loop", ["uvloop", "asyncio"])
-def test_the_sidecar_runs_on_the_event_loop_it_is_given(event_loop):
-    """``sidecar_event_loop`` reaches the sidecar, which serves on that loop and says so."""
-    environment = sidecar_service(port_routes(sidecar_event_loop=event_loop), authenticate_metrics=False)["environment"]
-    assert environment["JHPROXY_ROUTES_SIDECAR_EVENT_LOOP"] == event_loop
-    port = free_port()
-    sidecar = subprocess.Popen(
-        [sys.executable, "-m", "jhproxy_routes.sidecar", "--port", str(port)],
-        env={**os.environ, **environment},
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        line = sidecar.stderr.readline()
-        while line and "listening on" not in line:
-            line = sidecar.stderr.readline()
-        assert line.rstrip().endswith(f"(event loop: {event_loop})"), line
-        assert httpx.get(f"http://127.0.0.1:{port}/_jhproxy-routes/health", timeout=10).json()["status"] == "ok"
-    finally:
-        sidecar.terminate()
-        sidecar.wait(10)
-
-
-def test_an_unknown_event_loop_stops_the_sidecar_with_one_line():
-    with pytest.raises(ValueError, match="JHPROXY_ROUTES_SIDECAR_EVENT_LOOP='tokio': must be one of uvloop, asyncio"):
-        SidecarSettings.from_environ({"JHPROXY_ROUTES_SIDECAR_EVENT_LOOP": "tokio"})
-    with pytest.raises(TraitError):
-        port_routes(sidecar_event_loop="tokio")
-    bad = {**os.environ, TOKEN_ENV: "secret", "JHPROXY_ROUTES_SIDECAR_EVENT_LOOP": "tokio"}
-    started = subprocess.run(
-        [sys.executable, "-m", "jhproxy_routes.sidecar"], env=bad, capture_output=True, text=True, timeout=60
-    )
-    assert started.returncode == 1 and "Traceback" not in started.stderr, started.stderr
-    assert "must be one of uvloop, asyncio" in started.stderr

@@ -1,7 +1,6 @@
 """The relay from the attacker's side: what a client (or an app) sends to desynchronise a
 connection, get past the check, keep the sidecar's memory or its deadlines, and what must
-not happen. A real sidecar on a real port, raw apps and raw client sockets, on both event
-loops (tests/conftest.py).
+not happen. A real sidecar on a real port, raw apps and raw client sockets.
 """
 
 import asyncio

@@ -1,8 +1,7 @@
 """Run the sidecar: ``python -m jhproxy_routes.sidecar [--ip IP] [--port PORT]``.
 
 As a JupyterHub managed service it listens where ``JUPYTERHUB_SERVICE_URL`` says. The
-hub's token for the route API comes from ``JHPROXY_ROUTES_SIDECAR_TOKEN``, its settings from
-the environment the hub gives it (``contract.SidecarSettings``). With the hub's
+hub's token for the route API comes from ``JHPROXY_ROUTES_SIDECAR_TOKEN``, its settings from\nthe environment the hub gives it (``contract.SidecarSettings``). With the hub's
 service environment (``JUPYTERHUB_API_TOKEN``, ``JUPYTERHUB_CLIENT_ID``, ...), browsers of
 hub users get into restricted ports by their hub login; without it, only tokens do.
 
@@ -74,20 +73,7 @@ def main(argv=None) -> None:
         trusted_proxies=parse_networks(settings.trusted_proxies),
         token_cookies=settings.token_cookies,
     )
-    run_on(settings.sidecar_event_loop, run(sidecar, args.ip, args.port))
-
-
-def run_on(event_loop: str, main_task) -> None:
-    """Run the coroutine ``main_task`` to its end on ``event_loop`` (``contract.EVENT_LOOPS``)."""
-    if event_loop == "uvloop":
-        try:
-            import uvloop
-        except ImportError:
-            logging.warning("uvloop is not installed: the sidecar runs on asyncio's own event loop")
-        else:
-            uvloop.run(main_task)
-            return
-    asyncio.run(main_task)
+    asyncio.run(run(sidecar, args.ip, args.port))
 
 
 def external_service_environment() -> None:
@@ -129,7 +115,7 @@ async def run(sidecar: Sidecar, ip: str, port: int) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    logging.info("listening on http://%s:%i (event loop: %s)", ip, port, type(loop).__module__.split(".")[0])
+    logging.info("listening on http://%s:%i", ip, port)
     await stop.wait()
     server.close()
     sidecar.pool.close_all()

@@ -203,7 +203,7 @@ class Sidecar:
         asyncio.get_running_loop().call_later(
             max(MIN_TICK, min(MAX_TICK, self.client_timeout / 2, self.upstream_timeout / 2)), self.tick
         )
-        now = time.monotonic()  # as the deadlines were taken (loop.time() is coarser on uvloop)
+        now = time.monotonic()  # the clock every deadline was taken on
         for client in list(self.idle_clients):
             client.check_deadline(now)
         for relay in [r for r in self.awaiting_answer if now - r.sent_at >= self.upstream_timeout]:
