@@ -3,7 +3,7 @@
 #   bash benchmarks/run.sh [--quick] [--profile]
 #   bash benchmarks/run.sh --scale [--servers N]     (the route manager at scale: scale.py)
 # Sets up .venv and node_modules (scripts/bootstrap.sh), installs what only the benchmark needs
-# when missing (jupyter-server-proxy and py-spy into .venv, wrk from Debian), then runs bench.py.
+# when missing (jupyter-server-proxy and py-spy into .venv, wrk and nginx from Debian), then runs bench.py.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -16,6 +16,11 @@ if ! command -v wrk >/dev/null 2>&1; then
     echo "bench: apt-get install wrk" >&2
     apt-get install -y wrk >/dev/null 2>&1 || { apt-get update >/dev/null && apt-get install -y wrk >/dev/null; } \
         || { echo "bench: error: install wrk (Debian: apt-get install wrk)" >&2; exit 1; }
+fi
+if ! command -v nginx >/dev/null 2>&1; then  # the reference row: nginx in the sidecar's place
+    echo "bench: apt-get install nginx-light" >&2
+    apt-get install -y nginx-light >/dev/null 2>&1 || { apt-get update >/dev/null && apt-get install -y nginx-light >/dev/null; } \
+        || { echo "bench: error: install nginx (Debian: apt-get install nginx-light)" >&2; exit 1; }
 fi
 if [[ "${1:-}" == "--scale" ]]; then
     shift
