@@ -154,12 +154,10 @@ class Access:
         return None
 
     async def check(self, ex) -> str | Answer:
-        """Let the request through, saying by what (``token``, ``token cookie`` or ``login``),
-        or the redirect to log in at the hub; or raise 403 or 429 (recorded in the audit log)."""
+        """For a request ``quick`` did not let in: let it through, saying by what (``token
+        cookie`` or ``login``), or the redirect to log in at the hub; or raise 403 or 429
+        (recorded in the audit log)."""
         route, token = ex.route, ex.header(TOKEN_HEADER) or ex.token
-        quick = self.quick(ex)
-        if quick is not None:
-            return quick
         client = client_address(ex.head, ex.peer, self.trusted_proxies)
 
         def deny(status: int, kind: str, message: str, headers=(), detail: str = ""):

@@ -304,10 +304,7 @@ class Relay:
 
     def time_out(self) -> None:
         self.timed_out = True
-        if self.app is not None:
-            self.app.transport.abort()
-        else:  # not waiting on an app any more
-            self.sidecar.awaiting_answer.pop(self, None)
+        self.app.transport.abort()
 
     # ---- the answer ------------------------------------------------------------------------
     def from_app(self, data: bytes) -> None:
