@@ -313,7 +313,13 @@ class Hub:
 
 
 CHROMIUM = Path("/usr/bin/chromium")
+#: Chromium resolves every name below ``.test`` (a TLD reserved for testing, RFC 6761) to
+#: 127.0.0.1: real sibling host names (``hub.test``, ``5000--alice.hub.test``,
+#: ``mallory.hub.test``) that, unlike ``*.localhost``, get no special treatment from the
+#: browser (no fetch metadata over plain HTTP, no secure context).
+TEST_DOMAIN = "test"
 CHROMIUM_ARGS = [
+    f"--host-resolver-rules=MAP *.{TEST_DOMAIN} 127.0.0.1",
     "--headless",
     "--no-sandbox",
     "--disable-gpu",
