@@ -210,6 +210,7 @@ class Access:
                 )
                 raise deny(403, "cross-site login", message)
             if await self.login.admits(route, user, login_token):
+                ex.login_token = login_token
                 return "login"
             detail = f"login of {user['name']} not admitted" + (f"; {wrong_token}" if wrong_token else "")
             message = f"Unauthorized access: you are logged in as {user['name']}, and this port is not open to you."

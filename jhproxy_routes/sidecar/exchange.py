@@ -31,6 +31,7 @@ class Exchange:
         "ended",
         "head",
         "keep_alive",
+        "login_token",
         "method",
         "outcome",
         "own",
@@ -65,6 +66,7 @@ class Exchange:
         self.cors: list = []  # the port's CORS headers for this request's origin
         self.token: str | None = None  # from the query
         self.credential = ""  # what let it in: "" (public), token, token cookie, login
+        self.login_token = ""  # let in by a login: its session's hub token
         self.outcome = "forwarded"
         self._counter = None  # the metrics to count the outcome in, once the route is known
         self.ended = False

@@ -17,6 +17,8 @@ hub's OAuth, as any JupyterHub service does it (``HubOAuth``).
    route. The login starts only for a top-level page, never in a frame.
 4. On each request the hub is asked whose token that is (``HubOAuth.user_for_token``,
    cached for ``cache_max_age``): a hub logout revokes the token, and so ends the session.
+   A websocket the session opened is asked about again as long as it is open
+   (``login_websockets.py``).
 
 The route says who gets in: its owner, any hub user, members of some groups, or (``shared``)
 whoever the hub lets access the owner's server, which the hub is asked with the visitor's own
@@ -120,6 +122,11 @@ class HubLogin:
     def available(self) -> bool:
         return self.auth is not None
 
+    @property
+    def cache_max_age(self) -> float:
+        """Seconds an answer of the hub about a login is trusted."""
+        return self.auth.cache_max_age if self.auth else 0
+
     # ---- a request to a restricted port --------------------------------------------------
     async def session(self, cookie_header: str, route, secure: bool) -> tuple[dict, str] | None:
         """The hub user whose session cookie for ``route`` came with the request, and the
@@ -172,6 +179,12 @@ class HubLogin:
         if user["name"] == route.owner or route.users or route.groups.intersection(user.get("groups") or ()):
             return True
         return route.shared and await self.may_access_server(token, route.owner, route.servername)
+
+    async def admits_token(self, route, token: str) -> bool:
+        """Whether the session whose hub token is ``token`` still gets into ``route`` (a
+        websocket it opened is checked again so)."""
+        user = await self._user_for_token(token)
+        return user is not None and await self.admits(route, user, token)
 
     async def may_access_server(self, token: str, owner: str, servername: str) -> bool:
         """Whether the user holding ``token`` may access the server ``owner/servername``,

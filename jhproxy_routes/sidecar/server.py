@@ -32,6 +32,7 @@ from .api import HubAPI
 from .connection import ClientConnection
 from .forward import response_rules, upstream_head
 from .login import TICKET_QUERY, HubLogin, route_prefix
+from .login_websockets import LoginWebsockets
 from .metrics import SidecarMetrics
 from .ratelimit import BadTokenLimiter
 from .relay import Relay, UpstreamPool
@@ -79,6 +80,8 @@ class Sidecar:
         self.pool = UpstreamPool(connect_timeout=connect_timeout)
         self.activity = ServerActivity()
         self.websockets: dict[str, set] = {}  # table entry -> Relays of its open websockets
+        # those let in by a hub login, checked again as long as they are open
+        self.login_websockets = LoginWebsockets(self.login, self.login.cache_max_age)
         self.metrics = SidecarMetrics(
             lambda: len(self.table.routes), metrics_by_route, self.table.has, self.activity.pending_seconds
         )
@@ -184,7 +187,11 @@ class Sidecar:
                 ex.abort()
                 ex.client.close()
 
-        task = asyncio.ensure_future(run())
+        self.background(run())
+
+    def background(self, work) -> None:
+        """Run ``work`` (a coroutine) in a task of the sidecar's own, kept until it ends."""
+        task = asyncio.ensure_future(work)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -220,8 +227,11 @@ class Sidecar:
 
     def websocket_opened(self, relay) -> None:
         self.websockets.setdefault(relay.route.entry, set()).add(relay)
+        if relay.exchange.credential == "login":
+            self.login_websockets.add(relay, relay.exchange.login_token)
 
     def websocket_closed(self, relay) -> None:
+        self.login_websockets.discard(relay)
         open_here = self.websockets.get(relay.route.entry)
         if open_here is not None:
             open_here.discard(relay)
@@ -239,4 +249,6 @@ async def serve(sidecar: Sidecar, host: str, port: int):
     loop = asyncio.get_running_loop()
     server = await loop.create_server(lambda: ClientConnection(sidecar), host, port, backlog=1024)
     sidecar.tick()
+    if sidecar.login.available:
+        sidecar.background(sidecar.login_websockets.run())
     return server
