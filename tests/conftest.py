@@ -37,8 +37,8 @@ def module_tmp(tmp_path_factory, request) -> Path:
 def make_app(module_tmp):
     apps = []
 
-    def make(port: int | None = None) -> App:
-        app = App(module_tmp, port)
+    def make(port: int | None = None, **kwargs) -> App:
+        app = App(module_tmp, port, **kwargs)
         apps.append(app)
         return app
 

@@ -27,6 +27,7 @@ REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 CHP = Path(os.environ.get("JHPROXY_ROUTES_CHP", REPO / "node_modules/.bin/configurable-http-proxy"))
 DEMO_APP = REPO / "examples/demo_app.py"
+PAGE_APP = REPO / "tests/page_app.py"  # serves a test's own pages (an attacker's, a port's)
 ADMIN_TOKEN = secrets.token_hex(16)
 
 
@@ -37,7 +38,9 @@ def _worker_ports() -> range:
     pytest-xdist worker (gw0, gw1, ...), so parallel workers never hand out the same one."""
     worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
     index = int(worker) % 10 if worker.isdigit() else 0
-    return range(17000 + index * 1500, 17000 + (index + 1) * 1500)
+    # JHPROXY_ROUTES_TEST_PORT_BASE moves the blocks, for two checkouts tested at once (at most 25000)
+    base = int(os.environ.get("JHPROXY_ROUTES_TEST_PORT_BASE", "17000"))
+    return range(base + index * 1500, base + (index + 1) * 1500)
 
 
 _PORTS = _worker_ports()
@@ -101,17 +104,19 @@ def port_open(port: int) -> bool:
 
 
 class App:
-    """The echo app (examples/demo_app.py) on a real port."""
+    """The echo app (examples/demo_app.py) on a real port; or with ``script`` and ``args``,
+    another app that takes ``--port`` and lists what it received at ``/__log__``
+    (``PAGE_APP``)."""
 
-    def __init__(self, tmp: Path, port: int | None = None):
+    def __init__(self, tmp: Path, port: int | None = None, script: Path = DEMO_APP, args: tuple = ()):
         self.port = port or free_port()
         self.log_path = tmp / f"app-{self.port}.log"
         self.proc = subprocess.Popen(
-            [sys.executable, str(DEMO_APP), "--port", str(self.port)],
+            [sys.executable, str(script), "--port", str(self.port), *args],
             stdout=self.log_path.open("w"),
             stderr=subprocess.STDOUT,
         )
-        wait_for(lambda: port_open(self.port), 15, f"echo app on {self.port}", self.log_path)
+        wait_for(lambda: port_open(self.port), 15, f"{script.name} on {self.port}", self.log_path)
 
     def received(self) -> list[dict]:
         return httpx.get(f"http://127.0.0.1:{self.port}/__log__").json()
@@ -303,7 +308,8 @@ class Hub:
 
     def login(self, user: str) -> httpx.Client:
         """A client with a cookie jar, logged in through the hub's login form as a browser is."""
-        client = httpx.Client(base_url=self.url, timeout=60, headers={"Accept": "text/html"})
+        # as a browser opening pages: Accept and Upgrade-Insecure-Requests (sent with navigations only)
+        client = httpx.Client(base_url=self.url, timeout=60, headers={"Accept": "text/html", "Upgrade-Insecure-Requests": "1"})
         form = client.get("/hub/login")
         xsrf = re.search(r'name="_xsrf" value="([^"]+)"', form.text)
         assert xsrf, f"no _xsrf field on the login page: {form.text[:500]}"

@@ -354,13 +354,17 @@ def test_a_sibling_page_cannot_use_the_login_on_path_routes(hub, echo, token):
 
 
 def test_a_login_without_fetch_metadata_gets_no_frame_from_elsewhere(hub, echo):
-    """A browser that sends no Sec-Fetch-* (plain http hosts, older browsers) cannot be told
-    apart from a top-level visit: an answer let through by the session then forbids framing
-    by another origin (added to the app's own policy); a token's answer is left as it is."""
+    """A browser that sends no Sec-Fetch-* (plain http hosts, older browsers) cannot tell a
+    frame's navigation from a top-level one: an answer let through by the session then
+    forbids framing by another origin (added to the app's own policy); a token's answer is
+    left as it is. (What is neither a navigation nor from the port's own page: refused,
+    tests/test_sibling_hosts.py.)"""
     alice = hub.login("alice")
     assert alice.get(echo_path(echo), follow_redirects=True).status_code == 200
     cookie = next(c for c in alice.cookies.jar if c.name == session_cookie_name(echo_path(echo).rstrip("/")))
-    answer = httpx.get(hub.url + echo_path(echo, "page"), headers={"Cookie": f"{cookie.name}={cookie.value}"}, timeout=30)
+    # a page navigation (over plain http, a frame's looks the same: Upgrade-Insecure-Requests)
+    navigation = {"Cookie": f"{cookie.name}={cookie.value}", "Upgrade-Insecure-Requests": "1"}
+    answer = httpx.get(hub.url + echo_path(echo, "page"), headers=navigation, timeout=30)
     assert answer.status_code == 200 and answer.headers.get("Content-Security-Policy") == "frame-ancestors 'self'"
     top = {"Sec-Fetch-Site": "none", "Sec-Fetch-Mode": "navigate", "Sec-Fetch-Dest": "document"}
     answer = httpx.get(hub.url + echo_path(echo, "page"), headers={"Cookie": f"{cookie.name}={cookie.value}", **top}, timeout=30)

@@ -94,8 +94,8 @@ def test_session_cookie_cannot_be_forged_altered_or_moved(hub, apps):
     cookie = session_cookie(alice)
     team = hub.url + port_url(apps, "team")
 
-    def status(url, name, value):
-        return httpx.get(url, headers={"Cookie": f"{name}={value}"}, timeout=30).status_code
+    def status(url, name, value):  # the port's page opened by a browser with that cookie
+        return httpx.get(url, headers={"Cookie": f"{name}={value}", "Upgrade-Insecure-Requests": "1"}, timeout=30).status_code
 
     assert status(team, cookie.name, cookie.value) == 200  # the cookie alone is the credential
     altered = cookie.value[:-2] + ("aa" if not cookie.value.endswith("aa") else "bb")

@@ -113,7 +113,7 @@ def test_an_expired_token_is_refused_at_once_and_a_new_one_is_one_call_away(hub,
     # a browser trades it for the port's cookie, which lives no longer than the token
     traded = httpx.get(url, params={"proxy_token": token}, headers=NAVIGATE)
     assert traded.status_code == 302, traded.text
-    cookie = {"Cookie": traded.headers["set-cookie"].partition(";")[0]}
+    cookie = {"Cookie": traded.headers["set-cookie"].partition(";")[0], "Upgrade-Insecure-Requests": "1"}  # the page again
     assert httpx.get(url, headers=cookie).status_code == 200
     wrong = httpx.get(url, headers={"X-Proxy-Token": token[:-1] + "x"})
     expired_before = denied_count(hub, "token expired")

@@ -24,6 +24,8 @@ from jhproxy_routes.tokens import hash_token
 from tests.rig import assert_no_credentials, cookie_header, sibling_ports
 from tests.tables import route
 
+# a page of the port opened again, as a browser without fetch metadata sends it (plain http)
+PAGE = {"Upgrade-Insecure-Requests": "1"}
 NAVIGATE = {"Sec-Fetch-Mode": "navigate", "Sec-Fetch-Dest": "document", "Sec-Fetch-Site": "none", "Accept": "text/html"}
 CROSS_SITE = {
     "Origin": "http://evil.example",
@@ -124,13 +126,13 @@ def test_the_slashless_url_and_a_sibling_port(browser, hub, apps, tokens):
 
 def test_the_cookie_is_worth_nothing_on_another_port(hub, apps, tokens):
     name, value = traded(hub, path_of(apps, "a"), tokens["alice"])
-    own = hub.get(f"{path_of(apps, 'a')}/x", headers={"Cookie": f"{name}={value}"})
+    own = hub.get(f"{path_of(apps, 'a')}/x", headers={"Cookie": f"{name}={value}", **PAGE})
     assert own.status_code == 200 and own.json()["path"] == f"{path_of(apps, 'a')}/x"
     other_name, _ = traded(hub, path_of(apps, "b"), tokens["alice"])
     assert other_name != name
     for path in (path_of(apps, "b"), path_of(apps, "mallory", "mallory")):  # same token, another user's
         for cookie in (f"{name}={value}", f"{other_name}={value}"):
-            response = hub.get(f"{path}/x", headers={"Cookie": cookie})
+            response = hub.get(f"{path}/x", headers={"Cookie": cookie, **PAGE})
             assert response.status_code == 403, (path, cookie, response.text)
 
 
@@ -185,7 +187,7 @@ def test_scripts_and_frames_keep_the_token_as_before(browser, hub, apps, tokens)
 def test_a_new_or_disabled_token_ends_the_cookie(hub, apps, tokens):
     path = path_of(apps, "a")
     name, value = traded(hub, path, tokens["alice"])
-    cookie = {"Cookie": f"{name}={value}"}
+    cookie = {"Cookie": f"{name}={value}", **PAGE}
     by_cookie = hub.get(f"{path}/x", headers=cookie)
     assert by_cookie.status_code == 200
     assert "Cookie" in by_cookie.headers.get_list("vary"), by_cookie.headers  # no shared cache serves it to others
@@ -196,9 +198,9 @@ def test_a_new_or_disabled_token_ends_the_cookie(hub, apps, tokens):
     assert refused.status_code == 403, refused.text
     new_name, new_value = traded(hub, path, new)
     assert (new_name, new_value != value) == (name, True)
-    assert hub.get(f"{path}/x", headers={"Cookie": f"{name}={new_value}"}).status_code == 200
+    assert hub.get(f"{path}/x", headers={"Cookie": f"{name}={new_value}", **PAGE}).status_code == 200
     hub.proxytoken(alice, "POST", content="disabled")
-    assert hub.get(f"{path}/x", headers={"Cookie": f"{name}={new_value}"}).status_code == 403
+    assert hub.get(f"{path}/x", headers={"Cookie": f"{name}={new_value}", **PAGE}).status_code == 403
     tokens["alice"] = hub.proxytoken(alice, "POST", content="random").json()
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import time
-from urllib.parse import unquote_plus
+from urllib.parse import unquote_plus, urlsplit
 
 from ..http1 import Answer, HTTPError
 from ..tokens import token_matches
@@ -125,6 +125,30 @@ def wants_html(request) -> bool:
     return "text/html" in request.get("Accept", "")
 
 
+FETCH_METADATA = ("Sec-Fetch-Site", "Sec-Fetch-Mode", "Sec-Fetch-Dest")
+
+
+def page_navigation(request) -> bool:
+    """A browser opening a page with GET or HEAD (a link followed, a URL typed, a redirect),
+    as far as its headers show it. With fetch metadata (HTTPS, localhost): a top-level
+    document (``Sec-Fetch-Mode: navigate``, ``Sec-Fetch-Dest: document``), never a frame.
+    Without it (plain HTTP to any other host, an old browser): ``Upgrade-Insecure-Requests:
+    1``, which browsers send with navigations only and no page's script can set (fetch drops
+    it); such a navigation may still be a frame's, so what it gets is not framed
+    (``forward.FRAME_SELF``)."""
+    if any(request.get(name) is not None for name in FETCH_METADATA):
+        return is_navigation(request)
+    return request.start.method in ("GET", "HEAD") and request.get("Upgrade-Insecure-Requests") == "1"
+
+
+def origin_of(url: str | None) -> str | None:
+    """scheme://host[:port] of a URL (a ``Referer``), in lower case; None if it has none."""
+    if not url:
+        return None
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}".lower() if parts.scheme and parts.netloc else None
+
+
 LIMITED_PAUSE = 1.0  # seconds before a 429 answers a wrong token
 
 
@@ -215,9 +239,9 @@ class Access:
             detail = f"login of {user['name']} not admitted" + (f"; {wrong_token}" if wrong_token else "")
             message = f"Unauthorized access: you are logged in as {user['name']}, and this port is not open to you."
             raise deny(403, "login not admitted", message, detail=detail)
-        # a page opened at the top: never a frame, where another page could read the result
-        top_level = ex.header("Sec-Fetch-Dest", "document") == "document"
-        browser_visit = ex.method in ("GET", "HEAD") and ex.wants_html and top_level and not ex.websocket
+        # a page opened by the browser (never a frame where its metadata tells; never an
+        # image, script or fetch of another page, which may not even begin a login)
+        browser_visit = ex.wants_html and page_navigation(ex.head) and not ex.websocket
         if browser_visit and not token and self.login.available:
             cookie_path = route_prefix(ex.path, route.path_depth)
             return Answer(302, "Log in at the hub first.", self.login.start(ex.origin, ex.target, cookie_path, secure))
@@ -241,18 +265,25 @@ class Access:
 
     @staticmethod
     def session_may_send(ex) -> bool:
-        """Whether a request may use the session cookie (CSRF, framing): if it comes from the
-        port's own origin; otherwise only as a top-level page opened with GET or HEAD (a link
-        followed, a URL typed), or from a client that sends neither ``Origin`` nor
-        ``Sec-Fetch-*`` (no browser, or a very old one). Every port host is the same *site*,
-        so SameSite=Lax alone would let a sibling port's form, frame or websocket in."""
+        """Whether a request may use the session cookie (CSRF, framing, reading by
+        ``<script>``): if it comes from the port's own origin (``Sec-Fetch-Site``,
+        ``Origin``, or without fetch metadata a ``Referer`` of that origin: the port's own
+        page's images and scripts over plain HTTP); otherwise only as a page the browser
+        opens (``page_navigation``). A request that shows none of these (another page's
+        ``<img>``, ``<script>`` or no-cors fetch over plain HTTP, where browsers send no
+        fetch metadata) is refused although it carries the cookie. Every port host is the
+        same *site*, so SameSite=Lax alone would let a sibling port's requests in."""
         origin = ex.header("Origin")
         if ex.header("Sec-Fetch-Site") == "same-origin" or (origin is not None and origin == ex.origin):
             return True
-        if origin is not None or ex.method not in ("GET", "HEAD"):
+        if origin is not None:
             return False
-        mode, dest = ex.header("Sec-Fetch-Mode"), ex.header("Sec-Fetch-Dest")
-        return (mode == "navigate" and dest == "document") or (mode is None and dest is None)
+        if (
+            not any(ex.header(name) is not None for name in FETCH_METADATA)
+            and origin_of(ex.header("Referer")) == ex.origin.lower()
+        ):
+            return True
+        return page_navigation(ex.head)
 
     @staticmethod
     def cors_headers(route, origin: str | None) -> list[tuple[str, str]]:
