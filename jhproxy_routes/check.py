@@ -3,8 +3,10 @@ what would break or surprise at run time, without starting anything."""
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import difflib
+import logging
 import os
 import warnings
 from dataclasses import dataclass
@@ -14,6 +16,7 @@ from traitlets import TraitError
 from traitlets.config.loader import PyFileConfigLoader
 
 from .config import PortRoutes, check_no_overlap, configured, listening_ports, parse_port
+from .wiring import add_scopes, user_role_scopes, user_scopes_problem
 
 
 @dataclass(frozen=True)
@@ -64,6 +67,7 @@ def check_config(config) -> list[Problem]:
     problems += _spawner_problems(hub, spawner_class, settings, specs)
     problems += _sidecar_problems(settings)
     problems += _cors_problems(settings)
+    problems += _role_problems(hub)
     problem = settings.template.hub_problem(hub.subdomain_host, hub.subdomain_hook)
     if problem:
         problems.append(Problem("error", problem))
@@ -178,3 +182,28 @@ def _cors_problems(settings: PortRoutes):
                     "warning",
                     f"{where}: {origin!r} is not an origin (scheme://host[:port], no path or trailing slash): no browser sends it",
                 )
+
+
+def _role_problems(hub):
+    try:
+        held = user_role_as_loaded(hub)
+    except Exception as e:  # the hub would refuse its roles too: say why, in one line
+        return [Problem("error", f"the roles do not load: {type(e).__name__}: {e}")]
+    problem = user_scopes_problem(held)
+    return [Problem("error", problem)] if problem else []
+
+
+def user_role_as_loaded(hub) -> set[str]:
+    """The scopes of the ``user`` role as the hub (a ``JupyterHub`` of the config, not
+    started) would load it, after ``install(c)`` added ours: JupyterHub's own code, into a
+    database in memory."""
+    logging.disable(logging.INFO)  # the database's set-up, told line by line
+    try:
+        hub.db_url = "sqlite://"
+        hub.init_db()
+        hub.authenticator = hub.authenticator_class(parent=hub)
+        add_scopes(hub)
+        asyncio.run(hub.init_role_creation())
+        return user_role_scopes(hub.db)
+    finally:
+        logging.disable(logging.NOTSET)

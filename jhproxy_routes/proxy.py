@@ -35,7 +35,7 @@ from .routeapi import RouteAPI, RouteAPIError
 from .routes import RouteManager
 from .settings import PortSettings
 from .store import AccessStore
-from .wiring import wire_into_hub
+from .wiring import user_role_scopes, user_scopes_problem, wire_into_hub
 
 
 def freeze_startup_objects() -> int:
@@ -82,6 +82,7 @@ class PortRoutesProxy(ConfigurableHTTPProxy):
         self.activity = ActivityCollector(self.route_manager, lambda: self.db, self.log)
         self._reconcile_callback = None
         self._gc_frozen = False
+        self._checked_roles = False  # the user role's scopes, checked at the first check_routes
         self._tasks: set[asyncio.Task] = set()  # background work, kept until done
         self._deleted: dict[tuple[str, str | None], str] = {}  # deleted in the hub's database, to forget
         event.listen(orm.User, "after_delete", self._on_delete)
@@ -199,6 +200,8 @@ class PortRoutesProxy(ConfigurableHTTPProxy):
         """At start-up, and every ``last_activity_interval`` right after the hub's own
         activity update: reconcile, and collect the ports' activity."""
         await super().check_routes(user_dict, service_dict, routes)
+        if not self._checked_roles:
+            self._refuse_without_user_scopes()
         if self.port_routes.freeze_gc_at_startup and not self._gc_frozen:
             frozen = freeze_startup_objects()
             self._gc_frozen = True
@@ -210,6 +213,15 @@ class PortRoutesProxy(ConfigurableHTTPProxy):
         if not self.activity.collecting:
             self._background(self.activity.collect(user_dict), "activity collection")
         self._start_periodic_reconcile(user_dict)
+
+    def _refuse_without_user_scopes(self) -> None:
+        """Stop the hub at start-up if its ``user`` role lacks a scope users need: every
+        port login and every user's token API would fail with 403 otherwise."""
+        self._checked_roles = True
+        problem = user_scopes_problem(user_role_scopes(self.db))
+        if problem:
+            self.log.critical("jhproxy-routes: %s", problem)
+            self.app.exit(1)
 
     def _background(self, coroutine, what: str) -> None:
         """Run ``coroutine`` as a task that is kept until it ends and whose failure is logged."""

@@ -28,6 +28,8 @@ SERVICE_COMMON = {
     "oauth_no_confirm": True,
 }
 TEMPLATES = Path(__file__).parent / "templates"
+# every user's: their own servers' port settings, and logging into ports through the sidecar
+USER_SCOPES = (f"{SCOPE}!user", LOGIN_SCOPE)
 
 
 def sidecar_service(settings: PortRoutes, authenticate_metrics: bool = True) -> dict:
@@ -64,13 +66,18 @@ def wire_into_hub(app, settings: PortRoutes) -> None:
         app.services = [*app.services, {**service, "display": not navbar}]
     # in place: the hub reads the list in init_handlers (assigning it would log a deprecation)
     app.extra_handlers.extend(token_handlers())
+    add_scopes(app)
+    publish_docker_ports(app, [spec.port for spec in settings.port_specs if not spec.is_range])
+
+
+def add_scopes(app) -> None:
+    """Define our scope and grant it, and the login to ports, to users and their servers."""
     if SCOPE not in app.custom_scopes:
         app.custom_scopes = {**app.custom_scopes, SCOPE: {"description": SCOPE_DESCRIPTION}}
-    grant_to_users(app, f"{SCOPE}!user", LOGIN_SCOPE)
+    grant_to_users(app, *USER_SCOPES)
     # code in a user's server (a notebook) may manage that server's port tokens, not the
     # user's other servers' (JupyterHub resolves !server to the server's own name)
     grant_to_role(app, "server", f"{SCOPE}!server")
-    publish_docker_ports(app, [spec.port for spec in settings.port_specs if not spec.is_range])
 
 
 def add_templates(app) -> bool:
@@ -101,11 +108,41 @@ def publish_docker_ports(app, ports: list[int]) -> None:
 
 
 def grant_to_users(app, *scopes: str) -> None:
-    """Give every user ``scopes`` (JupyterHub 6: extra_user_scopes; 5: the user role)."""
-    if app.has_trait("extra_user_scopes"):
+    """Give every user ``scopes``: in the ``user`` role where the admin defines its scopes in
+    ``load_roles`` (as JupyterHub 5's sharing docs do; JupyterHub 6 then ignores
+    ``extra_user_scopes``), else JupyterHub 6's ``extra_user_scopes``, else (5) the ``user``
+    role made from JupyterHub's default."""
+    if app.has_trait("extra_user_scopes") and not defines_role_scopes(app, "user"):
         app.extra_user_scopes = {*app.extra_user_scopes, *scopes}
     else:
         grant_to_role(app, "user", *scopes)
+
+
+def defines_role_scopes(app, name: str) -> bool:
+    """Whether ``load_roles`` gives the role ``name`` scopes of its own (replacing the default's)."""
+    return any(role.get("name") == name and "scopes" in role for role in app.load_roles)
+
+
+def user_role_scopes(db) -> set[str]:
+    """The scopes of the hub's ``user`` role as loaded into its database."""
+    from jupyterhub import orm
+
+    role = orm.Role.find(db, name="user")
+    return set(role.scopes) if role is not None else set()
+
+
+def user_scopes_problem(held: set[str]) -> str:
+    """What is wrong ("" if nothing) with a ``user`` role holding ``held``, whatever gave it
+    its scopes (the config, an authenticator's managed roles): the scopes users need
+    (``USER_SCOPES``) that it lacks."""
+    missing = [scope for scope in USER_SCOPES if scope not in held]
+    if not missing:
+        return ""
+    return (
+        f"JupyterHub's role 'user' lacks the scopes {', '.join(missing)}, which users need to log into ports and"
+        " manage their port tokens (every such request would get 403): add them to the scopes of the role 'user'"
+        " where it is defined (c.JupyterHub.load_roles, or the authenticator's managed roles)"
+    )
 
 
 def grant_to_role(app, name: str, *scopes: str) -> None:

@@ -5,15 +5,18 @@ import subprocess
 import sys
 
 import pytest
+from jupyterhub.app import JupyterHub
 from traitlets import TraitError
 from traitlets.config import Config
+from traitlets.config.loader import PyFileConfigLoader
 
 from jhproxy_routes import install
+from jhproxy_routes.check import check_config_file, user_role_as_loaded
 from jhproxy_routes.config import PortRoutes, PortSpec
 from jhproxy_routes.contract import DEFAULTS, SERVICE_NAME, TOKEN_ENV, SidecarSettings
 from jhproxy_routes.route_templates import RouteTemplate, dns_label
 from jhproxy_routes.scopes import SCOPE
-from jhproxy_routes.wiring import sidecar_service
+from jhproxy_routes.wiring import USER_SCOPES, sidecar_service
 
 
 def port_routes(**settings) -> PortRoutes:
@@ -285,3 +288,71 @@ def test_templates_go_between_the_admins_and_the_hubs(tmp_path):
     assert add_templates(app) is False and app.template_paths == [str(mine), str(TEMPLATES), hub_templates]
     app = JupyterHub(template_paths=[str(tmp_path), hub_templates + "/"])  # as Helm charts often write it
     assert add_templates(app) is True and app.template_paths == [str(tmp_path), str(TEMPLATES), hub_templates + "/"]
+
+
+# ---- the scopes users need, however the admin defines roles (JupyterHub 5 and 6) ----------
+HAS_EXTRA_USER_SCOPES = "extra_user_scopes" in JupyterHub.class_trait_names()
+USER_ROLE = '{"name": "user", "scopes": ["self", "shares!user", "read:users:name"]}'
+ROLE_AUTHENTICATOR = """
+from jupyterhub.auth import DummyAuthenticator
+class RoleAuthenticator(DummyAuthenticator):
+    async def load_managed_roles(self):
+        return [{"name": "user", "scopes": ["self"]}]
+c.JupyterHub.authenticator_class = RoleAuthenticator
+c.Authenticator.manage_roles = True
+"""
+
+
+@pytest.mark.parametrize(
+    "before, after",
+    [
+        ("", ""),  # JupyterHub's own user role
+        (f"c.JupyterHub.load_roles = [{USER_ROLE}]", ""),  # as JupyterHub 5's sharing docs: before install(c)
+        ("", f"c.JupyterHub.load_roles.append({USER_ROLE})"),  # after install(c)
+        ("", 'c.JupyterHub.load_roles.append({"name": "user", "users": ["x"]})'),  # redefined, without scopes
+        ('c.JupyterHub.load_roles = [{"name": "analysts", "scopes": ["read:users"], "users": ["ann"]}]', ""),  # a custom role
+        ('c.JupyterHub.extra_user_scopes = {"shares!user"}' if HAS_EXTRA_USER_SCOPES else "", ""),
+    ],
+)
+def test_users_get_the_scopes_however_the_admin_defines_roles(tmp_path, before, after):
+    """The check loads the roles as the hub does (JupyterHub's own code, a database in
+    memory): the user role ends with the scopes users need and with the admin's own."""
+    path = tmp_path / "jupyterhub_config.py"
+    path.write_text(f"""import jhproxy_routes
+c.JupyterHub.spawner_class = "docker"
+c.PortRoutes.ports = [5000]
+{before}
+jhproxy_routes.install(c)
+{after}
+""")
+    assert check_config_file(str(path)) == []
+    held = user_role_as_loaded(JupyterHub(config=PyFileConfigLoader(path.name, path=str(tmp_path)).load_config()))
+    assert set(USER_SCOPES) <= held
+    for scope in ("shares!user", "read:users:name"):  # the admin's own are kept
+        assert (scope in held) == (scope in before + after), scope
+
+
+def test_a_user_role_without_the_scopes_stops_the_hub(tmp_path, make_hub):
+    """An authenticator's managed roles may redefine the user role where install(c) cannot
+    see it: the check says so, and the hub refuses to start, naming the role and the scopes."""
+    path = tmp_path / "jupyterhub_config.py"
+    path.write_text(
+        f'import jhproxy_routes\nc.JupyterHub.spawner_class = "docker"\nc.PortRoutes.ports = [5000]\n{ROLE_AUTHENTICATOR}\njhproxy_routes.install(c)\n'
+    )
+    problems = [p.message for p in check_config_file(str(path))]
+    assert len(problems) == 1 and (
+        "role 'user' lacks the scopes" in problems[0] or "Role user multiply defined" in problems[0]
+    ), problems
+    hub = make_hub(
+        [5000],
+        ROLE_AUTHENTICATOR + "c.JupyterHub.load_roles = [r for r in c.JupyterHub.load_roles if r.get('users') is None]",
+        start=False,
+    )
+    proc = hub.launch()
+    try:
+        proc.wait(60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        pytest.fail("the hub kept running although its users lack the scopes they need")
+    assert proc.returncode != 0
+    assert "role 'user' lacks the scopes" in hub.log() or "Role user multiply defined" in hub.log(), hub.log()[-2000:]

@@ -33,7 +33,7 @@ def hub(make_hub, apps):
     ports = [{"port": app.port, "access": access} for access, app in apps.items()]
     config = f"""
         c.PortRoutes.login_cache_max_age = {CACHE_AGE}
-        c.JupyterHub.extra_user_scopes = ["shares!user", "read:users:name"]
+        c.JupyterHub.load_roles.append({{"name": "user", "scopes": ["self", "shares!user", "read:users:name"]}})
     """
     hub = make_hub(ports, "\n".join(line.strip() for line in config.splitlines()))
     hub.tokens = {user: hub.user_token(user) for user in ("alice", "bob", "carol", "dave")}

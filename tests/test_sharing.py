@@ -28,8 +28,9 @@ def hub(make_hub, apps):
         c.PortRoutes.ports = [{{"port": {apps["dash"].port}, "name": "dash", "access": "shared"}}]
         c.PortRoutes.default_startup_behavior = "random"
         c.PortRoutes.login_cache_max_age = {CACHE_AGE}
-        # users may share their servers with users and groups they name (as in JupyterHub's docs)
-        c.JupyterHub.extra_user_scopes = ["shares!user", "read:users:name", "read:groups:name"]
+        # users may share their servers with users and groups they name: the user role
+        # redefined as JupyterHub 5's sharing docs do (JupyterHub 6 then ignores extra_user_scopes)
+        c.JupyterHub.load_roles.append({{"name": "user", "scopes": ["self", "shares!user", "read:users:name", "read:groups:name"]}})
         c.JupyterHub.load_groups = {{
             "physics": {{"users": ["dave"]}}, "viewers": {{"users": ["frank"]}}, "support": {{"users": ["sue"]}}
         }}
