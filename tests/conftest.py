@@ -64,7 +64,9 @@ def make_hub(module_tmp):
 def pytest_report_header(config):
     chp = shutil.which(str(CHP)) or f"MISSING ({CHP})"
     chromium = "/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else "MISSING (/usr/bin/chromium)"
-    return [f"configurable-http-proxy: {chp}", f"chromium: {chromium}", f"python: {sys.executable}"]
+    from jupyterhub import __version__ as jupyterhub
+
+    return [f"jupyterhub: {jupyterhub}", f"configurable-http-proxy: {chp}", f"chromium: {chromium}", f"python: {sys.executable}"]
 
 
 @pytest.fixture(scope="session")
@@ -91,11 +93,30 @@ def docker_engine():
 MARKER_FIXTURES = {"docker": "docker_engine", "browser": "browser", "hub": "make_hub"}
 
 
+# the modules that CI runs on JupyterHub 5.x too (marker jupyterhub5): where the hub's own
+# code is used (roles and scopes, OAuth, sharing, the ORM, templates, the proxy's calls)
+JUPYTERHUB5_MODULES = {
+    "test_access.py",
+    "test_activity.py",
+    "test_browser.py",
+    "test_config.py",
+    "test_login.py",
+    "test_login_websockets.py",
+    "test_routes.py",
+    "test_sharing.py",
+    "test_sibling_hosts.py",
+    "test_subdomains.py",
+}
+
+
 def pytest_collection_modifyitems(config, items):
     """Mark each test by the real parts it starts (see CONTRIBUTING.md): ``hub`` (a jupyterhub,
     CHP and sidecar), ``browser`` (Chromium), ``docker`` (podman and containers); ``unit``
-    for a test that starts none of them."""
+    for a test that starts none of them. And ``jupyterhub5`` for the modules CI runs on
+    JupyterHub 5.x as well."""
     for item in items:
         kinds = [marker for marker, fixture in MARKER_FIXTURES.items() if fixture in item.fixturenames]
         for marker in kinds or ["unit"]:
             item.add_marker(marker)
+        if item.path.name in JUPYTERHUB5_MODULES:
+            item.add_marker("jupyterhub5")

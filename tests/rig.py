@@ -29,6 +29,7 @@ CHP = Path(os.environ.get("JHPROXY_ROUTES_CHP", REPO / "node_modules/.bin/config
 DEMO_APP = REPO / "examples/demo_app.py"
 PAGE_APP = REPO / "tests/page_app.py"  # serves a test's own pages (an attacker's, a port's)
 ADMIN_TOKEN = secrets.token_hex(16)
+PASSWORD = "test-password"  # every test user's (JupyterHub's SharedPasswordAuthenticator)
 
 
 def _worker_ports() -> range:
@@ -159,8 +160,8 @@ class Hub:
             c.JupyterHub.hub_port = {self.hub_port}
             c.ConfigurableHTTPProxy.api_url = "{self.chp_api}"
             c.ConfigurableHTTPProxy.command = [{str(CHP)!r}]
-            c.JupyterHub.authenticator_class = "dummy"
-            c.DummyAuthenticator.password = "pw"
+            c.JupyterHub.authenticator_class = "shared-password"
+            c.SharedPasswordAuthenticator.user_password = "{PASSWORD}"
             c.Authenticator.allow_all = True
             c.JupyterHub.spawner_class = "simple"
             c.Spawner.cmd = [{str(BIN / "jupyterhub-singleuser")!r}]
@@ -313,7 +314,9 @@ class Hub:
         form = client.get("/hub/login")
         xsrf = re.search(r'name="_xsrf" value="([^"]+)"', form.text)
         assert xsrf, f"no _xsrf field on the login page: {form.text[:500]}"
-        response = client.post("/hub/login?next=%2Fhub%2Fhome", data={"username": user, "password": "pw", "_xsrf": xsrf.group(1)})
+        response = client.post(
+            "/hub/login?next=%2Fhub%2Fhome", data={"username": user, "password": PASSWORD, "_xsrf": xsrf.group(1)}
+        )
         assert response.status_code == 302 and client.cookies.get("jupyterhub-hub-login"), response.text[:500]
         return client
 
@@ -368,7 +371,7 @@ def browser_login(browser, hub_url: str, user: str):
     page = context.new_page()
     page.goto(f"{hub_url}/hub/login?next=%2Fhub%2Fhome")
     page.fill("#username_input", user)
-    page.fill("#password_input", "pw")
+    page.fill("#password_input", PASSWORD)
     page.click("#login_submit")
     page.wait_for_url(re.compile(r"/hub/home$"))
     return context, page

@@ -294,8 +294,8 @@ def test_templates_go_between_the_admins_and_the_hubs(tmp_path):
 HAS_EXTRA_USER_SCOPES = "extra_user_scopes" in JupyterHub.class_trait_names()
 USER_ROLE = '{"name": "user", "scopes": ["self", "shares!user", "read:users:name"]}'
 ROLE_AUTHENTICATOR = """
-from jupyterhub.auth import DummyAuthenticator
-class RoleAuthenticator(DummyAuthenticator):
+from jupyterhub.authenticators.shared import SharedPasswordAuthenticator
+class RoleAuthenticator(SharedPasswordAuthenticator):
     async def load_managed_roles(self):
         return [{"name": "user", "scopes": ["self"]}]
 c.JupyterHub.authenticator_class = RoleAuthenticator
