@@ -23,10 +23,13 @@ from pathlib import Path
 import httpx
 from cryptography.fernet import Fernet  # noqa: F401  (jupyterhub's crypto needs it; fail early)
 
+from tests.certs import Certificate
+
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 CHP = Path(os.environ.get("JHPROXY_ROUTES_CHP", REPO / "node_modules/.bin/configurable-http-proxy"))
 DEMO_APP = REPO / "examples/demo_app.py"
+HOSTILE_PAGE = REPO / "tests/hostile_page.py"  # what a public port's page may do to its visitors
 ADMIN_TOKEN = secrets.token_hex(16)
 
 
@@ -101,17 +104,18 @@ def port_open(port: int) -> bool:
 
 
 class App:
-    """The echo app (examples/demo_app.py) on a real port."""
+    """The echo app (examples/demo_app.py), or another ``script`` that takes ``--port``
+    (``HOSTILE_PAGE``), on a real port."""
 
-    def __init__(self, tmp: Path, port: int | None = None):
+    def __init__(self, tmp: Path, port: int | None = None, script: Path = DEMO_APP):
         self.port = port or free_port()
         self.log_path = tmp / f"app-{self.port}.log"
         self.proc = subprocess.Popen(
-            [sys.executable, str(DEMO_APP), "--port", str(self.port)],
+            [sys.executable, str(script), "--port", str(self.port)],
             stdout=self.log_path.open("w"),
             stderr=subprocess.STDOUT,
         )
-        wait_for(lambda: port_open(self.port), 15, f"echo app on {self.port}", self.log_path)
+        wait_for(lambda: port_open(self.port), 15, f"{script.name} on {self.port}", self.log_path)
 
     def received(self) -> list[dict]:
         return httpx.get(f"http://127.0.0.1:{self.port}/__log__").json()
@@ -132,13 +136,17 @@ class Hub:
         crypt_key: str | None = None,
         env: dict | None = None,
         command_prefix: list | None = None,
+        tls: Certificate | None = None,
     ):
+        """``tls``: the proxy serves HTTPS with this certificate (``c.JupyterHub.ssl_cert``)."""
         self.extra_env = env or {}
         self.command_prefix = command_prefix or []  # e.g. a private mount namespace (unshare)
         self.dir = workdir
         self.dir.mkdir(parents=True, exist_ok=True)
         self.port, self.api_port, self.hub_port, self.sidecar_port = (free_port() for _ in range(4))
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.scheme = "https" if tls else "http"
+        self.url = f"{self.scheme}://127.0.0.1:{self.port}"
+        self.verify = tls.client_context() if tls else True  # for httpx
         self.chp_api = f"http://127.0.0.1:{self.api_port}"
         self.sidecar_url = f"http://127.0.0.1:{self.sidecar_port}"
         self.chp_token = secrets.token_hex(16)
@@ -173,6 +181,11 @@ class Hub:
             c.PortRoutes.reconcile_interval = 2
             c.PortRoutes.api_retry_timeout = 5
             c.PortRoutes.allow_shared_host = True  # local servers; isolation needs containers
+        """
+        if tls:
+            config += f"""
+            c.JupyterHub.ssl_cert = {str(tls.cert)!r}
+            c.JupyterHub.ssl_key = {str(tls.key)!r}
         """
         (self.dir / "jupyterhub_config.py").write_text(
             # install(c) comes before the test's own lines: settings made after it must count too
@@ -253,7 +266,7 @@ class Hub:
     # ---- API -------------------------------------------------------------------------
     def api(self, method: str, path: str, token: str = ADMIN_TOKEN, **kwargs) -> httpx.Response:
         headers = {"Authorization": f"token {token}", **kwargs.pop("headers", {})}
-        return httpx.request(method, f"{self.url}/hub/api{path}", headers=headers, timeout=60, **kwargs)
+        return httpx.request(method, f"{self.url}/hub/api{path}", headers=headers, timeout=60, verify=self.verify, **kwargs)
 
     def user_token(self, user: str) -> str:
         """Create ``user`` (if new) and an API token of theirs with default scopes."""
@@ -296,14 +309,16 @@ class Hub:
 
     def proxytoken(self, token: str, method: str = "GET", server: str = "", **kwargs) -> httpx.Response:
         headers = {"Authorization": f"token {token}", **kwargs.pop("headers", {})}
-        return httpx.request(method, f"{self.url}/hub/proxytoken/{server}", headers=headers, timeout=60, **kwargs)
+        return httpx.request(
+            method, f"{self.url}/hub/proxytoken/{server}", headers=headers, timeout=60, verify=self.verify, **kwargs
+        )
 
     def get(self, path: str, **kwargs) -> httpx.Response:
-        return httpx.get(self.url + path, timeout=60, **kwargs)
+        return httpx.get(self.url + path, timeout=60, verify=self.verify, **kwargs)
 
     def login(self, user: str) -> httpx.Client:
         """A client with a cookie jar, logged in through the hub's login form as a browser is."""
-        client = httpx.Client(base_url=self.url, timeout=60, headers={"Accept": "text/html"})
+        client = httpx.Client(base_url=self.url, timeout=60, headers={"Accept": "text/html"}, verify=self.verify)
         form = client.get("/hub/login")
         xsrf = re.search(r'name="_xsrf" value="([^"]+)"', form.text)
         assert xsrf, f"no _xsrf field on the login page: {form.text[:500]}"
