@@ -275,11 +275,15 @@ class Hub:
         assert response.status_code == 201, response.text
         return response.json()["token"]
 
-    def spawn(self, user: str, server: str = "") -> None:
+    def spawn(self, user: str, server: str = "", wait: bool = True) -> None:
+        """Start a server; ``wait=False``: return at once (``wait_ready`` later)."""
         path = f"/users/{user}/servers/{server}" if server else f"/users/{user}/server"
         response = self.api("POST", path)
         assert response.status_code in (201, 202), response.text
+        if wait:
+            self.wait_ready(user, server)
 
+    def wait_ready(self, user: str, server: str = "") -> None:
         def ready():
             model = self.api("GET", f"/users/{user}").json()
             return model["servers"].get(server, {}).get("ready")
@@ -333,6 +337,7 @@ CHROMIUM = Path("/usr/bin/chromium")
 #: ``mallory.hub.test``) that, unlike ``*.localhost``, get no special treatment from the
 #: browser (no fetch metadata over plain HTTP, no secure context).
 TEST_DOMAIN = "test"
+HUB_HOST = f"hub.{TEST_DOMAIN}"  # the test certificate's (tests/certs.py)
 CHROMIUM_ARGS = [
     f"--host-resolver-rules=MAP *.{TEST_DOMAIN} 127.0.0.1",
     "--headless",
@@ -381,3 +386,96 @@ def browser_login(browser, hub_url: str, user: str):
     page.click("#login_submit")
     page.wait_for_url(re.compile(r"/hub/home$"))
     return context, page
+
+
+def hub_user(page, hub_url: str) -> str:
+    """Whose hub login the browser of ``page`` sends to the hub at ``hub_url``."""
+    page.goto(f"{hub_url}/hub/api/user")
+    return json.loads(page.locator("body").inner_text())["name"]
+
+
+def run_page(page, url: str):
+    """Open ``url`` (a ``HOSTILE_PAGE``) and wait for its script to have run."""
+    response = page.goto(url)
+    page.wait_for_function("document.title === 'done'")
+    return response
+
+
+def status_of(page, url: str) -> int:
+    """The status of the answer to opening ``url`` in a new tab of the browser of ``page``
+    (Chromium shows an error page, and Playwright raises, for an error status without a
+    body, such as the proxy's 431)."""
+    from playwright.sync_api import Error
+
+    tab = page.context.new_page()
+    try:
+        with tab.expect_response(url) as answer:
+            try:
+                tab.goto(url)
+            except Error:
+                pass
+        return answer.value.status
+    finally:
+        tab.close()
+
+
+def log_into_port(browser, hub_url: str, port_url: str, app: App) -> dict:
+    """alice, logged in at ``hub_url``, opens her owner-only port at ``port_url`` (origins)
+    and gets in by her hub login: the hub's OAuth, the sidecar's callback on its own host
+    below the hub's, back to the port with a ticket, the app's page. Neither her hub login nor
+    the port's session reaches ``app``; bob's login is refused. The port's session cookie."""
+    context, page = browser_login(browser, hub_url, "alice")
+    visited = []
+    page.on("request", lambda request: visited.append(request.url) if request.is_navigation_request() else None)
+    page.goto(f"{port_url}/dashboard?x=1")
+    page.wait_for_url(f"{port_url}/dashboard?x=1")
+    scheme, _, hub_host = hub_url.partition("://")
+    assert [re.sub(r"\?.*", "", url) for url in visited] == [
+        f"{port_url}/dashboard",
+        f"{hub_url}/hub/api/oauth2/authorize",
+        f"{scheme}://jhproxy-routes--service.{hub_host}/services/jhproxy-routes/oauth_callback",
+        f"{port_url}/dashboard",
+        f"{port_url}/dashboard",
+    ], visited
+    seen = json.loads(page.locator("body").inner_text())
+    assert seen["path"] == "/dashboard" and seen["query"] == "x=1", seen
+    cookies = context.cookies()
+    session = next(c for c in cookies if c["name"].removeprefix("__Host-").startswith("jhproxy-routes-session-"))
+    login = next(c for c in cookies if c["name"].endswith("jupyterhub-hub-login"))
+    assert_no_credentials(app.received(), [session["value"], login["value"]])
+    context.close()
+    bob, page = browser_login(browser, hub_url, "bob")
+    refused = page.goto(f"{port_url}/dashboard")
+    assert refused.status == 403 and "logged in as bob" in page.content()
+    bob.close()
+    return session
+
+
+def origin(hub: Hub, host: str) -> str:
+    """``scheme://host:port`` of ``host`` through the proxy of ``hub`` (Chromium resolves it)."""
+    return f"{hub.scheme}://{host}:{hub.port}"
+
+
+def start_hubs(make_hub, ports: list, templates: dict[str, str], certificate) -> dict[tuple[str, str], Hub]:
+    """For each ``{name: route_template}``, two hubs on ``HUB_HOST`` (``subdomain_host``),
+    one behind HTTPS (``certificate``) and one over plain HTTP, all started side by side:
+    ``{(name, scheme): hub}``, each with the running servers of alice and mallory."""
+    hubs = {}
+    for name, template in templates.items():
+        for scheme in ("https", "http"):
+            config = f"""
+c.JupyterHub.subdomain_host = f"{scheme}://{HUB_HOST}:{{c.JupyterHub.port}}"
+c.PortRoutes.route_template = {template!r}
+"""
+            tls = certificate if scheme == "https" else None
+            hub = hubs[name, scheme] = make_hub(ports, config, name=f"{name}-{scheme}", start=False, tls=tls)
+            hub.start(wait=False)
+    for hub in hubs.values():
+        hub.wait_started()
+        for user in ("alice", "mallory"):
+            hub.api("POST", f"/users/{user}")
+            hub.spawn(user, wait=False)
+    for hub in hubs.values():
+        for user in ("alice", "mallory"):
+            hub.wait_ready(user)
+    return hubs
