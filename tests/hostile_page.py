@@ -6,9 +6,10 @@
   path P (``Secure`` with ``secure=1``), by a ``Set-Cookie`` header and again by the page's
   script (cookie tossing);
 - ``/bomb?domain=D&count=N&size=S``: the page's script sets N cookies of S bytes each for
-  domain D and path ``/`` (a cookie bomb).
+  domain D and path ``/`` (a cookie bomb);
+- ``/frame?src=URL``: the page frames URL (and loads it as an image too).
 
-The page's title becomes ``done`` once its script has run.
+The page's title becomes ``done`` once its script has run (and its frame has loaded).
 """
 
 import argparse
@@ -17,7 +18,7 @@ import json
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qsl, urlsplit
 
-CONTROL = {"domain", "path", "count", "size", "secure"}
+CONTROL = {"domain", "path", "count", "size", "secure", "src"}
 
 
 class HostilePage(BaseHTTPRequestHandler):
@@ -37,7 +38,12 @@ class HostilePage(BaseHTTPRequestHandler):
         else:
             cookies = []
         script = "".join(f"document.cookie = {json.dumps(cookie)};\n" for cookie in cookies)
-        body = f"<!doctype html><title>running</title><pre>{html.escape(self.path)}</pre><script>\n{script}document.title = 'done';</script>"
+        body = f"<!doctype html><title>running</title><pre>{html.escape(self.path)}</pre>"
+        if url.path == "/frame":
+            src = html.escape(query["src"])
+            body += f"<img src='{src}'><iframe src='{src}' onload=\"document.title = 'done'\"></iframe>"
+        else:
+            body += f"<script>\n{script}document.title = 'done';</script>"
         data = body.encode()
         self.send_response(200)
         for name, value in headers:

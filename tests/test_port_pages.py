@@ -169,3 +169,20 @@ def test_from_the_port_domain_a_public_page_reaches_no_cookie_of_the_hub(browser
     assert status_of(page, f"{hub_url(hub)}/hub/home") == 200
     assert hub_user(page, hub_url(hub)) == "alice"
     context.close()
+
+
+def test_another_ports_frame_gets_the_visitors_login_only_over_plain_http(browser, on_port_domain, apps):
+    """Port hosts are one site: the browser sends alice's session cookie of her port with a
+    frame and an image that mallory's page loads. Behind HTTPS the sidecar tells them from a
+    page alice opened by their fetch metadata, and refuses them; over plain HTTP Chromium sends
+    none, and they get in (the demonstration of what check warns about)."""
+    hub = on_port_domain
+    context, page = browser_login(browser, hub_url(hub), "alice")
+    team = port_url(hub, apps["team"], "alice", PORT_DOMAIN)
+    page.goto(f"{team}/")
+    page.wait_for_url(f"{team}/")  # logged into her port
+    marker = f"/framed-by-mallory-{hub.scheme}"
+    run_page(page, f"{port_url(hub, apps['hostile'], 'mallory', PORT_DOMAIN)}/frame?" + urlencode({"src": team + marker}))
+    reached = [entry for entry in apps["team"].received() if entry["path"] == marker]
+    assert len(reached) == (0 if hub.scheme == "https" else 2), reached
+    context.close()
