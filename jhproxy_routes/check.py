@@ -181,6 +181,14 @@ def _host_problems(hub, config, template):
         yield Problem("warning", warning)
     if template.port_domain:
         yield from _port_domain_notes(template.port_domain, urlsplit(hub.subdomain_host).hostname)
+    elif template.by_host:
+        yield Problem(
+            "note",
+            f"ports are on hosts below the hub's domain ({urlsplit(hub.subdomain_host).hostname}): a port's page (a public"
+            " port's, anyone's) can set so many cookies for the domain that the proxy answers 431 to its visitors'"
+            " requests to the hub until they clear them (a cookie bomb); a port domain apart from the hub's"
+            " ('{port}--{username}.ports.example-content.org') keeps the hub out of reach",
+        )
 
 
 def _port_domain_notes(ours: str, hub_domain: str):

@@ -203,7 +203,10 @@ def test_check_local_servers_and_files_that_do_not_load(tmp_path, capsys):
     code, out = check_here(path, capsys)
     assert code == 1 and "error: c.JupyterHub.cookie_host_prefix_enabled is False, but" in out, out
     path = write_config(tmp_path, host_template + "\nc.JupyterHub.subdomain_host = 'https://hub.example.org'\n")
-    assert "cookie_host_prefix_enabled" not in check_here(path, capsys)[1]  # unset: the hub turns it on
+    out = check_here(path, capsys)[1]
+    assert "cookie_host_prefix_enabled" not in out  # unset: the hub turns it on
+    assert "note: ports are on hosts below the hub's domain (hub.example.org): a port's page" in out
+    assert "(a cookie bomb); a port domain apart from the hub's" in out
     path = write_config(
         tmp_path, "c.PortRoutes.ports = [5000]\nc.PortRoutes.route_template = '/{username}/{servername}/proxy/{port}/'"
     )
