@@ -156,13 +156,13 @@ class RouteTemplate:
         missing = {"port", "username"} - set(used)
         if missing:
             raise TraitError(f"{where}: {template!r} must contain " + " and ".join(f"{{{m}}}" for m in sorted(missing)))
-        fixed = list(itertools.takewhile(lambda label: "{" not in label, reversed(self.labels)))[::-1]
-        if not on_hub_domain and len(fixed) < 2:
-            raise TraitError(
-                f"{where}: {template!r} must end in '.{{subdomain_host}}' or in a domain of two labels or more,"
-                " apart from the hub's (such as '.ports.example-content.org')"
-            )
-        if not on_hub_domain:  # the domain every port host ends in, apart from the hub's
+        if not on_hub_domain:  # the literal labels at the end: the domain every port host ends in
+            fixed = list(itertools.takewhile(lambda label: "{" not in label, reversed(self.labels)))[::-1]
+            if len(fixed) < 2:
+                raise TraitError(
+                    f"{where}: {template!r} must end in '.{{subdomain_host}}' or in a domain of two labels or more,"
+                    " apart from the hub's (such as '.ports.example-content.org')"
+                )
             self.port_domain = ".".join(fixed)
         self.template = template
         self.has_servername = "servername" in used
