@@ -20,7 +20,9 @@ def install(c) -> None:
     """Wire jhproxy-routes into a JupyterHub config.
 
     Sets the proxy class; when the hub starts, that proxy adds the auth sidecar service, the
-    ``/hub/proxytoken/`` handlers and the users' scope to whatever else the config sets.
+    ``/hub/proxytoken/`` handlers and the users' scope to whatever else the config sets, and
+    with ports on hosts below the hub's domain behind HTTPS turns on JupyterHub's
+    ``cookie_host_prefix_enabled`` (``hub_cookies.py``).
     """
     current = c.JupyterHub.get("proxy_class")
     if current not in (None, PROXY_CLASS, "configurable-http-proxy", "default") and not _is_ours(current):

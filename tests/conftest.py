@@ -11,19 +11,28 @@ from pathlib import Path
 
 import pytest
 
+from tests.certs import Certificate, make_certificate
 from tests.rig import CHP, CHROMIUM, CHROMIUM_ARGS, REPO, SCREENSHOTS, App, Hub
 
 
+@pytest.fixture(scope="session")
+def certificate(tmp_path_factory) -> Certificate:
+    """The test CA's certificate for the hubs that serve HTTPS (``tests/certs.py``)."""
+    return make_certificate(tmp_path_factory.mktemp("tls"))
+
+
 @pytest.fixture(scope="module")
-def browser():
-    """Chromium through Playwright; each launch gets a fresh, temporary user-data dir."""
+def browser(certificate):
+    """Chromium through Playwright; each launch gets a fresh, temporary user-data dir. It
+    trusts the test certificate by its key, so HTTPS pages are secure contexts."""
     if not CHROMIUM.exists():
         pytest.fail(f"{CHROMIUM} is missing: apt-get install chromium (.ci/run does)", pytrace=False)
     from playwright.sync_api import sync_playwright
 
     SCREENSHOTS.mkdir(exist_ok=True)
+    args = [*CHROMIUM_ARGS, f"--ignore-certificate-errors-spki-list={certificate.spki_sha256}"]
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=args)
         yield browser
         browser.close()
 
@@ -102,6 +111,7 @@ JUPYTERHUB5_MODULES = {
     "test_config.py",
     "test_login.py",
     "test_login_websockets.py",
+    "test_port_pages.py",
     "test_routes.py",
     "test_sharing.py",
     "test_sibling_hosts.py",

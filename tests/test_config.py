@@ -93,8 +93,12 @@ def test_bad_templates_are_refused(template, message):
 @pytest.mark.parametrize(
     "template, message",
     [
-        ("{port}--{username}.example.org", r"ending in '\.\{subdomain_host\}'"),
+        ("{port}--{username}", r"ending in '\.\{subdomain_host\}' or in a domain apart"),
         ("{port}--{username}.{subdomain_host}/app/", r"ending in '\.\{subdomain_host\}'"),
+        # a port domain is two labels or more: one would be a top-level domain
+        ("{port}--{username}.org", "a domain of two labels or more"),
+        ("{port}--{username}.ports.{username}.org", "each field may appear once"),
+        ("{port}--{username}.Ports.example.org", "must be a-z, 0-9 and '-'"),
         # "5000-alice" is what JupyterHub makes of a user named 5000-alice: the port's host
         # must begin with digits and '--', which none of JupyterHub's own subdomains do
         ("{port}-{username}.{subdomain_host}", "followed by '--'"),
@@ -131,6 +135,27 @@ def test_host_template_rendering():
     assert named.render("alice", "My Dev", 8050) == f"{dns_label('My Dev')}.8050--alice.hub.example.org/"
     with pytest.raises(ValueError, match="needs c.JupyterHub.subdomain_host"):
         RouteTemplate("{port}--{username}.{subdomain_host}").render("alice", "", 5000)
+
+
+def test_a_port_domain_lies_apart_from_the_hubs():
+    """Ports on a domain of their own: names still become DNS labels, and the domain may be
+    neither the hub's own, nor a parent of it (a port's page could set cookies the hub
+    receives), nor below it (that is ``{subdomain_host}``'s form)."""
+    template = RouteTemplate("{servername}.{port}--{username}.ports.example-content.org", domain="hub.example.org")
+    assert template.port_domain == "ports.example-content.org" and not template.on_hub_domain
+    assert template.render("alice", "", 5000) == "5000--alice.ports.example-content.org/"
+    assert template.render("a.b", "My Dev", 5000) == f"{dns_label('My Dev')}.5000--{dns_label('a.b')}.ports.example-content.org/"
+    assert RouteTemplate("{port}--{username}.{subdomain_host}").on_hub_domain
+    hook = "idna"  # any subdomain_hook: no user's host can be below the port domain
+    assert template.hub_problem("https://hub.example.org", hook) == ""
+    assert "it needs c.JupyterHub.subdomain_host" in template.hub_problem("", hook)
+    for hub, problem in [
+        ("https://ports.example-content.org", "is the hub's own domain"),
+        ("https://hub.ports.example-content.org:8443", "a parent of the hub's domain (hub.ports.example-content.org)"),
+        ("https://example-content.org", "lies below the hub's domain (example-content.org)"),
+        ("https://Example-Content.org", "lies below the hub's domain"),
+    ]:
+        assert problem in template.hub_problem(hub, hook), hub
 
 
 def test_host_templates_cannot_take_ranges():
@@ -250,6 +275,22 @@ def test_wiring_adds_to_what_the_admin_set(make_hub, make_app):
         (
             "c.PortRoutes.ports = ['5000-5010']\nc.PortRoutes.route_template = '/hub/proxy{port}/{username}/'",
             "needs {port} as the last segment",
+        ),
+        # set after install(c), as every line here: it still counts
+        (
+            "c.JupyterHub.subdomain_host = 'https://hub.test:8443'\n"
+            "c.PortRoutes.route_template = '{port}--{username}.{subdomain_host}'\n"
+            "c.JupyterHub.cookie_host_prefix_enabled = False",
+            "c.JupyterHub.cookie_host_prefix_enabled is False, but c.PortRoutes.route_template",
+        ),
+        (
+            "c.JupyterHub.subdomain_host = 'https://hub.test:8443'\nc.PortRoutes.route_template = '{port}--{username}.test'",
+            "a domain of two labels or more",
+        ),
+        (
+            "c.JupyterHub.subdomain_host = 'https://hub.ports.test:8443'\n"
+            "c.PortRoutes.route_template = '{port}--{username}.ports.test'",
+            "'ports.test' is a parent of the hub's domain",
         ),
     ],
 )
