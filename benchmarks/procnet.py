@@ -1,0 +1,70 @@
+"""What one look-up in the kernel's socket tables costs (``jhproxy_routes.procnet``), on a
+machine with ``--sockets`` TCP sockets open (default 1,000: half connected, half accepted).
+
+``.venv/bin/python benchmarks/procnet.py [--sockets N] [--rounds N]``: opens the sockets,
+then times the sidecar's check of a new connection (``accepted_uid``: the row found in
+``tcp``, and for a dual-stack listener in ``tcp6`` after ``tcp``), the port finder's
+``listening()`` and a bare read of each table; prints the median and the 90th percentile.
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import socket
+import statistics
+import time
+
+from jhproxy_routes import procnet
+
+
+def timed(work, rounds: int) -> tuple[float, float]:
+    """Median and 90th percentile of ``work()``, in milliseconds."""
+    times = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        work()
+        times.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(times), statistics.quantiles(times, n=10)[-1]
+
+
+def read(path: str) -> None:
+    with open(path) as table:
+        table.read()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sockets", type=int, default=1000)
+    parser.add_argument("--rounds", type=int, default=200)
+    args = parser.parse_args()
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, args.sockets + 256)), hard))
+
+    server = socket.create_server(("127.0.0.1", 0), backlog=args.sockets)
+    dual = socket.create_server(("::", 0), family=socket.AF_INET6, dualstack_ipv6=True)
+    opened = [socket.create_connection(server.getsockname()) for _ in range(args.sockets // 2)]
+    opened += [server.accept()[0] for _ in range(args.sockets // 2)]
+    four = socket.create_connection(server.getsockname())
+    mapped = socket.create_connection(("127.0.0.1", dual.getsockname()[1]))
+    rows = sum(1 for _ in procnet.sockets())
+
+    results = {
+        "accepted_uid, IPv4 listener (tcp)": timed(
+            lambda: procnet.accepted_uid(four.getsockname(), four.getpeername()), args.rounds
+        ),
+        "accepted_uid, dual-stack listener (tcp, then tcp6)": timed(
+            lambda: procnet.accepted_uid(mapped.getsockname(), mapped.getpeername()), args.rounds
+        ),
+        "listening() (both tables parsed)": timed(procnet.listening, args.rounds),
+        **{f"read {path} alone": timed(lambda path=path: read(path), args.rounds) for path in procnet.TABLES},
+    }
+    print(f"{rows} TCP sockets in this network namespace ({args.sockets} opened here), {args.rounds} rounds each")
+    for what, (median, p90) in results.items():
+        print(f"  {what}: median {median:.2f} ms, p90 {p90:.2f} ms")
+    for sock in [*opened, four, mapped, server, dual]:
+        sock.close()
+
+
+if __name__ == "__main__":
+    main()
