@@ -4,18 +4,23 @@ machine with ``--sockets`` TCP sockets open (default 1,000: half connected, half
 ``.venv/bin/python benchmarks/procnet.py [--sockets N] [--rounds N]``: opens the sockets,
 then times the sidecar's check of a new connection (``accepted_uid``: the row found in
 ``tcp``, and for a dual-stack listener in ``tcp6`` after ``tcp``), the port finder's
-``listening()`` and a bare read of each table; prints the median and the 90th percentile.
+``listening()``, a bare read of each table, and what a new connection to an app costs the
+sidecar's pool with the check (in a thread, as the sidecar makes it) and without; prints
+the median and the 90th percentile.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import os
 import resource
 import socket
 import statistics
 import time
 
 from jhproxy_routes import procnet
+from jhproxy_routes.sidecar.relay import UpstreamPool
 
 
 def timed(work, rounds: int) -> tuple[float, float]:
@@ -25,6 +30,18 @@ def timed(work, rounds: int) -> tuple[float, float]:
         start = time.perf_counter()
         work()
         times.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(times), statistics.quantiles(times, n=10)[-1]
+
+
+async def connections(address: tuple, rounds: int) -> tuple[float, float]:
+    """Median and 90th percentile of opening one connection to ``address`` (host, port,
+    uid) through the sidecar's pool, in milliseconds."""
+    pool, times = UpstreamPool(), []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        conn = await pool.connect(address)
+        times.append((time.perf_counter() - start) * 1e3)
+        conn.close()
     return statistics.median(times), statistics.quantiles(times, n=10)[-1]
 
 
@@ -41,10 +58,12 @@ def main() -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, args.sockets + 256)), hard))
 
-    server = socket.create_server(("127.0.0.1", 0), backlog=args.sockets)
+    # every connection of the pool's rounds stays in the listen queue, unaccepted
+    server = socket.create_server(("127.0.0.1", 0), backlog=2 * args.rounds + 16)
     dual = socket.create_server(("::", 0), family=socket.AF_INET6, dualstack_ipv6=True)
-    opened = [socket.create_connection(server.getsockname()) for _ in range(args.sockets // 2)]
-    opened += [server.accept()[0] for _ in range(args.sockets // 2)]
+    opened = []
+    for _ in range(args.sockets // 2):  # each connection and its accepted end
+        opened += [socket.create_connection(server.getsockname()), server.accept()[0]]
     four = socket.create_connection(server.getsockname())
     mapped = socket.create_connection(("127.0.0.1", dual.getsockname()[1]))
     rows = sum(1 for _ in procnet.sockets())
@@ -58,6 +77,10 @@ def main() -> None:
         ),
         "listening() (both tables parsed)": timed(procnet.listening, args.rounds),
         **{f"read {path} alone": timed(lambda path=path: read(path), args.rounds) for path in procnet.TABLES},
+        "a new connection through the pool, unchecked": asyncio.run(connections((*server.getsockname(), None), args.rounds)),
+        "a new connection through the pool, checked": asyncio.run(
+            connections((*server.getsockname(), os.geteuid()), args.rounds)
+        ),
     }
     print(f"{rows} TCP sockets in this network namespace ({args.sockets} opened here), {args.rounds} rounds each")
     for what, (median, p90) in results.items():
