@@ -1,4 +1,4 @@
-"""The kernel's TCP socket tables, ``/proc/net/tcp`` and ``/proc/net/tcp6``: who owns a socket.
+"""The kernel's TCP sockets, ``/proc/net/tcp`` and ``/proc/net/tcp6``: who owns a socket.
 
 Each row is one socket of the reader's network namespace: local and remote address (hex,
 each 32-bit word in the machine's byte order), state (``0A`` is LISTEN), then, among
@@ -7,17 +7,24 @@ others, the owner's uid and the socket's inode (``/proc/<pid>/fd/*`` links read
 connection inherits its listener's uid, already while it waits in the listen queue.
 
 - :func:`sockets` and :func:`listening`: the rows, parsed (a port finder's view).
-- :func:`accepted_uid`: the uid of the socket that accepted one given connection, found by
-  its exact addresses without parsing the whole table: whose listener a connection just
-  opened really reached, however the listener on that port changed before or after.
+- :func:`accepted_uid`: the uid of the socket that accepted one given connection: whose
+  listener a connection just opened really reached, however the listener on that port
+  changed before or after. The kernel writes every socket's row for each read of a table
+  (milliseconds; tens of them with thousands of sockets), so this asks its ``sock_diag``
+  netlink interface for that one socket by its exact addresses (tens of microseconds);
+  :func:`accepted_uid_in_tables` finds the same in the tables, where netlink is not
+  available (it raises OSError there).
 
 An IPv4 connection accepted by a dual-stack listener (``::``) is a row of ``tcp6`` with
-IPv4-mapped addresses (``::ffff:127.0.0.1``); :func:`accepted_uid` looks in both tables.
+IPv4-mapped addresses (``::ffff:127.0.0.1``); both look-ups find it.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import os
+import socket
+import struct
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -37,9 +44,10 @@ STATES = {
     "0A": "LISTEN",
     "0B": "CLOSING",
 }
-#: the timer column of a socket the kernel keeps after its process closed it (TIME_WAIT, or
-#: FIN_WAIT2 once orphaned): it belongs to no one, and its uid column says 0
-KERNELS_OWN_TIMER = "03"
+#: the timer of a socket the kernel keeps after its process closed it (TIME_WAIT, or
+#: FIN_WAIT2 once orphaned): it belongs to no one, and its uid says 0; as does a connection
+#: in the handshake (SYN_RECV) to netlink
+KERNELS_OWN_TIMER, SYN_RECV, LISTEN = 3, 3, 10
 
 
 @dataclass(frozen=True)
@@ -101,12 +109,48 @@ def listening(tables: tuple[str, str] = TABLES) -> list[TCPSocket]:
     return [s for s in sockets(tables) if s.state == "LISTEN"]
 
 
-def accepted_uid(local: tuple, peer: tuple, tables: tuple[str, str] = TABLES) -> int | None:
+# sock_diag (linux/sock_diag.h, linux/inet_diag.h): one request for one socket by its addresses
+NETLINK_SOCK_DIAG, SOCK_DIAG_BY_FAMILY, NLMSG_ERROR, NLM_F_REQUEST = 4, 20, 2, 1
+NO_COOKIE = 0xFFFFFFFF
+REQUEST = struct.Struct("=IHHII BBBxI 2s2s16s16sIII")  # nlmsghdr, inet_diag_req_v2 and its sockid
+REPLY = struct.Struct("=16x xBBx 2x2s 44x 12x I")  # nlmsghdr, inet_diag_msg: state, timer, remote port, uid
+
+
+def accepted_uid(local: tuple, peer: tuple) -> int | None:
     """The uid of the socket that accepted our connection from ``local`` to ``peer`` (its
-    ``getsockname()`` and ``getpeername()``): the row whose local end is ``peer`` and whose
-    remote end is ``local``, that is, the uid of the listener the connection reached. None
-    if there is no such row (not on this machine), or only one the kernel keeps after the
-    listener's process closed its end. ``tables``: the
+    ``getsockname()`` and ``getpeername()``): the socket whose local end is ``peer`` and
+    whose remote end is ``local``, that is, the uid of the listener the connection reached.
+    None if there is no such socket (not on this machine), or only one the kernel keeps
+    after the listener's process closed its end, or one still in the handshake. Asks the
+    kernel (``sock_diag``) of this network namespace; raises OSError where that cannot be
+    asked (:func:`accepted_uid_in_tables` then)."""
+    ours, theirs = _ip(local[0]), _ip(peer[0])
+    family = socket.AF_INET if theirs.version == 4 else socket.AF_INET6
+    request = REQUEST.pack(
+        REQUEST.size, SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST, 1, 0,
+        family, socket.IPPROTO_TCP, 0, 0xFFFFFFFF,  # any state
+        peer[1].to_bytes(2, "big"), local[1].to_bytes(2, "big"), theirs.packed, ours.packed, 0, NO_COOKIE, NO_COOKIE,
+    )  # fmt: skip
+    with socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_SOCK_DIAG) as diag:
+        diag.send(request)
+        reply = diag.recv(65536)
+    kind = struct.unpack_from("=H", reply, 4)[0]
+    if kind == NLMSG_ERROR:
+        error = -struct.unpack_from("=i", reply, 16)[0]
+        if error == 2:  # ENOENT: no such socket
+            return None
+        raise OSError(error, f"sock_diag: {os.strerror(error)}")
+    state, timer, remote_port, uid = REPLY.unpack_from(reply)
+    # without an exact match the kernel answers with the port's listener, which is not our
+    # connection's; the kernel's own sockets after a close, and one in the handshake, say uid 0
+    if int.from_bytes(remote_port, "big") != local[1] or state in (LISTEN, SYN_RECV) or timer == KERNELS_OWN_TIMER:
+        return None
+    return uid
+
+
+def accepted_uid_in_tables(local: tuple, peer: tuple, tables: tuple[str, str] = TABLES) -> int | None:
+    """:func:`accepted_uid`, from the row of the tables whose local end is ``peer`` and
+    whose remote end is ``local``: milliseconds instead of microseconds. ``tables``: the
     IPv4 and the IPv6 table (``/proc/<pid>/net/...`` for another network namespace)."""
     ours, theirs = _ip(local[0]), _ip(peer[0])
     rows = []  # the table the row can be in, and its two addresses as written there
@@ -119,7 +163,7 @@ def accepted_uid(local: tuple, peer: tuple, tables: tuple[str, str] = TABLES) ->
         at = text.find(key)
         while at >= 0:
             fields = text[at + 2 : text.find("\n", at)].split()  # local, remote, st, tx:rx, tr:when, retrnsmt, uid
-            if not fields[4].startswith(KERNELS_OWN_TIMER):  # closed: uid 0 would be a lie
+            if int(fields[4][:2], 16) != KERNELS_OWN_TIMER and int(fields[2], 16) != SYN_RECV:
                 return int(fields[6])
             at = text.find(key, at + 1)
     return None

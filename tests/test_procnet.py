@@ -1,5 +1,6 @@
-"""``procnet``: the kernel's TCP socket tables, read as they are, with real sockets of this
-process and of another system user's (``nobody``, started with ``setpriv``)."""
+"""``procnet``: the kernel's TCP sockets, read from its tables and asked of ``sock_diag``,
+with real sockets of this process and of another system user's (``nobody``, started with
+``setpriv``)."""
 
 import ipaddress
 import os
@@ -65,6 +66,13 @@ def listener():
         one.stop()
 
 
+@pytest.fixture(params=["sock_diag", "tables"])
+def lookup(request):
+    """Both ways to the uid of a connection's accepted end: asked of the kernel, or read
+    from the tables (where netlink is not available)."""
+    return {"sock_diag": procnet.accepted_uid, "tables": procnet.accepted_uid_in_tables}[request.param]
+
+
 def connect(host: str, port: int) -> socket.socket:
     return socket.create_connection((host, port), timeout=5)
 
@@ -111,23 +119,25 @@ def test_sockets_lists_connections_in_their_states(listener):
         ("4", "0.0.0.0", 1, "127.0.0.1"),
     ],
 )
-def test_the_accepted_end_carries_the_listeners_uid(listener, family, host, v6only, connect_to):
+def test_the_accepted_end_carries_the_listeners_uid(lookup, listener, family, host, v6only, connect_to):
     """What the sidecar asks of each new connection: whose listener it reached. Also before
     the listener's process has accepted it (the row has no inode yet)."""
     theirs = listener(family, host, v6only)
     with connect(connect_to, theirs.port) as ours:
-        assert procnet.accepted_uid(ours.getsockname(), ours.getpeername()) == NOBODY
+        assert lookup(ours.getsockname(), ours.getpeername()) == NOBODY
+    # the listener itself is not a connection from a port of ours
+    assert lookup(("127.0.0.1", 40000), ("127.0.0.1", theirs.port)) is None
 
 
-def test_our_own_listener_is_ours():
+def test_our_own_listener_is_ours(lookup):
     with socket.socket() as server:
         server.bind(("127.0.0.1", 0))
         server.listen()
         with connect("127.0.0.1", server.getsockname()[1]) as ours:
-            assert procnet.accepted_uid(ours.getsockname(), ours.getpeername()) == os.geteuid()
+            assert lookup(ours.getsockname(), ours.getpeername()) == os.geteuid()
 
 
-def test_an_ipv6_socket_reaching_an_ipv4_listener():
+def test_an_ipv6_socket_reaching_an_ipv4_listener(lookup):
     """A connection from an IPv6 socket to ``::ffff:127.0.0.1`` is accepted by an IPv4
     listener: its row is in ``tcp``, found from the mapped addresses."""
     with socket.socket() as server, socket.socket(socket.AF_INET6) as ours:
@@ -135,10 +145,10 @@ def test_an_ipv6_socket_reaching_an_ipv4_listener():
         server.listen()
         ours.connect(("::ffff:127.0.0.1", server.getsockname()[1]))
         assert ours.getsockname()[0].startswith("::ffff:")
-        assert procnet.accepted_uid(ours.getsockname(), ours.getpeername()) == os.geteuid()
+        assert lookup(ours.getsockname(), ours.getpeername()) == os.geteuid()
 
 
-def test_no_owner_for_a_connection_that_is_gone(listener):
+def test_no_owner_for_a_connection_that_is_gone(lookup, listener):
     """A listener that closes what it accepts: its end lingers as a socket of the kernel's
     (FIN_WAIT2 once orphaned, TIME_WAIT once we close ours) whose uid column says 0. No
     owner, rather than root."""
@@ -151,15 +161,16 @@ def test_no_owner_for_a_connection_that_is_gone(listener):
         return [(s.state, s.uid) for s in procnet.sockets() if s.local == address and s.remote[1] == local[1]]
 
     assert ours.recv(1) == b""  # they closed: a socket of theirs still (FIN_WAIT1), or the kernel's
-    assert procnet.accepted_uid(local, peer) in (NOBODY, None)
+    assert lookup(local, peer) in (NOBODY, None)
     ours.close()
     wait_for(lambda: their_end() == [("TIME_WAIT", 0)], 5, "their end in TIME_WAIT")
-    assert procnet.accepted_uid(local, peer) is None
+    assert lookup(local, peer) is None
 
 
-def test_no_owner_for_an_address_that_is_not_here():
-    assert procnet.accepted_uid(("127.0.0.1", 40000), ("127.0.0.1", 9)) is None
-    assert procnet.accepted_uid(("10.1.2.3", 40000), ("10.9.9.9", 5000)) is None
+def test_no_owner_for_an_address_that_is_not_here(lookup):
+    assert lookup(("127.0.0.1", 40000), ("127.0.0.1", 9)) is None
+    assert lookup(("10.1.2.3", 40000), ("10.9.9.9", 5000)) is None
+    assert lookup(("::1", 40000), ("::1", 9)) is None
 
 
 def test_rows_are_read_in_the_machines_byte_order():
