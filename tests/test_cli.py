@@ -183,6 +183,28 @@ def test_check_shared_hosts(tmp_path, capsys):
     assert code == 0 and expected in out and "c.PortRoutes.allow_shared_host = True" in out, out
     for allowed in ("c.PortRoutes.allow_shared_host = True", "c.PortRoutes.server_uid = lambda spawner: 1000"):
         assert "share ports" not in check_here(write_config(tmp_path, f"{simple}\n{allowed}"), capsys)[1]
+    # SystemdSpawner (known by its traits; systemdspawner is not installed here) with dynamic
+    # users: whose uid a server runs as is not known
+    systemd = textwrap.dedent("""
+        from jupyterhub.spawner import Spawner
+        from traitlets import Bool, Unicode
+
+        class SystemdSpawner(Spawner):
+            unit_name_template = Unicode(config=True)
+            username_template = Unicode(config=True)
+            dynamic_users = Bool(config=True)
+
+            async def start(self): ...
+            async def stop(self, now=False): ...
+            async def poll(self): ...
+
+        c.JupyterHub.spawner_class = SystemdSpawner
+        c.PortRoutes.ports = [5000]
+    """)
+    out = check_here(write_config(tmp_path, systemd), capsys)[1]
+    assert "share ports" not in out and "does not load" not in out, out
+    out = check_here(write_config(tmp_path, systemd + "c.SystemdSpawner.dynamic_users = True"), capsys)[1]
+    assert "SystemdSpawner runs every server under dynamic users, whose uids it does not know" in out, out
 
 
 def test_check_local_servers_and_files_that_do_not_load(tmp_path, capsys):
