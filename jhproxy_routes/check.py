@@ -121,7 +121,7 @@ def _valid_ports(items: list, problems) -> list:
 
 
 def _spawner_problems(hub, spawner_class, settings: PortRoutes, specs):
-    from jupyterhub.spawner import LocalProcessSpawner
+    from jupyterhub.spawner import SimpleLocalProcessSpawner
 
     name = spawner_class.__name__
     try:  # the port the spawner gives the Jupyter server, its own default or the config's
@@ -136,26 +136,39 @@ def _spawner_problems(hub, spawner_class, settings: PortRoutes, specs):
                 "error",
                 f"port {server_port}{within} is where {name} runs the Jupyter server itself: it never gets a route (it would open the whole server to the port's token)",
             )
-    if issubclass(spawner_class, LocalProcessSpawner):
-        if not settings.allow_shared_host:
-            yield Problem(
-                "warning",
-                f"{name} runs servers on the hub's machine, where users share ports: they get no port routes unless c.PortRoutes.allow_shared_host = True",
-            )
-        else:
-            from .proxy import PortRoutesProxy
+    if not runs_on_hub_machine(spawner_class):
+        return
+    shared_user = issubclass(spawner_class, SimpleLocalProcessSpawner)
+    unknown_user = configured(hub, spawner_class, "dynamic_users") is True
+    if (shared_user or unknown_user) and not settings.allow_shared_host and settings.server_uid is None:
+        why = "as the hub's own system user" if shared_user else "under dynamic users, whose uids it does not know"
+        yield Problem(
+            "warning",
+            f"{name} runs every server {why} on the hub's machine, where users share ports: they get no port routes"
+            " unless c.PortRoutes.server_uid says each server's uid, or c.PortRoutes.allow_shared_host = True",
+        )
+    from .proxy import PortRoutesProxy
 
-            hub_ports = listening_ports(
-                {
-                    hub.bind_url: "the proxy's public port",
-                    hub.hub_bind_url or f"http://127.0.0.1:{hub.hub_port}": "the hub's own port",
-                    configured(hub, PortRoutesProxy, "api_url") or "http://127.0.0.1:8001": "the proxy's API",
-                    settings.sidecar_url: "the sidecar's",
-                }
-            )
-            for port, what in hub_ports.items():
-                if any(spec.covers(port) for spec in specs):
-                    yield Problem("warning", f"port {port} is {what} on this machine: it never gets a route")
+    hub_ports = listening_ports(
+        {
+            hub.bind_url: "the proxy's public port",
+            hub.hub_bind_url or f"http://127.0.0.1:{hub.hub_port}": "the hub's own port",
+            configured(hub, PortRoutesProxy, "api_url") or "http://127.0.0.1:8001": "the proxy's API",
+            settings.sidecar_url: "the sidecar's",
+        }
+    )
+    for port, what in hub_ports.items():
+        if any(spec.covers(port) for spec in specs):
+            yield Problem("warning", f"port {port} is {what} on this machine: it never gets a route")
+
+
+def runs_on_hub_machine(spawner_class) -> bool:
+    """LocalProcessSpawner and its kind, SystemdSpawner (known by its traits: it is not a
+    dependency)."""
+    from jupyterhub.spawner import LocalProcessSpawner
+
+    traits = spawner_class.class_trait_names()
+    return issubclass(spawner_class, LocalProcessSpawner) or {"unit_name_template", "username_template"} <= set(traits)
 
 
 def _sidecar_problems(settings: PortRoutes):

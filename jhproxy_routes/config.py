@@ -449,13 +449,46 @@ class PortRoutes(Configurable):
     allow_shared_host = Bool(
         False,
         config=True,
-        help="""Route ports of servers that run on the hub's own machine (LocalProcessSpawner).
+        help="""Route ports of servers on the hub's own machine that run as the hub's own
+        system user (SimpleLocalProcessSpawner), as root, or as a user that is not known.
 
-        There all users share one network: port 5000 belongs to whichever process bound it
-        first, so every user's route to 5000 reaches that one app, under each route owner's
-        settings. Off by default: such servers get no port routes, and the hub logs why.
-        Turn on for a single-user hub, a demo, or users who trust each other. Servers with
-        addresses of their own (DockerSpawner, KubeSpawner) are not affected.
+        On the hub's machine all servers share one network: port 5000 belongs to whichever
+        process bound it first. A server that runs as a system user of its own
+        (LocalProcessSpawner, SystemdSpawner as The Littlest JupyterHub uses it; see
+        ``server_uid``) needs no permission: its routes reach only listeners of that user
+        (the sidecar checks the owner of every connection it opens to the app), so another
+        user's app on the port is never reached, and every port, public ones too, goes
+        through the sidecar. Where servers run as one system user, the owner tells no one
+        apart: every user's route to 5000 would reach the one app there, under each route
+        owner's settings. Off by default: such servers get no port routes, and the hub logs
+        why. Turn on for a single-user hub, a demo, or users who trust each other. Servers
+        with addresses of their own (DockerSpawner, KubeSpawner) are not affected.
+        """,
+    )
+
+    server_uid = Callable(
+        None,
+        allow_none=True,
+        config=True,
+        help="""A hook that returns the uid of the system user a server on the hub's machine
+        runs as, for spawners that do not show it: ``server_uid(spawner)``, sync or async,
+        an ``int``, or None if not known. The routes of that server reach only listeners
+        of this uid (see ``allow_shared_host``).
+
+        Without it: the uid of the server's process (``spawner.pid``: LocalProcessSpawner
+        and its subclasses, sudospawner), else SystemdSpawner's ``username_template``
+        user (TLJH: ``jupyter-<name>``). Needed for other spawners that run servers on
+        the hub's machine under users of their own, and for SystemdSpawner with
+        ``dynamic_users``. For a spawner that runs each server as ``jupyter-<name>``::
+
+            import pwd
+            c.PortRoutes.server_uid = lambda spawner: pwd.getpwnam("jupyter-" + spawner.user.name).pw_uid
+
+        The hub's own uid and root (0) tell no one apart: servers running as them need
+        ``allow_shared_host``. Called for every running local server at every
+        reconciliation: keep it quick.
+
+        .. versionadded:: 0.2
         """,
     )
 

@@ -111,7 +111,9 @@ class PortCheck:
     """What the sidecar checks on a port (or a range of ports), and how it forwards there.
     ``restricted`` admits the owner's hub login, a valid token (``token_sha256``, until
     ``token_expires``), any hub user's login if ``users``, members of ``groups``, and if
-    ``shared`` the login of whoever the hub lets access the server."""
+    ``shared`` the login of whoever the hub lets access the server. With ``uid`` (a
+    server on the hub's machine under a system user of its own), a connection to the app
+    is used only if the socket that accepted it is that user's."""
 
     target: str  # http://host:port of the app (of a range: its first port)
     access: str  # one of ACCESS
@@ -125,6 +127,7 @@ class PortCheck:
     activity: bool = True  # requests let through count as the server's activity
     scope_cookies: bool = False  # the app's cookies get the route's path, and no Domain
     by_host: bool = False  # the route's key begins with its host (CHP's host routing)
+    uid: int | None = None  # the app's listener must be this system user's (a shared host); None: any
 
     @property
     def address(self) -> tuple[str, int]:
@@ -145,6 +148,8 @@ class PortCheck:
             "activity": self.activity,
             "scope_cookies": self.scope_cookies,
         }
+        if self.uid is not None:
+            data["uid"] = self.uid
         return {**data, "by_host": True} if self.by_host else data
 
 
@@ -266,6 +271,9 @@ def _check_from_json(data: dict) -> dict:
         raise ValueError("servername must be a string")
     if data.get("shared") is True and "servername" not in data:
         raise ValueError("a shared port needs its servername (the server the hub is asked about)")
+    uid = data.get("uid")
+    if uid is not None and (type(uid) is not int or uid < 0):
+        raise ValueError(f"uid must be null or a system user's id, got {uid!r}")
     return {
         "target": text,
         "access": access,
@@ -279,6 +287,7 @@ def _check_from_json(data: dict) -> dict:
         "activity": data.get("activity", True) is not False,
         "scope_cookies": data.get("scope_cookies") is True,
         "by_host": data.get("by_host") is True,
+        "uid": uid,
         "username": owner if isinstance(owner, str) else "",
         "servername": servername,
     }

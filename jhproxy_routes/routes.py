@@ -283,7 +283,9 @@ class RouteManager:
         if not self.template.serves(user.name, servername):
             return {}
         try:
-            targets = await port_targets(spawner, [s.port for s in self.specs], self.settings.allow_shared_host)
+            targets, uid = await port_targets(
+                spawner, [s.port for s in self.specs], self.settings.allow_shared_host, self.settings.server_uid
+            )
         except SharedHostError as e:
             self.log.error("jhproxy-routes: no port routes for %s/%s: %s", shown(user.name), shown(servername), shown(e))
             return {}
@@ -309,13 +311,13 @@ class RouteManager:
             routespec = self.routespec(user.name, servername, spec.port)
             app = targets[spec.port]
             who = self._who(user.name, servername, spec.port)
-            if self._direct(routespec, spec, access):
+            if self._direct(routespec, spec, access, uid):
                 routes[routespec] = PortRoute(routespec, {"target": app, **who}, None)
                 continue
-            sidecar = RouteEntry(target=app, **self._sidecar_rule(spec, access), **who)
+            sidecar = RouteEntry(target=app, **self._sidecar_rule(spec, access, uid), **who)
             routes[routespec] = PortRoute(routespec, {"target": self.settings.sidecar_url, **who}, sidecar)
         if self.port_ranges:
-            ranges = self._ranges_route(user.name, servername, never, targets, access)
+            ranges = self._ranges_route(user.name, servername, never, targets, access, uid)
             if ranges is not None:
                 routes[ranges.routespec] = ranges
         return routes
@@ -345,9 +347,10 @@ class RouteManager:
         """The route data that names its server and port (also for the route list)."""
         return {"username": username, "servername": servername, "port": port}
 
-    def _sidecar_rule(self, spec: PortSpec, access: ServerAccess) -> dict:
+    def _sidecar_rule(self, spec: PortSpec, access: ServerAccess, uid: int | None) -> dict:
         """What the sidecar checks on a port (or range), and how it forwards: the fields of
-        its entry's :class:`~.contract.PortCheck` but the target."""
+        its entry's :class:`~.contract.PortCheck` but the target (``uid``: whose listener
+        the app's must be, on a shared host)."""
         rule = port_rule(spec, access)
         return {
             "access": rule.access,
@@ -361,9 +364,12 @@ class RouteManager:
             "activity": self.settings.counts_activity(spec),
             "scope_cookies": self.settings.scopes_cookies(spec) and not self.template.by_host,
             "by_host": self.host_routing,
+            "uid": uid,
         }
 
-    def _ranges_route(self, username: str, servername: str, never: dict[int, str], targets: dict, access) -> PortRoute | None:
+    def _ranges_route(
+        self, username: str, servername: str, never: dict[int, str], targets: dict, access, uid: int | None
+    ) -> PortRoute | None:
         """The one route of a server's port ranges: to the sidecar, which reads the port
         from the path. Ports that are never routed are left out of the ranges."""
         ranges = []
@@ -379,7 +385,7 @@ class RouteManager:
                     servername,
                 )
                 continue
-            ranges.append(PortRange(target=targets[spec.port], last=spec.last, **self._sidecar_rule(spec, access)))
+            ranges.append(PortRange(target=targets[spec.port], last=spec.last, **self._sidecar_rule(spec, access, uid)))
         if not ranges:
             return None
         routespec = self.ranges_routespec(username, servername)
@@ -393,12 +399,14 @@ class RouteManager:
         )
         return PortRoute(routespec, {"target": self.settings.sidecar_url, **who}, sidecar)
 
-    def _direct(self, routespec: str, spec: PortSpec, access: ServerAccess) -> bool:
+    def _direct(self, routespec: str, spec: PortSpec, access: ServerAccess, uid: int | None) -> bool:
         """A port set ``public`` goes straight to the app, untouched, where no cookie needs
         stripping (a port's own host gets none but ``jupyterhub-session-id``, as any path
         outside the hub's; with ``hub_cookies_at_root`` every path on the hub's host gets
-        the hub's login). A server in ``allow_all`` mode still goes through the sidecar,
-        which answers CORS for it as for a token (as jhproxy did)."""
+        the hub's login), and where no listener's owner needs checking (``uid``: a server on
+        a shared host, where only the sidecar can tell its app from another user's on the
+        port). A server in ``allow_all`` mode still goes through the sidecar, which answers
+        CORS for it as for a token (as jhproxy did)."""
         path = routespec[routespec.index("/") :]  # without the host (host routing)
         on_hub_host = not self.template.by_host
         under_cookies = (on_hub_host and self.hub_cookies_at_root) or any(
@@ -406,6 +414,7 @@ class RouteManager:
         )
         return (
             port_choice(spec, access) == "public"
+            and uid is None
             and self.settings.direct_public_routes
             and not spec.strip_prefix
             and not (on_hub_host and self.settings.scopes_cookies(spec))  # the sidecar rewrites its cookies

@@ -1,4 +1,5 @@
-"""Where a port of a user's server can be reached: the target of its route.
+"""Where a port of a user's server can be reached: the target of its route, and on the hub's
+own machine the system user whose listener alone it may reach.
 
 The default is the host the spawner reports for the server (``spawner.server.host``, the
 address JupyterHub itself routes to) with the allowed port instead of the server's own. That
@@ -6,17 +7,26 @@ fits every spawner that gives each server an address of its own: DockerSpawner w
 ``use_internal_ip``, KubeSpawner (the pod IP). For DockerSpawner the container is inspected
 instead (``docker.py``): its current IP, or in host-binding mode each port's host port.
 
-Servers on the hub's own machine (LocalProcessSpawner) share one address: port 5000 there is
-whichever process bound it first, so every user's route to 5000 would reach the same app.
-Such targets are refused unless ``PortRoutes.allow_shared_host`` says the users trust each
+Servers on the hub's own machine share one address: port 5000 there is whichever process
+bound it first. Where each server runs as a system user of its own (LocalProcessSpawner,
+SystemdSpawner as TLJH uses it), its routes carry that user's uid and the sidecar forwards
+only over connections whose listener is that user's (``procnet``): another user's app on
+the port is never reached. Which uid: :func:`system_uid`, or the admin's hook
+``PortRoutes.server_uid``. Where the server runs as the hub's own user
+(SimpleLocalProcessSpawner) or as root, or its user is not known, a uid tells no one apart:
+such targets are refused unless ``PortRoutes.allow_shared_host`` says the users trust each
 other (or there is one).
 """
 
 from __future__ import annotations
 
 import functools
+import inspect
 import ipaddress
+import os
+import pwd
 import socket
+from typing import NamedTuple
 from urllib.parse import urlparse
 
 # at import time, not on first use: importing dockerspawner takes ~0.5 s, which would
@@ -41,14 +51,70 @@ def is_hub_machine(host: str) -> bool:
     return address.is_loopback or address.is_unspecified
 
 
-def check_own_address(spawner, allow_shared_host: bool = False) -> None:
-    """Raise SharedHostError when the server's address is shared by all users."""
-    host = urlparse(spawner.server.host).hostname
-    if not allow_shared_host and is_hub_machine(host):
-        raise SharedHostError(
-            f"its address {host} is the hub's own machine, where all users share ports;"
-            " set c.PortRoutes.allow_shared_host = True if the users trust each other"
-        )
+class Targets(NamedTuple):
+    """The app addresses of a server's allowed ports, and whose listeners they must be."""
+
+    urls: dict[int, str]  # {port: http://host:port}
+    uid: int | None = None  # the system user whose listener alone a route may reach; None: any
+
+
+def process_uid(pid: int) -> int | None:
+    """The effective uid of process ``pid`` (what its sockets get), None if it is gone."""
+    try:
+        with open(f"/proc/{int(pid)}/status") as status:
+            for line in status:
+                if line.startswith("Uid:"):
+                    return int(line.split()[2])
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def system_uid(spawner) -> int | None:
+    """The uid a spawner runs its server as, as far as it shows: its process's
+    (``spawner.pid``: LocalProcessSpawner and its subclasses, sudospawner), else the system
+    user SystemdSpawner starts it as (``username_template``, which TLJH sets to
+    ``jupyter-<name>``; unknown with ``dynamic_users``); None if neither says."""
+    if getattr(spawner, "pid", 0):
+        return process_uid(spawner.pid)
+    template = getattr(spawner, "username_template", None)
+    if isinstance(template, str) and not getattr(spawner, "dynamic_users", False):
+        try:
+            return pwd.getpwnam(template.format(USERNAME=spawner.user.name, USERID=spawner.user.id)).pw_uid
+        except (KeyError, ValueError, IndexError):  # no such user; a template SystemdSpawner would refuse too
+            return None
+    return None
+
+
+async def server_uid(spawner, hook=None) -> int | None:
+    """The uid of the server: the admin's ``hook(spawner)`` (``PortRoutes.server_uid``,
+    sync or async) if set, else :func:`system_uid`."""
+    if hook is None:
+        return system_uid(spawner)
+    uid = hook(spawner)
+    if inspect.isawaitable(uid):
+        uid = await uid
+    if uid is not None and (type(uid) is not int or uid < 0):
+        raise SharedHostError(f"c.PortRoutes.server_uid returned {uid!r}, not a uid or None")
+    return uid
+
+
+def own_uid(host: str, uid: int | None, allow_shared_host: bool) -> int | None:
+    """For a server on the hub's machine (at ``host``) running as ``uid``: the uid its
+    routes' listeners must have (a user of its own), or None (a shared host allowed as
+    one). Raises SharedHostError where a uid tells no one apart (the hub's own user, root,
+    or not known), unless allowed."""
+    if uid is not None and uid not in (0, os.geteuid()):
+        return uid
+    if allow_shared_host:
+        return None
+    why = (
+        "the system user it runs as is not known" if uid is None else f"it runs as the hub's own system user or root (uid {uid})"
+    )
+    raise SharedHostError(
+        f"its address {host} is the hub's own machine, where all users share ports, and {why}:"
+        " set c.PortRoutes.server_uid, or c.PortRoutes.allow_shared_host = True if the users trust each other"
+    )
 
 
 def port_target(spawner, port: int) -> str:
@@ -59,10 +125,13 @@ def port_target(spawner, port: int) -> str:
     return f"http://{host}:{int(port)}"
 
 
-async def port_targets(spawner, ports: list[int], allow_shared_host: bool = False) -> dict[int, str]:
-    """``{port: target URL}`` for the allowed ports of a running server (raises
-    SharedHostError for servers on the hub's machine unless allowed)."""
+async def port_targets(spawner, ports: list[int], allow_shared_host: bool = False, uid_hook=None) -> Targets:
+    """The targets of the allowed ports of a running server (raises SharedHostError for a
+    server on the hub's machine whose uid tells no one apart, unless allowed)."""
     if is_docker(spawner):
-        return await container_targets(spawner, ports)
-    check_own_address(spawner, allow_shared_host)
-    return {port: port_target(spawner, port) for port in ports}
+        return Targets(await container_targets(spawner, ports))
+    urls = {port: port_target(spawner, port) for port in ports}
+    host = urlparse(spawner.server.host).hostname
+    if not is_hub_machine(host):
+        return Targets(urls)
+    return Targets(urls, own_uid(host, await server_uid(spawner, uid_hook), allow_shared_host))

@@ -110,13 +110,15 @@ def port_open(port: int) -> bool:
 class App:
     """The echo app (examples/demo_app.py) on a real port; or with ``script`` and ``args``,
     another app that takes ``--port`` (``PAGE_APP``, which lists what it received at
-    ``/__log__``, and ``HOSTILE_PAGE``)."""
+    ``/__log__``, and ``HOSTILE_PAGE``). ``command_prefix``: what runs it (as another system user)."""
 
-    def __init__(self, tmp: Path, port: int | None = None, script: Path = DEMO_APP, args: tuple = ()):
+    def __init__(
+        self, tmp: Path, port: int | None = None, script: Path = DEMO_APP, args: tuple = (), command_prefix: list | None = None
+    ):
         self.port = port or free_port()
         self.log_path = tmp / f"app-{self.port}.log"
         self.proc = subprocess.Popen(
-            [sys.executable, str(script), "--port", str(self.port), *args],
+            [*(command_prefix or []), sys.executable, str(script), "--port", str(self.port), *args],
             stdout=self.log_path.open("w"),
             stderr=subprocess.STDOUT,
         )

@@ -201,11 +201,11 @@ async def test_a_pooled_connection_never_keeps_unsent_bytes(sidecar):
 
     server = await asyncio.start_server(never_reads, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
-    conn = await sidecar.pool.connect("127.0.0.1", port)
+    conn = await sidecar.pool.connect(("127.0.0.1", port, None))
     conn.transport.write(b"y" * (32 * MiB))
     assert conn.transport.get_write_buffer_size() > 0
-    sidecar.pool.release("127.0.0.1", port, conn)
-    assert conn.closed and not sidecar.pool.idle.get(("127.0.0.1", port))
+    sidecar.pool.release(conn)
+    assert conn.closed and not sidecar.pool.idle.get(("127.0.0.1", port, None))
     server.close()
 
 

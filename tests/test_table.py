@@ -186,6 +186,9 @@ def test_lookup_refuses_dot_segments_and_bad_encoding(path):
         (route(access="restricted", token_expires="1800000000"), "token_expires"),
         (route(access="restricted", token_expires=True), "token_expires"),
         (route(access="restricted", username="alice", shared=True), "servername"),
+        (route(uid=True), "uid"),
+        (route(uid=-1), "uid"),
+        (route(uid="1001"), "uid"),
     ],
 )
 def test_table_refuses_bad_route_data(data, message):
@@ -207,6 +210,7 @@ def test_an_entry_the_hub_sends_reads_back_as_itself(by_host):
         "activity": False,
         "scope_cookies": True,
         "by_host": by_host,
+        "uid": 1001 if by_host else None,  # on a shared host, whose listener the app's must be
     }
     port = RouteEntry(target="http://10.0.0.5:5000", **check, username="alice", servername="dev", port=5000)
     ranges = RangesEntry(
@@ -220,4 +224,17 @@ def test_an_entry_the_hub_sends_reads_back_as_itself(by_host):
     )
     for entry in (port, ranges):
         sent = json.loads(json.dumps(entry.to_json()))
-        assert type(entry).from_json(sent) == entry and ("by_host" in sent) == by_host
+        assert (
+            type(entry).from_json(sent) == entry and ("by_host" in sent) == by_host and ('"uid"' in json.dumps(sent)) == by_host
+        )
+
+
+def test_connections_to_an_app_are_pooled_by_whose_listener_they_reached():
+    """Two users' routes to one address on a shared host never share a pooled connection."""
+    table = RouteTable()
+    table.set("/ports/alice/5000", route(uid=1001))
+    table.set("/ports/bob/5000", route(uid=1002))
+    table.set("/ports/bob", {"ranges": [route(last=5999, uid=1002)], "username": "bob"})
+    alice, bob = (table.lookup(f"/ports/{user}/5000/")[0] for user in ("alice", "bob"))
+    assert alice.upstream == ("127.0.0.1", 5000, 1001) and bob.upstream == ("127.0.0.1", 5000, 1002)
+    assert table.lookup("/ports/bob/5001/")[0].upstream == ("127.0.0.1", 5001, 1002)

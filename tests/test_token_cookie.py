@@ -110,9 +110,9 @@ def test_the_slashless_url_and_a_sibling_port(browser, hub, apps, tokens):
     page = context.new_page()
     path, sibling = path_of(apps, "slashless"), path_of(apps, "sibling")
     assert sibling.startswith(path) and sibling != path
-    response = page.goto(f"{path}?proxy_token={tokens['alice']}")
-    assert response.status == 200 and page.url == hub.url + path
-    assert json.loads(page.locator("body").inner_text())["path"] == path
+    response = page.goto(f"{path}?proxy_token={tokens['alice']}")  # on to the slash form, the token traded
+    assert response.status == 200 and page.url == hub.url + path + "/"
+    assert json.loads(page.locator("body").inner_text())["path"] == path + "/"
     [cookie] = [c for c in context.cookies() if c["name"].startswith("jhproxy-routes-token-")]
     assert cookie["path"] == path
     assert page.evaluate("u => fetch(u).then(r => r.status)", path + "/below") == 200

@@ -55,7 +55,7 @@ class SidecarMetrics:
         )
         self.denials = Counter(
             "jhproxy_routes_sidecar_denied",
-            "Requests refused (403, 429), by reason",
+            "Requests refused (403, 429; 502 when a shared host's port is another user's), by reason",
             ["reason"],
             registry=self.registry,
         )

@@ -7,6 +7,13 @@ stream buffers, no task per request): a body's framing is checked as it passes
 receiving side's writes back up, reading from the sending side pauses (flow control). Apps
 are reached over pooled keep-alive connections (``UpstreamPool``): CHP pools its connections
 to the sidecar across clients, and a small request costs no new TCP connection.
+
+On a shared host (a route with a ``uid``), a new connection to an app is used only if the
+socket that accepted it belongs to that system user (``procnet.accepted_uid``), checked
+before any byte is sent on it: whoever holds the port when the connection is made, and
+whatever listens there later, this connection reaches that listener and no other. Pooled
+connections are kept per (host, port, uid), so one route never takes a connection that
+was checked for another user.
 """
 
 from __future__ import annotations
@@ -15,11 +22,39 @@ import asyncio
 import time
 from collections import defaultdict, deque
 
+from .. import procnet
 from ..http1 import MAX_HEAD, HTTPError, UntilCloseBody, body_reader, parse_response_head, render_head, response_body_framing
 from .forward import response_headers
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})  # retried once on a fresh connection
 WRITE_BUFFER_HIGH = 256 * 1024  # bytes waiting to be sent before the other side pauses
+OWNER_LOOKUPS = 3  # reads of the socket tables for a connection's accepted end (the row may come late)
+
+
+class ForeignListener(Exception):
+    """A new connection reached a listener of another system user than the route's
+    (``uid``; None: no row of the accepted end was found, so no owner is known)."""
+
+    def __init__(self, uid: int | None):
+        super().__init__(uid)
+        self.uid = uid
+
+
+async def listener_uid(transport) -> int | None:
+    """The uid of the listener a new connection reached (its accepted end's), None if
+    unknown: asked of the kernel (microseconds), else read from its socket tables in a
+    thread (milliseconds)."""
+    local, peer = transport.get_extra_info("sockname"), transport.get_extra_info("peername")
+    for attempt in range(OWNER_LOOKUPS):
+        if attempt:
+            await asyncio.sleep(0.01 * attempt)
+        try:
+            uid = procnet.accepted_uid(local, peer)
+        except OSError:  # no sock_diag here
+            uid = await asyncio.to_thread(procnet.accepted_uid_in_tables, local, peer)
+        if uid is not None:
+            return uid
+    return None
 
 
 class AppConnection(asyncio.Protocol):
@@ -83,8 +118,9 @@ class AppConnection(asyncio.Protocol):
 
 
 class UpstreamPool:
-    """Idle connections to the apps, per address: dropped when the app closed them or they
-    idled ``idle_timeout`` seconds; at most ``max_idle`` kept per address.
+    """Idle connections to the apps, per address (host, port, and the uid its listener
+    must have, or None): dropped when the app closed them or they idled ``idle_timeout``
+    seconds; at most ``max_idle`` kept per address.
 
     At most ``max_opening`` new connections to one app wait for its first answer at a time;
     more requests wait for one of those to answer, or for a connection back in the pool. A
@@ -97,13 +133,13 @@ class UpstreamPool:
         self.idle_timeout = idle_timeout
         self.max_idle = max_idle
         self.max_opening = max_opening
-        self.idle: dict[tuple[str, int], list[AppConnection]] = defaultdict(list)
-        self.opening: dict[tuple[str, int], int] = {}  # per address: connections not yet answered on
-        self.waiting: dict[tuple[str, int], deque] = {}  # per address: futures of requests waiting to connect
+        self.idle: dict[tuple, list[AppConnection]] = defaultdict(list)
+        self.opening: dict[tuple, int] = {}  # per address: connections not yet answered on
+        self.waiting: dict[tuple, deque] = {}  # per address: futures of requests waiting to connect
 
-    def take(self, host: str, port: int) -> AppConnection | None:
+    def take(self, address: tuple[str, int, int | None]) -> AppConnection | None:
         """An idle pooled connection that still looks open, or None."""
-        idle = self.idle.get((host, port))
+        idle = self.idle.get(address)
         now = time.monotonic()
         while idle:
             conn = idle.pop()
@@ -113,28 +149,38 @@ class UpstreamPool:
             conn.close()
         return None
 
-    async def connect(self, host: str, port: int) -> AppConnection:
+    async def connect(self, address: tuple[str, int, int | None]) -> AppConnection:
         """A connection for one request: a new one, or a pooled one that came back while
-        this request waited for its turn to open one."""
-        loop, address = asyncio.get_running_loop(), (host, port)
+        this request waited for its turn to open one. Raises ForeignListener (after
+        closing it) for a new one whose listener is not the address's uid's."""
+        loop = asyncio.get_running_loop()
+        host, port, uid = address
         while self.opening.get(address, 0) >= self.max_opening:
             turn = loop.create_future()
             self.waiting.setdefault(address, deque()).append(turn)
             await turn
-            conn = self.take(host, port)
+            conn = self.take(address)
             if conn is not None:
                 self._wake(address)  # the turn it did not use
                 return conn
         self.opening[address] = self.opening.get(address, 0) + 1
+        conn = None
         try:
             _, conn = await asyncio.wait_for(loop.create_connection(AppConnection, host, port), self.connect_timeout)
+            if uid is not None:
+                if (owner := await listener_uid(conn.transport)) != uid:
+                    raise ForeignListener(owner)
+                if conn.closed:  # while it was checked (an app that writes first is closed too)
+                    raise ConnectionResetError("the app closed the connection at once")
         except BaseException:
+            if conn is not None:
+                conn.close()
             self.opened(address)
             raise
         conn.opening, conn.address = self, address
         return conn
 
-    def opened(self, address: tuple[str, int]) -> None:
+    def opened(self, address: tuple) -> None:
         """A connection to ``address`` no longer counts as opening: the next waiter's turn."""
         left = self.opening[address] - 1
         if left:
@@ -143,7 +189,7 @@ class UpstreamPool:
             del self.opening[address]
         self._wake(address)
 
-    def _wake(self, address: tuple[str, int]) -> None:
+    def _wake(self, address: tuple) -> None:
         waiting = self.waiting.get(address)
         while waiting:
             turn = waiting.popleft()
@@ -153,10 +199,11 @@ class UpstreamPool:
         if not waiting:
             self.waiting.pop(address, None)
 
-    def release(self, host: str, port: int, conn: AppConnection) -> None:
+    def release(self, conn: AppConnection) -> None:
+        """Back to the idle connections of its address."""
         conn.relay = None
         conn.transport.resume_reading()  # paused if the client's writes backed up at the end
-        idle = self.idle[(host, port)]
+        idle = self.idle[conn.address]
         # a connection whose writes are paused (the app stopped reading) would carry that
         # over to the next request, whose relay never hears of it: not kept
         if len(idle) >= self.max_idle or conn.closed or conn.transport.is_closing() or conn.writes_paused:
@@ -164,7 +211,7 @@ class UpstreamPool:
             return
         conn.idle_since = time.monotonic()
         idle.append(conn)
-        self._wake((host, port))  # a request waiting for its turn to connect takes this one
+        self._wake(conn.address)  # a request waiting for its turn to connect takes this one
 
     def sweep(self) -> None:
         """Close the connections idle over ``idle_timeout`` (the longest idle come first)."""
@@ -232,7 +279,7 @@ class Relay:
 
     # ---- the request -----------------------------------------------------------------------
     def start(self) -> None:
-        conn = None if self.exchange.websocket else self.sidecar.pool.take(self.route.host, self.route.port)
+        conn = None if self.exchange.websocket else self.sidecar.pool.take(self.route.upstream)
         if conn is not None:
             self.send(conn)
         else:
@@ -241,7 +288,18 @@ class Relay:
     async def _connect(self) -> None:
         route = self.route
         try:
-            conn = await self.sidecar.pool.connect(route.host, route.port)
+            conn = await self.sidecar.pool.connect(route.upstream)
+        except ForeignListener as e:
+            self.sidecar.foreign_listener(self.exchange, e.uid)
+            if e.uid is None:
+                message = f"Could not tell whose app listens on port {route.port} on this machine, so nothing was sent there; try again."
+            else:
+                message = (
+                    f"Port {route.port} on this machine is another user's: the app listening there does not belong"
+                    f" to {server_words(route)}, and nothing was sent to it. Start the app on a free allowed port."
+                )
+            self.fail(HTTPError(502, message))
+            return
         except ConnectionRefusedError:
             message = f"Nothing is listening on port {route.port} of {server_words(route)} yet: start the app there, then reload."
             self.fail(HTTPError(502, message))
@@ -407,7 +465,7 @@ class Relay:
         self.sidecar.metrics.body(self.route.entry, "to_client", size)
         app, self.app = self.app, None
         if self.reusable and not extra and not app.closed:
-            self.sidecar.pool.release(self.route.host, self.route.port, app)
+            self.sidecar.pool.release(app)
         else:
             app.close()
         self.exchange.end(self.keep_alive)

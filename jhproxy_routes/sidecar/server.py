@@ -26,7 +26,8 @@ import time
 
 from ..audit import AuditLog, DenialLog
 from ..http1 import Answer, HTTPError
-from .access import Access, split_query
+from ..logsafe import shown
+from .access import Access, client_address, split_query
 from .activity import ServerActivity
 from .api import HubAPI
 from .connection import ClientConnection
@@ -205,6 +206,32 @@ class Sidecar:
             ex.relay.client_gone()
         else:
             ex.abort()
+
+    def foreign_listener(self, ex, uid: int | None) -> None:
+        """A connection for ``ex`` reached another system user's listener (``uid``; None:
+        nobody's known): logged, counted and audited as a refusal; the page never names them."""
+        route = ex.route
+        reason = "another user's listener" if uid is not None else "listener's owner unknown"
+        log.warning(
+            "refused %s %s: the listener on port %i is uid %s's, not uid %i's (%s's server)",
+            shown(ex.method),
+            shown(ex.path),
+            route.port,
+            uid,
+            route.uid,
+            shown(route.owner),
+        )
+        self.metrics.denied(reason)
+        self.access.denials.record(
+            client_address(ex.head, ex.peer, self.access.trusted_proxies),
+            reason=reason,
+            route=route.key,
+            owner=route.owner,
+            port=route.port,
+            method=ex.method[:20],
+            path=ex.path[:300],
+            listener_uid=uid,
+        )
 
     # ---- deadlines ----------------------------------------------------------------------------
     def tick(self) -> None:

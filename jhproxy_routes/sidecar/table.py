@@ -55,6 +55,13 @@ class Route:
     shared: bool = False  # restricted: logins the hub lets access the server admit
     servername: str = ""  # the owner's server the port belongs to
     token_expires: float | None = None  # Unix time from which the token is refused; None: never
+    uid: int | None = None  # the app's listener must be this system user's (a shared host); None: any
+
+    @property
+    def upstream(self) -> tuple[str, int, int | None]:
+        """Where a request goes, as the pool of app connections keys it: the app's host and
+        port, and whose listener a connection there must have reached."""
+        return self.host, self.port, self.uid
 
     @property
     def path_depth(self) -> int:
@@ -101,6 +108,7 @@ def check_route(key: str, data: dict, check: PortCheck, owner: str, servername: 
         scope_cookies=check.scope_cookies and not check.by_host,
         token_expires=check.token_expires if restricted else None,
         activity=(owner, servername) if owner and check.activity else None,
+        uid=check.uid,
     )
 
 
