@@ -1,5 +1,6 @@
 """What host templates ask of the hub's own cookies: JupyterHub's ``cookie_host_prefix_enabled``
-behind HTTPS, and a warning over plain HTTP.
+behind HTTPS (for every host template: a port domain apart from the hub's may still share a
+parent with it), and a warning over plain HTTP.
 
 Ports on hosts below the hub's domain (``{subdomain_host}``) are sibling hosts of the hub. A
 page of one (a ``public`` port goes straight to its app) may set a cookie for the whole
@@ -30,9 +31,11 @@ def over_https(subdomain_host: str) -> bool:
 
 
 def needs_host_prefix(template: RouteTemplate, subdomain_host: str) -> bool:
-    """Whether the hub's login cookies must be ``__Host-`` cookies: ports on the hub's domain,
-    behind HTTPS."""
-    return template.on_hub_domain and bool(subdomain_host) and over_https(subdomain_host)
+    """Whether the hub's login cookies must be ``__Host-`` cookies: ports on hosts of their
+    own, behind HTTPS. Also on a port domain apart from the hub's: it may still share a parent
+    with the hub's (``ports.example.org`` beside ``hub.example.org``), whose pages could then
+    set cookies for that parent, and ``__Host-`` costs the hub nothing."""
+    return template.by_host and bool(subdomain_host) and over_https(subdomain_host)
 
 
 def prefix_refused(template: RouteTemplate, subdomain_host: str, configured_value) -> str:
@@ -40,10 +43,10 @@ def prefix_refused(template: RouteTemplate, subdomain_host: str, configured_valu
     if configured_value is not False or not needs_host_prefix(template, subdomain_host):
         return ""
     return (
-        f"{SETTING} is False, but c.PortRoutes.route_template {template.template!r} puts ports on hosts below the"
-        f" hub's domain ({urlsplit(subdomain_host).hostname}): a public port's page could set the hub's login cookie"
-        " for the whole domain and log its visitors into the hub as its owner (cookie tossing). Leave it unset"
-        " (jhproxy-routes turns it on), or give ports a domain apart from the hub's"
+        f"{SETTING} is False, but c.PortRoutes.route_template {template.template!r} gives ports hosts of their own"
+        f" beside the hub ({urlsplit(subdomain_host).hostname}): a public port's page could set the hub's login"
+        " cookie for a domain the hub's host is below and log its visitors into the hub as its owner (cookie"
+        " tossing). Leave it unset (jhproxy-routes turns it on)"
     )
 
 

@@ -57,6 +57,16 @@ def dns_label(name: str, max_length: int = 63) -> str:
     return f"u-{stub}--{hashlib.sha256(name.encode()).hexdigest()[:20]}"
 
 
+def normal_host(name: str) -> str:
+    """A host name as DNS compares it: lower case, no trailing dot, IDNA (``hüb.example`` is
+    ``xn--hb-xka.example``)."""
+    name = name.lower().rstrip(".")
+    try:
+        return name if name.isascii() else idna.encode(name, uts46=True).decode("ascii")
+    except (idna.IDNAError, UnicodeError):
+        return name
+
+
 def escape_segment(value: str) -> str:
     """Escape a name for one path segment, as JupyterHub's ``url_escape_path`` does."""
     return quote(value, safe="@~")
@@ -217,7 +227,7 @@ class RouteTemplate:
 
     def _port_domain_problem(self, where: str, hub_domain: str) -> str:
         """Why the port domain cannot be used beside a hub on ``hub_domain`` ("" if it can)."""
-        ours, hubs = self.port_domain, hub_domain.lower()
+        ours, hubs = self.port_domain, normal_host(hub_domain)
         if ours == hubs or hubs.endswith("." + ours):
             relation = "the hub's own domain" if ours == hubs else f"a parent of the hub's domain ({hubs})"
             return (

@@ -110,7 +110,7 @@ JUPYTERHUB5_MODULES = {
     "test_browser.py",
     "test_config.py",
     "test_login.py",
-    "test_login_websockets.py",
+    "test_login_recheck.py",
     "test_port_pages.py",
     "test_routes.py",
     "test_sharing.py",

@@ -390,3 +390,14 @@ def test_a_user_role_without_the_scopes_stops_the_hub(tmp_path, make_hub):
     ), problems
     log = refused_start(make_hub([5000], ROLE_AUTHENTICATOR, start=False))
     assert "role 'user' lacks the scopes" in log or "Role user multiply defined" in log, log[-2000:]
+
+
+@pytest.mark.parametrize("hub_domain", ["hub.example.org.", "HUB.Example.org", "hüb.example"])
+def test_a_port_domain_is_compared_with_the_hubs_as_dns_does(hub_domain):
+    """A trailing dot, capitals or the Unicode form of the hub's name hide no overlap."""
+    for port_domain in ("hub.example.org", "example.org", "xn--hb-xka.example", "ports.example.org"):
+        template = RouteTemplate("{port}--{username}." + port_domain)
+        problem = template.hub_problem(f"https://{hub_domain}:8443", None)
+        hub = hub_domain.lower().rstrip(".").replace("hüb", "xn--hb-xka")
+        overlaps = hub == port_domain or hub.endswith("." + port_domain)
+        assert bool(problem) == overlaps, (hub_domain, port_domain, problem)

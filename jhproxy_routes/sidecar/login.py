@@ -17,8 +17,8 @@ hub's OAuth, as any JupyterHub service does it (``HubOAuth``).
    route. The login starts only for a top-level page, never in a frame.
 4. On each request the hub is asked whose token that is (``HubOAuth.user_for_token``,
    cached for ``cache_max_age``): a hub logout revokes the token, and so ends the session.
-   A websocket the session opened is asked about again as long as it is open
-   (``login_websockets.py``).
+   A websocket or a streamed answer the session opened is asked about again as long as it
+   is open (``login_recheck.py``).
 
 The route says who gets in: its owner, any hub user, members of some groups, or (``shared``)
 whoever the hub lets access the owner's server, which the hub is asked with the visitor's own
@@ -181,8 +181,8 @@ class HubLogin:
         return route.shared and await self.may_access_server(token, route.owner, route.servername)
 
     async def admits_token(self, route, token: str) -> bool:
-        """Whether the session whose hub token is ``token`` still gets into ``route`` (a
-        websocket it opened is checked again so)."""
+        """Whether the session whose hub token is ``token`` still gets into ``route`` (an
+        open answer it let in is checked again so)."""
         user = await self._user_for_token(token)
         return user is not None and await self.admits(route, user, token)
 

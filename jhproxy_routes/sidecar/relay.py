@@ -244,6 +244,7 @@ class Relay:
         "expiry",
         "head",
         "keep_alive",
+        "open",
         "pending",
         "response",
         "retried",
@@ -262,7 +263,7 @@ class Relay:
         self.exchange = exchange
         self.client = exchange.client
         self.head = head  # the request head for the app
-        self.until = until  # a websocket: closed at this Unix time (its token's expiry)
+        self.until = until  # an answer kept open: closed at this Unix time (its token's expiry)
         self.app: AppConnection | None = None
         self.state = "connecting"  # sending, head, body, websocket, done
         self.pending = bytearray()  # the app's answer so far, while its head is incomplete
@@ -270,6 +271,7 @@ class Relay:
         self.response = None
         self.retried = self.timed_out = self.keep_alive = self.reusable = False
         self.expiry = None
+        self.open = False  # in the sidecar's open answers (``_keep_open``)
         self.sent_at = 0.0
         self.to_app = self.to_client = 0
 
@@ -445,6 +447,24 @@ class Relay:
             self._done(rest)
             return
         self._body_piece(rest, head)
+        if self.state == "body":  # more to come: it may go on for long (events, a download)
+            self._keep_open()
+
+    def _keep_open(self) -> None:
+        """An answer that stays open (a websocket, a body still coming): the sidecar ends it
+        when its route changes or its login no longer gets in, and so does the expiry of the
+        token that let it in."""
+        self.open = True
+        self.sidecar.answer_open(self)
+        if self.until is not None:
+            self.expiry = asyncio.get_running_loop().call_later(max(0.0, self.until - time.time()), self.close)
+
+    def _closed(self) -> None:
+        if self.open:
+            self.open = False
+            self.sidecar.answer_closed(self)
+        if self.expiry is not None:
+            self.expiry.cancel()
 
     def _body_piece(self, data: bytes, head: bytes = b"") -> None:
         """A piece of the answer's body (after its ``head``, written with it in one send)."""
@@ -461,6 +481,7 @@ class Relay:
     def _done(self, extra: bytes) -> None:
         """The whole answer is sent: the app's connection back to the pool if clean."""
         self.state = "done"
+        self._closed()
         size = self.body.size if self.body is not None else 0
         self.sidecar.metrics.body(self.route.entry, "to_client", size)
         app, self.app = self.app, None
@@ -506,9 +527,7 @@ class Relay:
         self.client.write(render_head(f"HTTP/1.1 101 {response.start.reason}", headers) + rest)
         self.to_client += len(rest)
         self.sidecar.in_use(self.route)
-        self.sidecar.websocket_opened(self)
-        if self.until is not None:
-            self.expiry = asyncio.get_running_loop().call_later(max(0.0, self.until - time.time()), self.close)
+        self._keep_open()
         self.client.source = self.app.transport
         if self.client.writes_paused:  # the client is not reading what it was sent so far
             self.app.transport.pause_reading()
@@ -523,7 +542,8 @@ class Relay:
         self.app.transport.write(data)
 
     def close(self) -> None:
-        """End a websocket (its route changed, its token expired)."""
+        """End a websocket or an answer still streaming (its route changed, its token
+        expired, its login no longer gets in)."""
         self.client.close()
 
     # ---- endings -----------------------------------------------------------------------------
@@ -553,11 +573,9 @@ class Relay:
         if self.state == "websocket":
             self.sidecar.metrics.body(self.route.entry, "to_app", self.to_app)
             self.sidecar.metrics.body(self.route.entry, "to_client", self.to_client)
-            self.sidecar.websocket_closed(self)
+        self._closed()
         self.state = "done"
         self.sidecar.awaiting_answer.pop(self, None)
-        if self.expiry is not None:
-            self.expiry.cancel()
         if self.app is not None:
             self.app.close()
             self.app = None

@@ -33,7 +33,7 @@ from .api import HubAPI
 from .connection import ClientConnection
 from .forward import response_rules, upstream_head
 from .login import TICKET_QUERY, HubLogin, route_prefix
-from .login_websockets import LoginWebsockets
+from .login_recheck import LoginRecheck
 from .metrics import SidecarMetrics
 from .ratelimit import BadTokenLimiter
 from .relay import Relay, UpstreamPool
@@ -77,12 +77,13 @@ class Sidecar:
         self.service_prefix = service_prefix or os.environ.get("JUPYTERHUB_SERVICE_PREFIX", "")
         self.login = login or HubLogin(api_token)
         self.hub_page = hub_page  # where a user manages their ports: linked from error pages
-        self.table = RouteTable(on_change=self._close_websockets)
+        self.table = RouteTable(on_change=self._close_open_answers)
         self.pool = UpstreamPool(connect_timeout=connect_timeout)
         self.activity = ServerActivity()
-        self.websockets: dict[str, set] = {}  # table entry -> Relays of its open websockets
+        # table entry -> Relays of its open answers (websockets, and bodies streamed for long)
+        self.open_answers: dict[str, set] = {}
         # those let in by a hub login, checked again as long as they are open
-        self.login_websockets = LoginWebsockets(self.login, self.login.cache_max_age)
+        self.login_recheck = LoginRecheck(self.login, self.login.cache_max_age)
         self.metrics = SidecarMetrics(
             lambda: len(self.table.routes), metrics_by_route, self.table.has, self.activity.pending_seconds
         )
@@ -171,8 +172,8 @@ class Sidecar:
         ex.own = response_rules(ex)
         if ex.header("Expect", "").lower() == "100-continue" and ex.body.kind != "none":
             ex.client.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-        # a websocket let in by the token (or its cookie) ends when the token expires
-        until = ex.route.token_expires if ex.websocket and credential in ("token", "token cookie") else None
+        # a websocket or a streamed answer let in by the token (or its cookie) ends when the token expires
+        until = ex.route.token_expires if credential in ("token", "token cookie") else None
         ex.relay = Relay(self, ex, upstream_head(ex), until)
         ex.relay.start()
 
@@ -256,23 +257,26 @@ class Sidecar:
         if route.activity is not None:
             self.activity.seen(route.activity)
 
-    def websocket_opened(self, relay) -> None:
-        self.websockets.setdefault(relay.route.entry, set()).add(relay)
+    def answer_open(self, relay) -> None:
+        """A websocket opened, or an answer's body goes on after its first piece: ended
+        when its route changes (``_close_open_answers``) or, let in by a login, when that
+        no longer gets in (``login_recheck``)."""
+        self.open_answers.setdefault(relay.route.entry, set()).add(relay)
         if relay.exchange.credential == "login":
-            self.login_websockets.add(relay, relay.exchange.login_token)
+            self.login_recheck.add(relay, relay.exchange.login_token)
 
-    def websocket_closed(self, relay) -> None:
-        self.login_websockets.discard(relay)
-        open_here = self.websockets.get(relay.route.entry)
+    def answer_closed(self, relay) -> None:
+        self.login_recheck.discard(relay)
+        open_here = self.open_answers.get(relay.route.entry)
         if open_here is not None:
             open_here.discard(relay)
             if not open_here:
-                del self.websockets[relay.route.entry]
+                del self.open_answers[relay.route.entry]
 
-    def _close_websockets(self, key: str) -> None:
-        """End the websockets open on a route whose settings changed or that is gone: they
-        were let in under the old ones (a revoked token must not keep its websocket)."""
-        for relay in self.websockets.pop(key, ()):
+    def _close_open_answers(self, key: str) -> None:
+        """End the websockets and streamed answers open on a route whose settings changed or
+        that is gone: they were let in under the old ones (a revoked token must not keep them)."""
+        for relay in self.open_answers.pop(key, ()):
             relay.close()
 
 
@@ -298,5 +302,5 @@ async def serve(sidecar: Sidecar, host: str, port: int):
     server = await loop.create_server(lambda: ClientConnection(sidecar), host, port, backlog=1024)
     sidecar.tick()
     if sidecar.login.available:
-        sidecar.background(sidecar.login_websockets.run())
+        sidecar.background(sidecar.login_recheck.run())
     return server

@@ -1,9 +1,11 @@
-"""Websockets let in by a hub login end when the login no longer gets in.
+"""Websockets and streamed answers let in by a hub login end when the login no longer gets in.
 
 What an attacker would try: keep a websocket opened while they had access (a member of the
 port's group, a share of the server, a user of the hub, a hub login of their own) after that
 access is gone: Streamlit, Panel, Gradio and Voilà run entirely over one websocket, so a
-check at the upgrade alone would let them use the app until the tab closes.
+check at the upgrade alone would let them use the app until the tab closes. The same with an
+answer that streams for long (server-sent events, a download), also after the port token that
+let it in is replaced.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import pytest
 from tornado.httpclient import HTTPRequest
 from tornado.websocket import websocket_connect
 
-from tests.rig import ADMIN_TOKEN
+from tests.rig import ADMIN_TOKEN, wait_for
 
 CACHE_AGE = 1  # login_cache_max_age: the sidecar checks open login websockets this often
 CLOSED_WITHIN = 10 * CACHE_AGE + 5  # seconds: a check, the hub's answer cached, the next check
@@ -137,3 +139,39 @@ async def test_many_websockets_of_one_login_cost_the_hub_one_request_per_check(h
         ws.write_message("ok")
         assert await asyncio.wait_for(ws.read_message(), 10) == "ok"
         ws.close()
+
+
+def stream_outlives(client: httpx.Client, url: str, revoke, **kwargs) -> float:
+    """Read a download that would take hours, slowly, call ``revoke()`` once it flows, and
+    return how many seconds after that the sidecar ended it (AssertionError if it did not)."""
+    ended = None
+    with client.stream("GET", url, params={"bytes": 1 << 40}, timeout=60, **kwargs) as response:
+        assert response.status_code == 200, response.read()[:300]
+        chunks = response.iter_raw(1 << 16)
+        next(chunks)
+        revoke()
+        revoked = time.monotonic()
+        try:
+            while time.monotonic() - revoked < CLOSED_WITHIN:
+                next(chunks)
+                time.sleep(0.05)
+        except (httpx.HTTPError, StopIteration):
+            ended = time.monotonic() - revoked
+    assert ended is not None, f"the answer kept streaming {CLOSED_WITHIN}s after access was gone"
+    return ended
+
+
+def test_a_streamed_answer_ends_with_the_login(hub, apps):
+    alice = logged_in(hub, apps, "alice", "owner")
+    url = port_path(apps, "owner") + "download"
+    stream_outlives(alice, url, lambda: alice.get("/hub/logout"), headers={"Referer": hub.url + port_path(apps, "owner")})
+    assert alice.get(url, params={"bytes": 10}).status_code in (302, 403)  # and no new request gets in
+
+
+def test_a_streamed_answer_ends_with_its_token(hub, apps):
+    token = hub.proxytoken(hub.tokens["alice"], "POST", content="random").json()
+    script = httpx.Client(base_url=hub.url, headers={"X-Proxy-Token": token})
+    url = port_path(apps, "users") + "download"  # (an owner-only port takes no token)
+    wait_for(lambda: script.get(url, params={"bytes": 10}).status_code == 200, 15, "the new token to reach the sidecar")
+    stream_outlives(script, url, lambda: hub.proxytoken(hub.tokens["alice"], "POST", content="random"))
+    assert script.get(url, params={"bytes": 10}).status_code == 403

@@ -1,16 +1,16 @@
-"""Websockets let in by a hub login, checked again while they stay open.
+"""Open answers let in by a hub login, checked again while they stay open.
 
-A request is checked once; a websocket lives on. One let in by the visitor's hub login
-(``login.py``) is asked about again every ``login_cache_max_age`` seconds, as a new request
-would be, and closed when the login no longer gets in: the visitor logged out of the hub or
-was deleted (the hub revoked the session's token), left the port's group, or lost the share
-of its server. (Those let in by the port token end when it expires or changes: ``relay.py``,
-``server.py``.)
+A request is checked once; a websocket, or an answer streamed for long (server-sent events,
+a download), lives on. One let in by the visitor's hub login (``login.py``) is asked about
+again every ``login_cache_max_age`` seconds, as a new request would be, and closed when the
+login no longer gets in: the visitor logged out of the hub or was deleted (the hub revoked
+the session's token), left the port's group, or lost the share of its server. (Those let in
+by the port token end when it expires or changes: ``relay.py``, ``server.py``.)
 
-The hub is asked once per session token per check, however many websockets that session
-holds: the answers come through ``HubLogin``'s caches, which the first websocket of a
-session fills for the others. While the hub cannot be asked (restarting, say), websockets
-stay open and the next check asks again.
+The hub is asked once per session token per check, however many open answers that session
+holds: the answers come through ``HubLogin``'s caches, which the first of a session fills for
+the others. While the hub cannot be asked (restarting, say), they stay open and the next
+check asks again.
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ MIN_INTERVAL = 1.0  # seconds between checks, whatever the cache's age
 CONCURRENCY = 8  # sessions asked about at once
 
 
-class LoginWebsockets:
-    """The open websockets of hub logins (``Relay`` -> its session's token), checked again
+class LoginRecheck:
+    """The open answers of hub logins (``Relay`` -> its session's token), checked again
     every ``interval`` seconds by ``run``."""
 
     def __init__(self, login, interval: float):
@@ -49,10 +49,10 @@ class LoginWebsockets:
             try:
                 await self.check()
             except Exception:  # the next check must come whatever went wrong in this one
-                log.exception("checking the websockets of hub logins failed")
+                log.exception("checking the open answers of hub logins failed")
 
     async def check(self) -> int:
-        """Close every websocket whose login no longer gets into its route; how many."""
+        """Close every open answer whose login no longer gets into its route; how many."""
         sessions: dict[str, list] = {}
         for relay, token in self.open.items():
             sessions.setdefault(token, []).append(relay)
@@ -63,7 +63,9 @@ class LoginWebsockets:
                 closed = 0
                 for relay in relays:  # one after the other: the first fills the caches
                     if relay in self.open and not await self._still_admitted(relay, token):
-                        log.info("closing a websocket on %s: the login that opened it no longer gets in", shown(relay.route.key))
+                        log.info(
+                            "closing an open answer on %s: the login that let it in no longer gets in", shown(relay.route.key)
+                        )
                         self.discard(relay)
                         relay.close()
                         closed += 1
@@ -75,5 +77,5 @@ class LoginWebsockets:
         try:
             return await self.login.admits_token(relay.route, token)
         except HTTPError as e:  # the hub cannot be asked now: keep it until it can
-            log.warning("a websocket's login could not be checked again (%s); it stays open until the next check", e.message)
+            log.warning("an open answer's login could not be checked again (%s); it stays open until the next check", e.message)
             return True
