@@ -38,6 +38,10 @@ if [[ ! -f "$PY_STAMP" || pyproject.toml -nt "$PY_STAMP" ]]; then
     touch "$PY_STAMP"
 fi
 
+# the server extension's switch where a wheel puts it (an editable install leaves data files out)
+install -D -m 644 jupyter-config/jupyter_server_config.d/jhproxy_routes.json \
+    "$VENV/etc/jupyter/jupyter_server_config.d/jhproxy_routes.json"
+
 # Node: configurable-http-proxy, pinned by package-lock.json
 NODE_STAMP=node_modules/.jhproxy-routes-installed
 if [[ ! -x node_modules/.bin/configurable-http-proxy || ! -f "$NODE_STAMP" || package-lock.json -nt "$NODE_STAMP" ]]; then

@@ -1,0 +1,98 @@
+"""The listening TCP ports of a user's server, with the process behind each, as VS Code's
+port finder shows them.
+
+A user's server sees its own network namespace (a container, a pod: every listener there is
+the user's) or, on a shared host, every user's: only sockets of the server's own uid count.
+Each listening socket (``procnet.listening``) is put with the process that holds it, found by
+its inode among ``/proc/<pid>/fd/*`` links (``socket:[<inode>]``, readable for one's own
+processes). The Jupyter server's own ports and its kernels' are left out by the caller
+(``excluded``): a kernel's ZMQ ports are never an app.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .. import procnet
+
+LOOPBACK = ("127.", "::1", "::ffff:127.")
+
+
+@dataclass
+class Listener:
+    """One listening port: the addresses bound (``0.0.0.0``, ``::``, ``127.0.0.1``), and the
+    process that listens (``pid`` 0, ``name`` "" where it cannot be read)."""
+
+    port: int
+    addresses: list[str] = field(default_factory=list)
+    pid: int = 0
+    name: str = ""
+    command: str = ""
+
+    @property
+    def loopback_only(self) -> bool:
+        """Reachable from this machine (or container) only: every address is a loopback one."""
+        return all(address.startswith(LOOPBACK) for address in self.addresses)
+
+    def as_json(self) -> dict:
+        return {
+            "port": self.port,
+            "addresses": self.addresses,
+            "loopback_only": self.loopback_only,
+            "pid": self.pid,
+            "process": self.name,
+            "command": self.command,
+        }
+
+
+def listeners(uid: int, excluded: set[int] = frozenset(), proc: Path = Path("/proc")) -> list[Listener]:
+    """The listening ports of sockets owned by ``uid``, but ``excluded``, by port."""
+    found: dict[int, Listener] = {}
+    inodes: dict[int, Listener] = {}
+    for sock in procnet.listening():
+        port = sock.local[1]
+        if sock.uid != uid or port in excluded:
+            continue
+        listener = found.setdefault(port, Listener(port))
+        address = str(sock.local[0])
+        if address not in listener.addresses:
+            listener.addresses.append(address)
+        inodes[sock.inode] = listener
+    for pid, inode in socket_inodes(proc, set(inodes)):
+        listener = inodes[inode]
+        if not listener.pid:
+            listener.pid, listener.name, listener.command = pid, *process_words(proc / str(pid))
+    return sorted(found.values(), key=lambda listener: listener.port)
+
+
+def socket_inodes(proc: Path, wanted: set[int]):
+    """(pid, inode) for each of the ``wanted`` socket inodes that a readable process holds."""
+    if not wanted:
+        return
+    for entry in os.scandir(proc):
+        if not entry.name.isdigit():
+            continue
+        try:
+            fds = os.scandir(f"{entry.path}/fd")
+        except OSError:  # gone, or another user's
+            continue
+        with fds:
+            for fd in fds:
+                try:
+                    target = os.readlink(fd.path)
+                except OSError:
+                    continue
+                if target.startswith("socket:[") and (inode := int(target[8:-1])) in wanted:
+                    yield int(entry.name), inode
+
+
+def process_words(path: Path) -> tuple[str, str]:
+    """A process's name and command line ("" where they cannot be read)."""
+    try:
+        name = (path / "comm").read_text().strip()
+        command = (path / "cmdline").read_bytes().rstrip(b"\0").replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return "", ""
+    return name, command

@@ -1,0 +1,120 @@
+"""The server extension in a real Jupyter server: the server's listening ports with their
+processes (``GET /jhproxy-routes/ports``), enabled by the package's data files alone.
+
+What must never appear: the Jupyter server's own port, a kernel's ports (ZMQ, signed with the
+connection file's key), another user's listener on the same machine.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.rig import BIN, free_port, port_open, wait_for
+
+TOKEN = "singleuser-test-token"
+SYSTEM_PYTHON = "/usr/bin/python3"  # another user cannot run the venv's (below /root)
+
+
+@pytest.fixture(scope="module")
+def server(module_tmp):
+    """A real ``jupyter server``: nothing enables the extension but its installed config."""
+    port = free_port()
+    runtime = module_tmp / "runtime"
+    env = {**os.environ, "JUPYTER_RUNTIME_DIR": str(runtime)}
+    log = module_tmp / "server.log"
+    command = [str(BIN / "jupyter-server"), "--allow-root", "--no-browser", f"--port={port}", "--ip=127.0.0.1"]
+    command += [f"--IdentityProvider.token={TOKEN}", f"--ServerApp.root_dir={module_tmp}"]
+    proc = subprocess.Popen(command, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
+    wait_for(lambda: port_open(port), 60, "jupyter server", log)
+    yield {"url": f"http://127.0.0.1:{port}", "port": port, "runtime": runtime, "log": log}
+    proc.terminate()
+    proc.wait(20)
+
+
+@pytest.fixture(scope="module")
+def listeners(module_tmp):
+    """Listeners of this user on 127.0.0.1 and on every address, and one of user nobody's."""
+    ports = {name: free_port() for name in ("loopback", "everywhere", "nobody")}
+    procs = [
+        subprocess.Popen([sys.executable, "-m", "http.server", "--bind", "127.0.0.1", str(ports["loopback"])], cwd=module_tmp),
+        subprocess.Popen([sys.executable, "-m", "http.server", "--bind", "0.0.0.0", str(ports["everywhere"])], cwd=module_tmp),
+        subprocess.Popen(
+            ["runuser", "-u", "nobody", "--", SYSTEM_PYTHON, "-m", "http.server", "--bind", "127.0.0.1", str(ports["nobody"])],
+            cwd="/",
+        ),
+    ]
+    for name, port in ports.items():
+        wait_for(lambda port=port: port_open(port), 15, f"the {name} listener on {port}")
+    yield ports
+    for proc in procs:
+        proc.terminate()
+        proc.wait(10)
+
+
+def found(server) -> dict[int, dict]:
+    response = httpx.get(f"{server['url']}/jhproxy-routes/ports", headers={"Authorization": f"token {TOKEN}"}, timeout=30)
+    assert response.status_code == 200, response.text
+    return {entry["port"]: entry for entry in response.json()["ports"]}
+
+
+def test_the_servers_listeners_with_their_processes(server, listeners):
+    ports = found(server)
+    loopback, everywhere = ports[listeners["loopback"]], ports[listeners["everywhere"]]
+    assert loopback["addresses"] == ["127.0.0.1"] and loopback["loopback_only"] is True
+    assert everywhere["addresses"] == ["0.0.0.0"] and everywhere["loopback_only"] is False
+    for entry in (loopback, everywhere):
+        assert entry["process"].startswith("python") and "-m http.server" in entry["command"], entry
+        assert Path(f"/proc/{entry['pid']}/cmdline").read_bytes().split(b"\0")[:3] == [
+            sys.executable.encode(),
+            b"-m",
+            b"http.server",
+        ]
+
+
+def test_never_the_servers_own_port_a_kernels_or_another_users(server, listeners):
+    started = httpx.post(f"{server['url']}/api/kernels", headers={"Authorization": f"token {TOKEN}"}, json={}, timeout=60)
+    assert started.status_code == 201, started.text
+    kernel = started.json()["id"]
+    connection = json.loads((server["runtime"] / f"kernel-{kernel}.json").read_text())
+    kernel_ports = {connection[name] for name in ("shell_port", "iopub_port", "stdin_port", "control_port", "hb_port")}
+    wait_for(lambda: all(port_open(port) for port in kernel_ports), 60, "the kernel's ports", server["log"])
+    ports = found(server)
+    assert server["port"] not in ports
+    assert not kernel_ports & set(ports), kernel_ports & set(ports)
+    assert listeners["nobody"] not in ports  # another user's, on the same machine
+    assert listeners["loopback"] in ports  # (the scan itself saw this user's)
+
+
+def test_only_for_the_servers_own_users(server):
+    for headers in ({}, {"Authorization": "token wrong"}):
+        response = httpx.get(f"{server['url']}/jhproxy-routes/ports", headers=headers, timeout=30)
+        assert response.status_code == 403 and "ports" not in response.text, response.text
+
+
+def test_the_wheel_enables_the_extension(tmp_path):
+    """A wheel installs the switch that a Jupyter server reads (bootstrap.sh copies it into
+    the editable checkout's venv, whose install leaves data files out)."""
+    from tests.rig import REPO
+
+    built = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(REPO)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert built.returncode == 0, built.stderr
+    [wheel] = tmp_path.glob("jhproxy_routes-*.whl")
+    import zipfile
+
+    names = zipfile.ZipFile(wheel).namelist()
+    [switch] = [n for n in names if n.endswith("etc/jupyter/jupyter_server_config.d/jhproxy_routes.json")]
+    config = json.loads(zipfile.ZipFile(wheel).read(switch))
+    assert config == {"ServerApp": {"jpserver_extensions": {"jhproxy_routes.singleuser": True}}}
+    assert "jhproxy_routes/singleuser/listeners.py" in names
