@@ -4,7 +4,8 @@ machine with ``--sockets`` TCP sockets open (default 1,000: half connected, half
 ``.venv/bin/python benchmarks/procnet.py [--sockets N] [--rounds N]``: opens the sockets,
 then times the sidecar's check of a new connection (``accepted_uid``, asked of the kernel;
 ``accepted_uid_in_tables``, its fallback: the row found in ``tcp``, and for a dual-stack
-listener in ``tcp6`` after ``tcp``), the port finder's ``listening()``, a bare read of each
+listener in ``tcp6`` after ``tcp``), the port finder's ``listening()`` and the server
+extension's whole scan (``singleuser.listeners``: with each listener's process), a bare read of each
 table, and what a new connection to an app costs the sidecar's pool with the check and
 without; prints the median and the 90th percentile.
 """
@@ -21,6 +22,7 @@ import time
 
 from jhproxy_routes import procnet
 from jhproxy_routes.sidecar.relay import UpstreamPool
+from jhproxy_routes.singleuser.listeners import listeners
 
 
 def timed(work, rounds: int) -> tuple[float, float]:
@@ -76,6 +78,8 @@ def main() -> None:
     results = {
         **lookups,
         "listening() (both tables parsed)": timed(procnet.listening, args.rounds),
+        # the server extension's one scan: this user's listeners with their processes
+        "one scan of the server extension (listeners())": timed(lambda: listeners(os.geteuid()), args.rounds),
         **{f"read {path} alone": timed(lambda path=path: read(path), args.rounds) for path in procnet.TABLES},
         "a new connection through the pool, unchecked": asyncio.run(connections((*server.getsockname(), None), args.rounds)),
         "a new connection through the pool, checked": asyncio.run(
