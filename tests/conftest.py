@@ -51,8 +51,8 @@ def make_app(module_tmp):
 def make_hub(module_tmp):
     hubs = []
 
-    def make(ports, extra_config: str = "", name: str | None = None, start: bool = True, **kwargs) -> Hub:
-        hub = Hub(module_tmp / (name or f"hub{len(hubs)}"), ports, extra_config, **kwargs)
+    def make(ports, extra_config: str = "", name: str | None = None, start: bool = True, hub_class=Hub, **kwargs) -> Hub:
+        hub = hub_class(module_tmp / (name or f"hub{len(hubs)}"), ports, extra_config, **kwargs)
         hubs.append(hub)
         return hub.start() if start else hub
 
