@@ -18,7 +18,8 @@ import pytest
 from tornado.httpclient import HTTPRequest
 from tornado.websocket import websocket_connect
 
-from tests.rig import TraefikHub, browser_login, sibling_ports, wait_for
+from jhproxy_routes.traefik import TraefikRouteTable, unsafe
+from tests.rig import BIN, TraefikHub, browser_login, free_port, sibling_ports, wait_for
 
 MIB = 1 << 20
 CHECK_INTERVAL = 2  # c.JupyterHub.last_activity_interval: the hub's check_routes this often
@@ -56,6 +57,62 @@ def port_url(hub, port, rest="/", user="alice"):
     return f"{hub.url}/ports/{user}/{port}{rest}"
 
 
+@pytest.mark.parametrize(
+    "routespec, why",
+    [
+        ("/ports/alice/5000/", ""),
+        ("/ports/a%20b/5000/", ""),  # a space is matched as itself
+        ("5000--alice.hub.test/", ""),
+        ("/ports/a%60b/5000/", "backtick"),  # `) || PathPrefix(`/ ... would open another prefix
+        ("/ports/alice%2Fdev/5000/", "escaped '/'"),  # would be alice's server dev's route
+        ("/ports/a%2525/5000/", "escaped '%'"),
+        ("/ports/a%0Ab/5000/", "control character"),
+    ],
+)
+def test_routespecs_that_cannot_be_traefik_rules(routespec, why):
+    assert (why in unsafe(routespec)) if why else unsafe(routespec) == ""
+
+
+async def test_route_table_writes_once_per_batch(tmp_path, monkeypatch):
+    """The table against a real Traefik through TraefikFileProviderProxy (no hub): many routes
+    in one write and one wait; the hub's routes never read or touched; an unsafe routespec
+    skipped, the others added."""
+    from jupyterhub_traefik_proxy.fileprovider import TraefikFileProviderProxy
+
+    monkeypatch.setenv("PATH", f"{BIN}:{os.environ['PATH']}")  # the proxy runs "traefik"
+    proxy = TraefikFileProviderProxy(
+        public_url=f"http://127.0.0.1:{free_port()}",
+        traefik_api_url=f"http://127.0.0.1:{free_port()}",
+        traefik_api_username="api_admin",
+        traefik_api_password="secret",
+        static_config_file=str(tmp_path / "traefik.toml"),
+        dynamic_config_file=str(tmp_path / "rules.toml"),
+        should_start=True,
+    )
+    writes = []
+    persist = proxy._persist_dynamic_config
+    proxy._persist_dynamic_config = lambda: (writes.append(1), persist())  # counted, still written
+    await proxy.start()
+    try:
+        await proxy.add_route("/", "http://127.0.0.1:9", {"hub": True})  # the hub's
+        table = TraefikRouteTable(proxy)
+        want = {f"/ports/user{i}/5000/": {"target": f"http://127.0.0.1:{i + 1}", "username": f"user{i}"} for i in range(200)}
+        writes.clear()
+        await table.add_many({**want, "/ports/a%60b/5000/": {"target": "http://127.0.0.1:9"}})
+        assert len(writes) == 1
+        assert await table.get_all() == {spec: {**data, "jhproxy_routes": True} for spec, data in want.items()}
+        response = httpx.get(f"{proxy.traefik_api_url}/api/http/routers?per_page=1000", auth=("api_admin", "secret"))
+        rules = {router["rule"] for router in response.json()}
+        assert "( PathPrefix(`/ports/user199/5000/`) || Path(`/ports/user199/5000`) )" in rules
+        assert len([r for r in rules if "/ports/user" in r]) == 200 and not any("a`b" in r for r in rules)
+        writes.clear()
+        await table.delete_many([*want, "/ports/never/5000/"])
+        assert len(writes) == 1 and await table.get_all() == {}
+        assert list(await proxy.get_all_routes()) == ["/"]
+    finally:
+        await proxy.stop()
+
+
 def test_routes_in_traefik_all_through_the_sidecar(hub, apps, alice):
     protected, public = apps
     routes = hub.port_routes()
@@ -72,6 +129,20 @@ def test_routes_in_traefik_all_through_the_sidecar(hub, apps, alice):
     assert response.status_code == 200, response.text
     assert response.json()["path"] == f"/ports/alice/{public.port}/some/path"
     assert hub.get(f"/ports/alice/{protected.port}/api").status_code == 403
+
+
+def test_public_ports_traffic_is_the_servers_activity(hub, apps, alice):
+    """Traefik keeps no activity per route: the sidecar's record of the public port's request
+    moves the server's last_activity (collected every last_activity_interval)."""
+    _, public = apps
+
+    def last_activity():
+        return hub.api("GET", "/users/alice").json()["servers"][""]["last_activity"]
+
+    before = last_activity()
+    time.sleep(1.5)
+    assert hub.get(f"/ports/alice/{public.port}/").status_code == 200
+    wait_for(lambda: last_activity() > before, 6 * CHECK_INTERVAL, "the public port's activity", hub.log_path)
 
 
 def test_longest_prefix_wins_on_whole_segments(hub, apps, alice):
