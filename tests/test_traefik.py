@@ -129,6 +129,10 @@ def test_routes_in_traefik_all_through_the_sidecar(hub, apps, alice):
     assert response.status_code == 200, response.text
     assert response.json()["path"] == f"/ports/alice/{public.port}/some/path"
     assert hub.get(f"/ports/alice/{protected.port}/api").status_code == 403
+    # the admin's route list reads Traefik's table
+    rows = {row["port"]: row for row in hub.api("GET", "/jhproxy-routes/routes").json() if row["user"] == "alice"}
+    assert rows[public.port]["via"] == "sidecar" and rows[public.port]["target"] == f"http://127.0.0.1:{public.port}"
+    assert rows[protected.port]["path"] == f"/ports/alice/{protected.port}/"
 
 
 def test_public_ports_traffic_is_the_servers_activity(hub, apps, alice):
@@ -253,6 +257,16 @@ def test_owner_login_in_chromium(browser, hub, apps, alice):
     context, page = browser_login(browser, hub.url, "alice")
     page.goto(port_url(hub, protected.port, "/"))
     assert f'"path": "/ports/alice/{protected.port}/"' in page.text_content("body")
+    # a websocket from the page, on the login alone
+    echoed = page.evaluate(
+        """() => new Promise((resolve, reject) => {
+            const ws = new WebSocket(location.href.replace(/^http/, "ws") + "ws");
+            ws.onopen = () => ws.send("hello through traefik");
+            ws.onmessage = (event) => { resolve(event.data); ws.close(); };
+            ws.onerror = () => reject(new Error("websocket failed"));
+        })"""
+    )
+    assert echoed == "hello through traefik"
     context.close()
 
 
