@@ -1,6 +1,6 @@
 """JupyterHub config of the demo (``bash examples/run-demo.sh`` runs it from demo-run/).
 
-One machine, no containers: dummy login (any user name, the password from $DEMO_PASSWORD),
+One machine, no containers: a shared password (any user name, the password from $DEMO_PASSWORD),
 local single-user servers, each started with the echo app on ports 5000 and 5001, which
 jhproxy-routes exposes at http://127.0.0.1:8000/ports/<user>/5000/ and /5001/.
 The hub's state files (sqlite, cookie secret) go in the current directory.
@@ -21,8 +21,8 @@ APP_PORTS = [5000, 5001]
 c.JupyterHub.ip = "127.0.0.1"
 c.JupyterHub.port = int(os.environ.get("DEMO_PORT", "8000"))
 
-c.JupyterHub.authenticator_class = "dummy"
-c.DummyAuthenticator.password = os.environ["DEMO_PASSWORD"]  # set by run-demo.sh
+c.JupyterHub.authenticator_class = "shared-password"
+c.SharedPasswordAuthenticator.user_password = os.environ["DEMO_PASSWORD"]  # set by run-demo.sh
 c.Authenticator.allow_all = True
 
 c.JupyterHub.spawner_class = "simple"

@@ -43,7 +43,8 @@ def install(c) -> None:
     Sets the proxy class: ours in place of the one the config chose (configurable-http-proxy,
     the default, or jupyterhub-traefik-proxy's ``traefik_file``); when the hub starts, that
     proxy adds the auth sidecar service, the ``/hub/proxytoken/`` handlers and the users'
-    scope to whatever else the config sets.
+    scope to whatever else the config sets, and with ports on hosts below the hub's domain
+    behind HTTPS turns on JupyterHub's ``cookie_host_prefix_enabled`` (``hub_cookies.py``).
     """
     c.JupyterHub.proxy_class = proxy_class_for(c.JupyterHub.get("proxy_class"))
 

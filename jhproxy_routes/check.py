@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import difflib
+import itertools
 import logging
 import os
 import warnings
@@ -17,12 +18,13 @@ from traitlets.config.loader import PyFileConfigLoader
 from traitlets.utils.importstring import import_item
 
 from .config import PortRoutes, check_no_overlap, configured, listening_ports, parse_port
+from .hub_cookies import plain_http_warning, prefix_refused
 from .wiring import add_scopes, user_role_scopes, user_scopes_problem
 
 
 @dataclass(frozen=True)
 class Problem:
-    level: str  # error | warning
+    level: str  # error | warning | note (what a setting means, no problem)
     message: str
 
 
@@ -73,10 +75,8 @@ def check_config(config) -> list[Problem]:
     problems += _spawner_problems(hub, spawner_class, settings, specs, ours)
     problems += _sidecar_problems(settings)
     problems += _cors_problems(settings)
+    problems += _host_problems(hub, config, settings.template)
     problems += _role_problems(hub)
-    problem = settings.template.hub_problem(hub.subdomain_host, hub.subdomain_hook)
-    if problem:
-        problems.append(Problem("error", problem))
     return problems
 
 
@@ -183,6 +183,54 @@ def _sidecar_problems(settings: PortRoutes):
             "error",
             "c.PortRoutes.sidecar_managed is False but no sidecar_api_token (or $JHPROXY_ROUTES_SIDECAR_TOKEN) is set: the hub would make a new one the sidecar cannot know",
         )
+
+
+def _host_problems(hub, config, template):
+    """What a host template asks of the hub (``subdomain_host``, its cookies, HTTPS), and
+    where its ports are."""
+    problem = template.hub_problem(hub.subdomain_host, hub.subdomain_hook)
+    if problem:
+        yield Problem("error", problem)
+        return
+    refused = prefix_refused(template, hub.subdomain_host, config.JupyterHub.get("cookie_host_prefix_enabled"))
+    if refused:
+        yield Problem("error", refused)
+    if warning := plain_http_warning(template, hub.subdomain_host):
+        yield Problem("warning", warning)
+    if template.port_domain:
+        yield from _port_domain_notes(template.port_domain, urlsplit(hub.subdomain_host).hostname)
+    elif template.by_host:
+        yield Problem(
+            "note",
+            f"ports are on hosts below the hub's domain ({urlsplit(hub.subdomain_host).hostname}): a port's page (a public"
+            " port's, anyone's) can set so many cookies for the domain that the proxy answers 431 to its visitors'"
+            " requests to the hub until they clear them (a cookie bomb); a port domain apart from the hub's"
+            " ('{port}--{username}.ports.example-content.org') keeps the hub out of reach",
+        )
+
+
+def _port_domain_notes(ours: str, hub_domain: str):
+    """Where ports are and what that needs; a warning when the port domain and the hub's may
+    be one site: a common parent of two labels or more is, unless it is a public suffix, a
+    domain a port's page can set cookies for, which the hub receives."""
+    pairs = zip(reversed(ours.split(".")), reversed(hub_domain.split(".")), strict=False)
+    common = ".".join(reversed([a for a, b in itertools.takewhile(lambda pair: pair[0] == pair[1], pairs)]))
+    if common.count(".") >= 1:
+        yield Problem(
+            "warning",
+            f"the port domain {ours} and the hub's {hub_domain} both end in {common}: unless that is a public suffix"
+            f" (publicsuffix.org), a port's page can set cookies for {common}, which the hub receives (its owner's hub"
+            " login, a cookie bomb): use a domain of its own",
+        )
+        kept_apart = ""
+    else:
+        kept_apart = ": their pages cannot set cookies the hub receives"
+    yield Problem(
+        "note",
+        f"ports are on {ours}, a domain apart from the hub's ({hub_domain}){kept_apart}. *.{ours} must lead to the"
+        f" proxy (DNS), and behind HTTPS its certificate must cover *.{ours} too (c.JupyterHub.ssl_cert, or the"
+        " TLS proxy's in front)",
+    )
 
 
 def _cors_problems(settings: PortRoutes):

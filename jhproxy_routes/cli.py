@@ -157,9 +157,11 @@ def check(args) -> tuple[str, bool]:
 
     problems = check_config_file(args.config)
     errors = sum(p.level == "error" for p in problems)
+    warnings = sum(p.level == "warning" for p in problems)
     lines = [f"{p.level}: {p.message}" for p in problems]
-    warnings = len(problems) - errors
-    lines.append(f"{args.config}: {errors} error(s), {warnings} warning(s)" if problems else f"{args.config}: no problems found")
+    lines.append(
+        f"{args.config}: {errors} error(s), {warnings} warning(s)" if errors or warnings else f"{args.config}: no problems found"
+    )
     return "\n".join(lines), errors == 0
 
 

@@ -243,8 +243,9 @@ class PortRoutes(Configurable):
         "/ports/{username}/{servername}/{port}/",
         config=True,
         help="""Path of a port's route, below the hub's ``base_url``; or, with
-        ``c.JupyterHub.subdomain_host``, a host of its own: ``{port}--{username}.{subdomain_host}``
-        (its own origin; the whole host is the app's).
+        ``c.JupyterHub.subdomain_host``, a host of its own (its own origin; the whole host is
+        the app's): below the hub's domain, ``{port}--{username}.{subdomain_host}``, or below a
+        port domain apart from the hub's, ``{port}--{username}.ports.example-content.org``.
 
         Fields: ``{username}``, ``{servername}``, ``{port}``; ``{port}`` and ``{username}``
         are required. For the default server ``{servername}`` is empty and its segment
@@ -253,6 +254,16 @@ class PortRoutes(Configurable):
         In a host, names become DNS labels as JupyterHub makes them; ``{port}--`` begins a
         label, ``{username}`` is a whole label or ends the port's, ``{servername}`` is a
         whole label.
+
+        A port's page on a host below the hub's domain can set cookies for the whole
+        domain. Behind HTTPS the hub's login cookie is then made a ``__Host-`` cookie
+        (JupyterHub's ``cookie_host_prefix_enabled``, turned on when the hub starts; the
+        hub refuses to start if it is set False), which no other host can plant; but a
+        page can still set so many cookies for the domain that the proxy refuses its
+        visitors' requests to the hub and to every port (431, a cookie bomb) until they
+        clear them. Ports below a domain of their own (not the hub's, not a parent of it,
+        with no registrable domain in common) cannot reach the hub's cookies at all: for
+        hubs with ``public`` ports visited in browsers. Both need HTTPS; see Security.
 
         The default lies outside ``/hub/`` and ``/user/``: those paths receive the hub's
         login cookie and the user server's cookies, so a route there always goes through

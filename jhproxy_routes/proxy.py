@@ -33,6 +33,7 @@ from .activity import ActivityCollector
 from .audit import AuditLog
 from .config import PortRoutes, listening_ports
 from .errors import TargetsPending
+from .hub_cookies import plain_http_warning, use_host_prefix
 from .logsafe import shown
 from .metrics import SERVER_UPDATE_ERRORS
 from .replicas import SidecarReplicas
@@ -71,6 +72,10 @@ class PortRoutesMixin:
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
         self.port_routes = PortRoutes(parent=self)
+        # before anything reads it: the hub's login cookies as host templates need them
+        use_host_prefix(self.app, self.port_routes.template)
+        if warning := plain_http_warning(self.port_routes.template, self.app.subdomain_host):
+            self.log.warning("jhproxy-routes: %s", warning)
         self.route_manager = RouteManager(
             self.port_routes,
             self.app.base_url,

@@ -9,15 +9,20 @@ its own, so its own origin (JupyterHub's ``subdomain_host``, with CHP's host rou
 renders to a host routespec in JupyterHub's sense: ``5000--alice.hub.example.org/``. Names
 become DNS labels one to one, in the manner of JupyterHub's default subdomains (``dns_label``); a label
 begins with ``{port}--``, which none of JupyterHub's own subdomains do (with its default
-``subdomain_hook``, which host templates therefore need).
+``subdomain_hook``, which host templates on the hub's domain therefore need).
+
+A host template may instead end in a *port domain* of its own, apart from the hub's
+(``{port}--{username}.ports.example-content.org``): its pages can then set no cookie the hub
+receives (``hub_problem`` refuses the hub's own domain, a parent of it and a domain below it).
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import re
 import string
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import idna
 from jupyterhub.utils import subdomain_hook_idna
@@ -64,6 +69,7 @@ class RouteTemplate:
         """``domain``: the host name of JupyterHub's ``subdomain_host`` (host templates)."""
         self.where = where
         self.domain = domain
+        self.port_domain = ""
         self.by_host = not template.startswith("/")
         if self.by_host:
             self._parse_host(template.rstrip("/"))
@@ -107,17 +113,20 @@ class RouteTemplate:
         self.port_last = self.segments[-1] == "{port}"  # needed for port ranges
 
     def _parse_host(self, template: str) -> None:
-        """``<labels>.{subdomain_host}``: each label literal (a-z, 0-9, '-') with fields;
-        ``{port}`` begins a label and is followed by ``--`` (the port is read unambiguously,
-        and no such host is one of JupyterHub's own); ``{username}`` is a whole label or the
-        rest of the port's; ``{servername}`` is a whole label (left out for the default server)."""
+        """``<labels>.{subdomain_host}``, or ``<labels>.<port domain>`` (two or more literal
+        labels at the end): each label literal (a-z, 0-9, '-') with fields; ``{port}`` begins
+        a label and is followed by ``--`` (the port is read unambiguously, and no such host is
+        one of JupyterHub's own); ``{username}`` is a whole label or the rest of the port's;
+        ``{servername}`` is a whole label (left out for the default server)."""
         where = self.where
-        if not template.endswith(SUBDOMAIN_HOST) or "/" in template:
+        on_hub_domain = template.endswith(SUBDOMAIN_HOST)
+        if "/" in template or "." not in template:
             raise TraitError(
                 f"{where}: {template!r} must be a path starting with '/', or a host name ending in"
-                " '.{subdomain_host}' (such as '{port}--{username}.{subdomain_host}')"
+                " '.{subdomain_host}' or in a domain apart from the hub's (such as"
+                " '{port}--{username}.{subdomain_host}' or '{port}--{username}.ports.example-content.org')"
             )
-        self.labels = template[: -len(SUBDOMAIN_HOST)].split(".")
+        self.labels = (template[: -len(SUBDOMAIN_HOST)] if on_hub_domain else template).split(".")
         used: list[str] = []
         for label in self.labels:
             names = self._fields(label, template)
@@ -147,6 +156,14 @@ class RouteTemplate:
         missing = {"port", "username"} - set(used)
         if missing:
             raise TraitError(f"{where}: {template!r} must contain " + " and ".join(f"{{{m}}}" for m in sorted(missing)))
+        if not on_hub_domain:  # the literal labels at the end: the domain every port host ends in
+            fixed = list(itertools.takewhile(lambda label: "{" not in label, reversed(self.labels)))[::-1]
+            if len(fixed) < 2:
+                raise TraitError(
+                    f"{where}: {template!r} must end in '.{{subdomain_host}}' or in a domain of two labels or more,"
+                    " apart from the hub's (such as '.ports.example-content.org')"
+                )
+            self.port_domain = ".".join(fixed)
         self.template = template
         self.has_servername = "servername" in used
         self.port_last = False
@@ -174,18 +191,43 @@ class RouteTemplate:
             return False
         return not servername or self.has_servername
 
+    @property
+    def on_hub_domain(self) -> bool:
+        """Whether ports get hosts below the hub's own domain (``{subdomain_host}``)."""
+        return self.by_host and not self.port_domain
+
     def hub_problem(self, subdomain_host: str, subdomain_hook) -> str:
         """Why this template cannot work on a hub with these settings ("" if it can): a host
-        template needs ``subdomain_host``, and JupyterHub's default ``subdomain_hook``."""
+        template needs ``subdomain_host`` (CHP routes by host only then); on the hub's domain,
+        JupyterHub's default ``subdomain_hook``; a port domain of its own must lie apart from
+        the hub's domain."""
         if not self.by_host:
             return ""
         where = f"{self.where} {self.template!r} is a host template"
         if not subdomain_host:
-            return f"{where}: it needs c.JupyterHub.subdomain_host"
+            return f"{where}: it needs c.JupyterHub.subdomain_host (the proxy routes by host only then)"
+        if self.port_domain:
+            return self._port_domain_problem(where, urlsplit(subdomain_host).hostname or "")
         if subdomain_hook is not subdomain_hook_idna:
             return (
                 f"{where}: it needs JupyterHub's default subdomain_hook ('idna'); with another, a user's"
                 " own host could be a port's (a user named 5000--alice)"
+            )
+        return ""
+
+    def _port_domain_problem(self, where: str, hub_domain: str) -> str:
+        """Why the port domain cannot be used beside a hub on ``hub_domain`` ("" if it can)."""
+        ours, hubs = self.port_domain, hub_domain.lower()
+        if ours == hubs or hubs.endswith("." + ours):
+            relation = "the hub's own domain" if ours == hubs else f"a parent of the hub's domain ({hubs})"
+            return (
+                f"{where}: {ours!r} is {relation}, so a port's page could set cookies that the hub"
+                " receives (its own hub login, a cookie bomb): use a domain apart from the hub's"
+            )
+        if ours.endswith("." + hubs):
+            return (
+                f"{where}: {ours!r} lies below the hub's domain ({hubs}): write it with"
+                " '{subdomain_host}', or use a domain apart from the hub's"
             )
         return ""
 
@@ -225,7 +267,7 @@ class RouteTemplate:
         return "/" + "/".join(parts) + "/"
 
     def _render_host(self, username: str, servername: str, port: int) -> str:
-        if not self.domain:
+        if self.on_hub_domain and not self.domain:
             raise ValueError(f"{self.where}: {self.template!r} is a host template: it needs c.JupyterHub.subdomain_host")
         values = {
             "username": dns_label(username, USERNAME_LABEL_LENGTH),
@@ -233,4 +275,4 @@ class RouteTemplate:
             "port": str(int(port)),
         }
         labels = [label.format(**values) for label in self.labels if not (label == "{servername}" and not servername)]
-        return ".".join([*labels, self.domain]) + "/"
+        return ".".join([*labels, *([self.domain] if self.on_hub_domain else [])]) + "/"

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Idempotent setup for the demo and the tests, run from any directory:
 #   - .venv/ in the repo root with the package installed editable, with its test extras
-#     (re-installed only when pyproject.toml changed since the last install);
+#     (re-installed only when pyproject.toml changed since the last install); with
+#     JHPROXY_ROUTES_JUPYTERHUB=5, .venv-jupyterhub5/ with JupyterHub 5.x instead;
 #   - node_modules/ with the pinned configurable-http-proxy (npm ci when missing or when
 #     package-lock.json changed since the last install).
 set -euo pipefail
@@ -14,15 +15,25 @@ die() { echo "bootstrap: error: $*" >&2; exit 1; }
 command -v python3 >/dev/null 2>&1 || die "python3 not found; install Python >= 3.10 (Debian: apt-get install python3 python3-venv)"
 command -v npm >/dev/null 2>&1 || die "npm not found; install Node.js with npm (Debian: apt-get install nodejs npm)"
 
-# Python: the virtualenv and the package
-if [[ ! -x .venv/bin/python ]]; then
-    echo "bootstrap: creating .venv" >&2
-    python3 -m venv .venv || die "python3 -m venv failed (Debian: apt-get install python3-venv)"
+# Python: the virtualenv and the package. JHPROXY_ROUTES_JUPYTERHUB=5 (or 6): a second one,
+# .venv-jupyterhub5, with the newest JupyterHub of that series and the test extras only
+SERIES="${JHPROXY_ROUTES_JUPYTERHUB:-}"
+VENV=".venv${SERIES:+-jupyterhub$SERIES}"
+EXTRAS="test,docs,dev,apps"
+PINS=()
+if [[ -n "$SERIES" ]]; then
+    [[ "$SERIES" =~ ^[56]$ ]] || die "JHPROXY_ROUTES_JUPYTERHUB=$SERIES: the tested series are 5 and 6"
+    EXTRAS="test"
+    PINS=("jupyterhub>=$SERIES,<$((SERIES + 1))")
 fi
-PY_STAMP=.venv/.jhproxy-routes-installed
+if [[ ! -x "$VENV/bin/python" ]]; then
+    echo "bootstrap: creating $VENV" >&2
+    python3 -m venv "$VENV" || die "python3 -m venv failed (Debian: apt-get install python3-venv)"
+fi
+PY_STAMP="$VENV/.jhproxy-routes-installed"
 if [[ ! -f "$PY_STAMP" || pyproject.toml -nt "$PY_STAMP" ]]; then
-    echo "bootstrap: pip install -e .[test,docs,dev,apps]" >&2
-    .venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".[test,docs,dev,apps]" \
+    echo "bootstrap: pip install -e .[$EXTRAS] ${PINS[*]} into $VENV" >&2
+    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e ".[$EXTRAS]" "${PINS[@]}" \
         || die "pip install failed"
     touch "$PY_STAMP"
 fi

@@ -11,19 +11,28 @@ from pathlib import Path
 
 import pytest
 
+from tests.certs import Certificate, make_certificate
 from tests.rig import CHP, CHROMIUM, CHROMIUM_ARGS, REPO, SCREENSHOTS, App, Hub
 
 
+@pytest.fixture(scope="session")
+def certificate(tmp_path_factory) -> Certificate:
+    """The test CA's certificate for the hubs that serve HTTPS (``tests/certs.py``)."""
+    return make_certificate(tmp_path_factory.mktemp("tls"))
+
+
 @pytest.fixture(scope="module")
-def browser():
-    """Chromium through Playwright; each launch gets a fresh, temporary user-data dir."""
+def browser(certificate):
+    """Chromium through Playwright; each launch gets a fresh, temporary user-data dir. It
+    trusts the test certificate by its key, so HTTPS pages are secure contexts."""
     if not CHROMIUM.exists():
         pytest.fail(f"{CHROMIUM} is missing: apt-get install chromium (.ci/run does)", pytrace=False)
     from playwright.sync_api import sync_playwright
 
     SCREENSHOTS.mkdir(exist_ok=True)
+    args = [*CHROMIUM_ARGS, f"--ignore-certificate-errors-spki-list={certificate.spki_sha256}"]
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=args)
         yield browser
         browser.close()
 
@@ -64,7 +73,9 @@ def make_hub(module_tmp):
 def pytest_report_header(config):
     chp = shutil.which(str(CHP)) or f"MISSING ({CHP})"
     chromium = "/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else "MISSING (/usr/bin/chromium)"
-    return [f"configurable-http-proxy: {chp}", f"chromium: {chromium}", f"python: {sys.executable}"]
+    from jupyterhub import __version__ as jupyterhub
+
+    return [f"jupyterhub: {jupyterhub}", f"configurable-http-proxy: {chp}", f"chromium: {chromium}", f"python: {sys.executable}"]
 
 
 @pytest.fixture(scope="session")
@@ -91,11 +102,32 @@ def docker_engine():
 MARKER_FIXTURES = {"docker": "docker_engine", "browser": "browser", "hub": "make_hub"}
 
 
+# the modules that CI runs on JupyterHub 5.x too (marker jupyterhub5): where the hub's own
+# code is used (roles and scopes, OAuth, sharing, the ORM, templates, the proxy's calls)
+JUPYTERHUB5_MODULES = {
+    "test_access.py",
+    "test_activity.py",
+    "test_browser.py",
+    "test_config.py",
+    "test_login.py",
+    "test_login_websockets.py",
+    "test_port_pages.py",
+    "test_routes.py",
+    "test_sharing.py",
+    "test_sibling_hosts.py",
+    "test_subdomains.py",
+    "test_traefik.py",  # The Littlest JupyterHub pins JupyterHub 5.x
+}
+
+
 def pytest_collection_modifyitems(config, items):
     """Mark each test by the real parts it starts (see CONTRIBUTING.md): ``hub`` (a jupyterhub,
     CHP and sidecar), ``browser`` (Chromium), ``docker`` (podman and containers); ``unit``
-    for a test that starts none of them."""
+    for a test that starts none of them. And ``jupyterhub5`` for the modules CI runs on
+    JupyterHub 5.x as well."""
     for item in items:
         kinds = [marker for marker, fixture in MARKER_FIXTURES.items() if fixture in item.fixturenames]
         for marker in kinds or ["unit"]:
             item.add_marker(marker)
+        if item.path.name in JUPYTERHUB5_MODULES:
+            item.add_marker("jupyterhub5")

@@ -23,12 +23,16 @@ from pathlib import Path
 import httpx
 from cryptography.fernet import Fernet  # noqa: F401  (jupyterhub's crypto needs it; fail early)
 
+from tests.certs import Certificate
+
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 CHP = Path(os.environ.get("JHPROXY_ROUTES_CHP", REPO / "node_modules/.bin/configurable-http-proxy"))
 DEMO_APP = REPO / "examples/demo_app.py"
 PAGE_APP = REPO / "tests/page_app.py"  # serves a test's own pages (an attacker's, a port's)
+HOSTILE_PAGE = REPO / "tests/hostile_page.py"  # what a public port's page may do to its visitors
 ADMIN_TOKEN = secrets.token_hex(16)
+PASSWORD = "test-password"  # every test user's (JupyterHub's SharedPasswordAuthenticator)
 
 
 def _worker_ports() -> range:
@@ -105,8 +109,8 @@ def port_open(port: int) -> bool:
 
 class App:
     """The echo app (examples/demo_app.py) on a real port; or with ``script`` and ``args``,
-    another app that takes ``--port`` and lists what it received at ``/__log__``
-    (``PAGE_APP``)."""
+    another app that takes ``--port`` (``PAGE_APP``, which lists what it received at
+    ``/__log__``, and ``HOSTILE_PAGE``)."""
 
     def __init__(self, tmp: Path, port: int | None = None, script: Path = DEMO_APP, args: tuple = ()):
         self.port = port or free_port()
@@ -137,13 +141,17 @@ class Hub:
         crypt_key: str | None = None,
         env: dict | None = None,
         command_prefix: list | None = None,
+        tls: Certificate | None = None,
     ):
+        """``tls``: the proxy serves HTTPS with this certificate (``c.JupyterHub.ssl_cert``)."""
         self.extra_env = env or {}
         self.command_prefix = command_prefix or []  # e.g. a private mount namespace (unshare)
         self.dir = workdir
         self.dir.mkdir(parents=True, exist_ok=True)
         self.port, self.api_port, self.hub_port, self.sidecar_port = (free_port() for _ in range(4))
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.scheme = "https" if tls else "http"
+        self.url = f"{self.scheme}://127.0.0.1:{self.port}"
+        self.verify = tls.client_context() if tls else True  # for httpx
         self.chp_api = f"http://127.0.0.1:{self.api_port}"
         self.sidecar_url = f"http://127.0.0.1:{self.sidecar_port}"
         self.chp_token = secrets.token_hex(16)
@@ -156,8 +164,8 @@ class Hub:
             c.JupyterHub.port = {self.port}
             c.JupyterHub.hub_port = {self.hub_port}
             {self.proxy_config()}
-            c.JupyterHub.authenticator_class = "dummy"
-            c.DummyAuthenticator.password = "pw"
+            c.JupyterHub.authenticator_class = "shared-password"
+            c.SharedPasswordAuthenticator.user_password = "{PASSWORD}"
             c.Authenticator.allow_all = True
             c.JupyterHub.spawner_class = "simple"
             c.Spawner.cmd = [{str(BIN / "jupyterhub-singleuser")!r}]
@@ -175,6 +183,11 @@ class Hub:
             c.PortRoutes.reconcile_interval = 2
             c.PortRoutes.api_retry_timeout = 5
             c.PortRoutes.allow_shared_host = True  # local servers; isolation needs containers
+        """
+        if tls:
+            config += f"""
+            c.JupyterHub.ssl_cert = {str(tls.cert)!r}
+            c.JupyterHub.ssl_key = {str(tls.key)!r}
         """
         (self.dir / "jupyterhub_config.py").write_text(
             # install(c) comes before the test's own lines: settings made after it must count too
@@ -261,7 +274,7 @@ class Hub:
     # ---- API -------------------------------------------------------------------------
     def api(self, method: str, path: str, token: str = ADMIN_TOKEN, **kwargs) -> httpx.Response:
         headers = {"Authorization": f"token {token}", **kwargs.pop("headers", {})}
-        return httpx.request(method, f"{self.url}/hub/api{path}", headers=headers, timeout=60, **kwargs)
+        return httpx.request(method, f"{self.url}/hub/api{path}", headers=headers, timeout=60, verify=self.verify, **kwargs)
 
     def user_token(self, user: str) -> str:
         """Create ``user`` (if new) and an API token of theirs with default scopes."""
@@ -270,11 +283,15 @@ class Hub:
         assert response.status_code == 201, response.text
         return response.json()["token"]
 
-    def spawn(self, user: str, server: str = "") -> None:
+    def spawn(self, user: str, server: str = "", wait: bool = True) -> None:
+        """Start a server; ``wait=False``: return at once (``wait_ready`` later)."""
         path = f"/users/{user}/servers/{server}" if server else f"/users/{user}/server"
         response = self.api("POST", path)
         assert response.status_code in (201, 202), response.text
+        if wait:
+            self.wait_ready(user, server)
 
+    def wait_ready(self, user: str, server: str = "") -> None:
         def ready():
             model = self.api("GET", f"/users/{user}").json()
             return model["servers"].get(server, {}).get("ready")
@@ -304,19 +321,24 @@ class Hub:
 
     def proxytoken(self, token: str, method: str = "GET", server: str = "", **kwargs) -> httpx.Response:
         headers = {"Authorization": f"token {token}", **kwargs.pop("headers", {})}
-        return httpx.request(method, f"{self.url}/hub/proxytoken/{server}", headers=headers, timeout=60, **kwargs)
+        return httpx.request(
+            method, f"{self.url}/hub/proxytoken/{server}", headers=headers, timeout=60, verify=self.verify, **kwargs
+        )
 
     def get(self, path: str, **kwargs) -> httpx.Response:
-        return httpx.get(self.url + path, timeout=60, **kwargs)
+        return httpx.get(self.url + path, timeout=60, verify=self.verify, **kwargs)
 
     def login(self, user: str) -> httpx.Client:
         """A client with a cookie jar, logged in through the hub's login form as a browser is."""
         # as a browser opening pages: Accept and Upgrade-Insecure-Requests (sent with navigations only)
-        client = httpx.Client(base_url=self.url, timeout=60, headers={"Accept": "text/html", "Upgrade-Insecure-Requests": "1"})
+        headers = {"Accept": "text/html", "Upgrade-Insecure-Requests": "1"}
+        client = httpx.Client(base_url=self.url, timeout=60, headers=headers, verify=self.verify)
         form = client.get("/hub/login")
         xsrf = re.search(r'name="_xsrf" value="([^"]+)"', form.text)
         assert xsrf, f"no _xsrf field on the login page: {form.text[:500]}"
-        response = client.post("/hub/login?next=%2Fhub%2Fhome", data={"username": user, "password": "pw", "_xsrf": xsrf.group(1)})
+        response = client.post(
+            "/hub/login?next=%2Fhub%2Fhome", data={"username": user, "password": PASSWORD, "_xsrf": xsrf.group(1)}
+        )
         assert response.status_code == 302 and client.cookies.get("jupyterhub-hub-login"), response.text[:500]
         return client
 
@@ -428,6 +450,7 @@ CHROMIUM = Path("/usr/bin/chromium")
 #: ``mallory.hub.test``) that, unlike ``*.localhost``, get no special treatment from the
 #: browser (no fetch metadata over plain HTTP, no secure context).
 TEST_DOMAIN = "test"
+HUB_HOST = f"hub.{TEST_DOMAIN}"  # the test certificate's (tests/certs.py)
 CHROMIUM_ARGS = [
     f"--host-resolver-rules=MAP *.{TEST_DOMAIN} 127.0.0.1",
     "--headless",
@@ -472,7 +495,100 @@ def browser_login(browser, hub_url: str, user: str):
     page = context.new_page()
     page.goto(f"{hub_url}/hub/login?next=%2Fhub%2Fhome")
     page.fill("#username_input", user)
-    page.fill("#password_input", "pw")
+    page.fill("#password_input", PASSWORD)
     page.click("#login_submit")
     page.wait_for_url(re.compile(r"/hub/home$"))
     return context, page
+
+
+def hub_user(page, hub_url: str) -> str:
+    """Whose hub login the browser of ``page`` sends to the hub at ``hub_url``."""
+    page.goto(f"{hub_url}/hub/api/user")
+    return json.loads(page.locator("body").inner_text())["name"]
+
+
+def run_page(page, url: str):
+    """Open ``url`` (a ``HOSTILE_PAGE``) and wait for its script to have run."""
+    response = page.goto(url)
+    page.wait_for_function("document.title === 'done'")
+    return response
+
+
+def status_of(page, url: str) -> int:
+    """The status of the answer to opening ``url`` in a new tab of the browser of ``page``
+    (Chromium shows an error page, and Playwright raises, for an error status without a
+    body, such as the proxy's 431)."""
+    from playwright.sync_api import Error
+
+    tab = page.context.new_page()
+    try:
+        with tab.expect_response(url) as answer:
+            try:
+                tab.goto(url)
+            except Error:
+                pass
+        return answer.value.status
+    finally:
+        tab.close()
+
+
+def log_into_port(browser, hub_url: str, port_url: str, app: App) -> dict:
+    """alice, logged in at ``hub_url``, opens her owner-only port at ``port_url`` (origins)
+    and gets in by her hub login: the hub's OAuth, the sidecar's callback on its own host
+    below the hub's, back to the port with a ticket, the app's page. Neither her hub login nor
+    the port's session reaches ``app``; bob's login is refused. The port's session cookie."""
+    context, page = browser_login(browser, hub_url, "alice")
+    visited = []
+    page.on("request", lambda request: visited.append(request.url) if request.is_navigation_request() else None)
+    page.goto(f"{port_url}/dashboard?x=1")
+    page.wait_for_url(f"{port_url}/dashboard?x=1")
+    scheme, _, hub_host = hub_url.partition("://")
+    assert [re.sub(r"\?.*", "", url) for url in visited] == [
+        f"{port_url}/dashboard",
+        f"{hub_url}/hub/api/oauth2/authorize",
+        f"{scheme}://jhproxy-routes--service.{hub_host}/services/jhproxy-routes/oauth_callback",
+        f"{port_url}/dashboard",
+        f"{port_url}/dashboard",
+    ], visited
+    seen = json.loads(page.locator("body").inner_text())
+    assert seen["path"] == "/dashboard" and seen["query"] == "x=1", seen
+    cookies = context.cookies()
+    session = next(c for c in cookies if c["name"].removeprefix("__Host-").startswith("jhproxy-routes-session-"))
+    login = next(c for c in cookies if c["name"].endswith("jupyterhub-hub-login"))
+    assert_no_credentials(app.received(), [session["value"], login["value"]])
+    context.close()
+    bob, page = browser_login(browser, hub_url, "bob")
+    refused = page.goto(f"{port_url}/dashboard")
+    assert refused.status == 403 and "logged in as bob" in page.content()
+    bob.close()
+    return session
+
+
+def origin(hub: Hub, host: str) -> str:
+    """``scheme://host:port`` of ``host`` through the proxy of ``hub`` (Chromium resolves it)."""
+    return f"{hub.scheme}://{host}:{hub.port}"
+
+
+def start_hubs(make_hub, ports: list, templates: dict[str, str], certificate) -> dict[tuple[str, str], Hub]:
+    """For each ``{name: route_template}``, two hubs on ``HUB_HOST`` (``subdomain_host``),
+    one behind HTTPS (``certificate``) and one over plain HTTP, all started side by side:
+    ``{(name, scheme): hub}``, each with the running servers of alice and mallory."""
+    hubs = {}
+    for name, template in templates.items():
+        for scheme in ("https", "http"):
+            config = f"""
+c.JupyterHub.subdomain_host = f"{scheme}://{HUB_HOST}:{{c.JupyterHub.port}}"
+c.PortRoutes.route_template = {template!r}
+"""
+            tls = certificate if scheme == "https" else None
+            hub = hubs[name, scheme] = make_hub(ports, config, name=f"{name}-{scheme}", start=False, tls=tls)
+            hub.start(wait=False)
+    for hub in hubs.values():
+        hub.wait_started()
+        for user in ("alice", "mallory"):
+            hub.api("POST", f"/users/{user}")
+            hub.spawn(user, wait=False)
+    for hub in hubs.values():
+        for user in ("alice", "mallory"):
+            hub.wait_ready(user)
+    return hubs

@@ -5,10 +5,13 @@
 # Three test processes (pytest-xdist), each module in one of them (its tests share its hub):
 # most of a test's time is waiting on real processes, so three fit two cores. `-n 0` among
 # the arguments runs everything in this process (a debugger, `-s`).
+# JHPROXY_ROUTES_JUPYTERHUB=5 runs them on JupyterHub 5.x (.venv-jupyterhub5); `-m jupyterhub5`
+# picks the modules that CI runs there too (tests/conftest.py).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 bash scripts/bootstrap.sh
 bash scripts/install-chromium.sh
-exec .venv/bin/python -m pytest -p no:cacheprovider -n 3 --dist loadfile "$@"
+VENV=".venv${JHPROXY_ROUTES_JUPYTERHUB:+-jupyterhub$JHPROXY_ROUTES_JUPYTERHUB}"  # as bootstrap.sh makes it
+exec "$VENV/bin/python" -m pytest -p no:cacheprovider -n 3 --dist loadfile "$@"

@@ -6,7 +6,7 @@ import sqlite3
 import httpx
 import pytest
 
-from tests.rig import wait_for
+from tests.rig import PASSWORD, wait_for
 
 UNAUTHORIZED = "Unauthorized access"
 
@@ -144,7 +144,7 @@ def test_token_api_auth(hub, apps, alice):
 def test_token_api_from_a_browser_needs_xsrf(hub, alice):
     client = httpx.Client(base_url=hub.url, timeout=30)
     client.get("/hub/login")
-    response = client.post("/hub/login", data={"username": "alice", "password": "pw", "_xsrf": client.cookies.get("_xsrf")})
+    response = client.post("/hub/login", data={"username": "alice", "password": PASSWORD, "_xsrf": client.cookies.get("_xsrf")})
     assert response.status_code == 302
     xsrf = [c.value for c in client.cookies.jar if c.name == "_xsrf"][-1]
     fetch = {"Sec-Fetch-Mode": "cors", "Sec-Fetch-Site": "same-origin"}

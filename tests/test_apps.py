@@ -217,7 +217,7 @@ def panel_works(page, url: str, base_path: str, query: str = ""):
 
 
 def gradio_works(page, url: str, base_path: str, query: str = ""):
-    page.goto(url + "/" + query)  # with the slash: its page asks for ./assets/
+    page.goto(url + query)  # as it prints it: no trailing slash (the sidecar adds it: its page asks for ./assets/)
     expect(page.get_by_text("jhproxy-routes Gradio example")).to_be_visible()
     page.get_by_label("name").fill("jhproxy")
     page.get_by_role("button", name="Greet").click()  # through the queue and its event stream
@@ -225,7 +225,7 @@ def gradio_works(page, url: str, base_path: str, query: str = ""):
 
 
 def voila_works(page, url: str, base_path: str, query: str = ""):
-    page.goto(url + "/" + query)
+    page.goto(url + query)  # the bare port URL (Voila answers 404 there: the sidecar adds the slash)
     expect(page.get_by_text("jhproxy-routes Voilà example")).to_be_visible()
     expect(page.get_by_text("count: 0")).to_be_visible()
     page.get_by_role("button", name="Add one").click()  # to the kernel over its websocket

@@ -191,6 +191,22 @@ def test_check_local_servers_and_files_that_do_not_load(tmp_path, capsys):
         host_template + "\nc.JupyterHub.subdomain_host = 'https://hub.example.org'\nc.JupyterHub.subdomain_hook = 'legacy'",
     )
     assert "it needs JupyterHub's default subdomain_hook ('idna')" in check_here(path, capsys)[1]
+    path = write_config(tmp_path, host_template + "\nc.JupyterHub.subdomain_host = 'http://hub.example.org'")
+    code, out = check_here(path, capsys)
+    assert code == 0 and "over plain HTTP (http://hub.example.org)" in out and "(cookie tossing" in out, out
+    assert "Chromium sends no fetch metadata (Sec-Fetch-*) to plain-HTTP hosts other than localhost" in out
+    path = write_config(
+        tmp_path,
+        host_template
+        + "\nc.JupyterHub.subdomain_host = 'https://hub.example.org'\nc.JupyterHub.cookie_host_prefix_enabled = False",
+    )
+    code, out = check_here(path, capsys)
+    assert code == 1 and "error: c.JupyterHub.cookie_host_prefix_enabled is False, but" in out, out
+    path = write_config(tmp_path, host_template + "\nc.JupyterHub.subdomain_host = 'https://hub.example.org'\n")
+    out = check_here(path, capsys)[1]
+    assert "cookie_host_prefix_enabled" not in out  # unset: the hub turns it on
+    assert "note: ports are on hosts below the hub's domain (hub.example.org): a port's page" in out
+    assert "(a cookie bomb); a port domain apart from the hub's" in out
     path = write_config(
         tmp_path, "c.PortRoutes.ports = [5000]\nc.PortRoutes.route_template = '/{username}/{servername}/proxy/{port}/'"
     )
@@ -203,6 +219,28 @@ def test_check_local_servers_and_files_that_do_not_load(tmp_path, capsys):
     assert code == 1 and "the file does not load: SyntaxError" in out, out
     (tmp_path / "plain.py").write_text("c.PortRoutes.ports = [5000]\n")
     assert "proxy_class is not set: call jhproxy_routes.install(c)" in check_here(tmp_path / "plain.py", capsys)[1]
+
+
+def test_check_explains_a_port_domain(tmp_path, capsys):
+    """A port domain apart from the hub's is accepted and explained; one that is not, refused."""
+    config = "c.JupyterHub.spawner_class = 'docker'\nc.PortRoutes.ports = [5000]\nc.JupyterHub.subdomain_host = '{hub}'\n"
+    config += "c.PortRoutes.route_template = '{{port}}--{{username}}.{ports}'"
+    path = write_config(tmp_path, config.format(hub="https://hub.example.org", ports="example-content.org"))
+    code, out = check_here(path, capsys)
+    assert code == 0 and "no problems found" in out, out
+    assert "note: ports are on example-content.org, a domain apart from the hub's (hub.example.org): their pages cannot" in out
+    assert "*.example-content.org must lead to the proxy (DNS)" in out
+    # one registrable domain (unless example.org were a public suffix): one site with the hub
+    path = write_config(tmp_path, config.format(hub="https://hub.example.org", ports="ports.example.org"))
+    code, out = check_here(path, capsys)
+    assert code == 0 and "warning: the port domain ports.example.org and the hub's hub.example.org both end in example.org" in out
+    path = write_config(tmp_path, config.format(hub="http://hub.example.org", ports="example-content.org"))
+    out = check_here(path, capsys)[1]
+    assert "a port's page cannot touch the hub's cookies, but can set cookies for every port host" in out, out
+    path = write_config(tmp_path, config.format(hub="https://hub.example.org", ports="example.org"))
+    code, out = check_here(path, capsys)
+    assert code == 1 and "'example.org' is a parent of the hub's domain (hub.example.org)" in out, out
+    assert "note:" not in out
 
 
 def test_check_takes_traefik_as_the_littlest_jupyterhub_runs_it(tmp_path, capsys):

@@ -93,8 +93,12 @@ def test_bad_templates_are_refused(template, message):
 @pytest.mark.parametrize(
     "template, message",
     [
-        ("{port}--{username}.example.org", r"ending in '\.\{subdomain_host\}'"),
+        ("{port}--{username}", r"ending in '\.\{subdomain_host\}' or in a domain apart"),
         ("{port}--{username}.{subdomain_host}/app/", r"ending in '\.\{subdomain_host\}'"),
+        # a port domain is two labels or more: one would be a top-level domain
+        ("{port}--{username}.org", "a domain of two labels or more"),
+        ("{port}--{username}.ports.{username}.org", "each field may appear once"),
+        ("{port}--{username}.Ports.example.org", "must be a-z, 0-9 and '-'"),
         # "5000-alice" is what JupyterHub makes of a user named 5000-alice: the port's host
         # must begin with digits and '--', which none of JupyterHub's own subdomains do
         ("{port}-{username}.{subdomain_host}", "followed by '--'"),
@@ -131,6 +135,27 @@ def test_host_template_rendering():
     assert named.render("alice", "My Dev", 8050) == f"{dns_label('My Dev')}.8050--alice.hub.example.org/"
     with pytest.raises(ValueError, match="needs c.JupyterHub.subdomain_host"):
         RouteTemplate("{port}--{username}.{subdomain_host}").render("alice", "", 5000)
+
+
+def test_a_port_domain_lies_apart_from_the_hubs():
+    """Ports on a domain of their own: names still become DNS labels, and the domain may be
+    neither the hub's own, nor a parent of it (a port's page could set cookies the hub
+    receives), nor below it (that is ``{subdomain_host}``'s form)."""
+    template = RouteTemplate("{servername}.{port}--{username}.ports.example-content.org", domain="hub.example.org")
+    assert template.port_domain == "ports.example-content.org" and not template.on_hub_domain
+    assert template.render("alice", "", 5000) == "5000--alice.ports.example-content.org/"
+    assert template.render("a.b", "My Dev", 5000) == f"{dns_label('My Dev')}.5000--{dns_label('a.b')}.ports.example-content.org/"
+    assert RouteTemplate("{port}--{username}.{subdomain_host}").on_hub_domain
+    hook = "idna"  # any subdomain_hook: no user's host can be below the port domain
+    assert template.hub_problem("https://hub.example.org", hook) == ""
+    assert "it needs c.JupyterHub.subdomain_host" in template.hub_problem("", hook)
+    for hub, problem in [
+        ("https://ports.example-content.org", "is the hub's own domain"),
+        ("https://hub.ports.example-content.org:8443", "a parent of the hub's domain (hub.ports.example-content.org)"),
+        ("https://example-content.org", "lies below the hub's domain (example-content.org)"),
+        ("https://Example-Content.org", "lies below the hub's domain"),
+    ]:
+        assert problem in template.hub_problem(hub, hook), hub
 
 
 def test_host_templates_cannot_take_ranges():
@@ -281,18 +306,38 @@ def test_wiring_adds_to_what_the_admin_set(make_hub, make_app):
             "c.PortRoutes.ports = ['5000-5010']\nc.PortRoutes.route_template = '/hub/proxy{port}/{username}/'",
             "needs {port} as the last segment",
         ),
+        # set after install(c), as every line here: it still counts
+        (
+            "c.JupyterHub.subdomain_host = 'https://hub.test:8443'\n"
+            "c.PortRoutes.route_template = '{port}--{username}.{subdomain_host}'\n"
+            "c.JupyterHub.cookie_host_prefix_enabled = False",
+            "c.JupyterHub.cookie_host_prefix_enabled is False, but c.PortRoutes.route_template",
+        ),
+        (
+            "c.JupyterHub.subdomain_host = 'https://hub.test:8443'\nc.PortRoutes.route_template = '{port}--{username}.test'",
+            "a domain of two labels or more",
+        ),
+        (
+            "c.JupyterHub.subdomain_host = 'https://hub.ports.test:8443'\n"
+            "c.PortRoutes.route_template = '{port}--{username}.ports.test'",
+            "'ports.test' is a parent of the hub's domain",
+        ),
     ],
 )
 def test_bad_config_stops_the_hub(make_hub, setting, message):
-    hub = make_hub([5000], setting, start=False)
+    assert message in refused_start(make_hub([5000], setting, start=False))
+
+
+def refused_start(hub) -> str:
+    """Launch ``hub`` and wait for it to stop by itself (else the test fails): its log."""
     proc = hub.launch()
     try:
         proc.wait(60)
     except subprocess.TimeoutExpired:
         proc.kill()
-        pytest.fail("the hub kept running with a bad config")
+        pytest.fail("the hub kept running with a config it should refuse")
     assert proc.returncode != 0
-    assert message in hub.log()
+    return hub.log()
 
 
 def test_templates_go_between_the_admins_and_the_hubs(tmp_path):
@@ -324,8 +369,8 @@ def test_templates_go_between_the_admins_and_the_hubs(tmp_path):
 HAS_EXTRA_USER_SCOPES = "extra_user_scopes" in JupyterHub.class_trait_names()
 USER_ROLE = '{"name": "user", "scopes": ["self", "shares!user", "read:users:name"]}'
 ROLE_AUTHENTICATOR = """
-from jupyterhub.auth import DummyAuthenticator
-class RoleAuthenticator(DummyAuthenticator):
+from jupyterhub.authenticators.shared import SharedPasswordAuthenticator
+class RoleAuthenticator(SharedPasswordAuthenticator):
     async def load_managed_roles(self):
         return [{"name": "user", "scopes": ["self"]}]
 c.JupyterHub.authenticator_class = RoleAuthenticator
@@ -373,16 +418,5 @@ def test_a_user_role_without_the_scopes_stops_the_hub(tmp_path, make_hub):
     assert len(problems) == 1 and (
         "role 'user' lacks the scopes" in problems[0] or "Role user multiply defined" in problems[0]
     ), problems
-    hub = make_hub(
-        [5000],
-        ROLE_AUTHENTICATOR + "c.JupyterHub.load_roles = [r for r in c.JupyterHub.load_roles if r.get('users') is None]",
-        start=False,
-    )
-    proc = hub.launch()
-    try:
-        proc.wait(60)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        pytest.fail("the hub kept running although its users lack the scopes they need")
-    assert proc.returncode != 0
-    assert "role 'user' lacks the scopes" in hub.log() or "Role user multiply defined" in hub.log(), hub.log()[-2000:]
+    log = refused_start(make_hub([5000], ROLE_AUTHENTICATOR, start=False))
+    assert "role 'user' lacks the scopes" in log or "Role user multiply defined" in log, log[-2000:]

@@ -65,6 +65,26 @@ def test_a_login_on_a_path_route_on_the_hubs_host_under_subdomain_host():
         )
 
 
+def test_a_login_crosses_to_a_port_domain_only_for_a_routed_port_host():
+    """Ports on a domain apart from the hub's: the callback is on the hub's domain, the ticket
+    goes to the port's host there, and to no other host of either domain."""
+    table = RouteTable()
+    table.set("/5000--alice.ports-content.test", route(by_host=True))
+    callback = "https://jhproxy-routes--service.hub.test:8443"
+    assert HubLogin._route_at(table, "https://5000--alice.ports-content.test:8443", "/x", callback).port == 5000
+    for origin in (
+        "https://5001--alice.ports-content.test:8443",  # not routed
+        "https://ports-content.test:8443",
+        "https://hub.test:8443",
+        "https://5000--alice.ports-content.test.evil.example:8443",
+        "https://5000--alice.ports-content.test:8443@evil.example:8443",
+    ):
+        with pytest.raises(HTTPError, match="no longer routed"):
+            HubLogin._route_at(table, origin, "/x", callback)
+    with pytest.raises(HTTPError, match="another address"):
+        HubLogin._route_at(table, "http://5000--alice.ports-content.test:8443", "/x", callback)
+
+
 def test_behind_https_the_cookies_of_a_whole_host_are_host_cookies():
     """On a port's own host behind HTTPS the state and session cookies are ``__Host-``
     cookies: a page of a sibling host cannot plant one (cookie tossing), so a cookie under

@@ -3,8 +3,10 @@
 - A port's URL without its trailing slash (Streamlit prints ``http://hub/ports/alice/8501``,
   Gradio's root_path has that form) works for the owner's hub login, a token and a public
   port, on the path template with single ports and ranges, and on the seed form
-  ``/hub/proxy{port}/{username}/``; the login's cookies have the route's path without the
-  slash, which a browser never sends to a sibling such as ``/ports/alice/85012``.
+  ``/hub/proxy{port}/{username}/``: a browser is sent on to the slash form (308), where every
+  framework's page works; a script gets the app's answer at the path as sent. The login's
+  cookies have the route's path without the slash, which a browser never sends to a sibling
+  such as ``/ports/alice/85012``.
 - What an attacker would try: mallory's app sets cookies with ``Path=/`` and a ``Domain``;
   on path routes (the hub's origin, shared by every port) they must never reach alice's port.
 - A port whose app is not listening answers a page (browsers) or JSON (scripts) naming the
@@ -20,6 +22,7 @@ import json
 import subprocess
 import sys
 
+import httpx
 import pytest
 
 from tests.rig import browser_login, cookie_header, free_port, free_ports, port_open, sibling_ports, wait_for
@@ -112,9 +115,9 @@ def echoed(page) -> dict:
 def test_owner_opens_the_slashless_url_in_chromium(browser, hub, apps):
     context, page = login(browser, hub, "alice")
     path = f"/ports/alice/{apps['owner'].port}"
-    page.goto(path)  # through the hub's OAuth and back, with no slash anywhere
-    assert page.url == hub.url + path
-    assert echoed(page)["path"] == path
+    page.goto(path)  # on to the slash form, through the hub's OAuth and back
+    assert page.url == hub.url + path + "/"
+    assert echoed(page)["path"] == path + "/"
     [session] = [c for c in context.cookies() if c["name"].startswith("jhproxy-routes-session-")]
     assert session["path"] == path
     # below the route, the same session
@@ -163,7 +166,7 @@ def test_owner_slashless_through_a_range(hub, apps):
     alice = hub.login("alice")
     path = f"/ports/alice/{apps['block']}"
     response = alice.get(path, follow_redirects=True)
-    assert response.status_code == 200 and response.json()["path"] == path, response.text
+    assert response.status_code == 200 and response.json()["path"] == path + "/", response.text
     assert [c.path for c in alice.cookies.jar if c.name.startswith("jhproxy-routes-session-")] == [path]
 
 
@@ -177,10 +180,15 @@ def test_seed_form_template_slashless(make_hub, make_app):
     hub.user_token("alice")
     hub.spawn("alice")
     path = f"/hub/proxy{app.port}/alice"
-    assert hub.get(path, headers={"Accept": "text/html"}).status_code == 302  # to the hub login
+    page = {"Accept": "text/html", "Upgrade-Insecure-Requests": "1"}
+    slash = hub.get(path + "?x=1", headers=page)
+    assert (slash.status_code, slash.headers["Location"]) == (308, path + "/?x=1")
+    assert hub.get(path + "/", headers=page).status_code == 302  # to the hub login
+    posted = httpx.post(hub.url + path, headers=page, timeout=30)  # no redirect for a POST: the access check answers
+    assert posted.status_code == 403
     alice = hub.login("alice")
     response = alice.get(path, follow_redirects=True)
-    assert response.status_code == 200 and response.json()["path"] == path, response.text
+    assert response.status_code == 200 and response.json()["path"] == path + "/", response.text
     assert [c.path for c in alice.cookies.jar if c.name.startswith("jhproxy-routes-session-")] == [path]
 
 

@@ -263,7 +263,8 @@ def test_a_hub_login_made_on_one_replica_holds_on_the_others(rig, token):
     [cookie] = [c for c in owner.cookies.jar if c.name.startswith("jhproxy-routes-session-")]
     for replica in rig["replicas"]:  # straight to each replica, as CHP would send it
         direct = httpx.get(
-            replica.url + route_of(rig) + "/y", headers={"Cookie": f"{cookie.name}={cookie.value}", "Accept": "text/html"}
+            replica.url + route_of(rig) + "/y",
+            headers={"Cookie": f"{cookie.name}={cookie.value}", "Accept": "text/html", "Upgrade-Insecure-Requests": "1"},
         )
         assert direct.status_code == 200 and direct.json()["path"] == route_of(rig) + "/y", (replica.url, direct.text[:300])
 

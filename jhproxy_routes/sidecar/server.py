@@ -128,6 +128,10 @@ class Sidecar:
         ex.count_in(self.metrics)
         if ex.websocket and ex.body.kind != "none":  # its body would reach the app as a request of its own
             raise HTTPError(400, "A websocket upgrade request cannot have a body.")
+        if opens_bare_root(ex):
+            location = route_prefix(ex.path, ex.route.path_depth) + "/" + ("?" + ex.query if ex.query else "")
+            ex.answer(Answer(308, "The port's page is below its path.", [("Location", location)]), self.hub_page)
+            return
         origin = ex.header("Origin")
         ex.cors = self.access.cors_headers(ex.route, origin)
         if ex.method == "OPTIONS" and origin is not None and ex.header("Access-Control-Request-Method"):
@@ -243,6 +247,23 @@ class Sidecar:
         were let in under the old ones (a revoked token must not keep its websocket)."""
         for relay in self.websockets.pop(key, ()):
             relay.close()
+
+
+def opens_bare_root(ex) -> bool:
+    """A browser opening a path route's own path without the trailing slash
+    (``/ports/alice/7860``, as Streamlit and Gradio print their URLs, or as typed): it gets
+    the slash form, where every framework's page works and its relative URLs resolve below
+    the route (Gradio's and Voila's pages answer 404 without it). Scripts (no ``text/html``)
+    and other methods reach the app as sent: a POST to the bare path keeps working."""
+    route = ex.route
+    return (
+        not route.by_host
+        and ex.method in ("GET", "HEAD")
+        and ex.wants_html
+        and not ex.websocket
+        and not ex.path.endswith("/")
+        and len([p for p in ex.path.split("/") if p]) == route.path_depth
+    )
 
 
 async def serve(sidecar: Sidecar, host: str, port: int):
