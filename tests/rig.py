@@ -488,6 +488,20 @@ def assert_no_credentials(entries: list[dict], secrets_: list[str]) -> None:
         assert "proxy_token" not in entry["query"], entry
 
 
+def websocket_echo(page, message: str) -> str:
+    """What the echo app's websocket (``ws`` below the page's URL) answers to ``message``
+    sent from ``page``: a browser's own websocket, with whatever cookies it sends."""
+    return page.evaluate(
+        """message => new Promise((resolve, reject) => {
+            const ws = new WebSocket(location.href.replace(/^http/, "ws") + "ws");
+            ws.onopen = () => ws.send(message);
+            ws.onmessage = (event) => { resolve(event.data); ws.close(); };
+            ws.onerror = () => reject(new Error("websocket failed"));
+        })""",
+        message,
+    )
+
+
 def browser_login(browser, hub_url: str, user: str):
     """A new Chromium context (cookie jar) logged in through the hub's login form at
     ``hub_url`` (scheme://host:port) as ``user``, relative URLs resolved against it: (context, page)."""

@@ -19,7 +19,7 @@ from tornado.httpclient import HTTPRequest
 from tornado.websocket import websocket_connect
 
 from jhproxy_routes.traefik import TraefikRouteTable, unsafe
-from tests.rig import BIN, TraefikHub, browser_login, free_port, sibling_ports, wait_for
+from tests.rig import BIN, TraefikHub, browser_login, free_port, sibling_ports, wait_for, websocket_echo
 
 MIB = 1 << 20
 CHECK_INTERVAL = 2  # c.JupyterHub.last_activity_interval: the hub's check_routes this often
@@ -258,15 +258,7 @@ def test_owner_login_in_chromium(browser, hub, apps, alice):
     page.goto(port_url(hub, protected.port, "/"))
     assert f'"path": "/ports/alice/{protected.port}/"' in page.text_content("body")
     # a websocket from the page, on the login alone
-    echoed = page.evaluate(
-        """() => new Promise((resolve, reject) => {
-            const ws = new WebSocket(location.href.replace(/^http/, "ws") + "ws");
-            ws.onopen = () => ws.send("hello through traefik");
-            ws.onmessage = (event) => { resolve(event.data); ws.close(); };
-            ws.onerror = () => reject(new Error("websocket failed"));
-        })"""
-    )
-    assert echoed == "hello through traefik"
+    assert websocket_echo(page, "hello through traefik") == "hello through traefik"
     context.close()
 
 
