@@ -20,9 +20,11 @@ What differs from CHP, and how it is met:
 - A route's rule is ``PathPrefix(`/p/`) || Path(`/p`)`` (with ``Host(`h`) &&`` for a host
   route) and has no priority: Traefik prefers the longer rule, so a longer prefix wins, and
   the trailing ``/`` keeps ``/ports/alice/50001/`` out of ``/ports/alice/5000/``.
-- A change is done when Traefik serves it (jupyterhub-traefik-proxy's wait, bounded by
-  ``c.TraefikProxy.check_route_timeout``); its failure is a ``RouteAPIError``, logged and
-  left to the next reconciliation as on CHP.
+- A route added is done when Traefik serves it (jupyterhub-traefik-proxy's wait, bounded by
+  ``c.TraefikProxy.check_route_timeout``), a route deleted when the file is written, as
+  jupyterhub-traefik-proxy's own ``delete_route``: until Traefik reloads it, a request there
+  reaches the sidecar, which has forgotten the route and answers 503 (closed, never open).
+  A failure is a ``RouteAPIError``, logged and left to the next reconciliation as on CHP.
 - The rule is built from the *unescaped* routespec: a name whose escape would turn into a
   backtick (ending the rule's string), a ``/`` (another server's route), a ``%`` or a
   control character never gets a route (``unsafe``), and the refusal is logged.
