@@ -283,6 +283,7 @@ def test_hub_restart_reconciles(hub, apps, alice):
     assert f"/ports/bob/{public.port}/" in hub.port_routes()
     hub.stop_server("bob")
     assert not any(spec.startswith("/ports/bob/") for spec in hub.port_routes())
+    hub.stop_server("alice")  # no longer the hub's child: it would outlive the hub
 
 
 def test_host_routes(make_hub, apps):
