@@ -6,7 +6,8 @@ own update (which ends in ``check_routes``), the collector gathers the newest ac
 each server's ports:
 
 - public ports on a direct route: the proxy's ``last_activity`` of the route (CHP moves it
-  for answers under 300 and for every websocket message);
+  for answers under 300 and for every websocket message; Traefik keeps none, so on Traefik
+  no route is direct and public ports go through the sidecar too);
 - every other port: the sidecar's own record, which holds only requests it let through and
   websocket messages (``sidecar/activity.py``); the proxy's time of such a route would count
   refused requests too, and is never read.
@@ -55,7 +56,9 @@ class ActivityCollector:
         self._complete_at = time.monotonic()  # the start of the last collection that reached every source
         ACTIVITY_PENDING.set_function(lambda: time.monotonic() - self._complete_at)
         specs = manager.settings
-        self._direct_ports = {s.port for s in manager.single_ports if specs.counts_activity(s)}
+        # without direct routes (Traefik) every port's activity is the sidecar's
+        direct = manager.direct_routes and specs.direct_public_routes
+        self._direct_ports = {s.port for s in manager.single_ports if specs.counts_activity(s)} if direct else set()
 
     @property
     def collecting(self) -> bool:
@@ -87,7 +90,7 @@ class ActivityCollector:
         if not self._direct_ports:
             return True
         try:
-            routes = await self.manager.chp.get_all()
+            routes = await self.manager.proxy_table.get_all()
         except RouteAPIError as e:
             self.log.error("jhproxy-routes: port activity: the proxy's routes could not be read: %s", e)
             return False

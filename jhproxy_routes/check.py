@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 
 from traitlets import TraitError
 from traitlets.config.loader import PyFileConfigLoader
+from traitlets.utils.importstring import import_item
 
 from .config import PortRoutes, check_no_overlap, configured, listening_ports, parse_port
 from .hub_cookies import plain_http_warning, prefix_refused
@@ -40,7 +41,7 @@ def check_config_file(path: str) -> list[Problem]:
 def check_config(config) -> list[Problem]:
     from jupyterhub.app import JupyterHub
 
-    from . import PROXY_CLASS, _is_ours
+    from . import proxy_class_for
 
     problems = [*_unknown_options(config)]
     try:
@@ -51,7 +52,12 @@ def check_config(config) -> list[Problem]:
     except (TraitError, ValueError, ImportError) as e:
         return [*problems, Problem("error", f"c.JupyterHub: {e}")]
     proxy_class = config.JupyterHub.get("proxy_class")
-    if proxy_class != PROXY_CLASS and not _is_ours(proxy_class):
+    try:
+        ours = proxy_class_for(proxy_class)
+    except ValueError as e:  # a proxy we cannot work with (Traefik's key-value providers)
+        problems.append(Problem("error", str(e)))
+        ours = None
+    if ours is not None and ours is not proxy_class:
         shown = "not set" if proxy_class is None else f"{proxy_class!r}"
         problems.append(
             Problem("error", f"c.JupyterHub.proxy_class is {shown}: call jhproxy_routes.install(c) at the end of the file")
@@ -66,7 +72,7 @@ def check_config(config) -> list[Problem]:
     specs = settings.port_specs
     if not specs:
         problems.append(Problem("warning", "c.PortRoutes.ports is empty: no port gets a route"))
-    problems += _spawner_problems(hub, spawner_class, settings, specs)
+    problems += _spawner_problems(hub, spawner_class, settings, specs, ours)
     problems += _sidecar_problems(settings)
     problems += _cors_problems(settings)
     problems += _host_problems(hub, config, settings.template)
@@ -120,7 +126,7 @@ def _valid_ports(items: list, problems) -> list:
     return valid
 
 
-def _spawner_problems(hub, spawner_class, settings: PortRoutes, specs):
+def _spawner_problems(hub, spawner_class, settings: PortRoutes, specs, proxy_class):
     from jupyterhub.spawner import SimpleLocalProcessSpawner
 
     name = spawner_class.__name__
@@ -147,13 +153,11 @@ def _spawner_problems(hub, spawner_class, settings: PortRoutes, specs):
             f"{name} runs every server {why} on the hub's machine, where users share ports: they get no port routes"
             " unless c.PortRoutes.server_uid says each server's uid, or c.PortRoutes.allow_shared_host = True",
         )
-    from .proxy import PortRoutesProxy
-
     hub_ports = listening_ports(
         {
             hub.bind_url: "the proxy's public port",
             hub.hub_bind_url or f"http://127.0.0.1:{hub.hub_port}": "the hub's own port",
-            configured(hub, PortRoutesProxy, "api_url") or "http://127.0.0.1:8001": "the proxy's API",
+            **_proxy_api(hub, proxy_class),
             settings.sidecar_url: "the sidecar's",
         }
     )
@@ -169,6 +173,16 @@ def runs_on_hub_machine(spawner_class) -> bool:
 
     traits = spawner_class.class_trait_names()
     return issubclass(spawner_class, LocalProcessSpawner) or {"unit_name_template", "username_template"} <= set(traits)
+
+
+def _proxy_api(hub, proxy_class) -> dict[str, str]:
+    """``{url: what}`` of the proxy's API as the config sets it (none for an unknown proxy)."""
+    if proxy_class is None:
+        return {}
+    cls = import_item(proxy_class) if isinstance(proxy_class, str) else proxy_class
+    if "traefik_api_url" in cls.class_traits():  # Traefik's API (its default: localhost:8099)
+        return {configured(hub, cls, "traefik_api_url") or cls.traefik_api_url.default_value: "Traefik's API"}
+    return {configured(hub, cls, "api_url") or "http://127.0.0.1:8001": "the proxy's API"}
 
 
 def _sidecar_problems(settings: PortRoutes):

@@ -443,6 +443,9 @@ class PortRoutes(Configurable):
         Fastest, but the sidecar then cannot strip cookies: the only JupyterHub cookie a
         browser sends outside ``/hub/`` and ``/user/`` is ``jupyterhub-session-id`` (path
         ``/``, not a credential). Set False to send every port through the sidecar.
+
+        No effect on Traefik (``traefik_file``): it keeps no activity per route, so every
+        port goes through the sidecar, which records it.
         """,
     )
 
@@ -504,7 +507,11 @@ class PortRoutes(Configurable):
     api_timeout = Float(
         10,
         config=True,
-        help="""Seconds one request to the proxy's or the sidecar's route API may take.""",
+        help="""Seconds one request to the proxy's or the sidecar's route API may take.
+
+        On Traefik the routes are in the hub's process: this is the sidecar's only, and
+        ``c.TraefikProxy.check_route_timeout`` bounds the wait for Traefik to load a change.
+        """,
     )
 
     api_retry_timeout = Float(
@@ -512,14 +519,16 @@ class PortRoutes(Configurable):
         config=True,
         help="""Seconds to keep retrying (with exponential backoff) a route change that failed
         because the proxy or sidecar was unreachable. After that the change is logged as failed
-        and left to the next reconciliation; a spawn is never blocked longer than this.
+        and left to the next reconciliation; a spawn is never blocked longer than this (on
+        Traefik, for the sidecar; Traefik's own waits: ``c.TraefikProxy.check_route_timeout``).
         """,
     )
 
     concurrency = Integer(
         10,
         config=True,
-        help="""Route API requests allowed in flight at once (per proxy and per sidecar).""",
+        help="""Route API requests allowed in flight at once (per proxy and per sidecar; on
+        Traefik, ``c.TraefikProxy.concurrency`` bounds the proxy's own).""",
     )
 
     db_url = Unicode(

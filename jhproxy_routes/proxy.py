@@ -1,4 +1,9 @@
-"""``PortRoutesProxy``: JupyterHub's ConfigurableHTTPProxy, plus the port routes.
+"""``PortRoutesMixin``: the port routes in whatever proxy class the hub runs, and
+``PortRoutesProxy``: JupyterHub's ConfigurableHTTPProxy with it (``traefik.py`` has
+jupyterhub-traefik-proxy's file provider with it). A proxy class of ours is the mixin before
+the hub's own class, and says how to reach the proxy's route table (``make_route_table``),
+which ports the proxy listens on (``proxy_ports``), and whether a public port may go
+straight to its app (``direct_routes``: only where the proxy reports each route's activity).
 
 Why a proxy subclass and not spawner hooks: JupyterHub calls the proxy at exactly the
 moments that matter, whatever the spawner: ``add_user`` when a server is ready and routed
@@ -9,8 +14,8 @@ the spawn (``progress_ready_hook``).
 
 A port-route failure, expected or not, is logged (with the server's name), counted and left
 to the next reconciliation; it never fails a spawn, and every wait on CHP or the sidecar is
-bounded (``PortRoutes.api_retry_timeout``). The route manager follows the proxy when the hub
-is moved to another one (``PATCH /hub/api/proxy`` sets ``api_url`` and ``auth_token``).
+bounded (``PortRoutes.api_retry_timeout``). On CHP the route manager follows the proxy when
+the hub is moved to another one (``PATCH /hub/api/proxy`` sets ``api_url`` and ``auth_token``).
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from .metrics import SERVER_UPDATE_ERRORS
 from .replicas import SidecarReplicas
 from .routeapi import RouteAPI, RouteAPIError
 from .routes import RouteManager
+from .routetable import RouteTable
 from .settings import PortSettings
 from .store import AccessStore
 from .wiring import user_role_scopes, user_scopes_problem, wire_into_hub
@@ -48,8 +54,20 @@ def freeze_startup_objects() -> int:
     return gc.get_freeze_count()
 
 
-class PortRoutesProxy(ConfigurableHTTPProxy):
-    """configurable-http-proxy with one extra route per allowed port of each running server."""
+class PortRoutesMixin:
+    """One extra route per allowed port of each running server, in the hub's proxy; mixed in
+    before a JupyterHub ``Proxy`` class."""
+
+    #: public ports may go straight from the proxy to the app (the proxy reports activity per route)
+    direct_routes = True
+
+    def make_route_table(self) -> RouteTable:
+        """The proxy's route table, for the route manager."""
+        raise NotImplementedError
+
+    def proxy_ports(self) -> dict[str, str]:
+        """``{url: what}`` of every address the proxy itself listens on."""
+        raise NotImplementedError
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
@@ -58,20 +76,10 @@ class PortRoutesProxy(ConfigurableHTTPProxy):
         use_host_prefix(self.app, self.port_routes.template)
         if warning := plain_http_warning(self.port_routes.template, self.app.subdomain_host):
             self.log.warning("jhproxy-routes: %s", warning)
-        chp_api = RouteAPI(
-            "proxy",
-            self.api_url,
-            self.auth_token,
-            timeout=self.port_routes.api_timeout,
-            retry_timeout=self.port_routes.api_retry_timeout,
-            concurrency=self.port_routes.concurrency,
-            log=self.log,
-            host_routing=self.host_routing,
-        )
         self.route_manager = RouteManager(
             self.port_routes,
             self.app.base_url,
-            chp_api,
+            self.make_route_table(),
             self.log,
             self.own_ports,
             subdomain_host=self.app.subdomain_host,
@@ -82,6 +90,7 @@ class PortRoutesProxy(ConfigurableHTTPProxy):
             store=AccessStore(self.port_routes.db_url),
             audit=AuditLog(self.port_routes.audit_log_path),
             sidecar=SidecarReplicas.from_settings(self.port_routes, self.log, self.host_routing),
+            direct_routes=self.direct_routes,
         )
         self.port_settings = PortSettings(self.route_manager)
         self.activity = ActivityCollector(self.route_manager, lambda: self.db, self.log)
@@ -101,18 +110,11 @@ class PortRoutesProxy(ConfigurableHTTPProxy):
         ``bind_url``/``hub_bind_url``): never a port route's target on the hub's machine."""
         return listening_ports(
             {
-                self.public_url: "the proxy's public port",
-                self.api_url: "the proxy's API",
+                **self.proxy_ports(),
                 self.app.hub.bind_url if self.app.hub else "": "the hub's port",
                 self.port_routes.sidecar_url: "the sidecar's port",
             }
         )
-
-    @observe("api_url", "auth_token")
-    def _follow_proxy(self, change):
-        """The hub was moved to another proxy: port routes go there too, at once."""
-        if hasattr(self, "route_manager"):
-            self.route_manager.chp.retarget(self.api_url, self.auth_token)
 
     def hub_servers(self) -> tuple[set[str], set[tuple[str, str]]]:
         """The users, and (user, server) of every named server, in the hub's database (one query)."""
@@ -241,6 +243,7 @@ class PortRoutesProxy(ConfigurableHTTPProxy):
         task.add_done_callback(done)
 
     async def restore_routes(self):
+        """After the hub restarted a crashed proxy (CHP): its routes, then ours."""
         await super().restore_routes()
         await self.route_manager.reconcile(self.app.users)
 
@@ -259,4 +262,29 @@ class PortRoutesProxy(ConfigurableHTTPProxy):
     def stop(self):
         if self._reconcile_callback is not None:
             self._reconcile_callback.stop()
-        super().stop()
+        return super().stop()  # a coroutine for Traefik's proxy
+
+
+class PortRoutesProxy(PortRoutesMixin, ConfigurableHTTPProxy):
+    """configurable-http-proxy with one extra route per allowed port of each running server."""
+
+    def make_route_table(self) -> RouteAPI:
+        return RouteAPI(
+            "proxy",
+            self.api_url,
+            self.auth_token,
+            timeout=self.port_routes.api_timeout,
+            retry_timeout=self.port_routes.api_retry_timeout,
+            concurrency=self.port_routes.concurrency,
+            log=self.log,
+            host_routing=self.host_routing,
+        )
+
+    def proxy_ports(self) -> dict[str, str]:
+        return {self.public_url: "the proxy's public port", self.api_url: "the proxy's API"}
+
+    @observe("api_url", "auth_token")
+    def _follow_proxy(self, change):
+        """The hub was moved to another proxy: port routes go there too, at once."""
+        if hasattr(self, "route_manager"):
+            self.route_manager.proxy_table.retarget(self.api_url, self.auth_token)

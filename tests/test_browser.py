@@ -18,7 +18,7 @@ import httpx
 import pytest
 from playwright.sync_api import expect
 
-from tests.rig import REPO, assert_no_credentials, browser_login, free_port, shoot
+from tests.rig import REPO, assert_no_credentials, browser_login, free_port, shoot, websocket_echo
 
 
 @pytest.fixture(scope="module")
@@ -138,15 +138,7 @@ def test_owner_opens_protected_port_by_clicking_its_link(browser, hub, apps):
     assert_no_credentials(apps["team"].received(), [session[0]["value"]])
 
     # a websocket from the browser, through the protected port, on the login alone
-    echoed = port_page.evaluate(
-        """() => new Promise((resolve, reject) => {
-            const ws = new WebSocket(location.href.replace(/^http/, "ws") + "ws");
-            ws.onopen = () => ws.send("hello through the sidecar");
-            ws.onmessage = (event) => { resolve(event.data); ws.close(); };
-            ws.onerror = () => reject(new Error("websocket failed"));
-        })"""
-    )
-    assert echoed == "hello through the sidecar"
+    assert websocket_echo(port_page, "hello through the sidecar") == "hello through the sidecar"
     context.close()
 
 

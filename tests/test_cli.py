@@ -277,3 +277,25 @@ def test_check_explains_a_port_domain(tmp_path, capsys):
     code, out = check_here(path, capsys)
     assert code == 1 and "'example.org' is a parent of the hub's domain (hub.example.org)" in out, out
     assert "note:" not in out
+
+
+def test_check_takes_traefik_as_the_littlest_jupyterhub_runs_it(tmp_path, capsys):
+    """TLJH's traefik_file is checked as CHP is (Traefik's API port among the hub's own);
+    the key-value providers are refused, also when install(c) is not called yet."""
+    path = write_config(
+        tmp_path,
+        """
+        c.JupyterHub.proxy_class = "traefik_file"
+        c.TraefikProxy.should_start = False
+        c.TraefikProxy.traefik_api_url = "http://127.0.0.1:8099"
+        c.JupyterHub.spawner_class = "simple"
+        c.PortRoutes.ports = [5000, 8099]
+        c.PortRoutes.allow_shared_host = True
+        """,
+    )
+    code, out = check_here(path, capsys)
+    assert code == 0 and "warning: port 8099 is Traefik's API on this machine: it never gets a route" in out, out
+    (tmp_path / "etcd.py").write_text('c.JupyterHub.proxy_class = "traefik_etcd"\nc.PortRoutes.ports = [5000]\n')
+    code, out = check_here(tmp_path / "etcd.py", capsys)
+    assert code == 1 and "c.JupyterHub.proxy_class is 'traefik_etcd': jhproxy-routes supports Traefik's file provider" in out, out
+    assert "call jhproxy_routes.install(c)" not in out

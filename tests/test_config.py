@@ -240,10 +240,40 @@ def test_install_sets_only_the_proxy_class():
     install(c)
     assert c.JupyterHub.proxy_class == "jhproxy_routes.proxy.PortRoutesProxy"
     assert c.JupyterHub.services == [{"name": "mine"}]
-    c2 = Config()
-    c2.JupyterHub.proxy_class = "traefik_file"
-    with pytest.raises(ValueError, match="configurable-http-proxy only"):
-        install(c2)
+
+
+@pytest.mark.parametrize(
+    "chosen, ours",
+    [
+        ("configurable-http-proxy", "jhproxy_routes.proxy.PortRoutesProxy"),
+        ("jupyterhub.proxy.ConfigurableHTTPProxy", "jhproxy_routes.proxy.PortRoutesProxy"),
+        ("traefik_file", "jhproxy_routes.traefik.TraefikPortRoutesProxy"),  # The Littlest JupyterHub's
+        ("jupyterhub_traefik_proxy.TraefikFileProviderProxy", "jhproxy_routes.traefik.TraefikPortRoutesProxy"),
+        ("jhproxy_routes.traefik.TraefikPortRoutesProxy", "jhproxy_routes.traefik.TraefikPortRoutesProxy"),
+    ],
+)
+def test_install_keeps_the_hubs_proxy(chosen, ours):
+    c = Config()
+    c.JupyterHub.proxy_class = chosen
+    install(c)
+    assert c.JupyterHub.proxy_class == ours
+    install(c)  # twice: the same
+    assert c.JupyterHub.proxy_class == ours
+
+
+@pytest.mark.parametrize(
+    "chosen, message",
+    [
+        ("traefik_etcd", "not yet its key-value providers"),
+        ("jupyterhub_traefik_proxy.TraefikRedisProxy", "not yet its key-value providers"),
+        ("mymodule.MyProxy", "works with configurable-http-proxy or jupyterhub-traefik-proxy's traefik_file"),
+    ],
+)
+def test_install_refuses_other_proxies(chosen, message):
+    c = Config()
+    c.JupyterHub.proxy_class = chosen
+    with pytest.raises(ValueError, match=f"c.JupyterHub.proxy_class is '{chosen}': .*{message}"):
+        install(c)
 
 
 def test_wiring_adds_to_what_the_admin_set(make_hub, make_app):
