@@ -207,8 +207,8 @@ class PortRoutesMixin:
         """At start-up, and every ``last_activity_interval`` right after the hub's own
         activity update: reconcile, and collect the ports' activity."""
         await super().check_routes(user_dict, service_dict, routes)
-        if not self._checked_roles:
-            self._refuse_without_user_scopes()
+        if not self._checked_roles:  # a proxy the hub does not start: services may be running
+            await self._refuse_without_user_scopes(cleanup=True)
         if self.port_routes.freeze_gc_at_startup and not self._gc_frozen:
             frozen = freeze_startup_objects()
             self._gc_frozen = True
@@ -221,13 +221,21 @@ class PortRoutesMixin:
             self._background(self.activity.collect(user_dict), "activity collection")
         self._start_periodic_reconcile(user_dict)
 
-    def _refuse_without_user_scopes(self) -> None:
+    async def start(self):
+        """Before the proxy starts (nothing runs yet), refuse a hub whose users lack scopes."""
+        await self._refuse_without_user_scopes()
+        await super().start()
+
+    async def _refuse_without_user_scopes(self, cleanup: bool = False) -> None:
         """Stop the hub at start-up if its ``user`` role lacks a scope users need: every
-        port login and every user's token API would fail with 403 otherwise."""
+        port login and every user's token API would fail with 403 otherwise. ``cleanup``:
+        stop what the hub started first (its services, its proxy)."""
         self._checked_roles = True
         problem = user_scopes_problem(user_role_scopes(self.db))
         if problem:
             self.log.critical("jhproxy-routes: %s", problem)
+            if cleanup:
+                await self.app.cleanup()
             self.app.exit(1)
 
     def _background(self, coroutine, what: str) -> None:

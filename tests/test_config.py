@@ -17,6 +17,7 @@ from jhproxy_routes.contract import DEFAULTS, SERVICE_NAME, TOKEN_ENV, SidecarSe
 from jhproxy_routes.route_templates import RouteTemplate, dns_label
 from jhproxy_routes.scopes import SCOPE
 from jhproxy_routes.wiring import USER_SCOPES, sidecar_service
+from tests.rig import port_open
 
 
 def port_routes(**settings) -> PortRoutes:
@@ -418,8 +419,10 @@ def test_a_user_role_without_the_scopes_stops_the_hub(tmp_path, make_hub):
     assert len(problems) == 1 and (
         "role 'user' lacks the scopes" in problems[0] or "Role user multiply defined" in problems[0]
     ), problems
-    log = refused_start(make_hub([5000], ROLE_AUTHENTICATOR, start=False))
+    hub = make_hub([5000], ROLE_AUTHENTICATOR, start=False)
+    log = refused_start(hub)
     assert "role 'user' lacks the scopes" in log or "Role user multiply defined" in log, log[-2000:]
+    assert not port_open(hub.port) and not port_open(hub.sidecar_port), "the refused hub left its proxy or sidecar running"
 
 
 @pytest.mark.parametrize("hub_domain", ["hub.example.org.", "HUB.Example.org", "hüb.example"])
