@@ -128,6 +128,12 @@ def wants_html(request) -> bool:
 FETCH_METADATA = ("Sec-Fetch-Site", "Sec-Fetch-Mode", "Sec-Fetch-Dest")
 
 
+def has_fetch_metadata(request) -> bool:
+    """Whether the browser says where a request comes from (``Sec-Fetch-*``: it does over
+    HTTPS and to localhost, not over plain HTTP to other hosts)."""
+    return any(request.get(name) is not None for name in FETCH_METADATA)
+
+
 def page_navigation(request) -> bool:
     """A browser opening a page with GET or HEAD (a link followed, a URL typed, a redirect),
     as far as its headers show it. With fetch metadata (HTTPS, localhost): a top-level
@@ -136,7 +142,7 @@ def page_navigation(request) -> bool:
     1``, which browsers send with navigations only and no page's script can set (fetch drops
     it); such a navigation may still be a frame's, so what it gets is not framed
     (``forward.FRAME_SELF``)."""
-    if any(request.get(name) is not None for name in FETCH_METADATA):
+    if has_fetch_metadata(request):
         return is_navigation(request)
     return request.start.method in ("GET", "HEAD") and request.get("Upgrade-Insecure-Requests") == "1"
 
@@ -186,16 +192,7 @@ class Access:
 
         def deny(status: int, kind: str, message: str, headers=(), detail: str = ""):
             """The refusal, recorded: ``kind`` (a metric label, one of a few) and ``detail``."""
-            self.metrics.denied(kind)
-            self.denials.record(
-                client,
-                reason=detail or kind,
-                route=route.key,
-                owner=route.owner,
-                port=route.port,
-                method=ex.method[:20],
-                path=ex.path[:300],
-            )
+            self.record_denial(ex, kind, client, reason=detail or kind)
             return HTTPError(status, message, [*ex.cors, *headers])
 
         if route.access == "disabled":
@@ -251,6 +248,21 @@ class Access:
         kind = verdict if wrong_token else "token for a port without tokens" if token else "no credentials"
         raise deny(403, kind, f"Unauthorized access: {needed} is required.", detail=wrong_token)
 
+    def record_denial(self, ex, kind: str, client: str | None = None, **fields) -> None:
+        """Count a refusal of ``ex`` under ``kind`` (a metric label, one of a few) and write
+        it to the audit log (the reason: ``kind`` unless ``fields`` say more)."""
+        route = ex.route
+        self.metrics.denied(kind)
+        self.denials.record(
+            client or client_address(ex.head, ex.peer, self.trusted_proxies),
+            **{"reason": kind, **fields},
+            route=route.key,
+            owner=route.owner,
+            port=route.port,
+            method=ex.method[:20],
+            path=ex.path[:300],
+        )
+
     def trade_token(self, ex) -> Answer | None:
         """A browser opening the port at the top with the right token in the query: the
         redirect to the same URL without it, with the token's cookie (``token_cookie.py``).
@@ -278,10 +290,7 @@ class Access:
             return True
         if origin is not None:
             return False
-        if (
-            not any(ex.header(name) is not None for name in FETCH_METADATA)
-            and origin_of(ex.header("Referer")) == ex.origin.lower()
-        ):
+        if not has_fetch_metadata(ex.head) and origin_of(ex.header("Referer")) == ex.origin.lower():
             return True
         return page_navigation(ex.head)
 

@@ -27,7 +27,7 @@ import time
 from ..audit import AuditLog, DenialLog
 from ..http1 import Answer, HTTPError
 from ..logsafe import shown
-from .access import Access, client_address, split_query
+from .access import Access, split_query
 from .activity import ServerActivity
 from .api import HubAPI
 from .connection import ClientConnection
@@ -222,17 +222,7 @@ class Sidecar:
             route.uid,
             shown(route.owner),
         )
-        self.metrics.denied(reason)
-        self.access.denials.record(
-            client_address(ex.head, ex.peer, self.access.trusted_proxies),
-            reason=reason,
-            route=route.key,
-            owner=route.owner,
-            port=route.port,
-            method=ex.method[:20],
-            path=ex.path[:300],
-            listener_uid=uid,
-        )
+        self.access.record_denial(ex, reason, listener_uid=uid)
 
     # ---- deadlines ----------------------------------------------------------------------------
     def tick(self) -> None:
