@@ -4,7 +4,10 @@
 #     (re-installed only when pyproject.toml changed since the last install); with
 #     JHPROXY_ROUTES_JUPYTERHUB=5, .venv-jupyterhub5/ with JupyterHub 5.x instead;
 #   - node_modules/ with the pinned configurable-http-proxy (npm ci when missing or when
-#     package-lock.json changed since the last install).
+#     package-lock.json changed since the last install);
+#   - the JupyterLab extension (labextension/, pinned by its yarn.lock) built into
+#     jhproxy_routes/labextension/ when missing or older than its sources, and linked into
+#     the venv where a wheel installs it.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -41,6 +44,24 @@ fi
 # the server extension's switch where a wheel puts it (an editable install leaves data files out)
 install -D -m 644 jupyter-config/jupyter_server_config.d/jhproxy_routes.json \
     "$VENV/etc/jupyter/jupyter_server_config.d/jhproxy_routes.json"
+
+# the JupyterLab extension: jlpm (JupyterLab's yarn, from jupyter-builder in the venv) builds
+# it as the package's build does (pyproject.toml), whose wheels then ship this build as it is
+LAB_OUT=jhproxy_routes/labextension
+LAB_SOURCES=(labextension/src labextension/style labextension/schema labextension/package.json labextension/yarn.lock labextension/tsconfig.json)
+if [[ ! -f "$LAB_OUT/static/style.js" || -n "$(find "${LAB_SOURCES[@]}" -newer "$LAB_OUT/static/style.js" -print -quit)" ]]; then
+    echo "bootstrap: building the JupyterLab extension (labextension/)" >&2
+    (
+        cd labextension
+        export PATH="$ROOT/$VENV/bin:$PATH"
+        jlpm install --immutable >/dev/null && jlpm build:prod
+    ) || die "building labextension/ failed (jlpm install --immutable; jlpm build:prod)"
+fi
+# where a wheel puts it (an editable install leaves data files out): a link to the build
+LAB_DEST="$VENV/share/jupyter/labextensions/@jhproxy-routes/labextension"
+mkdir -p "$(dirname "$LAB_DEST")"
+[[ -L "$LAB_DEST" || ! -e "$LAB_DEST" ]] || rm -rf "$LAB_DEST"
+ln -sfn "$ROOT/$LAB_OUT" "$LAB_DEST"
 
 # Node: configurable-http-proxy, pinned by package-lock.json
 NODE_STAMP=node_modules/.jhproxy-routes-installed
