@@ -98,19 +98,29 @@ def test_only_for_the_servers_own_users(server):
         assert response.status_code == 403 and "ports" not in response.text, response.text
 
 
-def test_the_wheel_enables_the_extension(tmp_path):
-    """A wheel installs the switch that a Jupyter server reads (bootstrap.sh copies it into
-    the editable checkout's venv, whose install leaves data files out)."""
+LABEXTENSION = "share/jupyter/labextensions/@jhproxy-routes/labextension"
+
+
+@pytest.fixture(scope="module")
+def wheel(module_tmp) -> Path:
+    """The package's wheel, built from this checkout as pip builds it (hatchling and its
+    JupyterLab build hook in an isolated environment)."""
     from tests.rig import REPO
 
     built = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(REPO)],
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(module_tmp / "dist"), str(REPO)],
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=600,
     )
     assert built.returncode == 0, built.stderr
-    [wheel] = tmp_path.glob("jhproxy_routes-*.whl")
+    [wheel] = (module_tmp / "dist").glob("jhproxy_routes-*.whl")
+    return wheel
+
+
+def test_the_wheel_enables_the_extension(wheel):
+    """A wheel installs the switch that a Jupyter server reads (bootstrap.sh copies it into
+    the editable checkout's venv, whose install leaves data files out)."""
     import zipfile
 
     names = zipfile.ZipFile(wheel).namelist()
@@ -118,3 +128,57 @@ def test_the_wheel_enables_the_extension(tmp_path):
     config = json.loads(zipfile.ZipFile(wheel).read(switch))
     assert config == {"ServerApp": {"jpserver_extensions": {"jhproxy_routes.singleuser": True}}}
     assert "jhproxy_routes/singleuser/listeners.py" in names
+    assert "jhproxy_routes/templates/jhproxy-routes.html" in names
+
+
+def test_the_wheel_ships_the_jupyterlab_extension_prebuilt(wheel, tmp_path):
+    """The JupyterLab extension, built, in the wheel's data (nothing to build at install
+    time); installed from the wheel alone, JupyterLab finds it enabled."""
+    import zipfile
+
+    names = zipfile.ZipFile(wheel).namelist()
+    shipped = {n.split(f"{LABEXTENSION}/", 1)[1] for n in names if f".data/data/{LABEXTENSION}/" in n}
+    assert {"package.json", "install.json", "static/style.js", "schemas/@jhproxy-routes/labextension/plugin.json"} <= shipped
+    [remote_entry] = [n for n in shipped if n.startswith("static/remoteEntry.") and n.endswith(".js")]
+    meta = json.loads(zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith(f"{LABEXTENSION}/package.json"))))
+    assert meta["name"] == "@jhproxy-routes/labextension" and meta["jupyterlab"]["_build"]["load"] == remote_entry
+    assert not [n for n in names if n.startswith("jhproxy_routes/labextension/")]  # once, as data only
+
+    prefix = tmp_path / "prefix"
+    installed = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--prefix", str(prefix), str(wheel)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert installed.returncode == 0, installed.stderr
+    data_dir = prefix / "share/jupyter"
+    listed = lab_extensions({**os.environ, "JUPYTER_PATH": str(data_dir)})
+    assert "@jhproxy-routes/labextension" in listed.get(str(data_dir / "labextensions"), {}), listed
+
+
+def test_jupyterlab_in_the_venv_finds_the_extension_enabled():
+    """scripts/bootstrap.sh links the checkout's build where a wheel puts it."""
+    listed = lab_extensions(os.environ)
+    [(where, found)] = [(where, found) for where, found in listed.items() if "@jhproxy-routes/labextension" in found]
+    assert where == str(Path(sys.prefix) / "share/jupyter/labextensions"), listed
+
+
+def lab_extensions(env: dict) -> dict[str, dict[str, str]]:
+    """``jupyter labextension list``: {directory: {name: "enabled OK" ...}}."""
+    import re
+
+    result = subprocess.run([str(BIN / "jupyter"), "labextension", "list"], capture_output=True, text=True, timeout=120, env=env)
+    assert result.returncode == 0, result.stderr
+    text = re.sub(r"\x1b\[[0-9;]*m", "", result.stdout + result.stderr)
+    listed: dict[str, dict[str, str]] = {}
+    where = None
+    for line in text.splitlines():
+        if line.startswith("/"):
+            where = listed.setdefault(line.strip(), {})
+        elif where is not None and (match := re.match(r"\s+(\S+) v\S+ (enabled|disabled) (OK|X)", line)):
+            where[match.group(1)] = f"{match.group(2)} {match.group(3)}"
+    for found in listed.values():
+        for name, state in found.items():
+            assert name != "@jhproxy-routes/labextension" or state == "enabled OK", text
+    return listed
