@@ -469,6 +469,27 @@ class PortRoutes(Configurable):
         """,
     )
 
+    loopback_relay = Bool(
+        True,
+        config=True,
+        help="""Let the in-server part (``jhproxy_routes.singleuser``, where the package is
+        installed in the users' environment) make an allowed port whose app listens only on
+        127.0.0.1 or ::1 reachable through its route anyway.
+
+        Flask, Dash, uvicorn, Gradio and TensorBoard listen on 127.0.0.1 unless told
+        otherwise; in a container or pod the proxy reaches the server's own address, where
+        nothing listens. With this on, the in-server part listens on the server's own
+        addresses at that port and relays each connection to the loopback listener, only
+        for allowed ports, never for the Jupyter server's own port or a kernel's, and only
+        for servers with a network of their own (DockerSpawner, KubeSpawner): on the hub's
+        machine the routes reach 127.0.0.1 already, and a relay would open the app to the
+        machine's network. Set False to require apps to listen on all interfaces
+        (``--host 0.0.0.0``).
+
+        .. versionadded:: 0.2
+        """,
+    )
+
     server_uid = Callable(
         None,
         allow_none=True,

@@ -16,6 +16,9 @@ the new value as JSON. ``POST`` with a JSON object ``{"mode": ..., "ports": {"50
 ``GET /hub/api/jhproxy-routes/routes[?user=<name>]``: every live port route the credential
 may see, with its owner, port, target, mode and access.
 
+``POST /hub/api/jhproxy-routes/listening/<server>``: what listens on the server's allowed
+ports, as its in-server part reports it with the server's own token (``listening.py``).
+
 ``GET /hub/api/jhproxy-routes/access/<owner>/<server>``: whether the user whose token this is
 may access that server now (``{"access": true}``), as the sidecar asks for ``shared`` ports;
 answered only to the sidecar's login tokens.
@@ -38,6 +41,7 @@ from jupyterhub.utils import url_path_join
 from tornado import web
 
 from .contract import CLIENT_ID, SERVICE_NAME
+from .listening import ReportError, parsed_report
 from .logsafe import shown
 from .policy import Forbidden
 from .routeapi import RouteAPIError
@@ -52,6 +56,7 @@ def token_handlers():
         (r"/proxytoken/?(?P<server_name>[^/]*)/?", ProxyTokenRoute),
         (r"/api/jhproxy-routes/routes/?", RouteListHandler),
         (r"/api/jhproxy-routes/access/(?P<owner>[^/]+)/(?P<server_name>[^/]*)", ServerAccessHandler),
+        (r"/api/jhproxy-routes/listening/(?P<server_name>[^/]*)", ListeningHandler),
     ]
 
 
@@ -225,3 +230,27 @@ class ServerAccessHandler(APIHandler):
             raise web.HTTPError(400, "A user or server name has no '/'.")
         allowed = may_access(self.db, current.orm_user, owner, server_name)
         self.finish(json.dumps({"user": current.name, "server": f"{owner}/{server_name}", "access": allowed}))
+
+
+class ListeningHandler(APIHandler):
+    """``POST /hub/api/jhproxy-routes/listening/<server>``: the in-server part's report of
+    what listens on the allowed ports of one of its user's servers (``listening.py``), with
+    the scope the token API needs for that server (a server's own token has it for itself)."""
+
+    def post(self, server_name: str):
+        current = self.current_user
+        if current is None or getattr(current, "kind", "user") != "user":
+            raise web.HTTPError(403, "Only a user's credential reports what listens in the user's server.")
+        if not may_manage(self, current.name, server_name):
+            raise web.HTTPError(
+                403, f"This credential lacks the scope {SCOPE} for the server {shown(current.name)}/{shown(server_name)}."
+            )
+        if server_name not in current.orm_user.orm_spawners or not current.spawners[server_name].ready:
+            raise web.HTTPError(409, f"The server {shown(current.name)}/{shown(server_name)} is not running.")
+        try:
+            ports = parsed_report(json.loads(self.request.body or b"null"))
+        except (ValueError, UnicodeDecodeError) as e:
+            raise web.HTTPError(400, str(e) if isinstance(e, ReportError) else "The body must be a JSON report.") from None
+        port_settings(self).listening.put(current.name, server_name, ports)
+        self.set_status(204)
+        self.finish()

@@ -16,11 +16,13 @@ from datetime import datetime, timezone
 
 from .config import PORT_ACCESS, valid_port_access
 from .errors import TargetsPending
+from .listening import ListeningReports
 from .logsafe import shown
 from .metrics import SERVER_UPDATE_ERRORS
 from .routeapi import RouteAPIError
 from .routes import RouteManager, port_choice, port_rule
 from .sharing import shared_with
+from .targets import has_own_network
 from .tokens import ServerAccess, TokenUnreadable, read_token, with_new_token
 
 ACTIONS = ("disabled", "allow_all", "random")
@@ -41,6 +43,7 @@ class PortSettings:
 
     def __init__(self, manager: RouteManager):
         self.manager = manager
+        self.listening = ListeningReports()  # what the servers' in-server parts report
         self._route_rows: tuple[float, list[dict]] | None = None  # (monotonic time, rows)
 
     def routed(self, username: str, servername: str) -> bool:
@@ -151,6 +154,8 @@ class PortSettings:
         limits = await manager.limits(user, servername) if manager.policy.active else None
         routed = self.routed(user.name, servername)
         shared: list[str] | None = None  # who the hub lets access the server, read once
+        spawner = user.spawners[servername]
+        listening = self.listening.current(user.name, servername, started_at(spawner)) if spawner.ready else None
         for spec in manager.specs:
             rule = port_rule(spec, access)
             if rule.shared and shared is None:
@@ -171,12 +176,16 @@ class PortSettings:
                     **({"shared_with": shared} if rule.shared else {}),
                     "url": url,
                     "allowed_access": limits.as_json(spec.key) if limits else None,
+                    # None: not known (no fresh report of the in-server part); []: nothing listening
+                    "listening": None if listening is None else [e for p, e in sorted(listening.items()) if spec.covers(p)],
                 }
             )
         return {
             "user": user.name,
             "server": servername,
-            "running": bool(user.spawners[servername].ready),
+            "running": bool(spawner.ready),
+            # whether the in-server part may relay to apps listening on loopback only
+            "loopback_relay": bool(manager.settings.loopback_relay and spawner.ready and has_own_network(spawner)),
             "mode": access.mode,
             "token": token,
             "token_readable": access.mode != "token" or token is not None,
@@ -254,3 +263,9 @@ async def seed_value(access: ServerAccess):
     if access.mode == "allow_all":
         return ""
     return await read_token(access)
+
+
+def started_at(spawner) -> float | None:
+    """When the server last started (epoch seconds), if the hub recorded it."""
+    started = spawner.orm_spawner.started
+    return started.replace(tzinfo=timezone.utc).timestamp() if started else None

@@ -125,6 +125,16 @@ def port_target(spawner, port: int) -> str:
     return f"http://{host}:{int(port)}"
 
 
+def has_own_network(spawner) -> bool:
+    """Whether a running server has a network of its own (a container's, a pod's), where a
+    listener on 127.0.0.1 is its alone and its own addresses are not the hub machine's:
+    DockerSpawner but with ``network_name = "host"``, or any server at an address other
+    than the hub's machine. Only there may the in-server part relay to loopback apps."""
+    if is_docker(spawner):
+        return spawner.network_name != "host"
+    return spawner.server is not None and not is_hub_machine(urlparse(spawner.server.host).hostname)
+
+
 async def port_targets(spawner, ports: list[int], allow_shared_host: bool = False, uid_hook=None) -> Targets:
     """The targets of the allowed ports of a running server (raises SharedHostError for a
     server on the hub's machine whose uid tells no one apart, unless allowed)."""

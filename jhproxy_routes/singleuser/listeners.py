@@ -47,23 +47,37 @@ class Listener:
         }
 
 
-def listeners(uid: int, excluded: set[int] = frozenset(), proc: Path = Path("/proc")) -> list[Listener]:
-    """The listening ports of sockets owned by ``uid``, but ``excluded``, by port."""
+def listeners(
+    uid: int,
+    excluded: set[int] = frozenset(),
+    proc: Path = Path("/proc"),
+    known: dict[int, tuple] | None = None,
+    ignored: set[int] = frozenset(),
+) -> list[Listener]:
+    """The listening ports of sockets owned by ``uid``, but ``excluded``, by port.
+
+    ``known``: the processes of sockets seen before (inode: (pid, name, command)), kept by
+    a caller that scans again and again: only new sockets send it through ``/proc/*/fd``.
+    ``ignored``: inodes of sockets that are not an app's (the relay's own)."""
+    known = {} if known is None else known
     found: dict[int, Listener] = {}
     inodes: dict[int, Listener] = {}
     for sock in procnet.listening():
         port = sock.local[1]
-        if sock.uid != uid or port in excluded:
+        if sock.uid != uid or port in excluded or sock.inode in ignored:
             continue
         listener = found.setdefault(port, Listener(port))
         address = str(sock.local[0])
         if address not in listener.addresses:
             listener.addresses.append(address)
         inodes[sock.inode] = listener
-    for pid, inode in socket_inodes(proc, set(inodes)):
-        listener = inodes[inode]
-        if not listener.pid:
-            listener.pid, listener.name, listener.command = pid, *process_words(proc / str(pid))
+    for gone in set(known) - set(inodes):
+        del known[gone]
+    for pid, inode in socket_inodes(proc, set(inodes) - set(known)):
+        known.setdefault(inode, (pid, *process_words(proc / str(pid))))
+    for inode, listener in inodes.items():
+        if not listener.pid and inode in known:
+            listener.pid, listener.name, listener.command = known[inode]
     return sorted(found.values(), key=lambda listener: listener.port)
 
 

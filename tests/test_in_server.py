@@ -1,0 +1,172 @@
+"""The in-server part under a real hub (CHP, sidecar, ``jupyterhub-singleuser`` servers on
+this machine): the Ports panel's API in the user's server, what the hub learns of what
+listens, visibility changed from inside the server, and the hub's side of the reports seen
+from an attacker's: only a user's own credential reports, for the user's own running server,
+in a shape the hub checks. Containers, where the relay works, are ``test_loopback_relay.py``.
+"""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+
+import httpx
+import pytest
+
+from jhproxy_routes.singleuser.interfaces import own_addresses
+from tests.rig import ADMIN_TOKEN, free_port, free_ports, port_open, wait_for
+
+
+@pytest.fixture(scope="module")
+def ports():
+    names = ("allowed", "idle", "other")
+    found = dict(zip(names, (free_port() for _ in names), strict=True))
+    found["range_first"] = free_ports(3)  # the range's three ports all its own
+    found["range"] = f"{found['range_first']}-{found['range_first'] + 2}"
+    return found
+
+
+@pytest.fixture(scope="module")
+def hub(make_hub, ports):
+    return make_hub([ports["allowed"], {"port": ports["idle"], "name": "dashboard"}, ports["range"]])
+
+
+@pytest.fixture(scope="module")
+def alice(hub):
+    token = hub.user_token("alice")
+    hub.spawn("alice")
+    return token
+
+
+def serve(tmp, port, address="127.0.0.1"):
+    """``python -m http.server`` on ``address:port``, as a user starts one in a terminal."""
+    proc = subprocess.Popen([sys.executable, "-m", "http.server", "--bind", address, str(port)], cwd=tmp)
+    wait_for(lambda: port_open(port), 15, f"http.server on {port}")
+    return proc
+
+
+@pytest.fixture(scope="module")
+def apps(module_tmp, ports, alice):
+    procs = {name: serve(module_tmp, ports[name]) for name in ("allowed", "range_first", "other")}
+    yield procs
+    for proc in procs.values():
+        proc.terminate()
+        proc.wait(10)
+
+
+def panel(hub, token, method="GET", **kwargs) -> httpx.Response:
+    return httpx.request(
+        method, f"{hub.url}/user/alice/jhproxy-routes/ports", headers={"Authorization": f"token {token}"}, timeout=30, **kwargs
+    )
+
+
+def entries(response: httpx.Response) -> dict[int, dict]:
+    assert response.status_code == 200, response.text
+    return {entry["port"]: entry for entry in response.json()["ports"]}
+
+
+def hub_ports(hub, token) -> dict:
+    """The hub's settings of alice's ports, by port key."""
+    response = hub.proxytoken(token, params={"format": "full"})
+    assert response.status_code == 200, response.text
+    return {str(entry["port"]): entry for entry in response.json()["ports"]}
+
+
+def test_the_panel_lists_every_port_with_the_hubs_settings(hub, alice, apps, ports):
+    def listed():
+        found = entries(panel(hub, alice))
+        return found if ports["allowed"] in found and ports["other"] in found else None
+
+    found = wait_for(listed, 10, "the panel to list the apps")
+    answer = panel(hub, alice).json()
+    assert answer["hub"] is True and answer["hub_error"] is None and answer["user"] == "alice"
+    assert answer["mode"] == "disabled" and answer["token"] is None, answer  # the default: no port token
+    allowed = found[ports["allowed"]]
+    assert allowed["allowed"] is True and allowed["listening"] is True and allowed["spec"] == str(ports["allowed"])
+    assert allowed["url"] == f"{hub.url}/ports/alice/{ports['allowed']}/", allowed  # the browser's origin, not the hub's own
+    assert allowed["process"].startswith("python") and "http.server" in allowed["command"], allowed
+    assert allowed["loopback_only"] is True and allowed["relayed"] is False  # on the hub's machine: no relay
+    idle = found[ports["idle"]]
+    assert idle["allowed"] is True and idle["listening"] is False and idle["name"] == "dashboard"
+    in_range = found[ports["range_first"]]
+    assert in_range["spec"] == ports["range"] and in_range["url"] == f"{hub.url}/ports/alice/{ports['range_first']}/"
+    other = found[ports["other"]]
+    assert other["allowed"] is False and other["url"] is None and other["listening"] is True
+    assert answer["relay"] is False
+
+
+def test_the_hub_learns_what_listens(hub, alice, apps, ports):
+    def reported():
+        settings = hub_ports(hub, alice)
+        return settings if settings[str(ports["allowed"])]["listening"] else None
+
+    settings = wait_for(reported, 10, "the hub to learn what listens")
+    [entry] = settings[str(ports["allowed"])]["listening"]
+    assert entry["port"] == ports["allowed"] and entry["process"].startswith("python"), entry
+    assert settings[str(ports["idle"])]["listening"] == []  # reported: nothing there
+    assert [e["port"] for e in settings[ports["range"]]["listening"]] == [ports["range_first"]]
+    assert all(e["port"] != ports["other"] for s in settings.values() for e in s["listening"])  # not allowed: not told
+    apps["range_first"].terminate()
+    apps["range_first"].wait(10)
+    wait_for(lambda: hub_ports(hub, alice)[ports["range"]]["listening"] == [], 10, "the hub to learn the app stopped")
+
+
+def test_visibility_changed_from_inside_the_server(hub, alice, apps, ports):
+    url = f"/ports/alice/{ports['allowed']}/"
+
+    def reaches_the_app() -> bool:  # http.server answers (404: it serves no /ports/ path)
+        return hub.get(url).headers.get("server", "").startswith("SimpleHTTP")
+
+    assert not reaches_the_app()  # a stranger, while the port is the server's
+    changed = panel(hub, alice, "POST", json={"ports": {str(ports["allowed"]): "public"}})
+    assert entries(changed)[ports["allowed"]]["access"] == "public", changed.text
+    wait_for(reaches_the_app, 10, "the route to be public")
+    refused = panel(hub, alice, "POST", json={"ports": {str(ports["allowed"]): "everyone-please"}})
+    assert refused.status_code == 400 and "access must be one of" in refused.json()["message"], refused.text
+    for body in (b"public", b"[1]", b"{"):
+        response = panel(hub, alice, "POST", content=body)
+        assert response.status_code == 400 and "Traceback" not in response.text, response.text
+    back = panel(hub, alice, "POST", json={"ports": {str(ports["allowed"]): "server"}})
+    assert entries(back)[ports["allowed"]]["access"] == "server"
+
+
+def test_a_new_token_from_inside_the_server(hub, alice, apps):
+    before = panel(hub, alice).json()["token"]
+    after = panel(hub, alice, "POST", json={"mode": "random"}).json()
+    assert after["token"] and after["token"] != before
+    assert hub.proxytoken(alice).json() == after["token"]
+
+
+def test_no_relay_on_the_hubs_machine(hub, alice, apps, ports):
+    """Here the routes reach 127.0.0.1: a relay would only open the app to the network."""
+    assert hub_ports(hub, alice)  # the server runs
+    for address in own_addresses():
+        family = socket.AF_INET6 if ":" in address else socket.AF_INET
+        with socket.socket(family) as probe:
+            probe.settimeout(2)
+            assert probe.connect_ex((address, ports["allowed"])) != 0, f"something listens on {address}:{ports['allowed']}"
+
+
+def report(hub, token, body, server=""):
+    return hub.api("POST", f"/jhproxy-routes/listening/{server}", token=token, json=body)
+
+
+def test_reports_only_from_the_users_own_credential(hub, alice, apps, ports):
+    forged = {"ports": [{"port": ports["idle"], "process": "<script>alert(1)</script>"}]}
+    assert report(hub, hub.user_token("mallory"), forged).status_code == 409  # mallory's own, not running
+    assert report(hub, ADMIN_TOKEN, forged).status_code == 403  # a service is no user
+    read_only = hub.api("POST", "/users/alice/tokens", json={"scopes": ["read:users:name!user=alice"]}).json()["token"]
+    assert report(hub, read_only, forged).status_code == 403
+    assert report(hub, alice, forged, server="nosuch").status_code == 409
+    for body in (
+        {},
+        {"ports": "all"},
+        {"ports": [{"port": 0}]},
+        {"ports": [{"port": "80"}]},
+        {"ports": [{"port": 80, "process": 1}]},
+        [],
+    ):
+        response = report(hub, alice, body)
+        assert response.status_code == 400 and "Traceback" not in response.text, (body, response.text)
+    assert hub_ports(hub, alice)[str(ports["idle"])]["listening"] == []  # none of them counted
