@@ -34,14 +34,19 @@ if [[ ! -x "$VENV/bin/python" ]]; then
     python3 -m venv "$VENV" || die "python3 -m venv failed (Debian: apt-get install python3-venv)"
 fi
 PY_STAMP="$VENV/.jhproxy-routes-installed"
+LAB_DEST="$VENV/share/jupyter/labextensions/@jhproxy-routes/labextension"  # where a wheel puts the JupyterLab extension
 if [[ ! -f "$PY_STAMP" || pyproject.toml -nt "$PY_STAMP" ]]; then
     echo "bootstrap: pip install -e .[$EXTRAS] ${PINS[*]} into $VENV" >&2
+    # the link made below, out of pip's way: pip would write the wheel's copy of the
+    # JupyterLab extension through it, and remove the build through it on the next uninstall
+    if [[ -L "$LAB_DEST" ]]; then rm "$LAB_DEST"; fi
     "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e ".[$EXTRAS]" "${PINS[@]}" \
         || die "pip install failed"
     touch "$PY_STAMP"
 fi
 
-# the server extension's switch where a wheel puts it (an editable install leaves data files out)
+# the server extension's switch where a wheel puts it (hatchling's editable install puts it
+# there too; this keeps it there for one made before the move from setuptools)
 install -D -m 644 jupyter-config/jupyter_server_config.d/jhproxy_routes.json \
     "$VENV/etc/jupyter/jupyter_server_config.d/jhproxy_routes.json"
 
@@ -57,8 +62,7 @@ if [[ ! -f "$LAB_OUT/static/style.js" || -n "$(find "${LAB_SOURCES[@]}" -newer "
         jlpm install --immutable >/dev/null && jlpm build:prod
     ) || die "building labextension/ failed (jlpm install --immutable; jlpm build:prod)"
 fi
-# where a wheel puts it (an editable install leaves data files out): a link to the build
-LAB_DEST="$VENV/share/jupyter/labextensions/@jhproxy-routes/labextension"
+# where a wheel puts it: a link to the build (the editable install's copy would go stale)
 mkdir -p "$(dirname "$LAB_DEST")"
 [[ -L "$LAB_DEST" || ! -e "$LAB_DEST" ]] || rm -rf "$LAB_DEST"
 ln -sfn "$ROOT/$LAB_OUT" "$LAB_DEST"

@@ -107,6 +107,22 @@ def port_open(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
+def root_view(tmp: Path) -> list[str]:
+    """A command prefix under which other users can run the venv. Its ``python`` may be a
+    link into ``/root`` (pyenv), which only root may enter: then the command runs in a
+    mount namespace of its own where ``/root`` holds that one directory and anyone may
+    pass through it. Nothing changes outside the namespace."""
+    interpreter = (BIN / "python").resolve()
+    if not interpreter.is_relative_to("/root"):
+        return []
+    top = Path("/root", interpreter.relative_to("/root").parts[0])
+    view = tmp / "root-view"
+    (view / top.name).mkdir(parents=True)
+    view.chmod(0o711)
+    script = 'mount --bind "$1" "$0/${1##*/}" && mount --rbind "$0" /root && shift && exec "$@"'
+    return ["unshare", "--mount", "sh", "-c", script, str(view), str(top)]
+
+
 class App:
     """The echo app (examples/demo_app.py) on a real port; or with ``script`` and ``args``,
     another app that takes ``--port`` (``PAGE_APP``, which lists what it received at

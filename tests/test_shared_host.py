@@ -19,7 +19,6 @@ import pwd
 import secrets
 import subprocess
 import sys
-from pathlib import Path
 from types import SimpleNamespace
 
 import httpx
@@ -29,6 +28,7 @@ from tornado.websocket import websocket_connect
 
 from jhproxy_routes.errors import SharedHostError
 from jhproxy_routes.targets import own_uid, process_uid, server_uid, system_uid
+from tests import rig
 from tests.rig import ADMIN_TOKEN, BIN, free_port, port_open, wait_for
 
 SUFFIX = secrets.token_hex(3)
@@ -42,19 +42,7 @@ def run(*command: str) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def root_view(module_tmp) -> list[str]:
-    """A command prefix under which other users can run the venv. Its ``python`` may be a
-    link into ``/root`` (pyenv), which only root may enter: then the command runs in a
-    mount namespace of its own where ``/root`` holds that one directory and anyone may
-    pass through it. Nothing changes outside the namespace."""
-    interpreter = (BIN / "python").resolve()
-    if not interpreter.is_relative_to("/root"):
-        return []
-    top = Path("/root", interpreter.relative_to("/root").parts[0])
-    view = module_tmp / "root-view"
-    (view / top.name).mkdir(parents=True)
-    view.chmod(0o711)
-    script = 'mount --bind "$1" "$0/${1##*/}" && mount --rbind "$0" /root && shift && exec "$@"'
-    return ["unshare", "--mount", "sh", "-c", script, str(view), str(top)]
+    return rig.root_view(module_tmp)
 
 
 @pytest.fixture(scope="module")

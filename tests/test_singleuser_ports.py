@@ -144,15 +144,17 @@ def test_the_wheel_ships_the_jupyterlab_extension_prebuilt(wheel, tmp_path):
     assert meta["name"] == "@jhproxy-routes/labextension" and meta["jupyterlab"]["_build"]["load"] == remote_entry
     assert not [n for n in names if n.startswith("jhproxy_routes/labextension/")]  # once, as data only
 
-    prefix = tmp_path / "prefix"
+    # a venv of its own (pip's --prefix would uninstall the checkout's editable install)
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
     installed = subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--prefix", str(prefix), str(wheel)],
+        [str(venv / "bin/python"), "-m", "pip", "install", "--no-deps", "--no-index", "-q", str(wheel)],
         capture_output=True,
         text=True,
         timeout=300,
     )
     assert installed.returncode == 0, installed.stderr
-    data_dir = prefix / "share/jupyter"
+    data_dir = venv / "share/jupyter"
     listed = lab_extensions({**os.environ, "JUPYTER_PATH": str(data_dir)})
     assert "@jhproxy-routes/labextension" in listed.get(str(data_dir / "labextensions"), {}), listed
 
