@@ -356,3 +356,15 @@ def test_no_panel_outside_a_hub(browser, module_tmp):
     finally:
         proc.terminate()
         proc.wait(20)
+
+
+def test_notebook_7_has_the_panel(lab, hub, ports):
+    """Notebook 7's file browser page: the same panel, opened from View > Left Sidebar."""
+    page = lab.context.new_page()
+    page.goto(f"{hub.url}/user/{USER}/tree")
+    expect(page.get_by_role("menuitem", name="View")).to_be_visible(timeout=90_000)
+    page.get_by_role("menuitem", name="View").click()
+    page.locator(".lm-Menu-item", has_text="Left Sidebar").hover()
+    page.locator(".lm-Menu-item", has_text="Ports").click()
+    expect(row(page, ports["idle"])).to_contain_text("dashboard", timeout=10_000)
+    page.close()

@@ -90,11 +90,24 @@ export function label(port: IPort): string {
   return port.name || port.process || '';
 }
 
+/** The hub's words for who gets in, as its ports page says them. */
+const ADMITS: { [who: string]: string } = {
+  owner: 'you',
+  token: 'token holders',
+  users: 'hub users',
+  shared: 'those the server is shared with',
+  anyone: 'anyone'
+};
+
 /** Who gets in, as one line of text. */
 export function admitsText(port: IPort): string {
   const admits = port.admits;
   if (Array.isArray(admits)) {
-    return admits.length ? admits.join(', ') : 'nobody';
+    return admits.length
+      ? admits
+          .map(who => ADMITS[who] || who.replace(/^group:/, 'group '))
+          .join(', ')
+      : 'nobody';
   }
   return admits || '';
 }

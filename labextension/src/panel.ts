@@ -211,7 +211,9 @@ class Row {
     const open = button('Open', `Open port ${port} in a new tab`, () =>
       window.open(this._url.href, '_blank', 'noopener')
     );
-    this._urlRow.append(this._url, copy, open);
+    const actions = element('div', 'jp-jhpr-actions');
+    actions.append(copy, open);
+    this._urlRow.append(this._url, actions);
     const visibility = element(
       'label',
       'jp-jhpr-visibility',
@@ -255,8 +257,8 @@ class Row {
       note = "Not allowed by the hub's admin: not reachable through the hub.";
     } else if (!port.listening) {
       note = 'Nothing is listening on this port.';
-    } else if (port.loopback_only && port.relayed === false) {
-      note = 'Listens on 127.0.0.1 only.';
+    } else if (port.relayed) {
+      note = "Listens on 127.0.0.1 only: relayed from the server's address.";
     }
     this._note.textContent = note;
     this._note.hidden = !note;
