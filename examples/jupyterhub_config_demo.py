@@ -2,7 +2,8 @@
 
 One machine, no containers: a shared password (any user name, the password from $DEMO_PASSWORD),
 local single-user servers, each started with the echo app on ports 5000 and 5001, which
-jhproxy-routes exposes at http://127.0.0.1:8000/ports/<user>/5000/ and /5001/.
+jhproxy-routes exposes at http://127.0.0.1:8000/ports/<user>/5000/ and /5001/. The servers
+open JupyterLab, with the Ports panel in its left sidebar.
 The hub's state files (sqlite, cookie secret) go in the current directory.
 """
 
@@ -36,10 +37,12 @@ c.Spawner.cmd = [
 ]
 if os.geteuid() == 0:
     c.Spawner.args = ["--allow-root"]
+c.Spawner.default_url = "/lab"  # JupyterLab, with the Ports panel (labextension/)
 
 c.ConfigurableHTTPProxy.command = [str(REPO / "node_modules/.bin/configurable-http-proxy")]
 
-c.PortRoutes.ports = APP_PORTS
+# and 5002 for an app of your own: `python3 -m http.server 5002` in a JupyterLab terminal
+c.PortRoutes.ports = [*APP_PORTS, {"port": 5002, "name": "your app"}]
 # local servers share this machine's ports: fine for a one-person demo, see the help text
 c.PortRoutes.allow_shared_host = True
 jhproxy_routes.install(c)

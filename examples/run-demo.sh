@@ -38,7 +38,9 @@ cat <<BANNER
               $HUB/ports/<user>/5000/
               $HUB/ports/<user>/5001/
  Your ports:  $HUB/hub/proxytoken/  (page in a browser, JSON API for scripts;
-              also in the hub's Services menu)
+              also in the hub's Services menu), and in JupyterLab: the
+              Ports panel in the left sidebar; start an app in a terminal
+              (python3 -m http.server 5002) and JupyterLab tells you
 
  With curl (user demo, server started from $HUB/hub/home):
    1. create a JupyterHub API token at $HUB/hub/token, then
