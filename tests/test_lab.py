@@ -234,6 +234,15 @@ def test_the_url_opens_the_app_with_the_owners_login_and_with_the_token(lab, hub
     assert tab.url == url
     tab.close()
 
+    # by keyboard: Tab from the link to its Copy button, Enter copies the URL
+    lab.context.grant_permissions(["clipboard-read", "clipboard-write"], origin=lab_origin(lab))
+    entry.locator(".jp-jhpr-link").focus()
+    lab.keyboard.press("Tab")
+    copy = entry.get_by_role("button", name=f"Copy the URL of port {ports['app']}")
+    expect(copy).to_be_focused()
+    lab.keyboard.press("Enter")
+    assert lab.evaluate("navigator.clipboard.readText()") == url
+
     assert httpx.get(url, timeout=30).status_code in (302, 403)  # no login, no token: not in
     token_field = lab.locator(".jp-jhpr-token-value")
     lab.get_by_role("button", name="Make a new port token").click()

@@ -156,11 +156,14 @@ export class PortsPanel extends Widget {
     if (parts.field.value !== (data.token || '')) {
       parts.field.value = data.token || '';
     }
+    const unreadable = !hasToken && (mode === 'token' || mode === 'random');
     parts.expires.textContent = hasToken
       ? data.token_expires
         ? `Expires ${new Date(data.token_expires).toLocaleString()}`
         : 'Does not expire'
-      : '';
+      : unreadable
+        ? "This token can't be shown again (the hub keeps only its hash): make a new one to see it."
+        : '';
     const modes = data.allowed_modes;
     parts.fresh.hidden = Boolean(modes && !modes.includes('random'));
   }
