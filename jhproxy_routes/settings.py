@@ -156,6 +156,12 @@ class PortSettings:
         shared: list[str] | None = None  # who the hub lets access the server, read once
         spawner = user.spawners[servername]
         listening = self.listening.current(user.name, servername, started_at(spawner)) if spawner.ready else None
+        if listening:  # an app on loopback only is out of the proxy's reach in a container of its own, unless relayed
+            own_network = has_own_network(spawner)
+            listening = {
+                port: {**entry, "reachable": entry["relayed"] or not (entry["loopback_only"] and own_network)}
+                for port, entry in listening.items()
+            }
         for spec in manager.specs:
             rule = port_rule(spec, access)
             if rule.shared and shared is None:

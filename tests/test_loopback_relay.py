@@ -126,7 +126,7 @@ def test_switched_off_nothing_is_relayed(make_hub, engine):
     assert response.status_code == 502, response.text
     assert (ip, ALLOWED) not in netns_listeners(engine, hub, "dave")
     [entry] = hub_listening(hub, token)
-    assert entry["loopback_only"] is True and entry["relayed"] is False
+    assert entry["loopback_only"] is True and entry["relayed"] is False and entry["reachable"] is False
 
 
 def hub_listening(hub, token):
