@@ -122,11 +122,28 @@ def test_switched_off_nothing_is_relayed(make_hub, engine):
     hub = relay_hub(make_hub, engine, extra="c.PortRoutes.loopback_relay = False\n")
     token, ip = start(hub, engine, "dave")
     wait_for(lambda: hub_listening(hub, token), 15, "the in-server part's report", hub.log_path)
-    response = hub.get("/ports/dave/5000/")
-    assert response.status_code == 502, response.text
     assert (ip, ALLOWED) not in netns_listeners(engine, hub, "dave")
     [entry] = hub_listening(hub, token)
     assert entry["loopback_only"] is True and entry["relayed"] is False and entry["reachable"] is False
+    # the page of the refused connection says what the in-server part found, and the fix
+
+    def explained():
+        response = hub.get("/ports/dave/5000/", headers={"Accept": "text/html"})
+        return response if "listens on 127.0.0.1 only" in response.text else None
+
+    response = wait_for(explained, 10, "the route's page to say what was found", hub.log_path)
+    assert response.status_code == 502 and "--host 0.0.0.0" in response.text, response.text
+    assert "this hub does not relay to such apps" in response.text
+    # what a report says is the user's to choose, and only ever text on that page
+    forged = {"ports": [{"port": ALLOWED, "process": "<script>alert(1)</script>", "loopback_only": True}]}
+    assert hub.api("POST", "/jhproxy-routes/listening/", token=token, json=forged).status_code == 204
+
+    def escaped():
+        response = hub.get("/ports/dave/5000/", headers={"Accept": "text/html"})
+        return response if "&lt;script&gt;alert(1)&lt;/script&gt; listens" in response.text else None
+
+    response = wait_for(escaped, 10, "the forged name on the page", hub.log_path)
+    assert "<script>alert" not in response.text
 
 
 def hub_listening(hub, token):
