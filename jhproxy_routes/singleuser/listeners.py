@@ -69,8 +69,11 @@ def listeners(
     inodes = {sock.inode for sock in sockets}
     for gone in set(known) - inodes:
         del known[gone]
-    for pid, inode in socket_inodes(proc, inodes - set(known)):
+    new = inodes - set(known)
+    for pid, inode in socket_inodes(proc, new):
         known.setdefault(inode, (pid, *process_words(proc / str(pid))))
+    for inode in new - set(known):  # held by no process we may read: not looked for again
+        known[inode] = (0, "", "")
     found: dict[int, Listener] = {}
     for sock in sockets:
         pid, name, command = known.get(sock.inode, (0, "", ""))
