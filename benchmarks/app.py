@@ -1,11 +1,11 @@
-"""The benchmark's backend app (tornado), on 127.0.0.1 only. Any path prefix is accepted,
+"""The benchmark's backend app (tornado), on 127.0.0.1 unless ``--ip`` says otherwise. Any path prefix is accepted,
 so the same app answers behind every route:
 
   GET  <prefix>/bytes?n=N   N bytes of b"x" (Content-Length, streamed in 256 KiB writes)
   POST <prefix>/bytes       drains and counts the body, answers {"received": N}
   <prefix>/ws               websocket echo
 
-Usage: python benchmarks/app.py --port PORT
+Usage: python benchmarks/app.py --port PORT [--ip ADDRESS]
 """
 
 import argparse
@@ -56,10 +56,11 @@ class Echo(tornado.websocket.WebSocketHandler):
 async def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--ip", default="127.0.0.1")
     args = parser.parse_args()
     app = tornado.web.Application([(r".*/bytes", Bytes), (r".*/ws", Echo)])
     server = tornado.httpserver.HTTPServer(app, max_body_size=1 << 40, chunk_size=CHUNK)
-    server.listen(args.port, address="127.0.0.1")
+    server.listen(args.port, address=args.ip)
     await asyncio.Event().wait()
 
 

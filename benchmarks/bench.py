@@ -303,10 +303,10 @@ def check_routes(rig: Rig) -> None:
         conn.close()
 
 
-def download(port: int, path: str, headers: dict, n: int, timeout: float) -> float:
+def download(port: int, path: str, headers: dict, n: int, timeout: float, host: str = HOST) -> float:
     """MB/s (10^6 bytes) of one streamed download of ``n`` bytes."""
     deadline = time.monotonic() + timeout
-    conn = http.client.HTTPConnection(HOST, port, timeout=30)
+    conn = http.client.HTTPConnection(host, port, timeout=30)
     try:
         start = time.perf_counter()
         conn.request("GET", f"{path}/bytes?n={n}", headers=headers)
@@ -325,7 +325,7 @@ def download(port: int, path: str, headers: dict, n: int, timeout: float) -> flo
         conn.close()
 
 
-def upload(port: int, path: str, headers: dict, n: int, timeout: float) -> float:
+def upload(port: int, path: str, headers: dict, n: int, timeout: float, host: str = HOST) -> float:
     """MB/s of one upload of ``n`` bytes streamed from a generator (never held in memory)."""
     deadline = time.monotonic() + timeout
     block = b"u" * MiB
@@ -338,7 +338,7 @@ def upload(port: int, path: str, headers: dict, n: int, timeout: float) -> float
             yield block if left >= MiB else block[:left]
             left -= min(left, MiB)
 
-    conn = http.client.HTTPConnection(HOST, port, timeout=30)
+    conn = http.client.HTTPConnection(host, port, timeout=30)
     try:
         start = time.perf_counter()
         conn.request("POST", f"{path}/bytes", body=body(), headers={**headers, "Content-Length": str(n)})

@@ -69,6 +69,12 @@ def main() -> None:
     four = socket.create_connection(server.getsockname())
     mapped = socket.create_connection(("127.0.0.1", dual.getsockname()[1]))
     rows = sum(1 for _ in procnet.sockets())
+    known: dict[int, tuple] = {}
+    listeners(os.geteuid(), known=known)
+    cpu_start = time.process_time()
+    for _ in range(args.rounds):
+        listeners(os.geteuid(), known=known)
+    scan_cpu = (time.process_time() - cpu_start) / args.rounds * 1e3
 
     lookups = {
         f"{lookup.__name__}, {listener}": timed(lambda lookup=lookup, c=c: lookup(c.getsockname(), c.getpeername()), args.rounds)
@@ -79,7 +85,11 @@ def main() -> None:
         **lookups,
         "listening() (both tables parsed)": timed(procnet.listening, args.rounds),
         # the server extension's one scan: this user's listeners with their processes
-        "one scan of the server extension (listeners())": timed(lambda: listeners(os.geteuid()), args.rounds),
+        "one scan of the server extension (listeners()), every socket new": timed(lambda: listeners(os.geteuid()), args.rounds),
+        # what the in-server part's watch does every second: the processes of known sockets are remembered
+        "a scan again, no new socket (the watch's every second)": timed(
+            lambda: listeners(os.geteuid(), known=known), args.rounds
+        ),
         **{f"read {path} alone": timed(lambda path=path: read(path), args.rounds) for path in procnet.TABLES},
         "a new connection through the pool, unchecked": asyncio.run(connections((*server.getsockname(), None), args.rounds)),
         "a new connection through the pool, checked": asyncio.run(
@@ -89,6 +99,7 @@ def main() -> None:
     print(f"{rows} TCP sockets in this network namespace ({args.sockets} opened here), {args.rounds} rounds each")
     for what, (median, p90) in results.items():
         print(f"  {what}: median {median:.3f} ms, p90 {p90:.3f} ms")
+    print(f"  CPU of the watch's scan: {scan_cpu:.3f} ms each, {scan_cpu / 10:.2f}% of one core at one scan a second")
     for sock in [*opened, four, mapped, server, dual]:
         sock.close()
 

@@ -153,6 +153,9 @@ class PortCheck:
         return {**data, "by_host": True} if self.by_host else data
 
 
+MAX_FOUND = 500  # characters of a RouteEntry's ``found``
+
+
 @dataclass(frozen=True, kw_only=True)
 class RouteEntry(PortCheck):
     """The sidecar's entry of one port of a server."""
@@ -160,6 +163,9 @@ class RouteEntry(PortCheck):
     username: str = ""  # the server's owner
     servername: str = ""
     port: int | None = None  # the port, as the route list shows it (the sidecar does not read it)
+    # what the server's in-server part found where the route cannot reach it, in words, for
+    # the page of a refused connection ("python3 listens on 127.0.0.1 only ...")
+    found: str = ""
 
     def to_json(self) -> dict:
         return {
@@ -168,11 +174,15 @@ class RouteEntry(PortCheck):
             "username": self.username,
             "servername": self.servername,
             "port": self.port,
+            **({"found": self.found} if self.found else {}),
         }
 
     @classmethod
     def from_json(cls, data: dict) -> RouteEntry:
-        return cls(**_check_from_json(data), port=data.get("port"))
+        found = data.get("found", "")
+        if not isinstance(found, str) or len(found) > MAX_FOUND:
+            raise ValueError(f"found must be a string of at most {MAX_FOUND} characters")
+        return cls(**_check_from_json(data), port=data.get("port"), found=found)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -237,7 +237,7 @@ class ListeningHandler(APIHandler):
     what listens on the allowed ports of one of its user's servers (``listening.py``), with
     the scope the token API needs for that server (a server's own token has it for itself)."""
 
-    def post(self, server_name: str):
+    async def post(self, server_name: str):
         current = self.current_user
         if current is None or getattr(current, "kind", "user") != "user":
             raise web.HTTPError(403, "Only a user's credential reports what listens in the user's server.")
@@ -251,6 +251,6 @@ class ListeningHandler(APIHandler):
             ports = parsed_report(json.loads(self.request.body or b"null"))
         except (ValueError, UnicodeDecodeError) as e:
             raise web.HTTPError(400, str(e) if isinstance(e, ReportError) else "The body must be a JSON report.") from None
-        port_settings(self).listening.put(current.name, server_name, ports)
+        await port_settings(self).report(current, server_name, ports)
         self.set_status(204)
         self.finish()

@@ -12,6 +12,7 @@ state is then unknown (None), never "nothing listening".
 from __future__ import annotations
 
 import time
+from datetime import timezone
 
 REPORT_INTERVAL = 30  # seconds between reports of an unchanged server
 REPORT_MAX_AGE = 3 * REPORT_INTERVAL
@@ -70,3 +71,9 @@ class ListeningReports:
         if self._clock() - at > REPORT_MAX_AGE or (started is not None and at < started):
             return None
         return ports
+
+
+def started_at(spawner) -> float | None:
+    """When the server last started (epoch seconds), if the hub recorded it."""
+    started = spawner.orm_spawner.started
+    return started.replace(tzinfo=timezone.utc).timestamp() if started else None

@@ -23,6 +23,7 @@ from .audit import AuditLog
 from .config import GROUP_PREFIX, PortRoutes, PortSpec, takes_token
 from .contract import PortRange, RangesEntry, RouteEntry
 from .errors import SharedHostError, TargetsPending
+from .listening import ListeningReports, started_at
 from .logsafe import shown
 from .metrics import RECONCILE_DURATION, RECONCILE_ERRORS, RECONCILE_FIXES, ROUTES
 from .policy import Limits, Policy
@@ -31,7 +32,7 @@ from .route_templates import RouteTemplate
 from .routeapi import ENTRIES_PER_YIELD, RouteAPIError
 from .routetable import RouteTable
 from .store import AccessStore
-from .targets import is_hub_machine, port_targets
+from .targets import has_own_network, is_hub_machine, port_targets
 from .tokens import ServerAccess, with_new_token
 
 # JupyterHub sets login and server cookies on these paths (below base_url): a route there
@@ -167,6 +168,7 @@ class RouteManager:
         self.sidecar = sidecar
         self._reconcile_lock = asyncio.Lock()  # one reconciliation, or one settings change, at a time
         self.policy = Policy(settings, log)
+        self.listening = ListeningReports()  # what the servers' in-server parts report
 
     # ---- access settings -------------------------------------------------------------
     def behavior(self, spawner, name: str) -> str:
@@ -298,6 +300,7 @@ class RouteManager:
             return {}
         never = self._never_routed(spawner, targets)
         server = f"{user.name}/{servername}"
+        found = self.unreachable(user.name, servername, spawner)
         routes = {}
         for spec in self.single_ports:
             if spec.port in never:
@@ -318,16 +321,32 @@ class RouteManager:
             routespec = self.routespec(user.name, servername, spec.port)
             app = targets[spec.port]
             who = self._who(user.name, servername, spec.port)
-            if self._direct(routespec, spec, access, uid):
+            if self._direct(routespec, spec, access, uid) and spec.port not in found:
                 routes[routespec] = PortRoute(routespec, {"target": app, **who}, None)
                 continue
-            sidecar = RouteEntry(target=app, **self._sidecar_rule(spec, access, uid), **who)
+            sidecar = RouteEntry(target=app, **self._sidecar_rule(spec, access, uid), **who, found=found.get(spec.port, ""))
             routes[routespec] = PortRoute(routespec, {"target": self.settings.sidecar_url, **who}, sidecar)
         if self.port_ranges:
             ranges = self._ranges_route(user.name, servername, never, targets, access, uid)
             if ranges is not None:
                 routes[ranges.routespec] = ranges
         return routes
+
+    def unreachable(self, username: str, servername: str, spawner) -> dict[int, str]:
+        """The allowed ports of a running server where its in-server part reports an app
+        that the route cannot reach (on loopback only, in a network of its own, not
+        relayed), with what was found in words: their routes go through the sidecar, whose
+        page says it to a visitor."""
+        report = self.listening.current(username, servername, started_at(spawner))
+        if not report or not has_own_network(spawner):
+            return {}
+        relay = "" if self.settings.loopback_relay else "; this hub does not relay to such apps"
+        return {
+            port: f"{entry['process'] or 'an app'} listens on 127.0.0.1 only, where the proxy cannot reach it{relay}:"
+            " start it on all interfaces (for example --host 0.0.0.0), then reload"
+            for port, entry in report.items()
+            if entry["loopback_only"] and not entry["relayed"]
+        }
 
     def _never_routed(self, spawner, targets: dict[int, str]) -> dict[int, str]:
         """Allowed ports of a server that never get a route, and why: the Jupyter server's

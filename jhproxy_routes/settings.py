@@ -16,7 +16,7 @@ from datetime import datetime, timezone
 
 from .config import PORT_ACCESS, valid_port_access
 from .errors import TargetsPending
-from .listening import ListeningReports
+from .listening import started_at
 from .logsafe import shown
 from .metrics import SERVER_UPDATE_ERRORS
 from .routeapi import RouteAPIError
@@ -43,7 +43,6 @@ class PortSettings:
 
     def __init__(self, manager: RouteManager):
         self.manager = manager
-        self.listening = ListeningReports()  # what the servers' in-server parts report
         self._route_rows: tuple[float, list[dict]] | None = None  # (monotonic time, rows)
 
     def routed(self, username: str, servername: str) -> bool:
@@ -58,6 +57,20 @@ class PortSettings:
     async def settings(self, user, servername: str, origin: str) -> dict:
         """The server's settings object; ``origin``: the hub's, for the ports' URLs."""
         return await self._settings(user, servername, await self.manager.access_for(user, servername), origin)
+
+    async def report(self, user, servername: str, ports: dict[int, dict]) -> None:
+        """Keep what the server's in-server part reports listening (``listening.py``); where
+        that changes what a port's route can reach, route the server again (its page for a
+        refused connection says what was found)."""
+        manager = self.manager
+        spawner = user.spawners[servername]
+        before = manager.unreachable(user.name, servername, spawner)
+        manager.listening.put(user.name, servername, ports)
+        if manager.unreachable(user.name, servername, spawner) != before:
+            try:
+                await manager.apply_change(user, servername, await manager.access_for(user, servername))
+            except (RouteAPIError, TargetsPending) as e:  # the next reconciliation does it
+                manager.log.warning("jhproxy-routes: routes of %s/%s not updated yet: %s", shown(user.name), shown(servername), e)
 
     # ---- changing ----------------------------------------------------------------------
     async def change(self, user, servername: str, request: str | dict, *, by: str, origin: str, client: str, credential: str):
@@ -155,7 +168,13 @@ class PortSettings:
         routed = self.routed(user.name, servername)
         shared: list[str] | None = None  # who the hub lets access the server, read once
         spawner = user.spawners[servername]
-        listening = self.listening.current(user.name, servername, started_at(spawner)) if spawner.ready else None
+        listening = manager.listening.current(user.name, servername, started_at(spawner)) if spawner.ready else None
+        if listening:  # an app on loopback only is out of the proxy's reach in a container of its own, unless relayed
+            own_network = has_own_network(spawner)
+            listening = {
+                port: {**entry, "reachable": entry["relayed"] or not (entry["loopback_only"] and own_network)}
+                for port, entry in listening.items()
+            }
         for spec in manager.specs:
             rule = port_rule(spec, access)
             if rule.shared and shared is None:
@@ -263,9 +282,3 @@ async def seed_value(access: ServerAccess):
     if access.mode == "allow_all":
         return ""
     return await read_token(access)
-
-
-def started_at(spawner) -> float | None:
-    """When the server last started (epoch seconds), if the hub recorded it."""
-    started = spawner.orm_spawner.started
-    return started.replace(tzinfo=timezone.utc).timestamp() if started else None

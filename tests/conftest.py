@@ -99,6 +99,18 @@ def docker_engine():
 
 
 # ---- markers, from what a test uses: `pytest -m unit` runs in seconds ------------------------
+@pytest.fixture(scope="module")
+def engine(docker_engine):
+    """The Docker API client of the engine (test_docker.py, test_loopback_relay.py)."""
+    import docker
+
+    client = docker.APIClient(base_url=docker_engine["DOCKER_HOST"], version="auto")
+    yield {**docker_engine, "client": client}
+    # leave no test container behind, whatever happened
+    for container in client.containers(all=True, filters={"name": "jhpt"}):
+        client.remove_container(container["Id"], force=True)
+
+
 MARKER_FIXTURES = {"docker": "docker_engine", "browser": "browser", "hub": "make_hub"}
 
 

@@ -6,7 +6,6 @@ Traffic goes to 127.0.0.1 and to the containers these tests start (podman's brid
 
 import secrets
 
-import docker
 import httpx
 import pytest
 
@@ -15,7 +14,7 @@ from tests.rig import REPO, wait_for
 APP_PORTS = (5000, 5001)
 
 
-def docker_config(engine, prefix, internal_ip=True, spawner="docker", ports=APP_PORTS):
+def docker_config(engine, prefix, internal_ip=True, spawner="docker", ports=APP_PORTS, app_ip="0.0.0.0"):
     mode = (
         'c.DockerSpawner.network_name = "podman"\nc.DockerSpawner.use_internal_ip = True'
         if internal_ip
@@ -26,7 +25,7 @@ def docker_config(engine, prefix, internal_ip=True, spawner="docker", ports=APP_
         "/opt/venv/bin/python",
         "/opt/examples/with_app.py",
         "--app-ip",
-        "0.0.0.0",
+        app_ip,
         *app_args,
         "--",
         "/opt/venv/bin/jupyterhub-singleuser",
@@ -49,19 +48,12 @@ c.PortRoutes.allow_shared_host = False  # containers have addresses of their own
 """
 
 
-@pytest.fixture(scope="module")
-def engine(docker_engine):
-    client = docker.APIClient(base_url=docker_engine["DOCKER_HOST"], version="auto")
-    yield {**docker_engine, "client": client}
-    # leave no test container behind, whatever happened
-    for container in client.containers(all=True, filters={"name": "jhpt"}):
-        client.remove_container(container["Id"], force=True)
-
-
 def docker_hub(make_hub, engine, internal_ip=True, **kwargs):
     prefix = "jhpt" + secrets.token_hex(3)
     ports = kwargs.pop("ports", list(APP_PORTS))
     extra = kwargs.pop("extra", "")
+    if "app_ports" in kwargs:  # the demo apps' ports, where they differ from the allowed ones
+        kwargs["ports"] = kwargs.pop("app_ports")
     config = docker_config(engine, prefix, internal_ip, **kwargs) + extra
     hub = make_hub(ports, config, env={"DOCKER_HOST": engine["DOCKER_HOST"]})
     hub.prefix = prefix

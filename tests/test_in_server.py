@@ -170,3 +170,21 @@ def test_reports_only_from_the_users_own_credential(hub, alice, apps, ports):
         response = report(hub, alice, body)
         assert response.status_code == 400 and "Traceback" not in response.text, (body, response.text)
     assert hub_ports(hub, alice)[str(ports["idle"])]["listening"] == []  # none of them counted
+
+
+def test_the_hubs_pages_show_what_listens(hub, alice, apps, ports, browser):
+    """The home page and the ports page, in Chromium: "listening: python3 ..." beside the
+    allowed port with an app, "nothing listening" beside the one without."""
+    from tests.rig import browser_login, shoot
+
+    wait_for(lambda: hub_ports(hub, alice)[str(ports["allowed"])]["listening"], 10, "the report")
+    context, page = browser_login(browser, hub.url, "alice")
+    for path, cell in (("/hub/home", ".jhpr-home-listening"), ("/hub/proxytoken/", ".jhpr-listening")):
+        page.goto(path)
+        allowed = page.locator(f"tr[data-port='{ports['allowed']}'] {cell}")
+        allowed.wait_for()
+        text = allowed.inner_text()
+        assert text.startswith("listening: python") and "127.0.0.1 only: not reachable" not in text, text
+        assert page.locator(f"tr[data-port='{ports['idle']}'] {cell}").inner_text() == "nothing listening"
+    shoot(page, "ports-page-listening")
+    context.close()

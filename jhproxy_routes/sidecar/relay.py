@@ -304,6 +304,8 @@ class Relay:
             return
         except ConnectionRefusedError:
             message = f"Nothing is listening on port {route.port} of {server_words(route)} yet: start the app there, then reload."
+            if route.found:
+                message = f"Nothing answers on port {route.port} of {server_words(route)}: {route.found}."
             self.fail(HTTPError(502, message))
             return
         except (OSError, asyncio.TimeoutError) as e:

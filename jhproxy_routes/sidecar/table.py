@@ -56,6 +56,7 @@ class Route:
     servername: str = ""  # the owner's server the port belongs to
     token_expires: float | None = None  # Unix time from which the token is refused; None: never
     uid: int | None = None  # the app's listener must be this system user's (a shared host); None: any
+    found: str = ""  # what the server's in-server part found where the route cannot reach (contract.RouteEntry)
 
     @property
     def upstream(self) -> tuple[str, int, int | None]:
@@ -78,7 +79,7 @@ def route_from_data(key: str, data: dict) -> Route:
     if "ranges" in data:
         return ranges_route(key, data, RangesEntry.from_json(data))
     entry = RouteEntry.from_json(data)
-    return check_route(key, data, entry, entry.username, entry.servername)
+    return replace(check_route(key, data, entry, entry.username, entry.servername), found=entry.found)
 
 
 def check_route(key: str, data: dict, check: PortCheck, owner: str, servername: str) -> Route:

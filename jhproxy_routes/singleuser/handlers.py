@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 from urllib.parse import urlsplit
 
 from jupyter_server.auth.decorator import authorized
@@ -22,9 +21,8 @@ from jupyter_server.base.handlers import APIHandler
 from tornado import web
 
 from .hub import HubError
-from .listeners import listeners
 from .view import port_entries
-from .watcher import own_ports
+from .watcher import scan
 
 SERVER_FIELDS = ("user", "server", "mode", "token", "token_readable", "token_expires", "token_max_age", "allowed_modes")
 
@@ -41,7 +39,7 @@ class PortsHandler(APIHandler):
     @authorized
     async def get(self):
         if self.watcher is None:
-            found = await asyncio.to_thread(listeners, os.getuid(), own_ports(self.serverapp))
+            found = await asyncio.to_thread(scan, self.serverapp)
             self.finish(json.dumps({"hub": False, "ports": [listener.as_json() for listener in found]}))
             return
         if self.watcher.settings is None:

@@ -5,8 +5,8 @@ A user's server sees its own network namespace (a container, a pod: every listen
 the user's) or, on a shared host, every user's: only sockets of the server's own uid count.
 Each listening socket (``procnet.listening``) is put with the process that holds it, found by
 its inode among ``/proc/<pid>/fd/*`` links (``socket:[<inode>]``, readable for one's own
-processes). The Jupyter server's own ports and its kernels' are left out by the caller
-(``excluded``): a kernel's ZMQ ports are never an app.
+processes). The Jupyter server's own sockets and its kernels' are left out by the caller
+(``excluded``, ``excluded_pids``): a kernel's ports are never an app.
 """
 
 from __future__ import annotations
@@ -53,31 +53,38 @@ def listeners(
     proc: Path = Path("/proc"),
     known: dict[int, tuple] | None = None,
     ignored: set[int] = frozenset(),
+    excluded_pids: set[int] = frozenset(),
 ) -> list[Listener]:
-    """The listening ports of sockets owned by ``uid``, but ``excluded``, by port.
+    """The listening ports of sockets owned by ``uid``, by port; never a port in
+    ``excluded`` or a socket held by a process in ``excluded_pids`` (the Jupyter server's
+    own, its kernels': a kernel listens on more ports than its connection file names).
 
     ``known``: the processes of sockets seen before (inode: (pid, name, command)), kept by
     a caller that scans again and again: only new sockets send it through ``/proc/*/fd``.
     ``ignored``: inodes of sockets that are not an app's (the relay's own)."""
     known = {} if known is None else known
+    sockets = [
+        sock for sock in procnet.listening() if sock.uid == uid and sock.local[1] not in excluded and sock.inode not in ignored
+    ]
+    inodes = {sock.inode for sock in sockets}
+    for gone in set(known) - inodes:
+        del known[gone]
+    new = inodes - set(known)
+    for pid, inode in socket_inodes(proc, new):
+        known.setdefault(inode, (pid, *process_words(proc / str(pid))))
+    for inode in new - set(known):  # held by no process we may read: not looked for again
+        known[inode] = (0, "", "")
     found: dict[int, Listener] = {}
-    inodes: dict[int, Listener] = {}
-    for sock in procnet.listening():
-        port = sock.local[1]
-        if sock.uid != uid or port in excluded or sock.inode in ignored:
+    for sock in sockets:
+        pid, name, command = known.get(sock.inode, (0, "", ""))
+        if pid in excluded_pids:
             continue
-        listener = found.setdefault(port, Listener(port))
+        listener = found.setdefault(sock.local[1], Listener(sock.local[1]))
         address = str(sock.local[0])
         if address not in listener.addresses:
             listener.addresses.append(address)
-        inodes[sock.inode] = listener
-    for gone in set(known) - set(inodes):
-        del known[gone]
-    for pid, inode in socket_inodes(proc, set(inodes) - set(known)):
-        known.setdefault(inode, (pid, *process_words(proc / str(pid))))
-    for inode, listener in inodes.items():
-        if not listener.pid and inode in known:
-            listener.pid, listener.name, listener.command = known[inode]
+        if not listener.pid:
+            listener.pid, listener.name, listener.command = pid, name, command
     return sorted(found.values(), key=lambda listener: listener.port)
 
 

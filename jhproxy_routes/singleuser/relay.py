@@ -3,152 +3,154 @@ reachable at the server's own addresses, where the proxy connects.
 
 For each such port the relay listens on each own address at the same port (a specific
 address: a listener on 127.0.0.1:P does not stop it, one on 0.0.0.0:P does, and then needs
-no relay) and pipes each connection's bytes both ways to the loopback listener, with the
-transports' flow control (a slow reader pauses the other side) and half-closes passed on.
-The bytes are not read: the route's checks happen before, in the proxy and the sidecar.
+no relay) and passes each connection's bytes both ways to the loopback listener, half-closes
+included. The bytes are not read: the route's checks happen before, in the proxy and the
+sidecar.
 
-It runs on an event loop of its own, in a thread, so that a large transfer never delays
-the Jupyter server, and the server's work never delays a transfer. :class:`LoopbackRelay`
-is called from the server's loop: ``want()`` says which ports to relay, and answers which
-are relayed now.
+The bytes move with ``splice(2)``, from one socket through a pipe into the other, inside
+the kernel, in two threads per connection (one each way) that hold Python's lock only
+between system calls: neither a large transfer nor the Jupyter server's own work delays the
+other. A thread per listening socket accepts.
 """
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
+import errno
+import fcntl
 import logging
 import os
+import socket
 import threading
 import time
 
 log = logging.getLogger("jhproxy_routes.singleuser")
 
-READ_LIMIT = 1 << 20  # bytes written but not yet sent before the other side is paused
+CHUNK = 1 << 20  # bytes moved by one splice at most
+F_SETPIPE_SZ = 1031
 RETRY_AFTER = 15.0  # seconds before listening is tried again on a port where it failed
+CONNECT_TIMEOUT = 10.0
 
 
-class Pipe(asyncio.Protocol):
-    """One side of a relayed connection; ``peer`` is the other side."""
-
-    def __init__(self, peer: Pipe | None = None):
-        self.transport: asyncio.Transport | None = None
-        self.peer = peer
-        self.ended = False  # this side sent its EOF
-
-    def connection_made(self, transport) -> None:
-        self.transport = transport
-        transport.set_write_buffer_limits(READ_LIMIT)
-
-    def data_received(self, data: bytes) -> None:
-        self.peer.transport.write(data)
-
-    def eof_received(self) -> bool:
-        self.ended = True
-        if self.peer.transport.can_write_eof():
-            self.peer.transport.write_eof()
-        if self.peer.ended:
-            self.close_both()
-        return True  # keep the other direction open
-
-    def connection_lost(self, exc) -> None:
-        if self.peer is not None and self.peer.transport is not None:
-            self.peer.transport.close()
-
-    def pause_writing(self) -> None:
-        self.peer.transport.pause_reading()
-
-    def resume_writing(self) -> None:
-        self.peer.transport.resume_reading()
-
-    def close_both(self) -> None:
-        self.transport.close()
-        self.peer.transport.close()
+def pump(source: socket.socket, sink: socket.socket) -> None:
+    """Move bytes from ``source`` to ``sink`` until ``source`` ends; then end ``sink``'s
+    writing side (a half-close, passed on). Raises OSError where either side fails."""
+    read_end, write_end = os.pipe()
+    try:
+        with contextlib.suppress(OSError):  # a larger pipe: fewer calls for large bodies
+            fcntl.fcntl(write_end, F_SETPIPE_SZ, CHUNK)
+        while moved := os.splice(source.fileno(), write_end, CHUNK):
+            while moved:
+                moved -= os.splice(read_end, sink.fileno(), moved)
+        sink.shutdown(socket.SHUT_WR)
+    finally:
+        os.close(read_end)
+        os.close(write_end)
 
 
-class Visitor(Pipe):
-    """The side the proxy connected; it reads nothing until the app's side is connected."""
+def relay_connection(visitor: socket.socket, target: tuple[str, int]) -> None:
+    """One relayed connection: the app's side is opened, then bytes flow both ways."""
+    try:
+        app = socket.create_connection(target, timeout=CONNECT_TIMEOUT)
+    except OSError as e:
+        log.info("jhproxy-routes: relay to %s:%s failed: %s", *target, e)
+        visitor.close()
+        return
+    app.settimeout(None)
+    for sock in (visitor, app):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    back = threading.Thread(target=_pump_quietly, args=(app, visitor), daemon=True)
+    back.start()
+    _pump_quietly(visitor, app)
+    back.join()
+    visitor.close()
+    app.close()
 
-    def __init__(self, target: tuple[str, int]):
-        super().__init__()
+
+def _pump_quietly(source: socket.socket, sink: socket.socket) -> None:
+    try:
+        pump(source, sink)
+    except OSError as e:  # a reset, or the other way failed: end both
+        if e.errno not in (errno.ECONNRESET, errno.EPIPE, errno.EBADF, errno.ENOTCONN):
+            log.info("jhproxy-routes: relayed connection ended: %s", e)
+        for sock in (source, sink):
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+
+class Listener:
+    """The relay of one port on one address, accepting in a thread of its own."""
+
+    def __init__(self, address: str, port: int, target: tuple[str, int]):
         self.target = target
-
-    def connection_made(self, transport) -> None:
-        super().connection_made(transport)
-        transport.pause_reading()
-        asyncio.get_running_loop().create_task(self._connect())
-
-    async def _connect(self) -> None:
-        loop = asyncio.get_running_loop()
+        family = socket.AF_INET6 if ":" in address else socket.AF_INET
+        self.socket = socket.socket(family, socket.SOCK_STREAM)
         try:
-            _, app = await loop.create_connection(lambda: Pipe(peer=self), *self.target)
-        except OSError as e:
-            log.info("jhproxy-routes: relay to %s:%s failed: %s", *self.target, e)
-            self.transport.close()
-            return
-        if self.transport.is_closing():  # the visitor left meanwhile
-            app.transport.close()
-            return
-        self.peer = app
-        self.transport.resume_reading()
+            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            self.socket.bind((address, port))
+            self.socket.listen(128)
+        except OSError:
+            self.socket.close()
+            raise
+        self.inode = os.fstat(self.socket.fileno()).st_ino
+        threading.Thread(target=self._accept, name=f"jhproxy-routes-relay-{port}", daemon=True).start()
 
-    def connection_lost(self, exc) -> None:
-        if self.peer is not None:
-            self.peer.transport.close()
+    def _accept(self) -> None:
+        while True:
+            try:
+                visitor, _ = self.socket.accept()
+            except OSError:  # closed: the relay of this port stopped
+                return
+            threading.Thread(target=relay_connection, args=(visitor, self.target), daemon=True).start()
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.socket.shutdown(socket.SHUT_RDWR)  # wakes the thread in accept()
+        self.socket.close()
 
 
 class LoopbackRelay:
-    """The relayed ports, on a loop of their own: ``{port: (target host, [servers])}``."""
+    """The relayed ports: ``want()`` says which, and answers which are relayed now."""
 
     def __init__(self):
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="jhproxy-routes-relay", daemon=True)
-        self._thread.start()
-        self._relays: dict[int, tuple[str, list[asyncio.Server]]] = {}  # touched on the relay's loop only
+        self._relays: dict[int, tuple[str, list[Listener]]] = {}  # port: (app's address, listeners)
         self._failed: dict[int, float] = {}  # port: when listening there failed (logged)
-        self.socket_inodes: frozenset[int] = frozenset()  # the relay's listening sockets, for the scan to skip
+
+    @property
+    def socket_inodes(self) -> frozenset[int]:
+        """The relay's listening sockets, for the scan to skip."""
+        return frozenset(listener.inode for _, listeners in self._relays.values() for listener in listeners)
 
     async def want(self, ports: dict[int, str], addresses: list[str]) -> set[int]:
-        """Relay exactly ``ports`` ({port: loopback address of its app}) from ``addresses``;
-        answers the ports relayed now."""
-        future = asyncio.run_coroutine_threadsafe(self._want(ports, addresses), self._loop)
-        return await asyncio.wrap_future(future)
-
-    async def _want(self, ports: dict[int, str], addresses: list[str]) -> set[int]:
+        """Relay exactly ``ports`` ({port: loopback address of its app}) from ``addresses``."""
         for port in list(self._relays):
             if ports.get(port) != self._relays[port][0]:
-                await self._stop(port)
+                self._stop(port)
         for port, when in list(self._failed.items()):
             if port not in ports or time.monotonic() - when > RETRY_AFTER:
                 del self._failed[port]
         for port, host in ports.items():
             if port not in self._relays and port not in self._failed:
-                await self._start(port, host, addresses)
-        self.socket_inodes = frozenset(
-            os.fstat(sock.fileno()).st_ino
-            for _, servers in self._relays.values()
-            for server in servers
-            for sock in server.sockets
-        )
+                self._start(port, host, addresses)
         return set(self._relays)
 
-    async def _start(self, port: int, host: str, addresses: list[str]) -> None:
-        servers = []
+    def _start(self, port: int, host: str, addresses: list[str]) -> None:
+        listeners = []
         for address in addresses:
             try:
-                servers.append(await self._loop.create_server(lambda: Visitor((host, port)), address, port))
+                listeners.append(Listener(address, port, (host, port)))
             except OSError as e:
                 log.warning("jhproxy-routes: cannot relay %s:%s to the app on %s: %s", address, port, host, e.strerror or e)
                 self._failed[port] = time.monotonic()
-        if servers:
-            self._relays[port] = (host, servers)
+        if listeners:
+            self._relays[port] = (host, listeners)
             log.info("jhproxy-routes: relaying %s to the app on %s:%s", ", ".join(addresses), host, port)
 
-    async def _stop(self, port: int) -> None:
-        _, servers = self._relays.pop(port)
-        for server in servers:
-            server.close()
+    def _stop(self, port: int) -> None:
+        _, listeners = self._relays.pop(port)
+        for listener in listeners:
+            listener.close()
         log.info("jhproxy-routes: stopped relaying port %s", port)
 
     async def close(self) -> None:
         await self.want({}, [])
-        self._loop.call_soon_threadsafe(self._loop.stop)

@@ -44,6 +44,24 @@ def own_ports(serverapp) -> set[int]:
     return ports - {0}
 
 
+def own_pids(serverapp) -> set[int]:
+    """The Jupyter server's process and each running kernel's (not their children: an app
+    started from a notebook is the user's)."""
+    pids = {os.getpid()}
+    manager = serverapp.kernel_manager
+    for kernel_id in manager.list_kernel_ids():
+        provisioner = getattr(manager.get_kernel(kernel_id), "provisioner", None)
+        pid = getattr(provisioner, "pid", None)
+        if isinstance(pid, int):
+            pids.add(pid)
+    return pids
+
+
+def scan(serverapp, known: dict[int, tuple] | None = None, ignored: set[int] = frozenset()) -> list[Listener]:
+    """The server's user's listeners, but the Jupyter server's own and its kernels'."""
+    return listeners(os.getuid(), own_ports(serverapp), Path("/proc"), known, ignored, own_pids(serverapp))
+
+
 def loopback_target(listener: Listener) -> str:
     """The address the relay connects to for a loopback-only listener."""
     return "127.0.0.1" if any(a.startswith("127.") for a in listener.addresses) else "::1"
@@ -55,7 +73,6 @@ class PortWatcher:
     def __init__(self, serverapp, hub: HubClient):
         self.serverapp = serverapp
         self.hub = hub
-        self.uid = os.getuid()
         self.listeners: list[Listener] = []
         self.settings: dict | None = None
         self.hub_error: str | None = None
@@ -80,7 +97,10 @@ class PortWatcher:
         before = [(listener.port, listener.addresses) for listener in self.listeners]
         await self.scan()
         changed = before != [(listener.port, listener.addresses) for listener in self.listeners]
-        if changed or time.monotonic() - self._settings_at > SETTINGS_MAX_AGE:
+        # until the hub counts the server as running (it starts before the hub knows it is
+        # ready), its answer is not final: asked again every round
+        starting = not (self.settings or {}).get("running")
+        if changed or starting or time.monotonic() - self._settings_at > SETTINGS_MAX_AGE:
             await self.refresh_settings()
         await self.relay()
         await self.report()
@@ -88,9 +108,7 @@ class PortWatcher:
     async def scan(self) -> list[Listener]:
         async with self._scan_lock:
             ignored = self._relay.socket_inodes if self._relay else frozenset()
-            self.listeners = await asyncio.to_thread(
-                listeners, self.uid, own_ports(self.serverapp), Path("/proc"), self._known, ignored
-            )
+            self.listeners = await asyncio.to_thread(scan, self.serverapp, self._known, ignored)
         return self.listeners
 
     async def refresh_settings(self) -> None:
@@ -125,7 +143,7 @@ class PortWatcher:
             self.relayed = await self._relay.want(wanted, await asyncio.to_thread(own_addresses) if wanted else [])
 
     async def report(self) -> None:
-        if self.settings is None:
+        if not (self.settings or {}).get("running"):
             return
         ports = [
             {"port": e.port, "process": e.name, "loopback_only": e.loopback_only, "relayed": e.port in self.relayed}
