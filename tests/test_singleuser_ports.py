@@ -128,7 +128,7 @@ def test_the_wheel_enables_the_extension(wheel):
     config = json.loads(zipfile.ZipFile(wheel).read(switch))
     assert config == {"ServerApp": {"jpserver_extensions": {"jhproxy_routes.singleuser": True}}}
     assert "jhproxy_routes/singleuser/listeners.py" in names
-    assert "jhproxy_routes/templates/jhproxy-routes.html" in names
+    assert {"jhproxy_routes/templates/jhproxy-routes.html", "jhproxy_routes/templates/jhpr-listening.js"} <= set(names)
 
 
 def test_the_wheel_ships_the_jupyterlab_extension_prebuilt(wheel, tmp_path):
