@@ -28,21 +28,22 @@ const plugin: JupyterFrontEndPlugin<void> = {
     }
     let settings: ISettingRegistry.ISettings | null = null;
     let notify = true;
-    if (registry) {
-      registry
-        .load(PLUGIN_ID)
-        .then(loaded => {
-          settings = loaded;
-          const read = () => {
-            notify = loaded.get('notify').composite !== false;
-          };
-          read();
-          loaded.changed.connect(read);
-        })
-        .catch(reason =>
-          console.warn('jhproxy-routes: settings not loaded', reason)
-        );
-    }
+    // the user's setting first: the first answer may already announce ports
+    const loaded = registry
+      ? registry
+          .load(PLUGIN_ID)
+          .then(values => {
+            settings = values;
+            const read = () => {
+              notify = values.get('notify').composite !== false;
+            };
+            read();
+            values.changed.connect(read);
+          })
+          .catch(reason =>
+            console.warn('jhproxy-routes: settings not loaded', reason)
+          )
+      : Promise.resolve();
 
     const model = new PortsModel(PageConfig.getBaseUrl());
     let panel: PortsPanel | null = null;
@@ -110,7 +111,7 @@ const plugin: JupyterFrontEndPlugin<void> = {
         ports.forEach(announce);
       }
     });
-    model.start();
+    void loaded.then(() => model.start());
   }
 };
 
