@@ -54,7 +54,7 @@ install -D -m 644 jupyter-config/jupyter_server_config.d/jhproxy_routes.json \
 # it as the package's build does (pyproject.toml), whose wheels then ship this build as it is
 LAB_OUT=jhproxy_routes/labextension
 LAB_SOURCES=(labextension/src labextension/style labextension/schema labextension/package.json labextension/yarn.lock labextension/tsconfig.json)
-if [[ ! -f "$LAB_OUT/static/style.js" || -n "$(find "${LAB_SOURCES[@]}" -newer "$LAB_OUT/static/style.js" -print -quit)" ]]; then
+if [[ ! -f "$LAB_OUT/static/style.js" || ! -d labextension/node_modules || -n "$(find "${LAB_SOURCES[@]}" -newer "$LAB_OUT/static/style.js" -print -quit)" ]]; then
     echo "bootstrap: building the JupyterLab extension (labextension/)" >&2
     (
         cd labextension

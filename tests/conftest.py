@@ -122,6 +122,7 @@ JUPYTERHUB5_MODULES = {
     "test_browser.py",
     "test_config.py",
     "test_in_server.py",  # TLJH users' servers report to a 5.x hub
+    "test_lab.py",  # and TLJH's users open JupyterLab there
     "test_login.py",
     "test_login_recheck.py",
     "test_port_pages.py",
