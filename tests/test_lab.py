@@ -97,7 +97,7 @@ def hub(system_user, make_hub, ports, module_tmp):  # the user first: removed af
         c.Spawner.http_timeout = 120
         c.PortRoutes.allow_shared_host = False
     """
-    allowed = [ports["app"], {"port": ports["idle"], "name": "dashboard"}]
+    allowed = [ports["app"], {"port": ports["idle"], "name": "dashboard", "allowed_access": ["owner", "server"]}]
     home = Path(system_user.pw_dir)
     for port in ports.values():  # the route keeps its path: what http.server lists there
         folder = home / f"ports/{USER}/{port}"
@@ -173,6 +173,11 @@ def test_the_panel_lists_the_allowed_ports_never_the_servers_own_or_its_kernels(
     Jupyter server's own port and a running kernel's ZMQ ports never."""
     idle = row(lab, ports["idle"])
     expect(idle).to_contain_text("dashboard", timeout=10_000)
+    # the admin's policy for this port: only its choices are offered
+    api = httpx.get(f"{hub.url}/user/{USER}/jhproxy-routes/ports", headers={"Authorization": f"token {hub.token}"}, timeout=30)
+    [policy] = [entry["allowed_access"] for entry in api.json()["ports"] if entry["port"] == ports["idle"]]
+    offered = idle.locator("select option").evaluate_all("options => options.map(o => o.value)")
+    assert policy and "public" not in policy and offered == policy, (offered, policy)
     expect(idle).to_contain_text("Nothing is listening on this port")
     expect(idle.locator(".jp-jhpr-link")).to_have_attribute("href", f"{lab_origin(lab)}/ports/{USER}/{ports['idle']}/")
 
