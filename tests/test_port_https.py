@@ -9,7 +9,10 @@ a TLS route's request, nor the other way round.
 
 import asyncio
 import hashlib
+import shutil
 import ssl
+import subprocess
+import sys
 
 import httpx
 import pytest
@@ -18,7 +21,8 @@ from tornado.websocket import websocket_connect
 
 from jhproxy_routes.sidecar.server import Sidecar, serve
 from jhproxy_routes.tokens import hash_token
-from tests.rig import TraefikHub, free_ports
+from tests.rig import TraefikHub, free_port, free_ports, port_open, wait_for
+from tests.test_apps import COMMANDS, EXAMPLES
 from tests.test_sidecar_protocol import RawApp, ok_reply
 
 MIB = 1 << 20
@@ -43,14 +47,52 @@ def apps(make_app, certificate, range_ports):
     }
 
 
+#: how each framework is told to serve TLS itself, after its command from examples/apps/commands.py
+TLS_FLAGS = {
+    "fastapi": ["--ssl-certfile", "{cert}", "--ssl-keyfile", "{key}"],  # uvicorn
+    "streamlit": ["--server.sslCertFile", "{cert}", "--server.sslKeyFile", "{key}"],
+}
+
+
 @pytest.fixture(scope="module")
-def hub(make_hub, apps, certificate, range_ports):
+def framework_ports():
+    return {framework: free_port() for framework in TLS_FLAGS}
+
+
+@pytest.fixture(scope="module")
+def frameworks(framework_ports, certificate, module_tmp):
+    """uvicorn (FastAPI) and Streamlit serving HTTPS on alice's path routes, started with
+    the commands the docs show and their own TLS options."""
+    workdir = module_tmp / "apps"
+    shutil.copytree(EXAMPLES, workdir, ignore=shutil.ignore_patterns("__pycache__", "runs", ".gradio"))
+    procs = {}
+    for framework, port in framework_ports.items():
+        argv = COMMANDS.command(framework, port, f"/ports/alice/{port}")
+        argv += [flag.format(cert=certificate.cert, key=certificate.key) for flag in TLS_FLAGS[framework]]
+        log = module_tmp / f"{framework}-{port}.log"
+        procs[framework] = (
+            subprocess.Popen([sys.executable, *argv[1:]], cwd=workdir, stdout=log.open("w"), stderr=subprocess.STDOUT),
+            log,
+        )
+    for framework, (proc, log) in procs.items():
+        wait_for(lambda: port_open(framework_ports[framework]) or proc.poll() is not None, 120, framework, log)
+        assert proc.poll() is None, f"{framework} exited:\n{log.read_text()[-3000:]}"
+    yield framework_ports
+    for proc, _ in procs.values():
+        proc.terminate()
+        proc.wait(10)
+
+
+@pytest.fixture(scope="module")
+def hub(make_hub, apps, certificate, range_ports, framework_ports):
     ports = [
         {"port": apps["tls"].port, "protocol": "https"},
         {"port": apps["public"].port, "protocol": "https", "access": "public", "scope_cookies": False},
         {"port": apps["tls_as_plain"].port},
         {"port": apps["plain_as_tls"].port, "protocol": "https"},
         {"port": f"{range_ports[0]}-{range_ports[1]}", "protocol": "https"},
+        {"port": framework_ports["fastapi"], "protocol": "https", **COMMANDS.PATH_ROUTE_OPTIONS["fastapi"]},
+        {"port": framework_ports["streamlit"], "protocol": "https", **COMMANDS.PATH_ROUTE_OPTIONS["streamlit"]},
     ]
     return make_hub(ports, tls=certificate)
 
@@ -93,13 +135,16 @@ def test_https_ports_go_through_the_sidecar_to_https_targets(hub, apps, token, r
     assert rows[f"{range_ports[0]}-{range_ports[1]}"]["protocol"] == "https"
     settings = hub.proxytoken(hub.user_token("alice"), params={"format": "full"}).json()
     protocols = {str(p["port"]): p["protocol"] for p in settings["ports"]}
-    assert protocols == {
-        str(apps["tls"].port): "https",
-        str(apps["public"].port): "https",
-        str(apps["tls_as_plain"].port): "http",
-        str(apps["plain_as_tls"].port): "https",
-        f"{range_ports[0]}-{range_ports[1]}": "https",
-    }
+    assert (
+        protocols.items()
+        >= {
+            str(apps["tls"].port): "https",
+            str(apps["public"].port): "https",
+            str(apps["tls_as_plain"].port): "http",
+            str(apps["plain_as_tls"].port): "https",
+            f"{range_ports[0]}-{range_ports[1]}": "https",
+        }.items()
+    )
 
 
 def test_a_protected_https_port_reaches_the_app_over_tls_with_its_token_only(hub, apps, token):
@@ -176,6 +221,25 @@ def test_a_range_of_https_ports(hub, apps, token, range_ports):
     response = get(hub, range_ports[1], "/in/range", headers={"X-Proxy-Token": token})
     assert response.status_code == 200, response.text
     assert response.json()["scheme"] == "https" and response.json()["path"] == f"/ports/alice/{range_ports[1]}/in/range"
+
+
+async def test_real_frameworks_serving_https(hub, token, frameworks, certificate):
+    """uvicorn (FastAPI, with strip_prefix) and Streamlit (a page, its health check, and
+    the websocket its page opens) serving their own TLS, behind the port."""
+    headers = {"X-Proxy-Token": token}
+    fastapi, streamlit = frameworks["fastapi"], frameworks["streamlit"]
+    response = get(hub, fastapi, "/items/21", headers=headers)
+    assert response.status_code == 200 and response.json() == {"item_id": 21, "doubled": 42}, response.text
+    assert get(hub, fastapi, "/openapi.json", headers=headers).json()["info"]["title"].startswith("jhproxy-routes")
+    assert get(hub, fastapi, "/items/21").status_code == 403
+    response = get(hub, streamlit, "/", headers=headers)
+    assert response.status_code == 200 and "<noscript>" in response.text, response.text[:300]
+    assert get(hub, streamlit, "/_stcore/health", headers=headers).text == "ok"
+    ws_url = url(hub, streamlit, "/_stcore/stream").replace("https://", "wss://")
+    request = HTTPRequest(ws_url, headers=headers, ssl_options=certificate.client_context())
+    conn = await websocket_connect(request, subprotocols=["streamlit"])
+    assert conn.protocol is not None  # upgraded: Streamlit's websocket, over TLS both ways
+    conn.close()
 
 
 @pytest.mark.parametrize(
