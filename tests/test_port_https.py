@@ -330,6 +330,22 @@ async def test_a_pooled_plain_connection_never_carries_a_tls_routes_request(side
     app.server.close()
 
 
+async def test_no_byte_of_a_handshake_reaches_another_users_listener(sidecar):
+    """On a shared host (a route with a uid) TLS begins only once the listener is known to
+    be the route's user's: a listener of anyone else's gets no ClientHello either."""
+    app = await RawApp(ok_reply()).start()  # this process's listener, not uid 65534's
+    key, data = route("alice", "https", app.port)
+    sidecar.table.set(key, {**data, "uid": 65534})
+    reader, writer = await asyncio.open_connection("127.0.0.1", sidecar.port)
+    writer.write(f"GET /ports/alice/5000/ HTTP/1.1\r\nHost: h\r\nX-Proxy-Token: {TOKEN}\r\n\r\n".encode())
+    answer = await asyncio.wait_for(reader.read(65536), 15)
+    writer.close()
+    assert answer.startswith(b"HTTP/1.1 502") and b"another user's" in answer, answer
+    await asyncio.sleep(0.2)
+    assert app.received == b"", "bytes of a TLS handshake reached another user's listener"
+    app.server.close()
+
+
 # ---- Traefik -------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def traefik_hub(make_hub, apps):
