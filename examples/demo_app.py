@@ -8,6 +8,9 @@
 - ``GET ...?sleep=S``: answers after S seconds (a slow app);
 - ``.../ws``: a websocket that echoes messages (it accepts the first subprotocol offered);
 - ``/__log__`` (direct only): every request it has received, to show what reached it.
+
+With ``--certfile`` and ``--keyfile`` it serves HTTPS (TLS) instead, as an app started with
+its own certificate does (a port with ``"protocol": "https"``).
 """
 
 import argparse
@@ -15,6 +18,7 @@ import asyncio
 import hashlib
 import json
 import os
+import ssl
 
 from tornado import web, websocket
 
@@ -25,6 +29,7 @@ RECEIVED = []
 def record(handler) -> dict:
     entry = {
         "server_of": os.environ.get("JUPYTERHUB_USER", ""),  # whose server runs this app
+        "scheme": handler.request.protocol,  # https: the request came over TLS
         "method": handler.request.method,
         "path": handler.request.path,
         "query": handler.request.query,
@@ -99,9 +104,15 @@ async def main():
     parser = argparse.ArgumentParser(description="echo app for jhproxy-routes")
     parser.add_argument("--port", type=int, default=5000)
     parser.add_argument("--ip", default="127.0.0.1")
+    parser.add_argument("--certfile", help="serve HTTPS with this certificate (PEM; with --keyfile)")
+    parser.add_argument("--keyfile", help="the certificate's private key (PEM)")
     args = parser.parse_args()
-    make_app().listen(args.port, args.ip, max_body_size=1 << 40, max_buffer_size=1 << 20)
-    print(f"demo app listening on http://{args.ip}:{args.port}", flush=True)
+    tls = None
+    if args.certfile:
+        tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        tls.load_cert_chain(args.certfile, args.keyfile)
+    make_app().listen(args.port, args.ip, max_body_size=1 << 40, max_buffer_size=1 << 20, ssl_options=tls)
+    print(f"demo app listening on {'https' if tls else 'http'}://{args.ip}:{args.port}", flush=True)
     await asyncio.Event().wait()
 
 

@@ -58,7 +58,20 @@ def valid_port_access(value) -> bool:
     return value in PORT_ACCESS or (value.startswith(GROUP_PREFIX) and bool(value[len(GROUP_PREFIX) :].strip()))
 
 
-PORT_KEYS = {"port", "name", "access", "cors_origins", "strip_prefix", "activity", "scope_cookies", "allowed_access"}
+PORT_KEYS = {
+    "port",
+    "name",
+    "access",
+    "cors_origins",
+    "strip_prefix",
+    "activity",
+    "scope_cookies",
+    "allowed_access",
+    "protocol",
+}
+#: how the route reaches the app: ``https`` for an app that serves TLS itself (its certificate
+#: is not verified on that hop, see ``PortRoutes.ports``)
+PORT_PROTOCOLS = ("http", "https")
 PORT_RANGE = re.compile(r"([0-9]{1,5})-([0-9]{1,5})")
 
 
@@ -75,6 +88,7 @@ class PortSpec:
     activity: bool | None = None  # None: use PortRoutes.activity
     scope_cookies: bool | None = None  # None: use PortRoutes.scope_cookies
     allowed_access: tuple[str, ...] | None = None  # None: use PortRoutes.allowed_access
+    protocol: str = "http"  # one of PORT_PROTOCOLS: how the app is reached
 
     @property
     def is_range(self) -> bool:
@@ -131,6 +145,9 @@ def parse_port(item, where="c.PortRoutes.ports") -> PortSpec:
     allowed = item.get("allowed_access")
     if allowed is not None:
         allowed = tuple(check_allowed_access(allowed, f"{where}: port {port}: allowed_access"))
+    protocol = item.get("protocol", "http")
+    if protocol not in PORT_PROTOCOLS:
+        raise TraitError(f"{where}: port {item['port']}: protocol {protocol!r} must be 'http' or 'https'")
     return PortSpec(
         allowed_access=allowed,
         port=port,
@@ -141,6 +158,7 @@ def parse_port(item, where="c.PortRoutes.ports") -> PortSpec:
         last=last,
         activity=activity,
         scope_cookies=scope_cookies,
+        protocol=protocol,
     )
 
 
@@ -234,6 +252,15 @@ class PortRoutes(Configurable):
           other paths of the hub's host.
         - ``allowed_access``: the visibilities users may choose for this port, a list as
           for ``PortRoutes.allowed_access`` (which it replaces for this port).
+        - ``protocol``: ``http`` (default), or ``https`` for an app that serves TLS itself
+          (``jupyter lab --certfile``, ``streamlit --server.sslCertFile``, ``uvicorn
+          --ssl-keyfile``). The route then reaches the app over TLS (websockets as
+          ``wss``), and the app's certificate is not verified: it is usually self-signed,
+          the hop runs inside the hub's network, and visitors are protected by the proxy's
+          own TLS. Such a port, or range, always goes through the sidecar, public or not
+          (the proxy would verify the certificate).
+
+          .. versionadded:: 0.2
 
         A wrong entry stops the hub at start-up with a message naming it.
         """,

@@ -115,7 +115,7 @@ class PortCheck:
     server on the hub's machine under a system user of its own), a connection to the app
     is used only if the socket that accepted it is that user's."""
 
-    target: str  # http://host:port of the app (of a range: its first port)
+    target: str  # http(s)://host:port of the app (of a range: its first port); https: over TLS, unverified
     access: str  # one of ACCESS
     token_sha256: str | None = None
     token_expires: float | None = None  # Unix time from which the token is refused; None: never
@@ -134,6 +134,12 @@ class PortCheck:
         """The app's host and port."""
         target = urlsplit(self.target)
         return target.hostname, target.port
+
+    @property
+    def tls(self) -> bool:
+        """Whether the app serves TLS itself (a port's ``protocol`` ``https``): the sidecar
+        reaches it over TLS without verifying its certificate."""
+        return self.target.startswith("https:")
 
     def _check_json(self) -> dict:
         data = {
@@ -256,8 +262,8 @@ def _check_from_json(data: dict) -> dict:
     """The fields of a :class:`RouteEntry` in ``data`` (but its port), checked."""
     text = str(data.get("target", ""))
     target = urlsplit(text)
-    if target.scheme != "http" or not target.hostname or not target.port:
-        raise ValueError(f"target must be http://host:port, got {data.get('target')!r}")
+    if target.scheme not in ("http", "https") or not target.hostname or not target.port:
+        raise ValueError(f"target must be http://host:port or https://host:port, got {data.get('target')!r}")
     access = data.get("access")
     if access not in ACCESS:
         raise ValueError(f"access must be one of {ACCESS}, got {access!r}")

@@ -32,7 +32,7 @@ from .route_templates import RouteTemplate
 from .routeapi import ENTRIES_PER_YIELD, RouteAPIError
 from .routetable import RouteTable
 from .store import AccessStore
-from .targets import has_own_network, is_hub_machine, port_targets
+from .targets import has_own_network, is_hub_machine, port_targets, with_protocol
 from .tokens import ServerAccess, with_new_token
 
 # JupyterHub sets login and server cookies on these paths (below base_url): a route there
@@ -319,7 +319,7 @@ class RouteManager:
                 )
                 continue
             routespec = self.routespec(user.name, servername, spec.port)
-            app = targets[spec.port]
+            app = with_protocol(targets[spec.port], spec.protocol)
             who = self._who(user.name, servername, spec.port)
             if self._direct(routespec, spec, access, uid) and spec.port not in found:
                 routes[routespec] = PortRoute(routespec, {"target": app, **who}, None)
@@ -411,7 +411,8 @@ class RouteManager:
                     servername,
                 )
                 continue
-            ranges.append(PortRange(target=targets[spec.port], last=spec.last, **self._sidecar_rule(spec, access, uid)))
+            target = with_protocol(targets[spec.port], spec.protocol)
+            ranges.append(PortRange(target=target, last=spec.last, **self._sidecar_rule(spec, access, uid)))
         if not ranges:
             return None
         routespec = self.ranges_routespec(username, servername)
@@ -432,7 +433,9 @@ class RouteManager:
         the hub's login), and where no listener's owner needs checking (``uid``: a server on
         a shared host, where only the sidecar can tell its app from another user's on the
         port). A server in ``allow_all`` mode still goes through the sidecar, which answers
-        CORS for it as for a token (as jhproxy did)."""
+        CORS for it as for a token (as jhproxy did). An app that serves TLS itself
+        (``protocol`` ``https``) is reached by the sidecar alone: the proxy would verify its
+        certificate (usually self-signed), and CHP's ``--insecure`` is for every target."""
         path = routespec[routespec.index("/") :]  # without the host (host routing)
         on_hub_host = not self.template.by_host
         under_cookies = (on_hub_host and self.hub_cookies_at_root) or any(
@@ -444,6 +447,7 @@ class RouteManager:
             and self.direct_routes
             and self.settings.direct_public_routes
             and not spec.strip_prefix
+            and spec.protocol == "http"
             and not (on_hub_host and self.settings.scopes_cookies(spec))  # the sidecar rewrites its cookies
             and not under_cookies
         )

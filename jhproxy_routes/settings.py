@@ -189,6 +189,7 @@ class PortSettings:
                 {
                     "port": spec.key if spec.is_range else spec.port,  # 5000, or "8000-8099"
                     "name": spec.name,
+                    "protocol": spec.protocol,  # how the route reaches the app: http, or https (TLS)
                     "access": port_choice(spec, access),
                     "effective_access": rule.access,
                     "admits": rule.who,
@@ -244,6 +245,7 @@ class PortSettings:
                     "name": ", ".join(spec.name for spec in port_specs if spec.name),
                     "path": path,
                     "via": "sidecar" if via_sidecar else "direct",
+                    "protocol": ", ".join(dict.fromkeys(spec.protocol for spec in port_specs)) or None,
                     "target": target,
                     "mode": access.mode,
                     "access": ", ".join(port_choice(spec, access) for spec in port_specs) or None,

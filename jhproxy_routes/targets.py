@@ -135,6 +135,11 @@ def has_own_network(spawner) -> bool:
     return spawner.server is not None and not is_hub_machine(urlparse(spawner.server.host).hostname)
 
 
+def with_protocol(target: str, protocol: str) -> str:
+    """A port's target (``http://host:port``) with the scheme of the port's ``protocol``."""
+    return protocol + target[target.index(":") :]
+
+
 async def port_targets(spawner, ports: list[int], allow_shared_host: bool = False, uid_hook=None) -> Targets:
     """The targets of the allowed ports of a running server (raises SharedHostError for a
     server on the hub's machine whose uid tells no one apart, unless allowed)."""

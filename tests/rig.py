@@ -126,12 +126,22 @@ def root_view(tmp: Path) -> list[str]:
 class App:
     """The echo app (examples/demo_app.py) on a real port; or with ``script`` and ``args``,
     another app that takes ``--port`` (``PAGE_APP``, which lists what it received at
-    ``/__log__``, and ``HOSTILE_PAGE``). ``command_prefix``: what runs it (as another system user)."""
+    ``/__log__``, and ``HOSTILE_PAGE``). ``command_prefix``: what runs it (as another system user).
+    ``tls``: the echo app serves HTTPS with this certificate (an app with its own TLS)."""
 
     def __init__(
-        self, tmp: Path, port: int | None = None, script: Path = DEMO_APP, args: tuple = (), command_prefix: list | None = None
+        self,
+        tmp: Path,
+        port: int | None = None,
+        script: Path = DEMO_APP,
+        args: tuple = (),
+        command_prefix: list | None = None,
+        tls: Certificate | None = None,
     ):
         self.port = port or free_port()
+        self.scheme = "https" if tls else "http"
+        if tls:
+            args = (*args, "--certfile", str(tls.cert), "--keyfile", str(tls.key))
         self.log_path = tmp / f"app-{self.port}.log"
         self.proc = subprocess.Popen(
             [*(command_prefix or []), sys.executable, str(script), "--port", str(self.port), *args],
@@ -141,7 +151,7 @@ class App:
         wait_for(lambda: port_open(self.port), 15, f"{script.name} on {self.port}", self.log_path)
 
     def received(self) -> list[dict]:
-        return httpx.get(f"http://127.0.0.1:{self.port}/__log__").json()
+        return httpx.get(f"{self.scheme}://127.0.0.1:{self.port}/__log__", verify=False).json()
 
     def stop(self):
         self.proc.terminate()

@@ -29,14 +29,20 @@ def port_routes(**settings) -> PortRoutes:
 
 def test_ports_normalise():
     specs = port_routes(
-        ports=[5000, {"port": 5001, "access": "public", "name": "dash"}, " 8000-8099", {"port": "9000-9001"}]
+        ports=[
+            5000,
+            {"port": 5001, "access": "public", "name": "dash", "protocol": "http"},
+            " 8000-8099",
+            {"port": "9000-9001", "protocol": "https"},
+        ]
     ).port_specs
     assert specs == [
         PortSpec(5000),
         PortSpec(5001, name="dash", access="public"),
         PortSpec(8000, last=8099),
-        PortSpec(9000, last=9001),
+        PortSpec(9000, last=9001, protocol="https"),
     ]
+    assert specs[0].protocol == "http"
     assert [spec.key for spec in specs] == ["5000", "5001", "8000-8099", "9000-9001"]
     assert specs[2].covers(8000) and specs[2].covers(8099) and not specs[2].covers(8100) and not specs[0].covers(5001)
 
@@ -60,6 +66,11 @@ def test_ports_normalise():
         ([{"port": 5000, "acces": "public"}], "unknown key"),
         ([{"port": 5000, "access": "everyone"}], "access 'everyone'"),
         ([{"port": 5000, "cors_origins": "*"}], "list of strings"),
+        ([{"port": 5000, "protocol": "tls"}], "port 5000: protocol 'tls' must be 'http' or 'https'"),
+        ([{"port": 5000, "protocol": "HTTPS"}], "port 5000: protocol 'HTTPS' must be"),
+        ([{"port": "8000-8099", "protocol": "wss"}], "port 8000-8099: protocol 'wss' must be"),
+        ([{"port": 5000, "protocol": None}], "port 5000: protocol None must be"),
+        ([{"port": 5000, "protocol": ["https"]}], "port 5000: protocol"),
     ],
 )
 def test_bad_ports_are_refused(ports, message):

@@ -201,7 +201,7 @@ async def test_a_pooled_connection_never_keeps_unsent_bytes(sidecar):
 
     server = await asyncio.start_server(never_reads, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
-    conn = await sidecar.pool.connect(("127.0.0.1", port, None))
+    conn = await sidecar.pool.connect(("127.0.0.1", port, None, False))
     conn.transport.write(b"y" * (32 * MiB))
     assert conn.transport.get_write_buffer_size() > 0
     sidecar.pool.release(conn)

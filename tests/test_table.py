@@ -173,10 +173,27 @@ def test_lookup_refuses_dot_segments_and_bad_encoding(path):
     assert info.value.status == 400
 
 
+def test_an_https_target_is_a_tls_route_with_a_pool_key_of_its_own():
+    """A port whose app serves TLS (``protocol`` ``https``): its connections are never
+    pooled with plain ones to the same host and port, in one port or a range."""
+    table = RouteTable()
+    table.set("/ports/alice/5000", route("https://127.0.0.1:5000"))
+    table.set("/ports/bob/5000", route("http://127.0.0.1:5000"))
+    ranges = [{"target": "https://127.0.0.1:8000", "last": 8099, "access": "public"}]
+    table.set("/ports/carol", {"ranges": ranges, "username": "carol", "allowed": "8000-8099"})
+    tls, _ = table.lookup("/ports/alice/5000/")
+    plain, _ = table.lookup("/ports/bob/5000/")
+    in_range, _ = table.lookup("/ports/carol/8042/")
+    assert tls.tls and not plain.tls and in_range.tls
+    assert tls.upstream == ("127.0.0.1", 5000, None, True) != plain.upstream == ("127.0.0.1", 5000, None, False)
+    assert in_range.upstream == ("127.0.0.1", 8042, None, True)
+
+
 @pytest.mark.parametrize(
     "data, message",
     [
-        (route(target="https://x:1"), "target"),
+        (route(target="ftp://x:1"), "target"),
+        (route(target="https://x"), "target"),
         (route(target="http://x"), "target"),
         (route(access="everyone"), "access"),
         (route(access="restricted", token_sha256="abc"), "token_sha256"),
@@ -214,7 +231,7 @@ def test_an_entry_the_hub_sends_reads_back_as_itself(by_host):
     }
     port = RouteEntry(target="http://10.0.0.5:5000", **check, username="alice", servername="dev", port=5000)
     ranges = RangesEntry(
-        ranges=(PortRange(target="http://10.0.0.5:8000", last=8099, **check),),
+        ranges=(PortRange(target=f"{'https' if by_host else 'http'}://10.0.0.5:8000", last=8099, **check),),
         allowed="5000, 8000-8099",
         excluded=(8088,),
         username="alice",
@@ -236,5 +253,5 @@ def test_connections_to_an_app_are_pooled_by_whose_listener_they_reached():
     table.set("/ports/bob/5000", route(uid=1002))
     table.set("/ports/bob", {"ranges": [route(last=5999, uid=1002)], "username": "bob"})
     alice, bob = (table.lookup(f"/ports/{user}/5000/")[0] for user in ("alice", "bob"))
-    assert alice.upstream == ("127.0.0.1", 5000, 1001) and bob.upstream == ("127.0.0.1", 5000, 1002)
-    assert table.lookup("/ports/bob/5001/")[0].upstream == ("127.0.0.1", 5001, 1002)
+    assert alice.upstream == ("127.0.0.1", 5000, 1001, False) and bob.upstream == ("127.0.0.1", 5000, 1002, False)
+    assert table.lookup("/ports/bob/5001/")[0].upstream == ("127.0.0.1", 5001, 1002, False)

@@ -14,11 +14,19 @@ before any byte is sent on it: whoever holds the port when the connection is mad
 whatever listens there later, this connection reaches that listener and no other. Pooled
 connections are kept per (host, port, uid), so one route never takes a connection that
 was checked for another user.
+
+An app that serves TLS itself (a port's ``protocol`` ``https``; its route's target is
+``https://``) is reached over TLS, begun once the connection is known to be the right
+listener's: no byte of the handshake goes to another user's. Its certificate is not
+verified (``APP_TLS``): it is usually self-signed, the hop runs inside the hub's network,
+and the visitor's side is the proxy's TLS. Pooled connections are kept per (host, port,
+uid, TLS): a plain one never carries a TLS route's request, nor the other way round.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ssl
 import time
 from collections import defaultdict, deque
 
@@ -29,6 +37,24 @@ from .forward import response_headers
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})  # retried once on a fresh connection
 WRITE_BUFFER_HIGH = 256 * 1024  # bytes waiting to be sent before the other side pauses
 OWNER_LOOKUPS = 3  # reads of the socket tables for a connection's accepted end (the row may come late)
+TLS_RECORD_TYPES = (b"\x15", b"\x16")  # what a TLS server's first byte is (an alert, a handshake), never HTTP's
+TO_HTTPS = "start the app without TLS, or ask the hub's admin to set this port's protocol to https"
+
+
+def app_tls_context() -> ssl.SSLContext:
+    """TLS to apps that serve it themselves: HTTP/1.1 (ALPN), certificate not verified."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    context.set_alpn_protocols(["http/1.1"])
+    return context
+
+
+APP_TLS = app_tls_context()
+
+
+class TLSFailed(Exception):
+    """A new connection reached the app, but no TLS session could be begun on it."""
 
 
 class ForeignListener(Exception):
@@ -111,6 +137,17 @@ class AppConnection(asyncio.Protocol):
         if self.relay is not None:
             self.relay.client.resume_reading("app")
 
+    async def start_tls(self, host: str, timeout: float) -> None:
+        """Speak TLS from now on (raises TLSFailed): the handshake, then the TLS transport
+        in place of the plain one."""
+        loop = asyncio.get_running_loop()
+        try:
+            transport = await loop.start_tls(self.transport, self, APP_TLS, server_hostname=host, ssl_handshake_timeout=timeout)
+        except (OSError, asyncio.TimeoutError, TimeoutError) as e:  # ssl.SSLError is an OSError
+            raise TLSFailed(str(e) or type(e).__name__) from None
+        self.transport = transport
+        transport.set_write_buffer_limits(high=WRITE_BUFFER_HIGH)
+
     def close(self) -> None:
         self.closed = True
         self.relay = None
@@ -137,7 +174,7 @@ class UpstreamPool:
         self.opening: dict[tuple, int] = {}  # per address: connections not yet answered on
         self.waiting: dict[tuple, deque] = {}  # per address: futures of requests waiting to connect
 
-    def take(self, address: tuple[str, int, int | None]) -> AppConnection | None:
+    def take(self, address: tuple[str, int, int | None, bool]) -> AppConnection | None:
         """An idle pooled connection that still looks open, or None."""
         idle = self.idle.get(address)
         now = time.monotonic()
@@ -149,12 +186,13 @@ class UpstreamPool:
             conn.close()
         return None
 
-    async def connect(self, address: tuple[str, int, int | None]) -> AppConnection:
+    async def connect(self, address: tuple[str, int, int | None, bool]) -> AppConnection:
         """A connection for one request: a new one, or a pooled one that came back while
         this request waited for its turn to open one. Raises ForeignListener (after
-        closing it) for a new one whose listener is not the address's uid's."""
+        closing it) for a new one whose listener is not the address's uid's, TLSFailed for
+        one to a TLS address that did not complete the handshake."""
         loop = asyncio.get_running_loop()
-        host, port, uid = address
+        host, port, uid, tls = address
         while self.opening.get(address, 0) >= self.max_opening:
             turn = loop.create_future()
             self.waiting.setdefault(address, deque()).append(turn)
@@ -172,6 +210,8 @@ class UpstreamPool:
                     raise ForeignListener(owner)
                 if conn.closed:  # while it was checked (an app that writes first is closed too)
                     raise ConnectionResetError("the app closed the connection at once")
+            if tls:
+                await conn.start_tls(host, self.connect_timeout)
         except BaseException:
             if conn is not None:
                 conn.close()
@@ -308,6 +348,14 @@ class Relay:
                 message = f"Nothing answers on port {route.port} of {server_words(route)}: {route.found}."
             self.fail(HTTPError(502, message))
             return
+        except TLSFailed as e:
+            message = (
+                f"The app on port {route.port} of {server_words(route)} does not speak HTTPS ({e}), and this port is"
+                " set up for apps that serve HTTPS themselves: start it with its TLS certificate, or ask the hub's"
+                " admin to set this port's protocol to http."
+            )
+            self.fail(HTTPError(502, message))
+            return
         except (OSError, asyncio.TimeoutError) as e:
             reason = str(e) or type(e).__name__
             self.fail(HTTPError(502, f"The app on port {route.port} of {server_words(route)} is not answering ({reason})."))
@@ -384,6 +432,13 @@ class Relay:
                 self.app.transport.pause_reading()  # resumed when the request is sent
 
     def _read_head(self) -> None:
+        if self.pending[:1] in TLS_RECORD_TYPES and not self.route.tls:
+            message = (
+                f"The app on port {self.route.port} of {server_words(self.route)} answered in TLS: it serves HTTPS,"
+                f" and this port is set up for plain HTTP: {TO_HTTPS}."
+            )
+            self.fail(HTTPError(502, message))
+            return
         while True:
             end = self.pending.find(b"\r\n\r\n")
             if end < 0 or end > MAX_HEAD:
@@ -511,8 +566,11 @@ class Relay:
                 self.sidecar.awaiting_answer.pop(self, None)
                 self.sidecar.spawn(self.exchange, self._connect())
             else:
-                said = "without answering" if self.state == "head" else ""
-                self.fail(HTTPError(502, f"The app on port {self.route.port} closed the connection {said}".rstrip() + "."))
+                said = " without answering" if self.state == "head" else ""
+                message = f"The app on port {self.route.port} closed the connection{said}."
+                if not self.route.tls and not self.app.reused:  # what an app serving HTTPS does to plain HTTP
+                    message += f" If it serves HTTPS, this port is set up for plain HTTP: {TO_HTTPS}."
+                self.fail(HTTPError(502, message))
         elif self.state in ("body", "websocket"):
             self._abort()
 

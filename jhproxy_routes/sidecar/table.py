@@ -57,12 +57,14 @@ class Route:
     token_expires: float | None = None  # Unix time from which the token is refused; None: never
     uid: int | None = None  # the app's listener must be this system user's (a shared host); None: any
     found: str = ""  # what the server's in-server part found where the route cannot reach (contract.RouteEntry)
+    tls: bool = False  # the app serves TLS itself: reached over TLS, its certificate unverified
 
     @property
-    def upstream(self) -> tuple[str, int, int | None]:
+    def upstream(self) -> tuple[str, int, int | None, bool]:
         """Where a request goes, as the pool of app connections keys it: the app's host and
-        port, and whose listener a connection there must have reached."""
-        return self.host, self.port, self.uid
+        port, whose listener a connection there must have reached, and whether it speaks TLS
+        (a plain connection never serves a TLS route, nor the other way round)."""
+        return self.host, self.port, self.uid, self.tls
 
     @property
     def path_depth(self) -> int:
@@ -110,6 +112,7 @@ def check_route(key: str, data: dict, check: PortCheck, owner: str, servername: 
         token_expires=check.token_expires if restricted else None,
         activity=(owner, servername) if owner and check.activity else None,
         uid=check.uid,
+        tls=check.tls,
     )
 
 

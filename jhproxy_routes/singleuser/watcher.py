@@ -98,9 +98,11 @@ class PortWatcher:
         await self.scan()
         changed = before != [(listener.port, listener.addresses) for listener in self.listeners]
         # until the hub counts the server as running (it starts before the hub knows it is
-        # ready), its answer is not final: asked again every round
-        starting = not (self.settings or {}).get("running")
-        if changed or starting or time.monotonic() - self._settings_at > SETTINGS_MAX_AGE:
+        # ready), its answer is not final: asked again every round; where the hub failed to
+        # answer (or has no jhproxy-routes), only after SETTINGS_MAX_AGE
+        starting = self.settings is not None and not self.settings.get("running")
+        stale = time.monotonic() - self._settings_at > SETTINGS_MAX_AGE
+        if stale or (self.hub_error is None and (changed or starting)):
             await self.refresh_settings()
         await self.relay()
         await self.report()
