@@ -37,7 +37,7 @@ LISTED_WITHIN = 5_000  # ms, from the command typed to the panel's row and the n
 
 @pytest.fixture(scope="module")
 def ports():
-    return {name: free_port() for name in ("app", "idle", "outside")}
+    return {name: free_port() for name in ("app", "idle", "outside", "tls")}
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +97,11 @@ def hub(system_user, make_hub, ports, module_tmp):  # the user first: removed af
         c.Spawner.http_timeout = 120
         c.PortRoutes.allow_shared_host = False
     """
-    allowed = [ports["app"], {"port": ports["idle"], "name": "dashboard", "allowed_access": ["owner", "server"]}]
+    allowed = [
+        ports["app"],
+        {"port": ports["idle"], "name": "dashboard", "allowed_access": ["owner", "server"]},
+        {"port": ports["tls"], "protocol": "https"},  # an app that serves TLS itself
+    ]
     home = Path(system_user.pw_dir)
     for port in ports.values():  # the route keeps its path: what http.server lists there
         folder = home / f"ports/{USER}/{port}"
@@ -173,6 +177,8 @@ def test_the_panel_lists_the_allowed_ports_never_the_servers_own_or_its_kernels(
     Jupyter server's own port and a running kernel's ZMQ ports never."""
     idle = row(lab, ports["idle"])
     expect(idle).to_contain_text("dashboard", timeout=10_000)
+    expect(row(lab, ports["tls"]).locator(".jp-jhpr-protocol")).to_have_text("HTTPS")
+    expect(idle.locator(".jp-jhpr-protocol")).to_be_hidden()
     # the admin's policy for this port: only its choices are offered
     api = httpx.get(f"{hub.url}/user/{USER}/jhproxy-routes/ports", headers={"Authorization": f"token {hub.token}"}, timeout=30)
     [policy] = [entry["allowed_access"] for entry in api.json()["ports"] if entry["port"] == ports["idle"]]

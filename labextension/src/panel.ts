@@ -203,6 +203,7 @@ class Row {
     head.append(
       element('span', 'jp-jhpr-number', String(port)),
       this._label,
+      this._protocol,
       this._state
     );
     this._url.target = '_blank';
@@ -253,6 +254,12 @@ class Row {
     this._command.title = port.command || '';
     this._command.hidden = !port.command;
     this._state.textContent = port.listening ? 'listening' : 'not listening';
+    const tls = port.protocol === 'https';
+    this._protocol.hidden = !tls;
+    this._protocol.textContent = tls ? 'HTTPS' : '';
+    this._protocol.title = tls
+      ? 'The app serves TLS itself: the hub reaches it over HTTPS'
+      : '';
     this.node.classList.toggle('jp-jhpr-listening', port.listening);
     this.node.classList.toggle('jp-jhpr-notallowed', !port.allowed);
     let note = '';
@@ -305,6 +312,7 @@ class Row {
   private _offered = '';
   private _label = element('span', 'jp-jhpr-label');
   private _state = element('span', 'jp-jhpr-state');
+  private _protocol = element('span', 'jp-jhpr-protocol');
   private _note = element('p', 'jp-jhpr-note');
   private _command = element('code', 'jp-jhpr-command');
   private _urlRow = element('div', 'jp-jhpr-url');
