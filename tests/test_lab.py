@@ -136,6 +136,11 @@ def row(page, port: int):
     return page.locator(f'#jhproxy-routes-ports li[data-port="{port}"]')
 
 
+def expect_listening(page, port: int) -> None:
+    """The port's row says it listens, within LISTED_WITHIN."""
+    expect(row(page, port)).to_have_class(re.compile(r"\bjp-jhpr-listening\b"), timeout=LISTED_WITHIN)
+
+
 def settings_dir(system_user) -> Path:
     return Path(system_user.pw_dir, ".jupyter/lab/user-settings")
 
@@ -211,7 +216,7 @@ def test_an_app_typed_into_a_terminal_is_listed_and_announced_within_5_s(lab, te
     terminal(serve_command(port))
     typed = time.monotonic()
     entry = row(lab, port)
-    expect(entry).to_have_class(re.compile(r"\bjp-jhpr-listening\b"), timeout=LISTED_WITHIN)
+    expect_listening(lab, port)
     toast = lab.locator(TOAST, has_text=f"is listening on {port}")
     expect(toast).to_be_visible(timeout=max(1, LISTED_WITHIN - int((time.monotonic() - typed) * 1000)))
     assert time.monotonic() - typed < LISTED_WITHIN / 1000
@@ -315,9 +320,12 @@ def test_dont_show_again_silences_the_notifications(lab, terminal, ports, system
     """A port that stops and listens again is announced again, until "Don't show again",
     which sets the user's setting (the settings file JupyterLab keeps for the user)."""
     port = ports["app"]
+    lab.locator(PANEL_TAB).click()  # the panel closed: the background poll still announces
+    expect(lab.locator("#jhproxy-routes-ports")).to_be_hidden()
     terminal(serve_command(port))
     toast = lab.locator(TOAST, has_text=f"is listening on {port}")
     expect(toast).to_be_visible(timeout=LISTED_WITHIN)
+    open_panel(lab)
     toast.get_by_role("button", name="Don't show again").click()
     stored = settings_dir(system_user) / "@jhproxy-routes/labextension/plugin.jupyterlab-settings"
     wait_for(lambda: stored.exists() and '"notify": false' in stored.read_text(), 10, f"{stored} to say notify: false")
@@ -326,7 +334,7 @@ def test_dont_show_again_silences_the_notifications(lab, terminal, ports, system
     expect(row(lab, port)).to_contain_text("Nothing is listening on this port", timeout=LISTED_WITHIN)
     expect(toast).to_have_count(0, timeout=20_000)  # the earlier one gone (clicked)
     terminal(serve_command(port))
-    expect(row(lab, port).locator(".jp-jhpr-link")).to_be_visible(timeout=LISTED_WITHIN)
+    expect_listening(lab, port)
     time.sleep(3)  # a poll after the one that listed it
     assert lab.locator(TOAST, has_text=f"is listening on {port}").count() == 0
 
@@ -335,7 +343,7 @@ def test_screenshots_light_and_dark(lab, system_user, ports):
     """The panel in JupyterLab's light and dark themes, for the docs (docs/source/_static/)."""
     open_panel(lab)
     panel = lab.locator("#jhproxy-routes-ports")
-    expect(row(lab, ports["app"]).locator(".jp-jhpr-link")).to_be_visible(timeout=LISTED_WITHIN)
+    expect_listening(lab, ports["app"])
     panel.screenshot(path=str(SCREENSHOTS / "jupyterlab-ports-light.png"))
     background = panel.evaluate("node => getComputedStyle(node).backgroundColor")
 
@@ -346,7 +354,7 @@ def test_screenshots_light_and_dark(lab, system_user, ports):
     lab.reload()
     expect(lab.locator("body[data-jp-theme-light='false']")).to_have_count(1, timeout=90_000)
     open_panel(lab)
-    expect(row(lab, ports["app"]).locator(".jp-jhpr-link")).to_be_visible(timeout=LISTED_WITHIN)
+    expect_listening(lab, ports["app"])
     assert panel.evaluate("node => getComputedStyle(node).backgroundColor") != background  # the theme's colours
     panel.screenshot(path=str(SCREENSHOTS / "jupyterlab-ports-dark.png"))
     lab.screenshot(path=str(SCREENSHOTS / "jupyterlab-ports-dark-window.png"))
