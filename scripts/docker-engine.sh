@@ -7,7 +7,7 @@
 #   1. apt-get install podman runc debootstrap (+ curl, debian-archive-keyring) when missing;
 #   2. /etc/containers/containers.conf with runtime runc, default_ulimits, events_logger file;
 #   3. `podman system service` on unix:///run/jhproxy-routes-podman.sock (detached);
-#   4. image localhost/jhproxy-routes-singleuser:jh-<jupyterhub version of .venv/bin/python>-lab,
+#   4. image localhost/jhproxy-routes-singleuser:jh-<jupyterhub version of .venv/bin/python>-lab-dash,
 #      built with debootstrap + pip (honouring the host's pip configuration) + podman import;
 #   5. a long-lived keeper container on network `podman`, so the bridge (podman0, gateway
 #      10.88.0.1) exists before a hub starts.
@@ -156,9 +156,10 @@ STEP="jupyterhub version"
 JH_VERSION="$("$PYTHON" -c 'import jupyterhub; print(jupyterhub.__version__)' 2>&1)" \
     || die "cannot import jupyterhub with $PYTHON: $JH_VERSION"
 [[ $JH_VERSION =~ ^[0-9A-Za-z.+!-]+$ ]] || die "unexpected jupyterhub version string: $JH_VERSION"
-# -lab: with JupyterLab and httpx, what the in-server part (jhproxy_routes.singleuser, mounted
-# by the tests) and the JupyterLab extension need
-IMAGE="$IMAGE_REPO:jh-${JH_VERSION//+/_}-lab"
+# -lab-dash: with JupyterLab and httpx, what the in-server part (jhproxy_routes.singleuser,
+# mounted by the tests) and the JupyterLab extension need, and Dash, an app that listens on
+# 127.0.0.1 by default (tests/test_lab_docker.py)
+IMAGE="$IMAGE_REPO:jh-${JH_VERSION//+/_}-lab-dash"
 
 # --------------------------------------------------------------------------------------------
 STEP="build image"
@@ -284,14 +285,14 @@ build_image() {
     done < <(compgen -e | grep -E '^(PIP_[A-Z0-9_]+|https?_proxy|HTTPS?_PROXY|no_proxy|NO_PROXY|REQUESTS_CA_BUNDLE|SSL_CERT_FILE|CURL_CA_BUNDLE)$' || true)
 
     STEP="build image: pip install"
-    log "pip install jupyterhub==$JH_VERSION jupyter_server jupyterlab httpx into /opt/venv of the chroot"
+    log "pip install jupyterhub==$JH_VERSION jupyter_server jupyterlab httpx dash into /opt/venv of the chroot"
     chroot "$ROOTFS" /usr/bin/env -i "${envs[@]}" /bin/sh -c '
         set -e
         python3 -m venv /opt/venv
         /opt/venv/bin/pip install --no-cache-dir --disable-pip-version-check --progress-bar off \
-            "jupyterhub==$1" jupyter_server "jupyterlab>=4,<5" "httpx>=0.24"
+            "jupyterhub==$1" jupyter_server "jupyterlab>=4,<5" "httpx>=0.24" "dash>=2.9"
         /opt/venv/bin/jupyterhub-singleuser --version
-    ' sh "$JH_VERSION" >&2 || die "pip install jupyterhub==$JH_VERSION jupyter_server jupyterlab httpx failed in the chroot"
+    ' sh "$JH_VERSION" >&2 || die "pip install jupyterhub==$JH_VERSION jupyter_server jupyterlab httpx dash failed in the chroot"
 
     STEP="build image: trim"
     for ((i = ${#MOUNTS[@]} - 1; i >= 0; i--)); do umount "${MOUNTS[i]}"; done

@@ -35,6 +35,22 @@ TOAST = ".Toastify__toast"
 LISTED_WITHIN = 5_000  # ms, from the command typed to the panel's row and the notification
 
 
+# ~/.jupyter of a test user: no "build recommended" dialog (an extension of the apps extra asks
+# for a build), the terminal's text in the page (xterm's accessibility tree, to see its
+# prompt), no news toast
+QUIET_SETTINGS = {
+    "labconfig/page_config.json": {"buildCheck": False, "buildAvailable": False},
+    "lab/user-settings/@jupyterlab/terminal-extension/plugin.jupyterlab-settings": {"screenReaderMode": True},
+    "lab/user-settings/@jupyterlab/apputils-extension/notification.jupyterlab-settings": {"fetchNews": "false"},
+}
+
+
+def write_quiet_settings(jupyter_dir: Path) -> None:
+    for path, content in QUIET_SETTINGS.items():
+        (jupyter_dir / path).parent.mkdir(parents=True, exist_ok=True)
+        (jupyter_dir / path).write_text(json.dumps(content))
+
+
 @pytest.fixture(scope="module")
 def ports():
     return {name: free_port() for name in ("app", "idle", "outside", "tls")}
@@ -49,17 +65,7 @@ def system_user(module_tmp):
         pytest.fail(f"useradd {USER} failed (the test needs root): {result.stderr}", pytrace=False)
     entry = pwd.getpwnam(USER)
     home = Path(entry.pw_dir)
-    quiet = {
-        # no "build recommended" dialog (an extension of the apps extra asks for a build)
-        ".jupyter/labconfig/page_config.json": {"buildCheck": False, "buildAvailable": False},
-        # the terminal's text in the page (xterm's accessibility tree), to see its prompt
-        ".jupyter/lab/user-settings/@jupyterlab/terminal-extension/plugin.jupyterlab-settings": {"screenReaderMode": True},
-        # no news toast
-        ".jupyter/lab/user-settings/@jupyterlab/apputils-extension/notification.jupyterlab-settings": {"fetchNews": "false"},
-    }
-    for path, content in quiet.items():
-        (home / path).parent.mkdir(parents=True, exist_ok=True)
-        (home / path).write_text(json.dumps(content))
+    write_quiet_settings(home / ".jupyter")
     subprocess.run(["chown", "-R", f"{USER}:{USER}", str(home / ".jupyter")], check=True)
     yield entry
 
@@ -145,25 +151,30 @@ def settings_dir(system_user) -> Path:
     return Path(system_user.pw_dir, ".jupyter/lab/user-settings")
 
 
-@pytest.fixture(scope="module")
-def terminal(lab):
-    """A JupyterLab terminal, opened from the launcher; ``type(line)`` types into it."""
-    lab.locator('.jp-LauncherCard[data-category="Other"]', has_text="Terminal").first.click()
-    screen = lab.locator(".jp-Terminal .xterm-screen").first
+def open_terminal(page, prompt: str = "$"):
+    """A JupyterLab terminal, opened from the launcher: ``type(line)`` types into it, and
+    ``type.interrupt()`` presses Control+C there."""
+    page.locator('.jp-LauncherCard[data-category="Other"]', has_text="Terminal").first.click()
+    screen = page.locator(".jp-Terminal .xterm-screen").first
     expect(screen).to_be_visible(timeout=30_000)
-    expect(lab.locator(".jp-Terminal .xterm-accessibility-tree").first).to_contain_text("$", timeout=30_000)  # the prompt
+    expect(page.locator(".jp-Terminal .xterm-accessibility-tree").first).to_contain_text(prompt, timeout=30_000)
 
     def type_line(line: str) -> None:
         screen.click()
-        lab.keyboard.type(line, delay=5)
-        lab.keyboard.press("Enter")
+        page.keyboard.type(line, delay=5)
+        page.keyboard.press("Enter")
 
     def interrupt() -> None:
         screen.click()
-        lab.keyboard.press("Control+C")
+        page.keyboard.press("Control+C")
 
     type_line.interrupt = interrupt
     return type_line
+
+
+@pytest.fixture(scope="module")
+def terminal(lab):
+    return open_terminal(lab)
 
 
 def listing(port: int) -> str:
