@@ -205,6 +205,8 @@ class PortSettings:
             "server": servername,
             "running": bool(spawner.ready),
             # whether the in-server part may relay to apps listening on loopback only
+            # whether the server has a network of its own (a container's); False: on the hub's machine
+            "own_network": bool(spawner.ready and has_own_network(spawner)),
             "loopback_relay": bool(manager.settings.loopback_relay and spawner.ready and has_own_network(spawner)),
             "mode": access.mode,
             "token": token,

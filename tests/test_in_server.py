@@ -7,15 +7,18 @@ in a shape the hub checks. Containers, where the relay works, are ``test_loopbac
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 import httpx
 import pytest
 
 from jhproxy_routes.singleuser.interfaces import own_addresses
-from tests.rig import ADMIN_TOKEN, free_port, free_ports, port_open, wait_for
+from tests.rig import ADMIN_TOKEN, BIN, REPO, free_port, free_ports, port_open, wait_for
 
 
 @pytest.fixture(scope="module")
@@ -27,9 +30,18 @@ def ports():
     return found
 
 
+APPS = ("allowed", "range_first", "other")
+
+
 @pytest.fixture(scope="module")
 def hub(make_hub, ports):
-    return make_hub([ports["allowed"], {"port": ports["idle"], "name": "dashboard"}, ports["range"]])
+    """The servers run the demo app on three ports beside the Jupyter server (with_app.py,
+    as the demo does): apps of the server's own, on 127.0.0.1."""
+    command = [sys.executable, str(REPO / "examples/with_app.py")]
+    command += [a for name in APPS for a in ("--app-port", str(ports[name]))]
+    command += ["--", str(BIN / "jupyterhub-singleuser")]
+    config = f"c.Spawner.cmd = {command!r}"
+    return make_hub([ports["allowed"], {"port": ports["idle"], "name": "dashboard"}, ports["range"]], config)
 
 
 @pytest.fixture(scope="module")
@@ -39,20 +51,19 @@ def alice(hub):
     return token
 
 
+@pytest.fixture(scope="module")
+def apps(ports, alice):
+    """The pids of the server's apps, by name, once they listen."""
+    wait_for(lambda: all(port_open(ports[name]) for name in APPS), 30, "the server's apps")
+    return ports
+
+
 def serve(tmp, port, address="127.0.0.1"):
-    """``python -m http.server`` on ``address:port``, as a user starts one in a terminal."""
+    """``python -m http.server`` on ``address:port``, started by a process of the same system
+    user that is not the server's (another server of the user's, a cron job)."""
     proc = subprocess.Popen([sys.executable, "-m", "http.server", "--bind", address, str(port)], cwd=tmp)
     wait_for(lambda: port_open(port), 15, f"http.server on {port}")
     return proc
-
-
-@pytest.fixture(scope="module")
-def apps(module_tmp, ports, alice):
-    procs = {name: serve(module_tmp, ports[name]) for name in ("allowed", "range_first", "other")}
-    yield procs
-    for proc in procs.values():
-        proc.terminate()
-        proc.wait(10)
 
 
 def panel(hub, token, method="GET", **kwargs) -> httpx.Response:
@@ -85,7 +96,7 @@ def test_the_panel_lists_every_port_with_the_hubs_settings(hub, alice, apps, por
     allowed = found[ports["allowed"]]
     assert allowed["allowed"] is True and allowed["listening"] is True and allowed["spec"] == str(ports["allowed"])
     assert allowed["url"] == f"{hub.url}/ports/alice/{ports['allowed']}/", allowed  # the browser's origin, not the hub's own
-    assert allowed["process"].startswith("python") and "http.server" in allowed["command"], allowed
+    assert allowed["process"].startswith("python") and "demo_app.py" in allowed["command"], allowed
     assert allowed["loopback_only"] is True and allowed["relayed"] is False  # on the hub's machine: no relay
     idle = found[ports["idle"]]
     assert idle["allowed"] is True and idle["listening"] is False and idle["name"] == "dashboard"
@@ -107,16 +118,17 @@ def test_the_hub_learns_what_listens(hub, alice, apps, ports):
     assert settings[str(ports["idle"])]["listening"] == []  # reported: nothing there
     assert [e["port"] for e in settings[ports["range"]]["listening"]] == [ports["range_first"]]
     assert all(e["port"] != ports["other"] for s in settings.values() for e in s["listening"])  # not allowed: not told
-    apps["range_first"].terminate()
-    apps["range_first"].wait(10)
+    [running] = [e for e in panel(hub, alice).json()["ports"] if e["port"] == ports["range_first"]]
+    os.kill(running["pid"], signal.SIGTERM)
     wait_for(lambda: hub_ports(hub, alice)[ports["range"]]["listening"] == [], 10, "the hub to learn the app stopped")
 
 
 def test_visibility_changed_from_inside_the_server(hub, alice, apps, ports):
     url = f"/ports/alice/{ports['allowed']}/"
 
-    def reaches_the_app() -> bool:  # http.server answers (404: it serves no /ports/ path)
-        return hub.get(url).headers.get("server", "").startswith("SimpleHTTP")
+    def reaches_the_app() -> bool:  # the demo app answers, saying whose server it runs in
+        response = hub.get(url)
+        return response.status_code == 200 and response.json().get("server_of") == "alice"
 
     assert not reaches_the_app()  # a stranger, while the port is the server's
     changed = panel(hub, alice, "POST", json={"ports": {str(ports["allowed"]): "public"}})
@@ -188,3 +200,17 @@ def test_the_hubs_pages_show_what_listens(hub, alice, apps, ports, browser):
         assert page.locator(f"tr[data-port='{ports['idle']}'] {cell}").inner_text() == "nothing listening"
     shoot(page, "ports-page-listening")
     context.close()
+
+
+def test_on_a_shared_host_only_the_servers_own_processes(hub, alice, apps, module_tmp):
+    """The same system user's listener started outside the server (another of the user's
+    servers, a cron job) is not this server's: not listed, not reported."""
+    stranger_port = free_port()
+    stranger = serve(module_tmp, stranger_port)
+    try:
+        assert panel(hub, alice).json()["ports"]  # the server's own are listed...
+        time.sleep(2.5)  # two of the watch's rounds
+        assert stranger_port not in entries(panel(hub, alice))  # ...the stranger's is not
+    finally:
+        stranger.terminate()
+        stranger.wait(10)

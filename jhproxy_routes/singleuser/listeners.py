@@ -2,7 +2,8 @@
 port finder shows them.
 
 A user's server sees its own network namespace (a container, a pod: every listener there is
-the user's) or, on a shared host, every user's: only sockets of the server's own uid count.
+the user's) or, on a shared host, every user's: only sockets of the server's own uid count,
+and of those, where the caller says (``mine``), only those of the server's own processes.
 Each listening socket (``procnet.listening``) is put with the process that holds it, found by
 its inode among ``/proc/<pid>/fd/*`` links (``socket:[<inode>]``, readable for one's own
 processes). The Jupyter server's own sockets and its kernels' are left out by the caller
@@ -54,14 +55,17 @@ def listeners(
     known: dict[int, tuple] | None = None,
     ignored: set[int] = frozenset(),
     excluded_pids: set[int] = frozenset(),
+    mine=None,
 ) -> list[Listener]:
     """The listening ports of sockets owned by ``uid``, by port; never a port in
     ``excluded`` or a socket held by a process in ``excluded_pids`` (the Jupyter server's
     own, its kernels': a kernel listens on more ports than its connection file names).
 
-    ``known``: the processes of sockets seen before (inode: (pid, name, command)), kept by
-    a caller that scans again and again: only new sockets send it through ``/proc/*/fd``.
-    ``ignored``: inodes of sockets that are not an app's (the relay's own)."""
+    ``mine``: where given, ``mine()`` answers the pids whose sockets count (on a shared host,
+    the server's own processes: ``server_processes``); asked once per scan that finds a new
+    socket. ``known``: what was found of sockets seen before (inode: (pid, name, command,
+    counts)), kept by a caller that scans again and again: only new sockets send it through
+    ``/proc``. ``ignored``: inodes of sockets that are not an app's (the relay's own)."""
     known = {} if known is None else known
     sockets = [
         sock for sock in procnet.listening() if sock.uid == uid and sock.local[1] not in excluded and sock.inode not in ignored
@@ -70,14 +74,17 @@ def listeners(
     for gone in set(known) - inodes:
         del known[gone]
     new = inodes - set(known)
-    for pid, inode in socket_inodes(proc, new):
-        known.setdefault(inode, (pid, *process_words(proc / str(pid))))
-    for inode in new - set(known):  # held by no process we may read: not looked for again
-        known[inode] = (0, "", "")
+    if new:
+        counted = mine() if mine is not None else None
+        for pid, inode in socket_inodes(proc, new):
+            if inode not in known:
+                known[inode] = (pid, *process_words(proc / str(pid)), counted is None or pid in counted)
+        for inode in new - set(known):  # held by no process we may read: not looked for again
+            known[inode] = (0, "", "", counted is None)
     found: dict[int, Listener] = {}
     for sock in sockets:
-        pid, name, command = known.get(sock.inode, (0, "", ""))
-        if pid in excluded_pids:
+        pid, name, command, counts = known[sock.inode]
+        if pid in excluded_pids or not counts:
             continue
         listener = found.setdefault(sock.local[1], Listener(sock.local[1]))
         address = str(sock.local[0])
@@ -86,6 +93,35 @@ def listeners(
         if not listener.pid:
             listener.pid, listener.name, listener.command = pid, name, command
     return sorted(found.values(), key=lambda listener: listener.port)
+
+
+def server_processes(server_pid: int, proc: Path = Path("/proc")) -> set[int]:
+    """The processes of one user's server on a shared host: those of the server's session
+    (what the spawner started: the Jupyter server and what runs beside it) and every
+    descendant of the Jupyter server (terminals start sessions of their own; kernels and
+    what they start). An app whose parents all ended (a terminal closed after ``app &``) is
+    the init process's child, and no longer counts."""
+    session = os.getsid(server_pid)
+    children: dict[int, list[int]] = {}
+    found = set()
+    for entry in os.scandir(proc):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"{entry.path}/stat") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        pid, parent, sid = int(entry.name), int(fields[1]), int(fields[3])
+        children.setdefault(parent, []).append(pid)
+        if sid == session:
+            found.add(pid)
+    todo = [server_pid]
+    while todo:
+        pid = todo.pop()
+        found.add(pid)
+        todo.extend(children.get(pid, ()))
+    return found
 
 
 def socket_inodes(proc: Path, wanted: set[int]):

@@ -15,6 +15,7 @@ seconds besides, it reads the server's port settings from the hub (``hub.py``). 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import time
@@ -23,7 +24,7 @@ from pathlib import Path
 from ..listening import REPORT_INTERVAL
 from .hub import HubClient, HubError
 from .interfaces import own_addresses
-from .listeners import Listener, listeners
+from .listeners import Listener, listeners, server_processes
 from .relay import LoopbackRelay
 from .view import covering
 
@@ -57,9 +58,13 @@ def own_pids(serverapp) -> set[int]:
     return pids
 
 
-def scan(serverapp, known: dict[int, tuple] | None = None, ignored: set[int] = frozenset()) -> list[Listener]:
-    """The server's user's listeners, but the Jupyter server's own and its kernels'."""
-    return listeners(os.getuid(), own_ports(serverapp), Path("/proc"), known, ignored, own_pids(serverapp))
+def scan(
+    serverapp, known: dict[int, tuple] | None = None, ignored: set[int] = frozenset(), shared_host: bool = False
+) -> list[Listener]:
+    """The server's user's listeners, but the Jupyter server's own and its kernels'; on a
+    shared host (the hub's machine), only those of the server's own processes."""
+    mine = functools.partial(server_processes, os.getpid()) if shared_host else None
+    return listeners(os.getuid(), own_ports(serverapp), Path("/proc"), known, ignored, own_pids(serverapp), mine)
 
 
 def loopback_target(listener: Listener) -> str:
@@ -79,6 +84,7 @@ class PortWatcher:
         self.relayed: set[int] = set()
         self._relay: LoopbackRelay | None = None  # made when a port first needs it
         self._known: dict[int, tuple] = {}  # socket inode: its process (listeners.py)
+        self._scanned_shared = False  # whether the last scan counted the server's own processes only
         self._scan_lock = asyncio.Lock()
         self._settings_at = -SETTINGS_MAX_AGE
         self._reported: list[dict] | None = None
@@ -107,10 +113,19 @@ class PortWatcher:
         await self.relay()
         await self.report()
 
+    @property
+    def shared_host(self) -> bool:
+        """Whether the server runs on the hub's machine (as the hub says), where the ports
+        of other servers of the same system user are there too."""
+        return bool(self.settings) and self.settings.get("own_network") is False
+
     async def scan(self) -> list[Listener]:
         async with self._scan_lock:
             ignored = self._relay.socket_inodes if self._relay else frozenset()
-            self.listeners = await asyncio.to_thread(scan, self.serverapp, self._known, ignored)
+            if self.shared_host != self._scanned_shared:  # what counts changed: look at every socket again
+                self._known.clear()
+                self._scanned_shared = self.shared_host
+            self.listeners = await asyncio.to_thread(scan, self.serverapp, self._known, ignored, self.shared_host)
         return self.listeners
 
     async def refresh_settings(self) -> None:
