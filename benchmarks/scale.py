@@ -20,7 +20,8 @@ The servers are stand-ins (name, address, ready) over real rows of JupyterHub's 
 (``jupyterhub.orm``, sqlite): the hub's own objects need a hub. All run on 127.0.0.1, where
 one small app answers every server's public port. Each has one protected port (CHP ->
 sidecar; mode allow_all) and one public port (CHP -> app): 2N CHP routes and N sidecar routes.
-Results go to benchmarks/results/scale.json and scale.md.
+Results go to benchmarks/results/scale.json and scale.md, beside those of
+``traefik_file.py`` (the same steps behind Traefik's file provider).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import json
 import logging
 import os
 import platform
+import re
 import secrets
 import subprocess
 import sys
@@ -259,6 +261,27 @@ def report(servers: int, results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+SECTIONS = {"chp": "## configurable-http-proxy (`scale.py`)", "traefik": "## Traefik's file provider (`traefik_file.py`)"}
+
+
+def save_results(key: str, markdown: str, data: dict) -> None:
+    """One script's part of results/scale.md (its own section; the other's kept) and of
+    scale.json (CHP's run at the top, Traefik's under ``traefik``)."""
+    md, js = RESULTS / "scale.md", RESULTS / "scale.json"
+    RESULTS.mkdir(exist_ok=True)
+    old = md.read_text() if md.exists() else ""
+    parts = dict(re.findall(r"^(## [^\n]*)\n\n(.*?)(?=^## |\Z)", old, re.M | re.S)) if old.startswith("## ") else {}
+    if old and not parts:
+        parts[SECTIONS["chp"]] = old  # from before the sections
+    parts[SECTIONS[key]] = markdown
+    md.write_text("\n".join(f"{h}\n\n{parts[h].strip()}\n" for h in SECTIONS.values() if h in parts))
+    stored = json.loads(js.read_text()) if js.exists() else {}
+    stored = (
+        {**data, **({"traefik": stored["traefik"]} if "traefik" in stored else {})} if key == "chp" else {**stored, key: data}
+    )
+    js.write_text(json.dumps(stored, indent=1))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--servers", type=int, default=10000)
@@ -274,9 +297,7 @@ def main() -> None:
         gc.unfreeze()
         gc.collect()
     table = report(args.servers, results)
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "scale.json").write_text(json.dumps({"servers": args.servers, "targets": TARGETS, **results}, indent=1))
-    (RESULTS / "scale.md").write_text(table)
+    save_results("chp", table, {"servers": args.servers, "targets": TARGETS, **results})
     print(table)
 
 
