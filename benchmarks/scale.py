@@ -79,8 +79,10 @@ def fake_users(db, first: int, count: int) -> dict:
 
 class LoopWatch:
     """How late a ticker that wants to run every ``interval`` seconds runs: the longest block
-    of the event loop. Python's garbage collector runs inside such blocks (a full, generation-2
-    collection walks every object of the process); its longest pause is recorded too."""
+    of the event loop, and the CPU time this process used meanwhile (all its threads): far
+    less than the block means the process waited for a core (a busy machine), not for its own
+    work. Python's garbage collector runs inside such blocks (a full, generation-2 collection
+    walks every object of the process); its longest pause is recorded too."""
 
     def __init__(self, interval: float = 0.005):
         self.interval = interval
@@ -95,21 +97,26 @@ class LoopWatch:
 
     async def _tick(self):
         loop = asyncio.get_running_loop()
-        while True:
-            self._tick_start = loop.time()
+        while True:  # from __enter__ on: a block before the ticker first runs counts too
             await asyncio.sleep(self.interval)
-            self.longest = max(self.longest, loop.time() - self._tick_start - self.interval)
+            self._ticked(loop.time())
+
+    def _ticked(self, now: float) -> None:
+        cpu = time.process_time()
+        if now - self._tick_start - self.interval > self.longest:
+            self.longest, self.longest_cpu = now - self._tick_start - self.interval, cpu - self._tick_cpu
+        self._tick_start, self._tick_cpu = now, cpu
 
     def __enter__(self):
-        self.longest = self.longest_gc = 0.0
-        self._tick_start = asyncio.get_running_loop().time()
+        self.longest = self.longest_cpu = self.longest_gc = 0.0
+        self._tick_start, self._tick_cpu = asyncio.get_running_loop().time(), time.process_time()
         gc.callbacks.append(self._on_gc)
         self._task = asyncio.ensure_future(self._tick())
         return self
 
     def __exit__(self, *exc):
         # a block at the very end of the step: the ticker has not run since it began
-        self.longest = max(self.longest, asyncio.get_running_loop().time() - self._tick_start - self.interval)
+        self._ticked(asyncio.get_running_loop().time())
         self._task.cancel()
         gc.callbacks.remove(self._on_gc)
 
@@ -243,7 +250,8 @@ def report(servers: int, results: dict) -> str:
     """Both passes as one markdown table: with Python's garbage collector as a hub runs it,
     and with the collector off (what the route manager's own steps block)."""
     lines = [
-        f"Route manager, {servers} servers x 2 ports ({2 * servers} CHP routes, {servers} sidecar routes);"
+        f"{time.strftime('%Y-%m-%d')}: route manager, {servers} servers x 2 ports ({2 * servers} CHP routes,"
+        f" {servers} sidecar routes);"
         f" {platform.processor() or platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}.",
         "",
         "| garbage collector | reconcile | time | target | longest loop block | target | longest collection |",
