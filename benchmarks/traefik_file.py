@@ -42,7 +42,7 @@ import subprocess
 import tempfile
 import time
 
-from scale import TARGETS, LoopWatch, save_results
+from scale import TARGETS, LoopWatch, busy, save_results
 
 from jhproxy_routes import routesfile
 from jhproxy_routes.proxy import freeze_startup_objects
@@ -156,12 +156,13 @@ async def run(counts: list[int], naive: int) -> list[dict]:
     return rows
 
 
-def report(rows: list[dict], load: tuple[float, float]) -> str:
+def report(rows: list[dict], load: tuple[str, str]) -> str:
     lines = [
         f"{time.strftime('%Y-%m-%d')}: our route table behind a real Traefik"
         f" {subprocess.run([BIN, 'version'], capture_output=True, text=True).stdout.split()[1]},"
         f" {platform.processor() or platform.machine()},"
-        f" {os.cpu_count()} cores shared with other work (load average {load[0]:.1f} before, {load[1]:.1f} after),"
+        f" {os.cpu_count()} cores shared with other work ({load[0]} before; {load[1]} after: the share of the last"
+        " minute in which tasks waited for a core),"
         f" Python {platform.python_version()}. Targets: scale.py's (10,000 servers).",
         "",
         "| routes | step | time | target | file written after | longest loop block (process CPU in it) | target"
@@ -188,9 +189,9 @@ def main():
     parser.add_argument("--naive", type=int, default=0)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    before = os.getloadavg()[0]
+    before = busy()
     rows = asyncio.run(run(args.routes, args.naive))
-    table = report(rows, (before, os.getloadavg()[0]))
+    table = report(rows, (before, busy()))
     save_results("traefik", table, {"rows": rows, "targets": TARGETS})
     print(table)
 
