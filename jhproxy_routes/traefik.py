@@ -113,7 +113,10 @@ class TraefikRouteTable:
             self.log.warning("jhproxy-routes: %s not read, its routes will be written again: %s", self.path, shown(e))
             routes = {}
         for count, (spec, data) in enumerate(routes.items(), 1):
-            self._set(spec, data)
+            try:
+                self._set(spec, data)
+            except (ValueError, TypeError) as e:  # not a route we would write: gone at the next write
+                self.log.warning("jhproxy-routes: route %s in %s skipped: %s", shown(spec), self.path, shown(e))
             if count % ROUTES_PER_YIELD == 0:
                 await asyncio.sleep(0)
 

@@ -205,6 +205,30 @@ routesfile.write({table.path!r}, [routesfile.RouteLines('"/ports/x/1/" = "{{}}"\
         assert "/ports/u0/5000/" not in routesfile.read(again.path) and len(routesfile.read(again.path)) == 48
 
 
+async def test_a_file_read_back_keeps_its_routes_and_skips_what_is_no_route(tmp_path, caplog):
+    """A hub starting again reads our file back (no Traefik needed for that): the routes as
+    written; a line that is no route we would write (edited by hand) is skipped and logged,
+    and a file that is not ours at all leaves an empty table (rewritten at the next write)."""
+    (tmp_path / "rules").mkdir()
+    proxy = TraefikDirectoryProxy(
+        dynamic_config_file=str(tmp_path / "rules" / "rules.toml"), traefik_api_username="a", traefik_api_password="b"
+    )
+    good = {"/ports/alice/5000/": {"target": "http://127.0.0.1:9", "username": "alice", "jhproxy_routes": True}}
+    lines = [
+        routesfile.route_lines(spec, data, proxy._dynamic_config_for_route(spec, data["target"], {})[0])
+        for spec, data in good.items()
+    ]
+    bad = routesfile.RouteLines('"/ports/no-slash" = "{\\"target\\": \\"http://127.0.0.1:9\\"}"\n', "")
+    path = routesfile.routes_path(proxy.dynamic_config_file)
+    routesfile.write(path, [*lines, bad])
+    assert set(routesfile.read(path)) == {"/ports/alice/5000/", "/ports/no-slash"}
+    assert await TraefikRouteTable(proxy).get_all() == good
+    assert "route /ports/no-slash in" in caplog.text and "skipped" in caplog.text
+    (tmp_path / "rules" / routesfile.ROUTES_FILE).write_text("[http.routers.x]\nrule = 'Path(`/x`)'\n")
+    assert await TraefikRouteTable(proxy).get_all() == {}
+    assert "not read, its routes will be written again" in caplog.text
+
+
 async def test_a_traefik_that_watches_the_hubs_file_alone_is_named(tmp_path, monkeypatch):
     """jupyterhub-traefik-proxy's own static config has Traefik watch its file alone: our
     routes are never served, and the error says what to configure."""
