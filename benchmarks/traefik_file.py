@@ -153,6 +153,7 @@ async def run(counts: list[int], naive: int) -> list[dict]:
             rows.append({"routes": naive, **await measure("naive add_route", table, writes, add_each())})
     finally:
         await proxy.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
     return rows
 
 
