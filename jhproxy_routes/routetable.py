@@ -4,8 +4,8 @@ A routespec is JupyterHub's (``/path/`` or ``host/path/``, escaped, with a trail
 a route's data is a flat JSON object with its ``target``. A table reads and writes only our
 routes (tagged ``ROUTE_TAG``, never ``jupyterhub``) and raises ``RouteAPIError`` when the
 proxy fails for good. Backends: ``routeapi.RouteAPI`` (configurable-http-proxy's REST API,
-also the sidecar's mirror) and ``traefik.TraefikRouteTable`` (jupyterhub-traefik-proxy's
-proxy object, in the hub's process).
+also the sidecar's mirror) and ``traefik.TraefikRouteTable`` (a Traefik dynamic
+configuration file of our own, beside jupyterhub-traefik-proxy's).
 """
 
 from __future__ import annotations

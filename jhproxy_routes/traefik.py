@@ -3,18 +3,25 @@ file provider (``c.JupyterHub.proxy_class = "traefik_file"``, ``TraefikFileProvi
 
 ``install(c)`` sets ``TraefikPortRoutesProxy`` for such a config: the hub's own class with
 ``PortRoutesMixin``, configured by the same ``c.TraefikProxy`` and
-``c.TraefikFileProviderProxy`` settings. Its route table, ``TraefikRouteTable``, is that
-proxy object itself, in the hub's process (``add_route``, ``delete_route``,
-``get_all_routes`` as JupyterHub's Proxy API defines them); the file provider keeps the
-table in memory and rewrites one file per change, so many routes at once (a
-reconciliation) are merged into one write and one wait for Traefik to load it. The
-key-value providers (etcd, consul, redis) are refused by ``install(c)``.
+``c.TraefikFileProviderProxy`` settings. Its route table, ``TraefikRouteTable``, keeps our
+routes in a dynamic configuration file of their own, ``jhproxy-routes.toml`` beside the
+hub's ``dynamic_config_file`` (``routesfile.py``), which Traefik's file provider merges with
+the hub's when it watches their directory: TLJH's static config does
+(``providers.file.directory``), and so does the static config this class writes when the hub
+starts Traefik (``should_start``; that directory may then hold no other dynamic
+configuration). The key-value providers (etcd, consul, redis) are refused by ``install(c)``.
+
+Why a file of our own: jupyterhub-traefik-proxy keeps its table in the hub's process and
+serialises all of it (TOML, in pure Python, in the hub's event loop) at every change: with
+10,000 port routes in it, every write blocked the hub for seconds, the hub's own too (a
+server starting). Our file is written apart: the table is changed in memory, each route's
+lines are made once, and a write (joined, synced, renamed over the file) runs in a thread;
+changes made while a write runs go together in the next one.
 
 What differs from CHP, and how it is met:
 
-- jupyterhub-traefik-proxy's ``get_all_routes`` does not skip routes without the
-  ``jupyterhub`` key, so JupyterHub's ``check_routes`` would delete ours: the proxy class
-  hides routes tagged ``ROUTE_TAG`` from the hub, while the table reads them all.
+- jupyterhub-traefik-proxy's ``get_all_routes`` shows the hub every route of its table and
+  the hub's ``check_routes`` deletes those it did not make: ours are not in its table.
 - Traefik keeps no activity per route (``direct_routes`` False): every port, public ones
   too, goes through the sidecar, which records the activity itself.
 - A route's rule is ``PathPrefix(`/p/`) || Path(`/p`)`` (with ``Host(`h`) &&`` for a host
@@ -33,16 +40,21 @@ What differs from CHP, and how it is met:
 from __future__ import annotations
 
 import asyncio
+import os
 from urllib.parse import unquote
 
+from jupyterhub.utils import exponential_backoff
 from jupyterhub_traefik_proxy.fileprovider import TraefikFileProviderProxy
 from jupyterhub_traefik_proxy.proxy import TraefikProxy
 
+from . import routesfile
 from .logsafe import shown
 from .proxy import PortRoutesMixin
 from .routeapi import ROUTE_TAG, RouteAPIError
 
-__all__ = ["TraefikPortRoutesProxy", "TraefikRouteTable", "unsafe"]
+__all__ = ["TraefikDirectoryProxy", "TraefikPortRoutesProxy", "TraefikRouteTable", "unsafe"]
+
+ROUTES_PER_YIELD = 100  # routes made (~45 µs each) between two yields to the hub's event loop
 
 
 def unsafe(routespec: str) -> str:
@@ -67,26 +79,56 @@ async def until_started(proxy: TraefikProxy) -> None:
 
 
 class TraefikRouteTable:
-    """Our routes in a running jupyterhub-traefik-proxy file provider (see the module).
-    Its merged writes use that proxy's own steps (``_dynamic_config_for_route``,
-    ``_apply_dynamic_config``, ``_wait_for_route``, ``_keys_for_route``,
-    ``_delete_dynamic_config``: jupyterhub-traefik-proxy 2.x, pinned below 3)."""
+    """Our routes in a file of their own beside a jupyterhub-traefik-proxy file provider's
+    (see the module). Each route's router and service are what that proxy's own
+    ``_dynamic_config_for_route`` makes, and a route added is waited for with its
+    ``_check_for_traefik_service`` (jupyterhub-traefik-proxy 2.x, pinned below 3)."""
 
     name = "proxy"
 
-    def __init__(self, proxy: TraefikProxy):
+    def __init__(self, proxy: TraefikFileProviderProxy):
         self.proxy = proxy
         self.log = proxy.log
+        self.path = routesfile.routes_path(proxy.dynamic_config_file)
+        self._routes: dict[str, dict] = {}  # routespec -> data with its target and ROUTE_TAG
+        self._lines: dict[str, routesfile.RouteLines] = {}  # routespec -> its lines in the file
+        self._loaded: asyncio.Future | None = None  # the file as a hub before us left it, read once
+        self._changes = 0  # changes made to the table so far
+        self._written = 0  # changes the file holds
+        self._writing: asyncio.Future | None = None
         self._refused: set[str] = set()  # routespecs refused and logged once
 
-    async def all_routes(self) -> dict[str, dict]:
-        """Every route, ours too (the proxy class hides ours from the hub):
-        ``{routespec: {"routespec", "target", "data"}}``."""
-        return await TraefikProxy.get_all_routes(self.proxy)
+    async def _table(self) -> dict[str, dict]:
+        """The table, read from the file when first needed (in a thread)."""
+        if self._loaded is None:
+            self._loaded = asyncio.ensure_future(self._load())
+        await asyncio.shield(self._loaded)
+        return self._routes
+
+    async def _load(self) -> None:
+        try:
+            await asyncio.to_thread(routesfile.remove_leftovers, self.path)
+            routes = await asyncio.to_thread(routesfile.read, self.path)
+        except (OSError, ValueError) as e:
+            self.log.warning("jhproxy-routes: %s not read, its routes will be written again: %s", self.path, shown(e))
+            routes = {}
+        for count, (spec, data) in enumerate(routes.items(), 1):
+            try:
+                self._set(spec, data)
+            except (ValueError, TypeError) as e:  # not a route we would write: gone at the next write
+                self.log.warning("jhproxy-routes: route %s in %s skipped: %s", shown(spec), self.path, shown(e))
+            if count % ROUTES_PER_YIELD == 0:
+                await asyncio.sleep(0)
+
+    def _set(self, routespec: str, data: dict) -> None:
+        target = data["target"]
+        route = {k: v for k, v in data.items() if k != "target"}
+        traefik, _ = self.proxy._dynamic_config_for_route(routespec, target, route)
+        self._routes[routespec] = data
+        self._lines[routespec] = routesfile.route_lines(routespec, data, traefik)
 
     async def get_all(self) -> dict[str, dict]:
-        routes = await self.all_routes()
-        return {spec: {**r["data"], "target": r["target"]} for spec, r in routes.items() if r["data"].get(ROUTE_TAG)}
+        return dict(await self._table())
 
     async def add(self, routespec: str, data: dict) -> None:
         await self.add_many({routespec: data})
@@ -95,42 +137,80 @@ class TraefikRouteTable:
         await self.delete_many([routespec])
 
     async def add_many(self, routes: dict[str, dict]) -> None:
-        """One write of the dynamic config for all of ``routes``, then one wait until Traefik
+        """All of ``routes`` in the table, one write of the file, one wait until Traefik
         serves them (it loads the file as a whole)."""
-        merged_traefik: dict = {"http": {"routers": {}, "services": {}}}
-        merged_hub: dict = {"routes": {}}
-        for spec, data in routes.items():
+        await self._table()
+        added = []
+        for count, (spec, data) in enumerate(routes.items(), 1):
             why = unsafe(spec)
             if why:
                 self._refuse(spec, why)
                 continue
-            route = {k: v for k, v in data.items() if k != "target"}
-            traefik, hub = self.proxy._dynamic_config_for_route(spec, data["target"], {**route, ROUTE_TAG: True})
-            for kind in ("routers", "services"):
-                merged_traefik["http"][kind].update(traefik["http"][kind])
-            merged_hub["routes"].update(hub["routes"])
-        if not merged_hub["routes"]:
-            return
-        last = next(reversed(merged_hub["routes"].values()))["routespec"]
-        await self._call(f"add {len(merged_hub['routes'])} route(s)", self._write_and_wait(merged_traefik, merged_hub, last))
+            self._set(spec, {**data, ROUTE_TAG: True})
+            added.append(spec)
+            if count % ROUTES_PER_YIELD == 0:
+                await asyncio.sleep(0)
+        if added:
+            self._changes += 1
+            await self._call(f"add {len(added)} route(s)", self._save_and_wait(added[-1]))
+        elif self._written < self._changes:  # a write failed: this one has its changes
+            await self._call("write the routes", self._save())
 
-    async def _write_and_wait(self, traefik: dict, hub: dict, routespec: str) -> None:
+    async def _save_and_wait(self, routespec: str) -> None:
+        await self._save()
         await until_started(self.proxy)
+
+        async def served() -> bool:
+            check = self.proxy._check_for_traefik_service
+            return await check(routespec, "service") and await check(routespec, "router")
+
         async with self.proxy.semaphore:
-            await self.proxy._apply_dynamic_config(traefik, hub)
-            await self.proxy._wait_for_route(routespec)
+            try:
+                # as jupyterhub-traefik-proxy's _wait_for_route, at most 0.25 s apart: Traefik
+                # takes a second or two to load 10,000 routes, and its wait's intervals grow past that
+                await exponential_backoff(
+                    served,
+                    f"Traefik route for {routespec}: not ready",
+                    start_wait=0.05,
+                    scale_factor=1.2,
+                    max_wait=0.25,
+                    timeout=self.proxy.check_route_timeout,
+                )
+            except (asyncio.TimeoutError, TimeoutError):
+                raise RouteAPIError(
+                    f"Traefik did not serve {shown(routespec)} within {self.proxy.check_route_timeout} s"
+                    f" (c.TraefikProxy.check_route_timeout) after it was written to {self.path}: Traefik's"
+                    f" file provider must watch that directory (providers.file.directory), as TLJH's does"
+                ) from None
 
     async def delete_many(self, routespecs: list[str]) -> None:
-        """One write of the dynamic config without all of ``routespecs`` (those not there skipped)."""
-        present = await self.all_routes()
-        traefik_keys, hub_keys = [], []
-        for spec in routespecs:
-            if spec in present:
-                keys = self.proxy._keys_for_route(spec)
-                traefik_keys += keys[0]
-                hub_keys += keys[1]
-        if hub_keys:
-            await self._call(f"delete {len(hub_keys)} route(s)", self.proxy._delete_dynamic_config(traefik_keys, hub_keys))
+        """None of ``routespecs`` in the table (those not there skipped), one write of the file."""
+        table = await self._table()
+        gone = [spec for spec in routespecs if table.pop(spec, None) is not None]
+        for spec in gone:
+            del self._lines[spec]
+        if gone:
+            self._changes += 1
+        if self._written < self._changes:  # with the changes of a write that failed
+            await self._call(f"delete {len(gone)} route(s)", self._save())
+
+    async def _save(self) -> None:
+        """Until the file holds every change made to the table so far: one write at a time,
+        in a thread, and one write for all the changes made while the previous one ran."""
+        wanted = self._changes
+        while self._written < wanted:
+            if self._writing is None:
+                self._writing = asyncio.ensure_future(self._write())
+                self._writing.add_done_callback(lambda f: f.cancelled() or f.exception())  # its callers see it
+            await asyncio.shield(self._writing)
+
+    async def _write(self) -> None:
+        try:
+            changes, lines = self._changes, list(self._lines.values())
+            await asyncio.to_thread(routesfile.write, self.path, lines)
+            self._written = changes
+        finally:
+            self._writing = None
 
     async def _call(self, what: str, call) -> None:
         """Await ``call``; its failure as a RouteAPIError, as the route manager expects."""
@@ -145,7 +225,46 @@ class TraefikRouteTable:
             self.log.error("jhproxy-routes: no Traefik route for %s: %s", shown(routespec), why)
 
 
-class TraefikPortRoutesProxy(PortRoutesMixin, TraefikFileProviderProxy):
+def other_dynamic_config(directory: str, own: set[str]) -> list[str]:
+    """What Traefik's file provider would load from ``directory`` besides the files in ``own``:
+    other ``.toml``, ``.yaml`` and ``.yml`` files, and folders (it loads them too)."""
+    others = []
+    for entry in os.scandir(directory):
+        if entry.name in own or entry.name == routesfile.TEMP_DIR:
+            continue
+        if entry.is_dir() or os.path.splitext(entry.name)[1].lower() in (".toml", ".yaml", ".yml"):
+            others.append(entry.name)
+    return sorted(others)
+
+
+class TraefikDirectoryProxy(TraefikFileProviderProxy):
+    """jupyterhub-traefik-proxy's file provider whose Traefik, when the hub starts it, watches
+    the directory of ``dynamic_config_file`` (the hub's routes and ours), not that file alone;
+    our file goes with the hub's when the hub stops Traefik. An external Traefik (TLJH's) must
+    be configured so (``providers.file.directory``)."""
+
+    async def _setup_traefik_static_config(self):
+        directory = os.path.dirname(os.path.abspath(self.dynamic_config_file))
+        own = {os.path.basename(self.dynamic_config_file), routesfile.ROUTES_FILE}
+        if os.path.dirname(os.path.abspath(self.static_config_file)) == directory:
+            own.add(os.path.basename(self.static_config_file))  # Traefik reads nothing it knows in it
+        others = other_dynamic_config(directory, own) if os.path.isdir(directory) else []
+        if others:
+            raise ValueError(
+                f"c.TraefikFileProviderProxy.dynamic_config_file is {self.dynamic_config_file!r}: Traefik would"
+                f" load {', '.join(others)} from its directory as well ({directory}; jhproxy-routes has Traefik"
+                f" watch that directory, where it keeps its routes in {routesfile.ROUTES_FILE}): give the file"
+                " a directory of its own"
+            )
+        self.static_config["providers"] = {"file": {"directory": directory, "watch": True}}
+        await TraefikProxy._setup_traefik_static_config(self)  # the file provider's would watch the file alone
+
+    def _cleanup(self):
+        super()._cleanup()
+        routesfile.remove(routesfile.routes_path(self.dynamic_config_file))
+
+
+class TraefikPortRoutesProxy(PortRoutesMixin, TraefikDirectoryProxy):
     """jupyterhub-traefik-proxy's file provider with one extra route per allowed port of each
     running server (see the module)."""
 
@@ -156,8 +275,3 @@ class TraefikPortRoutesProxy(PortRoutesMixin, TraefikFileProviderProxy):
 
     def proxy_ports(self) -> dict[str, str]:
         return {self.public_url: "the proxy's public port", self.traefik_api_url: "Traefik's API"}
-
-    async def get_all_routes(self) -> dict[str, dict]:
-        """The routes the hub may see: ours hidden, or its ``check_routes`` would delete them."""
-        routes = await super().get_all_routes()
-        return {spec: route for spec, route in routes.items() if not route["data"].get(ROUTE_TAG)}

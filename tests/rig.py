@@ -442,11 +442,17 @@ class TraefikHub(Hub):
             self.traefik_process.wait(10)
 
     def port_routes(self) -> dict:
-        """Our routes in the dynamic config file: ``{routespec: data with target}``."""
+        """Our routes in our dynamic config file (beside the hub's): ``{routespec: data with target}``."""
+        from jhproxy_routes import routesfile
+
+        return routesfile.read(routesfile.routes_path(str(self.rules)))
+
+    def hub_routes(self) -> dict:
+        """The routes in the hub's dynamic config file (jupyterhub-traefik-proxy's): ``{routespec: data}``."""
         import toml
 
         routes = toml.loads(self.rules.read_text()).get("jupyterhub", {}).get("routes", {}) if self.rules.exists() else {}
-        return {r["routespec"]: {**r["data"], "target": r["target"]} for r in routes.values() if r["data"].get("jhproxy_routes")}
+        return {r["routespec"]: r["data"] for r in routes.values()}
 
     def traefik_routers(self) -> dict:
         """The routers Traefik serves now (its API): ``{rule: router}``."""

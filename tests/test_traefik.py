@@ -8,9 +8,12 @@ sidecar (activity), the file surviving a Traefik restart, and the hub's restart.
 """
 
 import asyncio
+import contextlib
 import hashlib
 import os
 import signal
+import subprocess
+import sys
 import time
 
 import httpx
@@ -18,7 +21,9 @@ import pytest
 from tornado.httpclient import HTTPRequest
 from tornado.websocket import websocket_connect
 
-from jhproxy_routes.traefik import TraefikRouteTable, unsafe
+from jhproxy_routes import routesfile
+from jhproxy_routes.routeapi import RouteAPIError
+from jhproxy_routes.traefik import TraefikDirectoryProxy, TraefikRouteTable, unsafe
 from tests.rig import BIN, TraefikHub, browser_login, free_port, sibling_ports, wait_for, websocket_echo
 
 MIB = 1 << 20
@@ -73,44 +78,199 @@ def test_routespecs_that_cannot_be_traefik_rules(routespec, why):
     assert (why in unsafe(routespec)) if why else unsafe(routespec) == ""
 
 
+@contextlib.asynccontextmanager
+async def bare_traefik(tmp_path, monkeypatch, **settings):
+    """A real Traefik started through our ``TraefikDirectoryProxy`` (no hub): the hub's file
+    in ``rules/``, which Traefik watches with ours; the writes of our file counted."""
+    monkeypatch.setenv("PATH", f"{BIN}:{os.environ['PATH']}")  # the proxy runs "traefik"
+    (tmp_path / "rules").mkdir()
+    proxy = TraefikDirectoryProxy(
+        public_url=f"http://127.0.0.1:{free_port()}",
+        traefik_api_url=f"http://127.0.0.1:{free_port()}",
+        traefik_api_username="api_admin",
+        traefik_api_password="secret",
+        static_config_file=str(tmp_path / "traefik.toml"),
+        dynamic_config_file=str(tmp_path / "rules" / "rules.toml"),
+        should_start=True,
+        **settings,
+    )
+    proxy.writes = []
+    write = routesfile.write
+    monkeypatch.setattr(routesfile, "write", lambda *args: (proxy.writes.append(1), write(*args)))  # counted, still written
+    await proxy.start()
+    try:
+        yield proxy
+    finally:
+        await proxy.stop()
+
+
+def served_rules(proxy) -> set[str]:
+    response = httpx.get(f"{proxy.traefik_api_url}/api/http/routers?per_page=1000", auth=("api_admin", "secret"))
+    return {router["rule"] for router in response.json()}
+
+
+def rule(routespec: str) -> str:
+    return f"( PathPrefix(`{routespec}`) || Path(`{routespec.rstrip('/')}`) )"
+
+
 async def test_route_table_writes_once_per_batch(tmp_path, monkeypatch):
-    """The table against a real Traefik through TraefikFileProviderProxy (no hub): many routes
-    in one write and one wait; the hub's routes never read or touched; an unsafe routespec
-    skipped, the others added."""
+    """The table against a real Traefik (no hub): many routes in one write of our own file and
+    one wait; the hub's routes never read or touched, and never in our file (nor ours in its);
+    an unsafe routespec skipped, the others added; data with quotes, backslashes, control
+    characters and any script read back as written."""
+    async with bare_traefik(tmp_path, monkeypatch) as proxy:
+        await proxy.add_route("/", "http://127.0.0.1:9", {"hub": True})  # the hub's
+        table = TraefikRouteTable(proxy)
+        want = {f"/ports/user{i}/5000/": {"target": f"http://127.0.0.1:{i + 1}", "username": f"user{i}"} for i in range(200)}
+        want["/ports/%C3%A9%F0%9F%98%80/5000/"] = {"target": "http://127.0.0.1:9", "username": 'é😀"\\\n\t\x7f\x00', "port": 5000}
+        proxy.writes.clear()
+        await table.add_many({**want, "/ports/a%60b/5000/": {"target": "http://127.0.0.1:9"}})
+        assert len(proxy.writes) == 1
+        expected = {spec: {**data, "jhproxy_routes": True} for spec, data in want.items()}
+        assert await table.get_all() == expected
+        assert await TraefikRouteTable(proxy).get_all() == expected  # read back from the file
+        rules = served_rules(proxy)
+        assert rule("/ports/user199/5000/") in rules and rule("/ports/é😀/5000/") in rules
+        assert len([r for r in rules if "/ports/" in r]) == 201 and not any("a`b" in r for r in rules)
+        assert list(await proxy.get_all_routes()) == ["/"]  # the hub's file has the hub's routes alone
+        assert "/ports/" not in (tmp_path / "rules" / "rules.toml").read_text()
+        assert "hub" not in routesfile.read(table.path).get("/", {})
+        proxy.writes.clear()
+        await table.delete_many([*want, "/ports/never/5000/"])
+        assert len(proxy.writes) == 1 and await table.get_all() == {}
+        assert await TraefikRouteTable(proxy).get_all() == {}
+        # Traefik takes our empty file, and serves the hub's route still
+        await proxy.add_route("/user/x/", "http://127.0.0.1:9", {"user": "x"})
+        assert served_rules(proxy) >= {"PathPrefix(`/`)", rule("/user/x/")}
+        assert not any("/ports/" in r for r in served_rules(proxy))
+
+
+async def test_changes_made_together_share_writes_off_the_loop(tmp_path, monkeypatch):
+    """Routes added and deleted by many callers at once (servers starting and stopping while a
+    reconciliation runs): each change is in the table at once, the writes (in a thread) are
+    fewer than the changes, and the file Traefik serves ends as the table."""
+    async with bare_traefik(tmp_path, monkeypatch) as proxy:
+        table = TraefikRouteTable(proxy)
+        routes = {f"/ports/u{i}/5000/": {"target": f"http://127.0.0.1:{1000 + i}", "username": f"u{i}"} for i in range(100)}
+        await table.add_many(dict(list(routes.items())[:50]))
+        proxy.writes.clear()
+        changes = [table.add(spec, data) for spec, data in list(routes.items())[50:]]
+        changes += [table.delete(spec) for spec in list(routes)[:25]]
+        await asyncio.gather(*changes)
+        assert 1 <= len(proxy.writes) < len(changes) / 4, len(proxy.writes)
+        expected = {spec: {**data, "jhproxy_routes": True} for spec, data in list(routes.items())[25:]}
+        assert await table.get_all() == expected
+        assert routesfile.read(table.path) == expected
+        wait_for(lambda: {r for r in served_rules(proxy) if "/ports/" in r} == {rule(s) for s in expected}, 10, "Traefik")
+
+
+async def test_a_write_that_dies_halfway_leaves_the_last_whole_file(tmp_path, monkeypatch):
+    """A hub killed in the middle of a write (here when the new file is complete but not yet
+    in place) leaves the last file whole: Traefik keeps serving it, the next hub reads it back
+    and removes the unfinished temporary file; a write that fails leaves it too."""
+    async with bare_traefik(tmp_path, monkeypatch) as proxy:
+        table = TraefikRouteTable(proxy)
+        routes = {f"/ports/u{i}/5000/": {"target": "http://127.0.0.1:9", "username": f"u{i}"} for i in range(50)}
+        await table.add_many(routes)
+        before = (tmp_path / "rules" / routesfile.ROUTES_FILE).read_bytes()
+        crash = f"""
+import os, signal
+from jhproxy_routes import routesfile
+os.fsync = lambda fd: os.kill(os.getpid(), signal.SIGKILL)  # dies with the new file written, not yet renamed
+routesfile.write({table.path!r}, [routesfile.RouteLines('"/ports/x/1/" = "{{}}"\\n', "")] * 100_000)
+"""
+        died = subprocess.run([sys.executable, "-c", crash], capture_output=True, text=True)
+        assert died.returncode == -signal.SIGKILL, died.stderr
+        temp_dir = tmp_path / "rules" / routesfile.TEMP_DIR
+        [leftover] = temp_dir.iterdir()
+        assert leftover.name.endswith(".tmp") and leftover.stat().st_size > 1_000_000
+        assert (tmp_path / "rules" / routesfile.ROUTES_FILE).read_bytes() == before
+        await asyncio.sleep(1)
+        assert {r for r in served_rules(proxy) if "/ports/" in r} == {rule(s) for s in routes}
+        again = TraefikRouteTable(proxy)  # a hub starting again
+        assert await again.get_all() == {spec: {**data, "jhproxy_routes": True} for spec, data in routes.items()}
+        assert list(temp_dir.iterdir()) == []
+        # a write that fails (a full disk) is a RouteAPIError, and leaves the file as it was
+
+        def full(fd):
+            raise OSError(28, "No space left on device")
+
+        monkeypatch.setattr(os, "fsync", full)
+        with pytest.raises(RouteAPIError, match="No space left"):
+            await again.delete("/ports/u0/5000/")
+        assert (tmp_path / "rules" / routesfile.ROUTES_FILE).read_bytes() == before
+        assert list(temp_dir.iterdir()) == []
+        monkeypatch.undo()
+        await again.delete("/ports/u1/5000/")  # the next write has both deletions
+        assert "/ports/u0/5000/" not in routesfile.read(again.path) and len(routesfile.read(again.path)) == 48
+
+
+async def test_a_file_read_back_keeps_its_routes_and_skips_what_is_no_route(tmp_path, caplog):
+    """A hub starting again reads our file back (no Traefik needed for that): the routes as
+    written; a line that is no route we would write (edited by hand) is skipped and logged,
+    and a file that is not ours at all leaves an empty table (rewritten at the next write)."""
+    (tmp_path / "rules").mkdir()
+    proxy = TraefikDirectoryProxy(
+        dynamic_config_file=str(tmp_path / "rules" / "rules.toml"), traefik_api_username="a", traefik_api_password="b"
+    )
+    good = {"/ports/alice/5000/": {"target": "http://127.0.0.1:9", "username": "alice", "jhproxy_routes": True}}
+    lines = [
+        routesfile.route_lines(spec, data, proxy._dynamic_config_for_route(spec, data["target"], {})[0])
+        for spec, data in good.items()
+    ]
+    bad = routesfile.RouteLines('"/ports/no-slash" = "{\\"target\\": \\"http://127.0.0.1:9\\"}"\n', "")
+    path = routesfile.routes_path(proxy.dynamic_config_file)
+    routesfile.write(path, [*lines, bad])
+    assert set(routesfile.read(path)) == {"/ports/alice/5000/", "/ports/no-slash"}
+    assert await TraefikRouteTable(proxy).get_all() == good
+    assert "route /ports/no-slash in" in caplog.text and "skipped" in caplog.text
+    (tmp_path / "rules" / routesfile.ROUTES_FILE).write_text("[http.routers.x]\nrule = 'Path(`/x`)'\n")
+    assert await TraefikRouteTable(proxy).get_all() == {}
+    assert "not read, its routes will be written again" in caplog.text
+
+
+async def test_a_traefik_that_watches_the_hubs_file_alone_is_named(tmp_path, monkeypatch):
+    """jupyterhub-traefik-proxy's own static config has Traefik watch its file alone: our
+    routes are never served, and the error says what to configure."""
     from jupyterhub_traefik_proxy.fileprovider import TraefikFileProviderProxy
 
-    monkeypatch.setenv("PATH", f"{BIN}:{os.environ['PATH']}")  # the proxy runs "traefik"
+    monkeypatch.setenv("PATH", f"{BIN}:{os.environ['PATH']}")
+    (tmp_path / "rules").mkdir()
     proxy = TraefikFileProviderProxy(
         public_url=f"http://127.0.0.1:{free_port()}",
         traefik_api_url=f"http://127.0.0.1:{free_port()}",
         traefik_api_username="api_admin",
         traefik_api_password="secret",
         static_config_file=str(tmp_path / "traefik.toml"),
-        dynamic_config_file=str(tmp_path / "rules.toml"),
+        dynamic_config_file=str(tmp_path / "rules" / "rules.toml"),
+        check_route_timeout=3,
         should_start=True,
     )
-    writes = []
-    persist = proxy._persist_dynamic_config
-    proxy._persist_dynamic_config = lambda: (writes.append(1), persist())  # counted, still written
     await proxy.start()
     try:
-        await proxy.add_route("/", "http://127.0.0.1:9", {"hub": True})  # the hub's
-        table = TraefikRouteTable(proxy)
-        want = {f"/ports/user{i}/5000/": {"target": f"http://127.0.0.1:{i + 1}", "username": f"user{i}"} for i in range(200)}
-        writes.clear()
-        await table.add_many({**want, "/ports/a%60b/5000/": {"target": "http://127.0.0.1:9"}})
-        assert len(writes) == 1
-        assert await table.get_all() == {spec: {**data, "jhproxy_routes": True} for spec, data in want.items()}
-        response = httpx.get(f"{proxy.traefik_api_url}/api/http/routers?per_page=1000", auth=("api_admin", "secret"))
-        rules = {router["rule"] for router in response.json()}
-        assert "( PathPrefix(`/ports/user199/5000/`) || Path(`/ports/user199/5000`) )" in rules
-        assert len([r for r in rules if "/ports/user" in r]) == 200 and not any("a`b" in r for r in rules)
-        writes.clear()
-        await table.delete_many([*want, "/ports/never/5000/"])
-        assert len(writes) == 1 and await table.get_all() == {}
-        assert list(await proxy.get_all_routes()) == ["/"]
+        with pytest.raises(RouteAPIError, match=r"must watch that directory \(providers.file.directory\)"):
+            await TraefikRouteTable(proxy).add("/ports/alice/5000/", {"target": "http://127.0.0.1:9"})
     finally:
         await proxy.stop()
+
+
+async def test_a_directory_with_other_dynamic_config_is_refused(tmp_path):
+    """A hub that starts Traefik has it watch the directory of its file: any other dynamic
+    configuration there would be loaded too, so the hub refuses to start, saying why."""
+    (tmp_path / "rules").mkdir()
+    (tmp_path / "rules" / "rules.toml").write_text("")
+    proxy = TraefikDirectoryProxy(
+        static_config_file=str(tmp_path / "rules" / "traefik.toml"),  # beside it: harmless
+        dynamic_config_file=str(tmp_path / "rules" / "rules.toml"),
+        traefik_api_username="api_admin",
+        traefik_api_password="secret",
+    )
+    await proxy._setup_traefik_static_config()
+    assert proxy.static_config["providers"]["file"] == {"directory": str(tmp_path / "rules"), "watch": True}
+    (tmp_path / "rules" / "tls.yaml").write_text("")
+    (tmp_path / "rules" / "old").mkdir()
+    with pytest.raises(ValueError, match=r"dynamic_config_file .* would load old, tls.yaml from its directory"):
+        await proxy._setup_traefik_static_config()
 
 
 def test_routes_in_traefik_all_through_the_sidecar(hub, apps, alice):
@@ -120,6 +280,8 @@ def test_routes_in_traefik_all_through_the_sidecar(hub, apps, alice):
     # Traefik reports no activity per route: the public port goes through the sidecar too
     assert {data["target"] for data in routes.values()} == {hub.sidecar_url}
     assert all("jupyterhub" not in data and data["jhproxy_routes"] is True for data in routes.values())
+    # in a file of their own: the hub's file (and its table) has the hub's routes alone
+    assert hub.hub_routes() and not any(spec.startswith("/ports/") for spec in hub.hub_routes())
     # what Traefik serves: jupyterhub-traefik-proxy's rule, no priority (the rule's length orders)
     served = hub.traefik_routers()
     rule = f"( PathPrefix(`/ports/alice/{public.port}/`) || Path(`/ports/alice/{public.port}`) )"
