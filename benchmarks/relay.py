@@ -1,7 +1,7 @@
 """The in-server part's loopback relay (``jhproxy_routes.singleuser.relay``) against an app
 on the server's own address, side by side in one run.
 
-    .venv/bin/python benchmarks/relay.py [--quick] [--json PATH]
+    .venv/bin/python benchmarks/relay.py [--quick] [--json benchmarks/results/relay.json]
 
 Two copies of the benchmark app (``app.py``): one listens on this machine's own address
 (the first of ``own_addresses()``, as an app started with ``--host 0.0.0.0`` is reached in a
@@ -152,7 +152,7 @@ def markdown(data: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="1 round of 2 s, 3 transfers each")
-    parser.add_argument("--json", type=Path, help="write the results here too")
+    parser.add_argument("--json", type=Path, help="write the results here too (and the table beside it, .md)")
     args = parser.parse_args()
     addresses = [a for a in own_addresses() if ":" not in a]
     if not addresses:
@@ -182,9 +182,15 @@ def main() -> None:
             proc.terminate()
             proc.wait(10)
     data["address"] = own
-    print(markdown(data))
+    data["date"] = time.strftime("%Y-%m-%d")
+    data["load_average_after"] = os.getloadavg()
+    table = markdown(data)
+    print(table)
     if args.json:
         args.json.write_text(json.dumps(data, indent=2) + "\n")
+        heading = f"# The loopback relay against an app on the server's address ({data['date']})\n\n"
+        note = f"\n\nLoad average of the machine after the run: {', '.join(f'{x:.2f}' for x in data['load_average_after'])} (2 cores).\n"
+        args.json.with_suffix(".md").write_text(heading + table + note)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 # The benchmark in one command (see benchmarks/README.md):
 #   bash benchmarks/run.sh [--quick] [--profile]
 #   bash benchmarks/run.sh --scale [--servers N]     (the route manager at scale: scale.py)
+#   bash benchmarks/run.sh --relay [--quick]         (the in-server part's loopback relay: relay.py)
 # Sets up .venv and node_modules (scripts/bootstrap.sh), installs what only the benchmark needs
 # when missing (jupyter-server-proxy and py-spy into .venv, wrk and nginx from Debian), then runs bench.py.
 set -euo pipefail
@@ -21,6 +22,10 @@ if ! command -v nginx >/dev/null 2>&1; then  # the reference row: nginx in the s
     echo "bench: apt-get install nginx-light" >&2
     apt-get install -y nginx-light >/dev/null 2>&1 || { apt-get update >/dev/null && apt-get install -y nginx-light >/dev/null; } \
         || { echo "bench: error: install nginx (Debian: apt-get install nginx-light)" >&2; exit 1; }
+fi
+if [[ "${1:-}" == "--relay" ]]; then
+    shift
+    exec .venv/bin/python benchmarks/relay.py --json benchmarks/results/relay.json "$@"
 fi
 if [[ "${1:-}" == "--scale" ]]; then
     shift
