@@ -7,6 +7,7 @@ import hashlib
 import os
 import socket
 import threading
+import time
 
 import pytest
 
@@ -111,3 +112,50 @@ async def test_an_address_taken_is_reported_not_relayed(own):
     finally:
         await relay.close()
         taken.close()
+
+
+def echo(conn: socket.socket) -> None:
+    while data := conn.recv(1 << 16):
+        conn.sendall(data)
+    conn.close()
+
+
+async def test_many_connections_at_once_then_quiet(own):
+    """50 connections of 200 round trips of 1 KiB each, every byte back in order; then, all
+    closed (some by the visitor, half-way), the relay uses no CPU while nothing happens."""
+    port = free_port()
+    app = loopback_app(port, echo)
+    relay = LoopbackRelay()
+    try:
+        assert await relay.want({port: "127.0.0.1"}, [own]) == {port}
+        failures = []
+
+        def client(n):
+            try:
+                with socket.create_connection((own, port), timeout=20) as sock:
+                    for i in range(200):
+                        message = os.urandom(1024)
+                        sock.sendall(message)
+                        got = b""
+                        while len(got) < len(message):
+                            got += sock.recv(len(message) - len(got))
+                        assert got == message, (n, i)
+                    if n % 2:
+                        sock.shutdown(socket.SHUT_WR)  # a half-close first: the app's EOF
+                        assert sock.recv(10) == b""
+            except Exception as e:
+                failures.append(repr(e))
+
+        threads = [threading.Thread(target=client, args=(n,)) for n in range(50)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        assert not failures, failures[:3]
+        time.sleep(0.5)
+        before = time.process_time()
+        time.sleep(1.5)
+        assert time.process_time() - before < 0.1  # no loop woken by a closed socket
+    finally:
+        await relay.close()
+        close(app)

@@ -7,10 +7,11 @@ no relay) and passes each connection's bytes both ways to the loopback listener,
 included. The bytes are not read: the route's checks happen before, in the proxy and the
 sidecar.
 
-The bytes move with ``splice(2)``, from one socket through a pipe into the other, inside
-the kernel, in two threads per connection (one each way) that hold Python's lock only
-between system calls: neither a large transfer nor the Jupyter server's own work delays the
-other. A thread per listening socket accepts.
+The bytes move with ``splice(2)``, from one socket through a pipe into the other, inside the
+kernel. One thread runs every relayed connection (``epoll``): it holds Python's lock only
+between system calls, and under load one wake-up serves many connections, so neither a large
+transfer nor the Jupyter server's own work delays the other. A side whose reader is slow
+stops the reading of the other (what is in the pipe waits for the socket to drain).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import errno
 import fcntl
 import logging
 import os
+import select
 import socket
 import threading
 import time
@@ -29,83 +31,192 @@ log = logging.getLogger("jhproxy_routes.singleuser")
 CHUNK = 1 << 20  # bytes moved by one splice at most
 F_SETPIPE_SZ = 1031
 RETRY_AFTER = 15.0  # seconds before listening is tried again on a port where it failed
-CONNECT_TIMEOUT = 10.0
+NONBLOCK = os.SPLICE_F_NONBLOCK | os.SPLICE_F_MOVE
+GONE = (errno.ECONNRESET, errno.EPIPE, errno.ENOTCONN, errno.ETIMEDOUT, errno.ECONNREFUSED, errno.EHOSTUNREACH)
 
 
-def pump(source: socket.socket, sink: socket.socket) -> None:
-    """Move bytes from ``source`` to ``sink`` until ``source`` ends; then end ``sink``'s
-    writing side (a half-close, passed on). Raises OSError where either side fails."""
-    read_end, write_end = os.pipe()
-    try:
+class EventLoop(threading.Thread):
+    """The relay's thread: ``epoll`` over its listeners and connections, each fd with a
+    handler called with its events. ``watch``/``forget`` may be called from any thread."""
+
+    def __init__(self):
+        super().__init__(name="jhproxy-routes-relay", daemon=True)
+        self.epoll = select.epoll()
+        self.handlers: dict[int, object] = {}
+
+    def watch(self, fd: int, events: int, handler) -> None:
+        self.handlers[fd] = handler
+        self.epoll.register(fd, events)
+
+    def change(self, fd: int, events: int) -> None:
+        self.epoll.modify(fd, events)
+
+    def forget(self, fd: int) -> None:
+        self.handlers.pop(fd, None)
+        with contextlib.suppress(OSError, ValueError):
+            self.epoll.unregister(fd)
+
+    def run(self) -> None:
+        while True:
+            for fd, events in self.epoll.poll():
+                handler = self.handlers.get(fd)
+                if handler is None:
+                    continue
+                try:
+                    handler(fd, events)
+                except Exception:  # one connection's failure is never the loop's end
+                    log.exception("jhproxy-routes: relay")
+
+
+class Flow:
+    """One direction of a connection: ``source`` -> pipe -> ``sink``."""
+
+    def __init__(self, source: socket.socket, sink: socket.socket):
+        self.source, self.sink = source, sink
+        self.read_end, self.write_end = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         with contextlib.suppress(OSError):  # a larger pipe: fewer calls for large bodies
-            fcntl.fcntl(write_end, F_SETPIPE_SZ, CHUNK)
-        while moved := os.splice(source.fileno(), write_end, CHUNK):
-            while moved:
-                moved -= os.splice(read_end, sink.fileno(), moved)
-        sink.shutdown(socket.SHUT_WR)
-    finally:
-        os.close(read_end)
-        os.close(write_end)
+            fcntl.fcntl(self.write_end, F_SETPIPE_SZ, CHUNK)
+        self.pending = 0  # bytes in the pipe, not yet in the sink
+        self.ended = False  # the source ended (EOF)
+        self.done = False  # ended, and all of it passed on (the sink's writing side shut)
+
+    def pump(self) -> None:
+        """Move what the source has and the sink takes (raises OSError where a side fails)."""
+        while not self.done:
+            if self.pending and not self.drain():
+                return  # the sink is full: wait until it may be written
+            if self.ended:
+                with contextlib.suppress(OSError):
+                    self.sink.shutdown(socket.SHUT_WR)
+                self.done = True
+                return
+            try:
+                moved = os.splice(self.source.fileno(), self.write_end, CHUNK, flags=NONBLOCK)
+            except BlockingIOError:
+                return  # nothing more to read now
+            if moved == 0:
+                self.ended = True
+            self.pending += moved
+
+    def drain(self) -> bool:
+        """Empty the pipe into the sink as far as it takes: whether it is empty."""
+        while self.pending:
+            try:
+                self.pending -= os.splice(self.read_end, self.sink.fileno(), self.pending, flags=NONBLOCK)
+            except BlockingIOError:
+                return False
+        return True
+
+    @property
+    def wants_read(self) -> bool:
+        return not self.ended and not self.pending
+
+    @property
+    def wants_write(self) -> bool:
+        return self.pending > 0
+
+    def close(self) -> None:
+        os.close(self.read_end)
+        os.close(self.write_end)
 
 
-def relay_connection(visitor: socket.socket, target: tuple[str, int]) -> None:
-    """One relayed connection: the app's side is opened, then bytes flow both ways."""
-    try:
-        app = socket.create_connection(target, timeout=CONNECT_TIMEOUT)
-    except OSError as e:
-        log.info("jhproxy-routes: relay to %s:%s failed: %s", *target, e)
-        visitor.close()
-        return
-    app.settimeout(None)
-    for sock in (visitor, app):
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    back = threading.Thread(target=_pump_quietly, args=(app, visitor), daemon=True)
-    back.start()
-    _pump_quietly(visitor, app)
-    back.join()
-    visitor.close()
-    app.close()
+class Connection:
+    """A relayed connection: the visitor's socket, the app's, and a flow each way."""
 
+    def __init__(self, loop: EventLoop, visitor: socket.socket, target: tuple[str, int]):
+        self.loop, self.visitor, self.target = loop, visitor, target
+        self.app = socket.socket(socket.AF_INET6 if ":" in target[0] else socket.AF_INET, socket.SOCK_STREAM)
+        self.app.setblocking(False)
+        self.flows: tuple[Flow, Flow] | None = None
+        self.closed = False
+        for sock in (visitor, self.app):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        error = self.app.connect_ex(target)
+        if error not in (0, errno.EINPROGRESS):
+            self.fail(OSError(error, os.strerror(error)))
+            return
+        loop.watch(self.app.fileno(), select.EPOLLOUT, self.connected)
 
-def _pump_quietly(source: socket.socket, sink: socket.socket) -> None:
-    try:
-        pump(source, sink)
-    except OSError as e:  # a reset, or the other way failed: end both
-        if e.errno not in (errno.ECONNRESET, errno.EPIPE, errno.EBADF, errno.ENOTCONN):
-            log.info("jhproxy-routes: relayed connection ended: %s", e)
-        for sock in (source, sink):
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
+    def connected(self, fd: int, events: int) -> None:
+        error = self.app.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if error:
+            self.fail(OSError(error, os.strerror(error)))
+            return
+        self.loop.forget(self.app.fileno())
+        self.flows = (Flow(self.visitor, self.app), Flow(self.app, self.visitor))
+        self.loop.watch(self.visitor.fileno(), select.EPOLLIN, self.ready)
+        self.loop.watch(self.app.fileno(), select.EPOLLIN, self.ready)
+
+    def ready(self, fd: int, events: int) -> None:
+        try:
+            for flow in self.flows:
+                if flow.source.fileno() == fd or flow.sink.fileno() == fd:
+                    flow.pump()
+        except OSError as e:
+            self.fail(e)
+            return
+        if all(flow.done for flow in self.flows):
+            self.close()
+            return
+        for sock in (self.visitor, self.app):  # what each socket waits for now
+            wanted, finished = 0, True
+            for flow in self.flows:
+                if flow.source is sock:
+                    wanted |= select.EPOLLIN if flow.wants_read else 0
+                    finished &= flow.ended
+                if flow.sink is sock:
+                    wanted |= select.EPOLLOUT if flow.wants_write else 0
+                    finished &= flow.done
+            if finished:  # nothing more to read or write there: its hang-up must not wake the loop
+                self.loop.forget(sock.fileno())
+            elif sock.fileno() in self.loop.handlers:
+                self.loop.change(sock.fileno(), wanted)
+
+    def fail(self, error: OSError) -> None:
+        if error.errno not in GONE:
+            log.info("jhproxy-routes: relayed connection to %s:%s ended: %s", *self.target, error)
+        self.close()
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        for sock in (self.visitor, self.app):
+            self.loop.forget(sock.fileno())
+            sock.close()
+        for flow in self.flows or ():
+            flow.close()
 
 
 class Listener:
-    """The relay of one port on one address, accepting in a thread of its own."""
+    """The relay of one port on one address."""
 
-    def __init__(self, address: str, port: int, target: tuple[str, int]):
-        self.target = target
+    def __init__(self, loop: EventLoop, address: str, port: int, target: tuple[str, int]):
+        self.loop, self.target = loop, target
         family = socket.AF_INET6 if ":" in address else socket.AF_INET
         self.socket = socket.socket(family, socket.SOCK_STREAM)
         try:
             self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             self.socket.bind((address, port))
             self.socket.listen(128)
+            self.socket.setblocking(False)
         except OSError:
             self.socket.close()
             raise
         self.inode = os.fstat(self.socket.fileno()).st_ino
-        threading.Thread(target=self._accept, name=f"jhproxy-routes-relay-{port}", daemon=True).start()
+        loop.watch(self.socket.fileno(), select.EPOLLIN, self.accept)
 
-    def _accept(self) -> None:
+    def accept(self, fd: int, events: int) -> None:
         while True:
             try:
                 visitor, _ = self.socket.accept()
-            except OSError:  # closed: the relay of this port stopped
+            except (BlockingIOError, OSError):
                 return
-            threading.Thread(target=relay_connection, args=(visitor, self.target), daemon=True).start()
+            visitor.setblocking(False)
+            Connection(self.loop, visitor, self.target)
 
     def close(self) -> None:
-        with contextlib.suppress(OSError):
-            self.socket.shutdown(socket.SHUT_RDWR)  # wakes the thread in accept()
+        self.loop.forget(self.socket.fileno())
         self.socket.close()
 
 
@@ -113,6 +224,8 @@ class LoopbackRelay:
     """The relayed ports: ``want()`` says which, and answers which are relayed now."""
 
     def __init__(self):
+        self._loop = EventLoop()
+        self._loop.start()
         self._relays: dict[int, tuple[str, list[Listener]]] = {}  # port: (app's address, listeners)
         self._failed: dict[int, float] = {}  # port: when listening there failed (logged)
 
@@ -138,7 +251,7 @@ class LoopbackRelay:
         listeners = []
         for address in addresses:
             try:
-                listeners.append(Listener(address, port, (host, port)))
+                listeners.append(Listener(self._loop, address, port, (host, port)))
             except OSError as e:
                 log.warning("jhproxy-routes: cannot relay %s:%s to the app on %s: %s", address, port, host, e.strerror or e)
                 self._failed[port] = time.monotonic()
