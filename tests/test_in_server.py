@@ -14,7 +14,7 @@ import sys
 import httpx
 import pytest
 
-from jhproxy_routes.singleuser.interfaces import own_addresses
+from jhproxy_routes.interfaces import own_addresses
 from tests.rig import ADMIN_TOKEN, free_port, free_ports, port_open, wait_for
 
 

@@ -10,7 +10,7 @@ import threading
 
 import pytest
 
-from jhproxy_routes.singleuser.interfaces import own_addresses
+from jhproxy_routes.interfaces import own_addresses
 from jhproxy_routes.singleuser.relay import LoopbackRelay
 from tests.rig import free_port
 
