@@ -6,7 +6,10 @@ the user's) or, on a shared host, every user's: only sockets of the server's own
 Each listening socket (``procnet.listening``) is put with the process that holds it, found by
 its inode among ``/proc/<pid>/fd/*`` links (``socket:[<inode>]``, readable for one's own
 processes). The Jupyter server's own sockets and its kernels' are left out by the caller
-(``excluded``, ``excluded_pids``): a kernel's ports are never an app.
+(``excluded``, ``excluded_pids``): a kernel's ports are never an app. Nor are a debugger's
+(:func:`is_debugger`): the adapter the JupyterLab debugger has a kernel start is a process of
+its own, and its client port runs code in the kernel for whoever connects once the kernel's
+own session has ended.
 """
 
 from __future__ import annotations
@@ -57,7 +60,8 @@ def listeners(
 ) -> list[Listener]:
     """The listening ports of sockets owned by ``uid``, by port; never a port in
     ``excluded`` or a socket held by a process in ``excluded_pids`` (the Jupyter server's
-    own, its kernels': a kernel listens on more ports than its connection file names).
+    own, its kernels': a kernel listens on more ports than its connection file names), nor
+    one of a debugger's (:func:`is_debugger`).
 
     ``known``: the processes of sockets seen before (inode: (pid, name, command)), kept by
     a caller that scans again and again: only new sockets send it through ``/proc/*/fd``.
@@ -77,7 +81,7 @@ def listeners(
     found: dict[int, Listener] = {}
     for sock in sockets:
         pid, name, command = known.get(sock.inode, (0, "", ""))
-        if pid in excluded_pids:
+        if pid in excluded_pids or is_debugger(command):
             continue
         listener = found.setdefault(sock.local[1], Listener(sock.local[1]))
         address = str(sock.local[0])
@@ -86,6 +90,12 @@ def listeners(
         if not listener.pid:
             listener.pid, listener.name, listener.command = pid, name, command
     return sorted(found.values(), key=lambda listener: listener.port)
+
+
+def is_debugger(command: str) -> bool:
+    """Whether a command line runs debugpy's adapter (``.../debugpy/adapter``, ``-m
+    debugpy.adapter``), as a kernel does for the JupyterLab debugger."""
+    return any(word.endswith("debugpy/adapter") or word == "debugpy.adapter" for word in command.split())
 
 
 def socket_inodes(proc: Path, wanted: set[int]):
