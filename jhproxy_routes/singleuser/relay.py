@@ -11,6 +11,12 @@ The bytes move with ``splice(2)``, from one socket through a pipe into the other
 the kernel, in two threads per connection (one each way) that hold Python's lock only
 between system calls: neither a large transfer nor the Jupyter server's own work delays the
 other. A thread per listening socket accepts.
+
+A relayed connection costs the Jupyter server's process six descriptors and two threads, so
+at most :func:`max_connections` are relayed at a time (beyond, a visitor's connection is
+closed at once): visitors holding connections open never leave the Jupyter server without
+descriptors (its kernels, files and own connections need them). A failed ``accept()`` (out
+of descriptors, an aborted connection) is tried again, never the end of the port's relay.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import errno
 import fcntl
 import logging
 import os
+import resource
 import socket
 import threading
 import time
@@ -30,6 +37,17 @@ CHUNK = 1 << 20  # bytes moved by one splice at most
 F_SETPIPE_SZ = 1031
 RETRY_AFTER = 15.0  # seconds before listening is tried again on a port where it failed
 CONNECT_TIMEOUT = 10.0
+MOST_CONNECTIONS = 512  # relayed connections at a time, at most (fewer where descriptors are few)
+ACCEPT_RETRY = 0.1  # seconds before a failed accept() is tried again
+
+
+def max_connections() -> int:
+    """How many connections the relay moves at a time: a quarter of the process's
+    descriptors at most (six each), and never more than ``MOST_CONNECTIONS``."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return MOST_CONNECTIONS
+    return max(1, min(MOST_CONNECTIONS, soft // 24))
 
 
 def pump(source: socket.socket, sink: socket.socket) -> None:
@@ -48,8 +66,16 @@ def pump(source: socket.socket, sink: socket.socket) -> None:
         os.close(write_end)
 
 
-def relay_connection(visitor: socket.socket, target: tuple[str, int]) -> None:
-    """One relayed connection: the app's side is opened, then bytes flow both ways."""
+def relay_connection(visitor: socket.socket, target: tuple[str, int], slots: threading.BoundedSemaphore) -> None:
+    """One relayed connection: the app's side is opened, then bytes flow both ways; its slot
+    is given back at the end."""
+    try:
+        _relay(visitor, target)
+    finally:
+        slots.release()
+
+
+def _relay(visitor: socket.socket, target: tuple[str, int]) -> None:
     try:
         app = socket.create_connection(target, timeout=CONNECT_TIMEOUT)
     except OSError as e:
@@ -60,7 +86,12 @@ def relay_connection(visitor: socket.socket, target: tuple[str, int]) -> None:
     for sock in (visitor, app):
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     back = threading.Thread(target=_pump_quietly, args=(app, visitor), daemon=True)
-    back.start()
+    try:
+        back.start()
+    except RuntimeError:  # no thread to be had
+        visitor.close()
+        app.close()
+        return
     _pump_quietly(visitor, app)
     back.join()
     visitor.close()
@@ -81,8 +112,10 @@ def _pump_quietly(source: socket.socket, sink: socket.socket) -> None:
 class Listener:
     """The relay of one port on one address, accepting in a thread of its own."""
 
-    def __init__(self, address: str, port: int, target: tuple[str, int]):
+    def __init__(self, address: str, port: int, target: tuple[str, int], slots: threading.BoundedSemaphore):
         self.target = target
+        self.slots = slots
+        self.closed = False
         family = socket.AF_INET6 if ":" in address else socket.AF_INET
         self.socket = socket.socket(family, socket.SOCK_STREAM)
         try:
@@ -96,14 +129,34 @@ class Listener:
         threading.Thread(target=self._accept, name=f"jhproxy-routes-relay-{port}", daemon=True).start()
 
     def _accept(self) -> None:
-        while True:
+        full = failing = False  # each logged once, until it passes
+        while not self.closed:
             try:
                 visitor, _ = self.socket.accept()
-            except OSError:  # closed: the relay of this port stopped
-                return
-            threading.Thread(target=relay_connection, args=(visitor, self.target), daemon=True).start()
+            except OSError as e:
+                if self.closed:  # the relay of this port stopped
+                    return
+                if not failing:
+                    log.warning("jhproxy-routes: the relay of port %s could not accept: %s", self.target[1], e)
+                failing = True
+                time.sleep(ACCEPT_RETRY)  # out of descriptors, say: another try, not the end
+                continue
+            failing = False
+            if not self.slots.acquire(blocking=False):
+                visitor.close()
+                if not full:
+                    log.warning("jhproxy-routes: the relay is full (%s connections): closing new ones", max_connections())
+                full = True
+                continue
+            full = False
+            try:
+                threading.Thread(target=relay_connection, args=(visitor, self.target, self.slots), daemon=True).start()
+            except RuntimeError:  # no thread to be had
+                self.slots.release()
+                visitor.close()
 
     def close(self) -> None:
+        self.closed = True
         with contextlib.suppress(OSError):
             self.socket.shutdown(socket.SHUT_RDWR)  # wakes the thread in accept()
         self.socket.close()
@@ -113,6 +166,7 @@ class LoopbackRelay:
     """The relayed ports: ``want()`` says which, and answers which are relayed now."""
 
     def __init__(self):
+        self._slots = threading.BoundedSemaphore(max_connections())  # shared by all its ports
         self._relays: dict[int, tuple[str, list[Listener]]] = {}  # port: (app's address, listeners)
         self._failed: dict[int, float] = {}  # port: when listening there failed (logged)
 
@@ -138,7 +192,7 @@ class LoopbackRelay:
         listeners = []
         for address in addresses:
             try:
-                listeners.append(Listener(address, port, (host, port)))
+                listeners.append(Listener(address, port, (host, port), self._slots))
             except OSError as e:
                 log.warning("jhproxy-routes: cannot relay %s:%s to the app on %s: %s", address, port, host, e.strerror or e)
                 self._failed[port] = time.monotonic()
