@@ -30,6 +30,10 @@ SERVER_FIELDS = ("user", "server", "mode", "token", "token_readable", "token_exp
 class PortsHandler(APIHandler):
     auth_resource = "jhproxy-routes"
 
+    def set_default_headers(self):
+        super().set_default_headers()
+        self.set_header("Cache-Control", "no-store")  # its answers carry the port token
+
     @property
     def watcher(self):
         """The server's PortWatcher (``watcher.py``), None outside a hub."""
