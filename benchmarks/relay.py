@@ -35,7 +35,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench import CHP, HOST, WRK_LUA, MiB, api, cpu_ticks, download, free_port, upload, wait_http, wrk
 
-from jhproxy_routes.singleuser.interfaces import own_addresses
+from jhproxy_routes.interfaces import own_addresses
 
 HERE = Path(__file__).resolve().parent
 GOAL = 0.9

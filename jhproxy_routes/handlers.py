@@ -41,7 +41,7 @@ from jupyterhub.utils import url_path_join
 from tornado import web
 
 from .contract import CLIENT_ID, SERVICE_NAME
-from .listening import ReportError, parsed_report
+from .listening import MAX_BODY, ReportError, parsed_report
 from .logsafe import shown
 from .policy import Forbidden
 from .routeapi import RouteAPIError
@@ -247,6 +247,8 @@ class ListeningHandler(APIHandler):
             )
         if server_name not in current.orm_user.orm_spawners or not current.spawners[server_name].ready:
             raise web.HTTPError(409, f"The server {shown(current.name)}/{shown(server_name)} is not running.")
+        if len(self.request.body) > MAX_BODY:  # not parsed in the hub's event loop
+            raise web.HTTPError(413, f"A report is at most {MAX_BODY} bytes.")
         try:
             ports = parsed_report(json.loads(self.request.body or b"null"))
         except (ValueError, UnicodeDecodeError) as e:

@@ -18,6 +18,7 @@ REPORT_INTERVAL = 30  # seconds between reports of an unchanged server
 REPORT_MAX_AGE = 3 * REPORT_INTERVAL
 MAX_PORTS = 1000  # ports in one report: more is not a server's report
 MAX_WORDS = 200  # characters of a process name kept
+MAX_BODY = 512 << 10  # bytes of a report's body: MAX_PORTS entries with names fit, with room
 
 
 class ReportError(ValueError):

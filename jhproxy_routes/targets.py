@@ -26,6 +26,7 @@ import ipaddress
 import os
 import pwd
 import socket
+import time
 from typing import NamedTuple
 from urllib.parse import urlparse
 
@@ -33,12 +34,29 @@ from urllib.parse import urlparse
 # block the hub's event loop mid-reconciliation
 from .docker import container_targets, is_docker
 from .errors import SharedHostError
+from .interfaces import own_addresses
 
 
 @functools.cache
 def hub_machine_names() -> frozenset[str]:
     """The names of this machine, looked up once (getfqdn may ask DNS, for milliseconds)."""
     return frozenset({"localhost", socket.gethostname(), socket.getfqdn()})
+
+
+ADDRESSES_MAX_AGE = 30.0  # seconds the machine's own addresses are kept before they are read again
+_addresses: tuple[float, frozenset[str]] = (-ADDRESSES_MAX_AGE, frozenset())
+
+
+def hub_machine_addresses() -> frozenset[str]:
+    """The addresses of this machine's own interfaces (a server told to listen on one of
+    them, ``c.Spawner.ip = "192.0.2.2"``, is on the hub's machine as much as one on
+    127.0.0.1), read again after ``ADDRESSES_MAX_AGE`` seconds."""
+    global _addresses
+    at, found = _addresses
+    if time.monotonic() - at > ADDRESSES_MAX_AGE:
+        found = frozenset(str(ipaddress.ip_address(a)) for a in own_addresses())
+        _addresses = (time.monotonic(), found)
+    return found
 
 
 def is_hub_machine(host: str) -> bool:
@@ -48,7 +66,7 @@ def is_hub_machine(host: str) -> bool:
         address = ipaddress.ip_address(host)
     except ValueError:
         return False
-    return address.is_loopback or address.is_unspecified
+    return address.is_loopback or address.is_unspecified or str(address) in hub_machine_addresses()
 
 
 class Targets(NamedTuple):

@@ -17,7 +17,7 @@ import time
 import httpx
 import pytest
 
-from jhproxy_routes.singleuser.interfaces import own_addresses
+from jhproxy_routes.interfaces import own_addresses
 from tests.rig import ADMIN_TOKEN, BIN, REPO, free_port, free_ports, port_open, wait_for
 
 
@@ -90,7 +90,9 @@ def test_the_panel_lists_every_port_with_the_hubs_settings(hub, alice, apps, por
         return found if ports["allowed"] in found and ports["other"] in found else None
 
     found = wait_for(listed, 10, "the panel to list the apps")
-    answer = panel(hub, alice).json()
+    response = panel(hub, alice)
+    assert response.headers.get("Cache-Control") == "no-store"  # it carries the port token
+    answer = response.json()
     assert answer["hub"] is True and answer["hub_error"] is None and answer["user"] == "alice"
     assert answer["mode"] == "disabled" and answer["token"] is None, answer  # the default: no port token
     allowed = found[ports["allowed"]]
@@ -181,6 +183,9 @@ def test_reports_only_from_the_users_own_credential(hub, alice, apps, ports):
     ):
         response = report(hub, alice, body)
         assert response.status_code == 400 and "Traceback" not in response.text, (body, response.text)
+    huge = {"ports": [{"port": ports["idle"], "process": "x" * (1 << 20)}]}  # parsed, it would block the hub
+    response = report(hub, alice, huge)
+    assert response.status_code == 413 and "Traceback" not in response.text, response.text
     assert hub_ports(hub, alice)[str(ports["idle"])]["listening"] == []  # none of them counted
 
 

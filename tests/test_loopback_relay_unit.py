@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from jhproxy_routes.singleuser.interfaces import own_addresses
+from jhproxy_routes.interfaces import own_addresses
 from jhproxy_routes.singleuser.relay import LoopbackRelay
 from tests.rig import free_port
 
@@ -159,3 +159,93 @@ async def test_many_connections_at_once_then_quiet(own):
     finally:
         await relay.close()
         close(app)
+
+
+def held_open(conn: socket.socket) -> None:
+    """Says hello, then holds the connection until the client closes it."""
+    conn.sendall(b"hello")
+    while conn.recv(1 << 16):
+        pass
+    conn.close()
+
+
+async def test_at_most_so_many_connections_at_a_time(own, monkeypatch):
+    """Visitors who hold connections open get no more than the relay's share of the Jupyter
+    server's descriptors: beyond it, a new connection is closed at once; once one ends, the
+    next is relayed again."""
+    from jhproxy_routes.singleuser import relay as module
+
+    monkeypatch.setattr(module, "max_connections", lambda: 3)
+    port = free_port()
+    app = loopback_app(port, held_open)
+    relay = LoopbackRelay()
+    try:
+        assert await relay.want({port: "127.0.0.1"}, [own]) == {port}
+        held = [socket.create_connection((own, port), timeout=10) for _ in range(3)]
+        assert all(conn.recv(5) == b"hello" for conn in held)
+        with socket.create_connection((own, port), timeout=10) as refused:
+            assert refused.recv(5) == b""  # closed at once: the relay is full
+        held.pop().close()
+
+        def relayed() -> bool:
+            with socket.create_connection((own, port), timeout=10) as conn:
+                return conn.recv(5) == b"hello"
+
+        assert any(relayed() for _ in range(50))  # the slot is given back as the connection ends
+    finally:
+        for conn in held:
+            conn.close()
+        await relay.close()
+        close(app)
+
+
+OUT_OF_DESCRIPTORS = """
+import asyncio, errno, socket, sys, threading, time
+from jhproxy_routes.singleuser.relay import LoopbackRelay
+own, port = sys.argv[1], int(sys.argv[2])
+app = socket.create_server(("127.0.0.1", port))
+
+def serve():
+    while True:
+        conn, _ = app.accept()
+        conn.sendall(b"hello")
+        conn.close()
+
+threading.Thread(target=serve, daemon=True).start()
+accept, failed = socket.socket.accept, []
+
+def out_of_descriptors_once(sock):
+    # the relay's next accept() fails as it does when the process has no descriptor left
+    if sock.getsockname()[0] == own and not failed:
+        failed.append(1)
+        raise OSError(errno.EMFILE, "Too many open files")
+    return accept(sock)
+
+async def main():
+    relay = LoopbackRelay()
+    assert await relay.want({port: "127.0.0.1"}, [own]) == {port}
+    socket.socket.accept = out_of_descriptors_once  # the accept() already waiting is not affected
+    print("ready", flush=True)
+    time.sleep(10)
+
+asyncio.run(main())
+"""
+
+
+def test_out_of_descriptors_the_relay_goes_on(own):
+    """A failed accept() (no descriptor left, as visitors holding connections open can bring
+    about) is not the end of the port's relay: the next visitor is relayed."""
+    import subprocess
+    import sys
+
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-c", OUT_OF_DESCRIPTORS, own, str(port)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        for _ in range(2):  # the first is taken by the accept() that waited; then one fails
+            with socket.create_connection((own, port), timeout=10) as visitor:
+                visitor.settimeout(10)
+                assert visitor.recv(5) == b"hello"
+    finally:
+        proc.kill()
+        proc.wait(10)

@@ -187,3 +187,18 @@ def test_home_page_lists_the_ports_of_each_running_server(browser, hub, apps):
     page.wait_for_url(f"{hub.url}/hub/proxytoken/")
     assert page.locator("nav >> text=Services").count() == 0
     context.close()
+
+
+def test_the_servers_ports_api_is_its_owners_alone(hub):
+    """Sue (a role with access to every server) gets into alice's server, but not to its
+    ports' settings: the port token, and changes made with the server's own token."""
+    sue = hub.user_token("sue")
+    url = f"{hub.url}/user/alice/a/jhproxy-routes/ports"
+    assert (
+        httpx.get(f"{hub.url}/user/alice/a/api/status", headers={"Authorization": f"token {sue}"}, timeout=30).status_code == 200
+    )
+    for method, body in (("GET", None), ("POST", {"mode": "random"})):
+        response = httpx.request(method, url, headers={"Authorization": f"token {sue}"}, json=body, timeout=30)
+        assert response.status_code == 403 and '"token"' not in response.text, (method, response.text)
+    own = httpx.get(url, headers={"Authorization": f"token {hub.tokens['alice']}"}, timeout=30)
+    assert own.status_code == 200 and own.json()["user"] == "alice", own.text

@@ -184,3 +184,42 @@ def lab_extensions(env: dict) -> dict[str, dict[str, str]]:
         for name, state in found.items():
             assert name != "@jhproxy-routes/labextension" or state == "enabled OK", text
     return listed
+
+
+def test_never_a_kernels_debugger(server, listeners):
+    """The JupyterLab debugger: the kernel starts debugpy's adapter, a process of its own
+    that listens on two loopback ports. Its client port takes a second client once the
+    kernel's own session ends (the debugger switched off), and that client evaluates code in
+    the kernel: it is never an app (relayed from an allowed range, it would run code for
+    whoever reaches the server's address)."""
+    from jupyter_client import BlockingKernelClient
+
+    started = httpx.post(f"{server['url']}/api/kernels", headers={"Authorization": f"token {TOKEN}"}, json={}, timeout=60)
+    assert started.status_code == 201, started.text
+    before = set(found(server))
+    client = BlockingKernelClient(connection_file=str(server["runtime"] / f"kernel-{started.json()['id']}.json"))
+    client.load_connection_file()
+    client.start_channels()
+    try:
+        client.wait_for_ready(60)
+        request = {"type": "request", "seq": 1, "command": "initialize", "arguments": {"adapterID": "python"}}
+        client.control_channel.send(client.session.msg("debug_request", request))
+        assert client.control_channel.get_msg(timeout=60)["content"]["success"] is True
+        adapter = wait_for(lambda: debugger_ports(), 30, "debugpy's adapter to listen", server["log"])
+        for _ in range(3):  # whatever the server's scan finds now
+            assert not adapter & set(found(server)), (adapter, set(found(server)) - before)
+    finally:
+        client.stop_channels()
+
+
+def debugger_ports() -> set[int]:
+    """The ports of this user's debugpy adapters, read from /proc here (not by the scan)."""
+    from jhproxy_routes import procnet
+    from jhproxy_routes.singleuser.listeners import process_words, socket_inodes
+
+    sockets = {s.inode: s.local[1] for s in procnet.listening() if s.uid == os.getuid()}
+    return {
+        sockets[inode]
+        for pid, inode in socket_inodes(Path("/proc"), set(sockets))
+        if "debugpy/adapter" in process_words(Path(f"/proc/{pid}"))[1]
+    }

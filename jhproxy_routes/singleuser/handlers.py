@@ -30,14 +30,26 @@ SERVER_FIELDS = ("user", "server", "mode", "token", "token_readable", "token_exp
 class PortsHandler(APIHandler):
     auth_resource = "jhproxy-routes"
 
+    def set_default_headers(self):
+        super().set_default_headers()
+        self.set_header("Cache-Control", "no-store")  # its answers carry the port token
+
     @property
     def watcher(self):
         """The server's PortWatcher (``watcher.py``), None outside a hub."""
         return self.settings.get("jhproxy_routes_watcher")
 
+    def owner_only(self) -> None:
+        """Whoever the hub lets into the server (a share, a role with access to all servers)
+        gets through the Jupyter server's login; the ports' settings and token, read and
+        changed with the server's own token, are its user's alone, as at the hub."""
+        if self.watcher is not None and getattr(self.current_user, "username", None) != self.watcher.hub.user:
+            raise web.HTTPError(403, "Only the server's own user manages its ports.")
+
     @web.authenticated
     @authorized
     async def get(self):
+        self.owner_only()
         if self.watcher is None:
             found = await asyncio.to_thread(scan, self.serverapp)
             self.finish(json.dumps({"hub": False, "ports": [listener.as_json() for listener in found]}))
@@ -49,6 +61,7 @@ class PortsHandler(APIHandler):
     @web.authenticated
     @authorized
     async def post(self):
+        self.owner_only()
         if self.watcher is None:
             raise web.HTTPError(409, "This server does not run under a JupyterHub with jhproxy-routes.")
         try:

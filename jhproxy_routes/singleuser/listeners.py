@@ -7,7 +7,10 @@ and of those, where the caller says (``mine``), only those of the server's own p
 Each listening socket (``procnet.listening``) is put with the process that holds it, found by
 its inode among ``/proc/<pid>/fd/*`` links (``socket:[<inode>]``, readable for one's own
 processes). The Jupyter server's own sockets and its kernels' are left out by the caller
-(``excluded``, ``excluded_pids``): a kernel's ports are never an app.
+(``excluded``, ``excluded_pids``): a kernel's ports are never an app. Nor are a debugger's
+(:func:`is_debugger`): the adapter the JupyterLab debugger has a kernel start is a process of
+its own, and its client port runs code in the kernel for whoever connects once the kernel's
+own session has ended.
 """
 
 from __future__ import annotations
@@ -59,7 +62,8 @@ def listeners(
 ) -> list[Listener]:
     """The listening ports of sockets owned by ``uid``, by port; never a port in
     ``excluded`` or a socket held by a process in ``excluded_pids`` (the Jupyter server's
-    own, its kernels': a kernel listens on more ports than its connection file names).
+    own, its kernels': a kernel listens on more ports than its connection file names), nor
+    one of a debugger's (:func:`is_debugger`).
 
     ``mine``: where given, ``mine()`` answers the pids whose sockets count (on a shared host,
     the server's own processes: ``server_processes``); asked once per scan that finds a new
@@ -84,7 +88,7 @@ def listeners(
     found: dict[int, Listener] = {}
     for sock in sockets:
         pid, name, command, counts = known[sock.inode]
-        if pid in excluded_pids or not counts:
+        if pid in excluded_pids or not counts or is_debugger(command):
             continue
         listener = found.setdefault(sock.local[1], Listener(sock.local[1]))
         address = str(sock.local[0])
@@ -122,6 +126,12 @@ def server_processes(server_pid: int, proc: Path = Path("/proc")) -> set[int]:
         found.add(pid)
         todo.extend(children.get(pid, ()))
     return found
+
+
+def is_debugger(command: str) -> bool:
+    """Whether a command line runs debugpy's adapter (``.../debugpy/adapter``, ``-m
+    debugpy.adapter``), as a kernel does for the JupyterLab debugger."""
+    return any(word.endswith("debugpy/adapter") or word == "debugpy.adapter" for word in command.split())
 
 
 def socket_inodes(proc: Path, wanted: set[int]):

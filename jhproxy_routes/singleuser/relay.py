@@ -12,6 +12,13 @@ kernel. One thread runs every relayed connection (``epoll``): it holds Python's 
 between system calls, and under load one wake-up serves many connections, so neither a large
 transfer nor the Jupyter server's own work delays the other. A side whose reader is slow
 stops the reading of the other (what is in the pipe waits for the socket to drain).
+
+A relayed connection costs the Jupyter server's process six descriptors, so at most
+:func:`max_connections` are relayed at a time (beyond, a visitor's connection is closed at
+once): visitors holding connections open never leave the Jupyter server without descriptors
+(its kernels, files and own connections need them). A failed ``accept()`` (out of
+descriptors, an aborted connection) is tried again after ``ACCEPT_RETRY``, never the end of
+the port's relay.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ import errno
 import fcntl
 import logging
 import os
+import resource
 import select
 import socket
 import threading
@@ -32,7 +40,18 @@ CHUNK = 1 << 20  # bytes moved by one splice at most
 F_SETPIPE_SZ = 1031
 RETRY_AFTER = 15.0  # seconds before listening is tried again on a port where it failed
 NONBLOCK = os.SPLICE_F_NONBLOCK | os.SPLICE_F_MOVE
+MOST_CONNECTIONS = 512  # relayed connections at a time, at most (fewer where descriptors are few)
+ACCEPT_RETRY = 0.1  # seconds before a failed accept() is tried again
 GONE = (errno.ECONNRESET, errno.EPIPE, errno.ENOTCONN, errno.ETIMEDOUT, errno.ECONNREFUSED, errno.EHOSTUNREACH)
+
+
+def max_connections() -> int:
+    """How many connections the relay moves at a time: a quarter of the process's
+    descriptors at most (six each), and never more than ``MOST_CONNECTIONS``."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return MOST_CONNECTIONS
+    return max(1, min(MOST_CONNECTIONS, soft // 24))
 
 
 class EventLoop(threading.Thread):
@@ -43,6 +62,8 @@ class EventLoop(threading.Thread):
         super().__init__(name="jhproxy-routes-relay", daemon=True)
         self.epoll = select.epoll()
         self.handlers: dict[int, object] = {}
+        self.timers: list[tuple[float, object]] = []  # (when, call): the loop's own thread only
+        self.connections = 0  # relayed now (max_connections() at most)
 
     def watch(self, fd: int, events: int, handler) -> None:
         self.handlers[fd] = handler
@@ -56,9 +77,19 @@ class EventLoop(threading.Thread):
         with contextlib.suppress(OSError, ValueError):
             self.epoll.unregister(fd)
 
+    def later(self, delay: float, call) -> None:
+        """``call()`` on the loop's thread after ``delay`` seconds (from the loop's thread)."""
+        self.timers.append((time.monotonic() + delay, call))
+
     def run(self) -> None:
         while True:
-            for fd, events in self.epoll.poll():
+            now = time.monotonic()
+            for due in [t for t in self.timers if t[0] <= now]:
+                self.timers.remove(due)
+                with contextlib.suppress(OSError, ValueError):  # a listener closed meanwhile
+                    due[1]()
+            timeout = min((t[0] for t in self.timers), default=now - 1) - now
+            for fd, events in self.epoll.poll(timeout if self.timers else -1):
                 handler = self.handlers.get(fd)
                 if handler is None:
                     continue
@@ -125,6 +156,7 @@ class Connection:
 
     def __init__(self, loop: EventLoop, visitor: socket.socket, target: tuple[str, int]):
         self.loop, self.visitor, self.target = loop, visitor, target
+        loop.connections += 1
         self.app = socket.socket(socket.AF_INET6 if ":" in target[0] else socket.AF_INET, socket.SOCK_STREAM)
         self.app.setblocking(False)
         self.flows: tuple[Flow, Flow] | None = None
@@ -181,6 +213,7 @@ class Connection:
         if self.closed:
             return
         self.closed = True
+        self.loop.connections -= 1
         for sock in (self.visitor, self.app):
             self.loop.forget(sock.fileno())
             sock.close()
@@ -204,18 +237,39 @@ class Listener:
             self.socket.close()
             raise
         self.inode = os.fstat(self.socket.fileno()).st_ino
+        self.closed = self.full = self.failing = False  # full, failing: logged once, until it passes
         loop.watch(self.socket.fileno(), select.EPOLLIN, self.accept)
 
     def accept(self, fd: int, events: int) -> None:
         while True:
             try:
                 visitor, _ = self.socket.accept()
-            except (BlockingIOError, OSError):
+            except BlockingIOError:
+                self.failing = False
                 return
+            except OSError as e:  # out of descriptors, say: tried again soon, not the end
+                if not self.failing:
+                    log.warning("jhproxy-routes: the relay of port %s could not accept: %s", self.target[1], e)
+                self.failing = True
+                self.loop.forget(self.socket.fileno())
+                self.loop.later(ACCEPT_RETRY, self.resume)
+                return
+            if self.loop.connections >= max_connections():
+                visitor.close()
+                if not self.full:
+                    log.warning("jhproxy-routes: the relay is full (%s connections): closing new ones", max_connections())
+                self.full = True
+                continue
+            self.full = False
             visitor.setblocking(False)
             Connection(self.loop, visitor, self.target)
 
+    def resume(self) -> None:
+        if not self.closed:
+            self.loop.watch(self.socket.fileno(), select.EPOLLIN, self.accept)
+
     def close(self) -> None:
+        self.closed = True
         self.loop.forget(self.socket.fileno())
         self.socket.close()
 

@@ -21,9 +21,9 @@ import os
 import time
 from pathlib import Path
 
+from ..interfaces import own_addresses
 from ..listening import REPORT_INTERVAL
 from .hub import HubClient, HubError
-from .interfaces import own_addresses
 from .listeners import Listener, listeners, server_processes
 from .relay import LoopbackRelay
 from .view import covering

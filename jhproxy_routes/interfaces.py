@@ -1,5 +1,7 @@
-"""The server's own addresses: where the proxy reaches a server with a network of its own
-(a container's, a pod's), and so where the relay listens for a loopback-only app.
+"""The addresses of this machine's (or container's) network: in a user's server, where the
+proxy reaches a server with a network of its own (a container's, a pod's), and so where the
+relay listens for a loopback-only app; in the hub, how it knows a server at an address of
+its own machine (``targets.is_hub_machine``).
 
 IPv4: each interface's address (``SIOCGIFADDR``); IPv6: the global addresses of
 ``/proc/net/if_inet6``. Loopback and link-local addresses are left out.
