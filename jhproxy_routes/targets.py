@@ -143,14 +143,28 @@ def port_target(spawner, port: int) -> str:
     return f"http://{host}:{int(port)}"
 
 
+SHARED_NETWORK_MODES = ("host", "none")  # and "container:<name>": another container's network
+
+
 def has_own_network(spawner) -> bool:
     """Whether a running server has a network of its own (a container's, a pod's), where a
-    listener on 127.0.0.1 is its alone and its own addresses are not the hub machine's:
-    DockerSpawner but with ``network_name = "host"``, or any server at an address other
-    than the hub's machine. Only there may the in-server part relay to loopback apps."""
-    if is_docker(spawner):
-        return spawner.network_name != "host"
-    return spawner.server is not None and not is_hub_machine(urlparse(spawner.server.host).hostname)
+    listener on 127.0.0.1 is its alone and its own addresses are no one else's: only the
+    spawners that say so, DockerSpawner on a network of containers (not the host's, none, or
+    another container's) and KubeSpawner without ``hostNetwork``. Only there may the
+    in-server part relay to loopback apps. A server elsewhere (a batch or SSH node, shared
+    by many users) is not taken for one."""
+    if spawner.server is None:
+        return False
+    if is_docker(spawner):  # its ports published on the hub's machine too: the container's own network
+        host_config = spawner.extra_host_config if isinstance(spawner.extra_host_config, dict) else {}
+        modes = (spawner.network_name, host_config.get("network_mode") or "")
+        return not any(mode in SHARED_NETWORK_MODES or mode.startswith("container:") for mode in modes)
+    if is_hub_machine(urlparse(spawner.server.host).hostname):
+        return False
+    if any(cls.__name__ == "KubeSpawner" for cls in type(spawner).__mro__):
+        pod = spawner.extra_pod_config if isinstance(getattr(spawner, "extra_pod_config", None), dict) else {}
+        return not pod.get("hostNetwork")
+    return False
 
 
 def with_protocol(target: str, protocol: str) -> str:
