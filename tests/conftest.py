@@ -81,8 +81,8 @@ def pytest_report_header(config):
 @pytest.fixture(scope="session")
 def docker_engine():
     """A real Docker-API engine (podman) and the single-user image: scripts/docker-engine.sh.
-    Stopped again after the session (scripts/docker-engine-stop.sh; the image stays as a cache)
-    unless JHPROXY_ROUTES_KEEP_PODMAN=1 keeps it running for the next one.
+    Stopped again after the run (``pytest_sessionfinish``; the image stays as a cache) unless
+    JHPROXY_ROUTES_KEEP_PODMAN=1 keeps it running for the next one.
 
     Never skipped: if the engine cannot start, every Docker test fails with the reason."""
     script = REPO / "scripts/docker-engine.sh"
@@ -94,21 +94,31 @@ def docker_engine():
     if missing:
         pytest.fail(f"{script} did not print {missing}: {result.stdout!r}", pytrace=False)
     yield engine
-    if os.environ.get("JHPROXY_ROUTES_KEEP_PODMAN") != "1":
+
+
+def pytest_sessionfinish(session):
+    """Podman's service stops once the whole run is over (``docker_engine``): in the run's own
+    process, never in a test process of pytest-xdist, whose session ends as soon as it has no
+    more work while others may still use the service."""
+    started_here = Path("/run/jhproxy-routes-podman.pid").exists()
+    if started_here and not os.environ.get("PYTEST_XDIST_WORKER") and os.environ.get("JHPROXY_ROUTES_KEEP_PODMAN") != "1":
         subprocess.run(["bash", str(REPO / "scripts/docker-engine-stop.sh")], capture_output=True, timeout=120)
 
 
 # ---- markers, from what a test uses: `pytest -m unit` runs in seconds ------------------------
 @pytest.fixture(scope="module")
 def engine(docker_engine):
-    """The Docker API client of the engine (test_docker.py, test_loopback_relay.py)."""
+    """The Docker API client of the engine, for a module's hubs (``test_docker.docker_hub``
+    records each hub's container prefix in ``prefixes``)."""
     import docker
 
     client = docker.APIClient(base_url=docker_engine["DOCKER_HOST"], version="auto")
-    yield {**docker_engine, "client": client}
-    # leave no test container behind, whatever happened
-    for container in client.containers(all=True, filters={"name": "jhpt"}):
-        client.remove_container(container["Id"], force=True)
+    prefixes: list[str] = []
+    yield {**docker_engine, "client": client, "prefixes": prefixes}
+    # leave no container of this module's behind, whatever happened (other modules' run on)
+    for prefix in prefixes:
+        for container in client.containers(all=True, filters={"name": prefix}):
+            client.remove_container(container["Id"], force=True)
 
 
 MARKER_FIXTURES = {"docker": "docker_engine", "browser": "browser", "hub": "make_hub"}

@@ -50,6 +50,7 @@ c.PortRoutes.allow_shared_host = False  # containers have addresses of their own
 
 def docker_hub(make_hub, engine, internal_ip=True, **kwargs):
     prefix = "jhpt" + secrets.token_hex(3)
+    engine["prefixes"].append(prefix)
     ports = kwargs.pop("ports", list(APP_PORTS))
     extra = kwargs.pop("extra", "")
     if "app_ports" in kwargs:  # the demo apps' ports, where they differ from the allowed ones
