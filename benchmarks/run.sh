@@ -23,6 +23,11 @@ if ! command -v nginx >/dev/null 2>&1; then  # the reference row: nginx in the s
     apt-get install -y nginx-light >/dev/null 2>&1 || { apt-get update >/dev/null && apt-get install -y nginx-light >/dev/null; } \
         || { echo "bench: error: install nginx (Debian: apt-get install nginx-light)" >&2; exit 1; }
 fi
+if [[ "${1:-}" == "--relay" ]] && [[ ! -f /usr/lib/nginx/modules/ngx_stream_module.so ]]; then  # nginx's TCP hop, the reference
+    echo "bench: apt-get install libnginx-mod-stream" >&2
+    apt-get install -y libnginx-mod-stream >/dev/null 2>&1 || { apt-get update >/dev/null && apt-get install -y libnginx-mod-stream >/dev/null; } \
+        || { echo "bench: error: install nginx's stream module (Debian: apt-get install libnginx-mod-stream)" >&2; exit 1; }
+fi
 if [[ "${1:-}" == "--relay" ]]; then
     shift
     exec .venv/bin/python benchmarks/relay.py --json benchmarks/results/relay.json "$@"

@@ -112,22 +112,24 @@ class Flow:
         self.done = False  # ended, and all of it passed on (the sink's writing side shut)
 
     def pump(self) -> None:
-        """Move what the source has and the sink takes (raises OSError where a side fails)."""
-        while not self.done:
-            if self.pending and not self.drain():
-                return  # the sink is full: wait until it may be written
-            if self.ended:
-                with contextlib.suppress(OSError):
-                    self.sink.shutdown(socket.SHUT_WR)
-                self.done = True
-                return
+        """Move what the sink takes of what is in the pipe, then one read of the source and
+        what the sink takes of it (epoll is level-triggered: a source with more to read
+        wakes the loop again). Raises OSError where either side fails."""
+        if self.done or (self.pending and not self.drain()):
+            return  # the sink is full: wait until it may be written
+        if not self.ended:
             try:
                 moved = os.splice(self.source.fileno(), self.write_end, CHUNK, flags=NONBLOCK)
             except BlockingIOError:
-                return  # nothing more to read now
-            if moved == 0:
-                self.ended = True
+                return  # nothing to read now
+            self.ended = moved == 0
             self.pending += moved
+            if self.pending and not self.drain():
+                return
+        if self.ended:
+            with contextlib.suppress(OSError):
+                self.sink.shutdown(socket.SHUT_WR)
+            self.done = True
 
     def drain(self) -> bool:
         """Empty the pipe into the sink as far as it takes: whether it is empty."""
@@ -176,13 +178,16 @@ class Connection:
             return
         self.loop.forget(self.app.fileno())
         self.flows = (Flow(self.visitor, self.app), Flow(self.app, self.visitor))
+        self.masks = {sock.fileno(): select.EPOLLIN for sock in (self.visitor, self.app)}  # what epoll watches now
         self.loop.watch(self.visitor.fileno(), select.EPOLLIN, self.ready)
         self.loop.watch(self.app.fileno(), select.EPOLLIN, self.ready)
 
     def ready(self, fd: int, events: int) -> None:
+        readable = events & (select.EPOLLIN | select.EPOLLHUP | select.EPOLLERR)
+        writable = events & (select.EPOLLOUT | select.EPOLLHUP | select.EPOLLERR)
         try:
-            for flow in self.flows:
-                if flow.source.fileno() == fd or flow.sink.fileno() == fd:
+            for flow in self.flows:  # the flow this socket feeds, and the one it drains
+                if (readable and flow.source.fileno() == fd) or (writable and flow.sink.fileno() == fd):
                     flow.pump()
         except OSError as e:
             self.fail(e)
@@ -199,10 +204,12 @@ class Connection:
                 if flow.sink is sock:
                     wanted |= select.EPOLLOUT if flow.wants_write else 0
                     finished &= flow.done
+            fileno = sock.fileno()
             if finished:  # nothing more to read or write there: its hang-up must not wake the loop
-                self.loop.forget(sock.fileno())
-            elif sock.fileno() in self.loop.handlers:
-                self.loop.change(sock.fileno(), wanted)
+                self.loop.forget(fileno)
+            elif fileno in self.loop.handlers and self.masks.get(fileno) != wanted:
+                self.loop.change(fileno, wanted)
+                self.masks[fileno] = wanted
 
     def fail(self, error: OSError) -> None:
         if error.errno not in GONE:
