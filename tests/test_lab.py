@@ -120,14 +120,20 @@ def hub(system_user, make_hub, ports, module_tmp):  # the user first: removed af
     return hub
 
 
-@pytest.fixture(scope="module")
-def lab(browser, hub):
-    """USER's JupyterLab in Chromium, logged in through the hub's form, the Ports panel open."""
-    context, page = browser_login(browser, hub.url, USER)
+def open_lab(browser, hub, user: str):
+    """``user``'s JupyterLab in Chromium, logged in through the hub's form, the Ports panel
+    open: (context, page)."""
+    context, page = browser_login(browser, hub.url, user)
     page.set_viewport_size({"width": 1280, "height": 800})
-    page.goto(f"{hub.url}/user/{USER}/lab")
+    page.goto(f"{hub.url}/user/{user}/lab")
     expect(page.locator(PANEL_TAB)).to_be_visible(timeout=90_000)
     open_panel(page)
+    return context, page
+
+
+@pytest.fixture(scope="module")
+def lab(browser, hub):
+    context, page = open_lab(browser, hub, USER)
     yield page
     context.close()
 

@@ -16,15 +16,14 @@ import httpx
 import pytest
 from playwright.sync_api import expect
 
-from tests.rig import REPO, browser_login, wait_for
+from tests.rig import REPO, wait_for
 from tests.test_docker import docker_hub
 from tests.test_lab import (
     LISTED_WITHIN,
-    PANEL_TAB,
     TOAST,
     expect_listening,
     lab_origin,
-    open_panel,
+    open_lab,
     open_terminal,
     row,
     write_quiet_settings,
@@ -64,11 +63,7 @@ def hub(make_hub, engine, module_tmp):
 
 @pytest.fixture(scope="module")
 def lab(browser, hub):
-    context, page = browser_login(browser, hub.url, USER)
-    page.set_viewport_size({"width": 1280, "height": 800})
-    page.goto(f"{hub.url}/user/{USER}/lab")
-    expect(page.locator(PANEL_TAB)).to_be_visible(timeout=90_000)
-    open_panel(page)
+    context, page = open_lab(browser, hub, USER)
     yield page
     context.close()
 
