@@ -168,9 +168,9 @@ class PortSettings:
         routed = self.routed(user.name, servername)
         shared: list[str] | None = None  # who the hub lets access the server, read once
         spawner = user.spawners[servername]
+        own_network = bool(spawner.ready and has_own_network(spawner))  # a container's (False: the hub's machine)
         listening = manager.listening.current(user.name, servername, started_at(spawner)) if spawner.ready else None
         if listening:  # an app on loopback only is out of the proxy's reach in a container of its own, unless relayed
-            own_network = has_own_network(spawner)
             listening = {
                 port: {**entry, "reachable": entry["relayed"] or not (entry["loopback_only"] and own_network)}
                 for port, entry in listening.items()
@@ -205,9 +205,8 @@ class PortSettings:
             "server": servername,
             "running": bool(spawner.ready),
             # whether the in-server part may relay to apps listening on loopback only
-            # whether the server has a network of its own (a container's); False: on the hub's machine
-            "own_network": bool(spawner.ready and has_own_network(spawner)),
-            "loopback_relay": bool(manager.settings.loopback_relay and spawner.ready and has_own_network(spawner)),
+            "own_network": own_network,
+            "loopback_relay": bool(manager.settings.loopback_relay and own_network),
             "mode": access.mode,
             "token": token,
             "token_readable": access.mode != "token" or token is not None,
