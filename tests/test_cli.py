@@ -281,7 +281,8 @@ def test_check_explains_a_port_domain(tmp_path, capsys):
 
 def test_check_takes_traefik_as_the_littlest_jupyterhub_runs_it(tmp_path, capsys):
     """TLJH's traefik_file is checked as CHP is (Traefik's API port among the hub's own);
-    the key-value providers are refused, also when install(c) is not called yet."""
+    so are its etcd and redis providers (their stores' ports too); consul is refused, also
+    when install(c) is not called yet."""
     path = write_config(
         tmp_path,
         """
@@ -295,7 +296,16 @@ def test_check_takes_traefik_as_the_littlest_jupyterhub_runs_it(tmp_path, capsys
     )
     code, out = check_here(path, capsys)
     assert code == 0 and "warning: port 8099 is Traefik's API on this machine: it never gets a route" in out, out
-    (tmp_path / "etcd.py").write_text('c.JupyterHub.proxy_class = "traefik_etcd"\nc.PortRoutes.ports = [5000]\n')
-    code, out = check_here(tmp_path / "etcd.py", capsys)
-    assert code == 1 and "c.JupyterHub.proxy_class is 'traefik_etcd': jhproxy-routes supports Traefik's file provider" in out, out
+    (tmp_path / "redis.py").write_text(
+        'c.JupyterHub.proxy_class = "traefik_redis"\nc.TraefikRedisProxy.redis_url = "redis://127.0.0.1:6380"\n'
+        'c.JupyterHub.spawner_class = "simple"\nc.PortRoutes.ports = [5000, 6380]\nc.PortRoutes.allow_shared_host = True\n'
+        "import jhproxy_routes\njhproxy_routes.install(c)\n"
+    )
+    code, out = check_here(tmp_path / "redis.py", capsys)
+    assert code == 0 and "warning: port 6380 is the redis store of the routes on this machine" in out, out
+    (tmp_path / "consul.py").write_text('c.JupyterHub.proxy_class = "traefik_consul"\nc.PortRoutes.ports = [5000]\n')
+    code, out = check_here(tmp_path / "consul.py", capsys)
+    assert code == 1 and "c.JupyterHub.proxy_class is 'traefik_consul': jhproxy-routes works with Traefik's file, etcd" in out, (
+        out
+    )
     assert "call jhproxy_routes.install(c)" not in out

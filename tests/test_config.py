@@ -262,6 +262,10 @@ def test_install_sets_only_the_proxy_class():
         ("traefik_file", "jhproxy_routes.traefik.TraefikPortRoutesProxy"),  # The Littlest JupyterHub's
         ("jupyterhub_traefik_proxy.TraefikFileProviderProxy", "jhproxy_routes.traefik.TraefikPortRoutesProxy"),
         ("jhproxy_routes.traefik.TraefikPortRoutesProxy", "jhproxy_routes.traefik.TraefikPortRoutesProxy"),
+        ("traefik_etcd", "jhproxy_routes.traefik_kv.TraefikEtcdPortRoutesProxy"),
+        ("jupyterhub_traefik_proxy.etcd.TraefikEtcdProxy", "jhproxy_routes.traefik_kv.TraefikEtcdPortRoutesProxy"),
+        ("traefik_redis", "jhproxy_routes.traefik_kv.TraefikRedisPortRoutesProxy"),
+        ("jupyterhub_traefik_proxy.TraefikRedisProxy", "jhproxy_routes.traefik_kv.TraefikRedisPortRoutesProxy"),
     ],
 )
 def test_install_keeps_the_hubs_proxy(chosen, ours):
@@ -276,9 +280,9 @@ def test_install_keeps_the_hubs_proxy(chosen, ours):
 @pytest.mark.parametrize(
     "chosen, message",
     [
-        ("traefik_etcd", "not yet its key-value providers"),
-        ("jupyterhub_traefik_proxy.TraefikRedisProxy", "not yet its key-value providers"),
-        ("mymodule.MyProxy", "works with configurable-http-proxy or jupyterhub-traefik-proxy's traefik_file"),
+        ("traefik_consul", "not consul, which jupyterhub-traefik-proxy deprecates"),
+        ("jupyterhub_traefik_proxy.TraefikConsulProxy", "not consul"),
+        ("mymodule.MyProxy", "works with configurable-http-proxy or jupyterhub-traefik-proxy's traefik_file, traefik_etcd"),
     ],
 )
 def test_install_refuses_other_proxies(chosen, message):

