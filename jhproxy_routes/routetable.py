@@ -4,8 +4,9 @@ A routespec is JupyterHub's (``/path/`` or ``host/path/``, escaped, with a trail
 a route's data is a flat JSON object with its ``target``. A table reads and writes only our
 routes (tagged ``ROUTE_TAG``, never ``jupyterhub``) and raises ``RouteAPIError`` when the
 proxy fails for good. Backends: ``routeapi.RouteAPI`` (configurable-http-proxy's REST API,
-also the sidecar's mirror) and ``traefik.TraefikRouteTable`` (a Traefik dynamic
-configuration file of our own, beside jupyterhub-traefik-proxy's).
+also the sidecar's mirror), ``traefik.TraefikRouteTable`` (a Traefik dynamic
+configuration file of our own, beside jupyterhub-traefik-proxy's) and
+``traefik_kv.TraefikKVRouteTable`` (Traefik's etcd or redis store, beside the hub's routes).
 """
 
 from __future__ import annotations
