@@ -21,7 +21,7 @@ The servers are stand-ins (name, address, ready) over real rows of JupyterHub's 
 one small app answers every server's public port. Each has one protected port (CHP ->
 sidecar; mode allow_all) and one public port (CHP -> app): 2N CHP routes and N sidecar routes.
 Results go to benchmarks/results/scale.json and scale.md, beside those of
-``traefik_file.py`` (the same steps behind Traefik's file provider).
+``traefik_scale.py`` (the same steps behind Traefik's file, etcd and redis providers).
 """
 
 from __future__ import annotations
@@ -282,12 +282,17 @@ def report(servers: int, results: dict, load: tuple[str, str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-SECTIONS = {"chp": "## configurable-http-proxy (`scale.py`)", "traefik": "## Traefik's file provider (`traefik_file.py`)"}
+SECTIONS = {
+    "chp": "## configurable-http-proxy (`scale.py`)",
+    "traefik": "## Traefik's file provider (`traefik_scale.py`)",
+    "traefik-etcd": "## Traefik's etcd provider (`traefik_scale.py --provider etcd`)",
+    "traefik-redis": "## Traefik's redis provider (`traefik_scale.py --provider redis`)",
+}
 
 
 def save_results(key: str, markdown: str, data: dict) -> None:
     """One script's part of results/scale.md (its own section; the other's kept) and of
-    scale.json (CHP's run at the top, Traefik's under ``traefik``)."""
+    scale.json (CHP's run at the top, Traefik's under ``traefik``, ``traefik-etcd``, ``traefik-redis``)."""
     md, js = RESULTS / "scale.md", RESULTS / "scale.json"
     RESULTS.mkdir(exist_ok=True)
     old = md.read_text() if md.exists() else ""
@@ -297,9 +302,7 @@ def save_results(key: str, markdown: str, data: dict) -> None:
     parts[SECTIONS[key]] = markdown
     md.write_text("\n".join(f"{h}\n\n{parts[h].strip()}\n" for h in SECTIONS.values() if h in parts))
     stored = json.loads(js.read_text()) if js.exists() else {}
-    stored = (
-        {**data, **({"traefik": stored["traefik"]} if "traefik" in stored else {})} if key == "chp" else {**stored, key: data}
-    )
+    stored = {**data, **{k: v for k, v in stored.items() if k.startswith("traefik")}} if key == "chp" else {**stored, key: data}
     js.write_text(json.dumps(stored, indent=1))
 
 

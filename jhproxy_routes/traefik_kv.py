@@ -36,6 +36,7 @@ from jupyterhub_traefik_proxy.etcd import TraefikEtcdProxy
 from jupyterhub_traefik_proxy.kv_proxy import TKvProxy
 from jupyterhub_traefik_proxy.redis import TraefikRedisProxy
 from jupyterhub_traefik_proxy.traefik_utils import generate_alias
+from traitlets import default, validate
 
 from .logsafe import shown
 from .routeapi import ROUTE_TAG, RouteAPIError
@@ -44,6 +45,9 @@ from .traefik import TraefikPortRoutes, unsafe, until_served
 __all__ = ["TraefikEtcdPortRoutesProxy", "TraefikKVRouteTable", "TraefikRedisPortRoutesProxy"]
 
 MAX_KEYS_PER_CALL = 120  # below etcd's default limit of 128 operations in one transaction
+#: the etcd client's gRPC options: a read of many routes is one message, and gRPC's default
+#: limit, 4 MiB, is about 10,000 of our records (the hub's own records of as many routes, more)
+ETCD_GRPC_OPTIONS = [("grpc.max_receive_message_length", 1 << 30)]
 RECORDS = "jhproxy-routes"  # our records' prefix: "<kv_jupyterhub_prefix>-jhproxy-routes"
 FORMAT = "1"  # of the records
 
@@ -171,7 +175,16 @@ class TraefikKVPortRoutes(TraefikPortRoutes):
 
 class TraefikEtcdPortRoutesProxy(TraefikKVPortRoutes, TraefikEtcdProxy):
     """jupyterhub-traefik-proxy's etcd proxy with one extra route per allowed port of each
-    running server (see the module)."""
+    running server (see the module); its client reads messages of up to 1 GiB unless
+    ``c.TraefikEtcdProxy.etcd_client_kwargs`` has ``grpc_options`` of its own."""
+
+    @default("etcd_client_kwargs")
+    def _default_etcd_client_kwargs(self):
+        return {"grpc_options": ETCD_GRPC_OPTIONS}
+
+    @validate("etcd_client_kwargs")
+    def _with_grpc_options(self, proposal):
+        return {"grpc_options": ETCD_GRPC_OPTIONS, **proposal.value}
 
     def proxy_ports(self) -> dict[str, str]:
         return {**super().proxy_ports(), self.etcd_url: "the etcd store of the routes"}

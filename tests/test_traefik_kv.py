@@ -10,6 +10,7 @@ behind the hub's back put back, and Traefik's and the hub's restarts.
 """
 
 import asyncio
+import json
 import os
 import time
 
@@ -20,7 +21,8 @@ from jupyterhub_traefik_proxy.redis import TraefikRedisProxy
 from tornado.httpclient import HTTPRequest
 from tornado.websocket import websocket_connect
 
-from jhproxy_routes.traefik_kv import TraefikKVRouteTable
+from jhproxy_routes.routeapi import RouteAPIError
+from jhproxy_routes.traefik_kv import ETCD_GRPC_OPTIONS, TraefikEtcdPortRoutesProxy, TraefikKVRouteTable
 from tests.rig import BIN, KVStore, TraefikStoreHub, free_port, sibling_ports, wait_for
 
 CHECK_INTERVAL = 2  # c.JupyterHub.last_activity_interval: the hub's check_routes this often
@@ -188,3 +190,32 @@ async def test_many_routes_in_transactions_within_etcds_limit(store, module_tmp,
         assert not any("/ports" in key or "ports" in value for key, value in store.keys(prefix).items())
     finally:
         await proxy.stop()
+
+
+def test_the_etcd_client_reads_messages_past_grpcs_default():
+    """gRPC's default limit of a message, 4 MiB, is about 10,000 of our records: our etcd
+    proxy's client takes more, also beside the admin's own client options."""
+    proxy = TraefikEtcdPortRoutesProxy.__new__(TraefikEtcdPortRoutesProxy)  # the traits alone, no hub
+    assert proxy.etcd_client_kwargs == {"grpc_options": ETCD_GRPC_OPTIONS}
+    proxy.etcd_client_kwargs = {"timeout": 5}
+    assert proxy.etcd_client_kwargs == {"grpc_options": ETCD_GRPC_OPTIONS, "timeout": 5}
+
+
+async def test_many_routes_read_back_from_etcd_in_one_message(module_tmp):
+    """5 MiB of records (80 routes with 64 KiB of data each; 10,000 plain ones are about
+    3 MB) read back at once with our client's options, where gRPC's default refuses them."""
+    store = KVStore("etcd", module_tmp / "etcd-large").start()
+    try:
+        settings = dict(etcd_url=store.url, traefik_api_username="api_admin", traefik_api_password="secret")
+        big = {f"/ports/user{i}/5000/": {"target": "http://127.0.0.1:9", "pad": "x" * (64 << 10)} for i in range(80)}
+        table = TraefikKVRouteTable(TraefikEtcdProxy(etcd_client_kwargs={"grpc_options": ETCD_GRPC_OPTIONS}, **settings))
+        for spec, data in big.items():  # one by one: no wait for Traefik (add_many's)
+            keys = table._traefik_keys(spec, data)
+            keys[table._record_key(spec)] = json.dumps({"routespec": spec, "data": data})
+            await table.proxy._kv_atomic_set(keys)
+        assert len(await table.get_all()) == 80
+        plain = TraefikKVRouteTable(TraefikEtcdProxy(**settings))
+        with pytest.raises(RouteAPIError, match="RESOURCE_EXHAUSTED|larger than max"):
+            await plain.get_all()
+    finally:
+        store.stop()
