@@ -557,8 +557,10 @@ class PortRoutes(Configurable):
         config=True,
         help="""Seconds one request to the proxy's or the sidecar's route API may take.
 
-        On Traefik the routes are in the hub's process: this is the sidecar's only, and
-        ``c.TraefikProxy.check_route_timeout`` bounds the wait for Traefik to load a change.
+        On Traefik's file provider the routes are in the hub's process: this is the
+        sidecar's only. On its etcd and redis providers, also each call to the store. On
+        both, ``c.TraefikProxy.check_route_timeout`` bounds the wait for Traefik to load a
+        change.
         """,
     )
 

@@ -499,10 +499,14 @@ class RouteManager:
     async def withdraw(self, username: str, servername: str) -> None:
         """Remove a server's port routes, from CHP first (raises RouteAPIError). For a server
         that stops, or whose settings change while it is not ready (starting, stopping): no
-        route outlives its settings; ``add_user`` routes the server again once it is ready."""
+        route outlives its settings; ``add_user`` routes the server again once it is ready.
+        The sidecar forgets them even when the proxy failed: a route the proxy still has
+        then ends at the sidecar's 503, closed."""
         specs = self.server_routespecs(username, servername)  # none for a server without routes
-        await asyncio.gather(*(self.proxy_table.delete(s) for s in specs))
-        await asyncio.gather(*(self.sidecar.delete(s) for s in specs))
+        try:
+            await asyncio.gather(*(self.proxy_table.delete(s) for s in specs))
+        finally:
+            await asyncio.gather(*(self.sidecar.delete(s) for s in specs))
 
     # ---- everything --------------------------------------------------------------------
     @property

@@ -14,14 +14,16 @@ both stores. In the store, per route:
 - our record of it, one key: ``<kv_jupyterhub_prefix>-jhproxy-routes/routes/<router name>``
   = JSON ``{"routespec", "data"}`` (``data`` with its ``target``). Outside the hub's prefix,
   so the hub's ``get_all_routes`` never shows it to the hub's route check, which would delete
-  it; JSON keeps the data's types, which the store's flat strings would not. Beside the
-  records, ``…-jhproxy-routes/format`` = ``1`` (written once): the tree read is never empty.
+  it; JSON keeps the data's types, which the store's flat strings would not. A record is
+  read as it is (not as a tree) and acted on only when it is one of ours for its own key.
 
 A route's keys are set in one transaction, and so are its deletions: Traefik never sees a
 router without its service. Routes go to the store a few per transaction (etcd refuses more
-than 128 operations in one, ``--max-txn-ops``), and a route deleted is deleted by its exact
-keys (jupyterhub-traefik-proxy deletes the hub's by tree: a scan of the whole store per route
-on redis). Adding waits until Traefik serves the last route added, as on the file provider.
+than 128 operations or 1.5 MiB in one), and a route deleted is deleted by its exact keys
+(jupyterhub-traefik-proxy deletes the hub's by tree: a scan of the whole store per route on
+redis). Each call to the store is bounded by ``c.PortRoutes.api_timeout`` (neither client
+has a deadline: a frozen store would hang the table). Adding waits until Traefik serves the
+last route added, as on the file provider.
 
 Redis tells Traefik of changes only with keyspace notifications on (``notify-keyspace-events
 KEA``); Traefik's etcd provider watches. ``traefik_consul`` is refused: jupyterhub-traefik-proxy
@@ -30,7 +32,9 @@ deprecates it (its client library is unmaintained), and no Consul server could b
 
 from __future__ import annotations
 
+import asyncio
 import json
+import re
 
 from jupyterhub_traefik_proxy.etcd import TraefikEtcdProxy
 from jupyterhub_traefik_proxy.kv_proxy import TKvProxy
@@ -40,16 +44,17 @@ from traitlets import default, validate
 
 from .logsafe import shown
 from .routeapi import ROUTE_TAG, RouteAPIError
-from .traefik import TraefikPortRoutes, unsafe, until_served
+from .traefik import TraefikPortRoutes, unsafe, until_served, until_started
 
 __all__ = ["TraefikEtcdPortRoutesProxy", "TraefikKVRouteTable", "TraefikRedisPortRoutesProxy"]
 
 MAX_KEYS_PER_CALL = 120  # below etcd's default limit of 128 operations in one transaction
+MAX_BYTES_PER_CALL = 512 << 10  # well below etcd's default limit of 1.5 MiB for a request
+MAX_ROUTESPEC = 2000  # characters: a route's keys stay far below that (names from an authenticator are not bounded)
 #: the etcd client's gRPC options: a read of many routes is one message, and gRPC's default
 #: limit, 4 MiB, is about 10,000 of our records (the hub's own records of as many routes, more)
 ETCD_GRPC_OPTIONS = [("grpc.max_receive_message_length", 1 << 30)]
 RECORDS = "jhproxy-routes"  # our records' prefix: "<kv_jupyterhub_prefix>-jhproxy-routes"
-FORMAT = "1"  # of the records
 
 
 def store_error(e: Exception) -> str:
@@ -58,22 +63,38 @@ def store_error(e: Exception) -> str:
     return f"{type(e).__name__}: {shown(details() if callable(details) else str(e))}"
 
 
+async def etcd_pairs(proxy: TraefikEtcdProxy, prefix: str) -> list[tuple[str, str]]:
+    return [(meta.key.decode(), value.decode()) for value, meta in await proxy._etcd_get_prefix(prefix)]
+
+
+async def redis_pairs(proxy: TraefikRedisProxy, prefix: str) -> list[tuple[str, str]]:
+    pattern = re.sub(r"([*?\[\]\\])", r"\\\1", prefix) + "*"  # the prefix as it is, not a glob
+    keys = [key async for key in proxy.redis.scan_iter(match=pattern, count=1000)]
+    values = await proxy.redis.mget(keys) if keys else []
+    return [(key, value) for key, value in zip(keys, values, strict=True) if value is not None]  # None: deleted meanwhile
+
+
+#: every key below a prefix, as it is: jupyterhub-traefik-proxy's ``_kv_get_tree`` builds a
+#: tree, which one key of another shape (``0``, or a key below a record) makes fail as a whole
+PAIRS = {"etcd": etcd_pairs, "redis": redis_pairs}
+
+
 class TraefikKVRouteTable:
-    """Our routes in a jupyterhub-traefik-proxy key-value store (see the module)."""
+    """Our routes in a jupyterhub-traefik-proxy key-value store (see the module); each call
+    to the store bounded by ``timeout`` seconds (neither store's client has a deadline)."""
 
     name = "proxy"
 
-    def __init__(self, proxy: TKvProxy):
+    def __init__(self, proxy: TKvProxy, timeout: float = 10):
         self.proxy = proxy
         self.log = proxy.log
+        self.timeout = timeout
         self.sep = proxy.kv_separator
-        self.base = f"{proxy.kv_jupyterhub_prefix}-{RECORDS}"
-        self.records = f"{self.base}{self.sep}routes"
-        self._marked = False  # the format key written
+        self.records = f"{proxy.kv_jupyterhub_prefix}-{RECORDS}{self.sep}routes{self.sep}"
         self._refused: set[str] = set()  # routespecs refused and logged once
 
     def _record_key(self, routespec: str) -> str:
-        return f"{self.records}{self.sep}{generate_alias(routespec, 'router')}"
+        return self.records + generate_alias(routespec, "router")
 
     def _traefik_keys(self, routespec: str, data: dict) -> dict[str, str]:
         """The route's router and service, as the store's flat keys and values."""
@@ -82,19 +103,24 @@ class TraefikKVRouteTable:
         return self.proxy.flatten_dict_for_kv(traefik, prefix=self.proxy.kv_traefik_prefix)
 
     async def get_all(self) -> dict[str, dict]:
-        await self._started()
-        try:
-            tree = await self.proxy._kv_get_tree(self.base)  # with the format key (an empty tree is logged)
-        except Exception as e:  # the store's client has errors of its own, all of them failures here
-            raise RouteAPIError(f"traefik {self.proxy.provider_name}: read {self.base}: {store_error(e)}") from None
+        """Our records, each checked: one that is not ours is logged and left alone, never
+        acted on (its routespec must be its key's: a record claiming another route's would
+        have the hub's own deleted)."""
+        pairs = await self._call(f"read {self.records}", PAIRS[self.proxy.provider_name](self.proxy, self.records))
         routes = {}
-        records = tree.get("routes") if isinstance(tree, dict) else None
-        for key, value in (records if isinstance(records, dict) else {}).items():
+        for key, value in pairs:
             try:
                 record = json.loads(value)
-                routes[record["routespec"]] = record["data"]
-            except (ValueError, TypeError, KeyError) as e:  # not a record of ours: left alone
-                self.log.warning("jhproxy-routes: %s%s%s in the store skipped: %s", self.records, self.sep, shown(key), shown(e))
+                spec, data = record["routespec"], record["data"]
+                if not (isinstance(spec, str) and spec.endswith("/") and isinstance(data, dict)):
+                    raise ValueError("not a routespec and its data")
+                if self._record_key(spec) != key:
+                    raise ValueError(f"its routespec {spec!r} is not its key's")
+                if data.get(ROUTE_TAG) is not True or unsafe(spec) or "target" not in data:
+                    raise ValueError("not a route of ours")
+                routes[spec] = data
+            except (ValueError, TypeError, KeyError) as e:
+                self.log.warning("jhproxy-routes: %s in the store skipped: %s", shown(key), shown(e))
         return routes
 
     async def add(self, routespec: str, data: dict) -> None:
@@ -105,58 +131,54 @@ class TraefikKVRouteTable:
 
     async def add_many(self, routes: dict[str, dict]) -> None:
         """Each route's keys in one transaction, a few routes per transaction; then one wait
-        until Traefik serves the last one."""
-        await self._started()
-        batch: dict[str, str] = {}
-        last = None
+        until Traefik serves the last one stored. A transaction that fails does not stop the
+        others; the first failure is raised at the end."""
+        per_route = []
         for spec, data in routes.items():
-            why = unsafe(spec)
+            why = unsafe(spec) or (len(spec) > MAX_ROUTESPEC and f"longer than {MAX_ROUTESPEC} characters")
             if why:
                 self._refuse(spec, why)
                 continue
             data = {**data, ROUTE_TAG: True}
             keys = self._traefik_keys(spec, data)
             keys[self._record_key(spec)] = json.dumps({"routespec": spec, "data": data}, separators=(",", ":"))
-            if batch and len(batch) + len(keys) > MAX_KEYS_PER_CALL:
-                await self._call(f"add {len(batch)} key(s)", self.proxy._kv_atomic_set(batch))
-                batch = {}
-            batch.update(keys)
-            last = spec
-        if batch:
-            await self._call(f"add {len(batch)} key(s)", self.proxy._kv_atomic_set(batch))
+            per_route.append((spec, keys))
+        last, failure = None, None
+        for specs, keys in batches(per_route):
+            try:
+                await self._call(f"add {len(specs)} route(s)", self.proxy._kv_atomic_set(keys))
+                last = specs[-1]
+            except RouteAPIError as e:
+                failure = failure or e
         if last is not None:
             where = f"{self.proxy.provider_name} at {self.proxy.kv_traefik_prefix!r}"
             await until_served(self.proxy, last, f"after it was stored: Traefik's {where} provider must read the same store")
+        if failure:
+            raise failure
 
     async def delete_many(self, routespecs: list[str]) -> None:
-        """Each route's exact keys deleted in one transaction, a few routes per transaction;
-        a route not there deletes nothing."""
-        await self._started()
-        batch: list[str] = []
-        for spec in routespecs:
-            keys = [*self._traefik_keys(spec, {"target": "http://127.0.0.1"}), self._record_key(spec)]  # names only
-            if batch and len(batch) + len(keys) > MAX_KEYS_PER_CALL:
-                await self._call(f"delete {len(batch)} key(s)", self.proxy._kv_atomic_delete(*batch))
-                batch = []
-            batch += keys
-        if batch:
-            await self._call(f"delete {len(batch)} key(s)", self.proxy._kv_atomic_delete(*batch))
+        """Each route's exact keys deleted in one transaction, a few routes per transaction
+        (a route not there deletes nothing); the first failure raised once all were tried."""
+        names = {"target": "http://127.0.0.1"}  # the keys' names do not depend on the target
+        per_route = [(spec, dict.fromkeys([*self._traefik_keys(spec, names), self._record_key(spec)], "")) for spec in routespecs]
+        failure = None
+        for specs, keys in batches(per_route):
+            try:
+                await self._call(f"delete {len(specs)} route(s)", self.proxy._kv_atomic_delete(*keys))
+            except RouteAPIError as e:
+                failure = failure or e
+        if failure:
+            raise failure
 
-    async def _started(self) -> None:
-        """The proxy's own start-up (an external Traefik's dynamic config) done first, as its
-        methods do; then the format key, once."""
-        future = self.proxy._start_future
-        if future and not future.done():
-            await future
-        if not self._marked:
-            await self._call("write the format key", self.proxy._kv_atomic_set({f"{self.base}{self.sep}format": FORMAT}))
-            self._marked = True
-
-    async def _call(self, what: str, call) -> None:
-        """Await a store call; its failure as a RouteAPIError, as the route manager expects."""
+    async def _call(self, what: str, call):
+        """Await a store call, after the proxy's own start-up (an external Traefik's dynamic
+        config) as its methods do, within ``timeout``; a failure as a RouteAPIError."""
         try:
+            await until_started(self.proxy)
             async with self.proxy.semaphore:
-                await call
+                return await asyncio.wait_for(call, self.timeout)
+        except asyncio.TimeoutError:
+            raise RouteAPIError(f"traefik {self.proxy.provider_name}: {what}: no answer within {self.timeout:g} s") from None
         except Exception as e:  # etcd's gRPC and redis' errors share no base class
             raise RouteAPIError(f"traefik {self.proxy.provider_name}: {what}: {store_error(e)}") from None
 
@@ -166,11 +188,29 @@ class TraefikKVRouteTable:
             self.log.error("jhproxy-routes: no Traefik route for %s: %s", shown(routespec), why)
 
 
+def batches(per_route: list[tuple[str, dict[str, str]]]):
+    """``(routespecs, keys)`` of a few routes at a time: at most ``MAX_KEYS_PER_CALL`` keys
+    and ``MAX_BYTES_PER_CALL`` bytes, a route's keys never split."""
+    specs: list[str] = []
+    keys: dict[str, str] = {}
+    size = 0
+    for spec, route_keys in per_route:
+        route_size = sum(len(k) + len(v) for k, v in route_keys.items())
+        if specs and (len(keys) + len(route_keys) > MAX_KEYS_PER_CALL or size + route_size > MAX_BYTES_PER_CALL):
+            yield specs, keys
+            specs, keys, size = [], {}, 0
+        specs.append(spec)
+        keys.update(route_keys)
+        size += route_size
+    if specs:
+        yield specs, keys
+
+
 class TraefikKVPortRoutes(TraefikPortRoutes):
     """Our routes in the store of a jupyterhub-traefik-proxy key-value proxy."""
 
     def make_route_table(self) -> TraefikKVRouteTable:
-        return TraefikKVRouteTable(self)
+        return TraefikKVRouteTable(self, timeout=self.port_routes.api_timeout)
 
 
 class TraefikEtcdPortRoutesProxy(TraefikKVPortRoutes, TraefikEtcdProxy):

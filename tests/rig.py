@@ -470,6 +470,27 @@ class TraefikHub(Hub):
         wait_for(lambda: not port_open(self.port), 10, "the old traefik to go")
         self.start_traefik()
 
+    def assert_routes_back_after_a_traefik_restart(self, path: str) -> None:
+        """Traefik restarted (``restart_traefik``): ``path`` is served again (200), from the
+        same port routes as before."""
+        before = self.port_routes()
+        self.restart_traefik()
+        wait_for(lambda: self.get(path).status_code == 200, 30, f"{path} served again after the restart")
+        assert self.port_routes() == before
+
+    def restart_keeping_servers(self, port: int) -> None:
+        """bob's server started beside alice's, the hub restarted with both running
+        (``cleanup_servers = False``): alice's ``port`` served again and bob's route back;
+        then bob's server stopped."""
+        self.user_token("bob")
+        self.spawn("bob")
+        assert f"/ports/bob/{port}/" in self.port_routes()
+        self.stop(leave_servers=True)
+        self.start()
+        wait_for(lambda: self.get(f"/ports/alice/{port}/x").status_code == 200, 30, "alice's routes", self.log_path)
+        assert f"/ports/bob/{port}/" in self.port_routes()
+        self.stop_server("bob")
+
     def start_traefik(self) -> None:
         log = self.dir / "traefik.log"
         self.traefik_process = subprocess.Popen(
@@ -534,6 +555,22 @@ class KVStore:
         with redis.Redis(host="127.0.0.1", port=self.port, decode_responses=True) as client:
             keys = sorted(client.scan_iter(match=prefix + "*"))
             return dict(zip(keys, client.mget(keys), strict=True)) if keys else {}
+
+    def put(self, key: str, value: str) -> None:
+        """Set ``key`` behind the hub's back, with the store's own client."""
+        if self.kind == "etcd":
+            import etcd3
+
+            client = etcd3.client(host="127.0.0.1", port=self.port)
+            try:
+                client.put(key, value)
+            finally:
+                client.close()
+        else:
+            import redis
+
+            with redis.Redis(host="127.0.0.1", port=self.port) as client:
+                client.set(key, value)
 
     def delete(self, keys: list[str]) -> None:
         """Delete ``keys`` behind the hub's back, with the store's own client."""

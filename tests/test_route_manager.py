@@ -9,7 +9,7 @@ import pytest
 from traitlets import TraitError
 
 from jhproxy_routes.config import PortRoutes, PortSpec
-from jhproxy_routes.routeapi import RouteAPI
+from jhproxy_routes.routeapi import RouteAPI, RouteAPIError
 from jhproxy_routes.routes import RouteManager, port_rule
 from jhproxy_routes.tokens import ServerAccess
 
@@ -102,3 +102,23 @@ def test_the_hubs_own_ports_are_never_targets_but_a_containers_published_8000_is
     assert 8000 not in manager._never_routed(spawner, published)
     pod = {8000: "http://10.0.0.7:8000", 5000: "http://10.0.0.7:5000", 8080: "http://10.0.0.7:8080"}
     assert manager._never_routed(spawner, pod) == {8888: "its Jupyter server's own port"}
+
+
+async def test_a_server_withdrawn_leaves_the_sidecar_even_when_the_proxy_fails():
+    """The proxy's delete fails (a store that does not answer): the sidecar still forgets the
+    routes, so a route the proxy keeps serving ends at the sidecar's 503, not at the app."""
+
+    class Table:
+        def __init__(self, fails: bool):
+            self.fails, self.deleted = fails, []
+
+        async def delete(self, routespec):
+            if self.fails:
+                raise RouteAPIError("traefik etcd: delete 1 route(s): no answer within 10 s")
+            self.deleted.append(routespec)
+
+    proxy, sidecar = Table(fails=True), Table(fails=False)
+    manager = RouteManager(PortRoutes(ports=[5000, 5001]), "/", proxy, None, store=None, audit=None, sidecar=sidecar)
+    with pytest.raises(RouteAPIError, match="no answer"):
+        await manager.withdraw("alice", "")
+    assert sidecar.deleted == ["/ports/alice/5000/", "/ports/alice/5001/"]

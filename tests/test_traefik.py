@@ -425,25 +425,13 @@ def test_owner_login_in_chromium(browser, hub, apps, alice):
 
 
 def test_routes_come_back_after_a_traefik_restart(hub, apps, alice):
-    _, public = apps
-    before = hub.port_routes()
-    hub.restart_traefik()
-    wait_for(lambda: hub.get(f"/ports/alice/{public.port}/x").status_code == 200, 30, "port routes served again")
-    assert hub.port_routes() == before
+    hub.assert_routes_back_after_a_traefik_restart(f"/ports/alice/{apps[1].port}/x")
 
 
 def test_hub_restart_reconciles(hub, apps, alice):
     """The servers keep running (``cleanup_servers = False``, as TLJH); a hub that started
     Traefik removes its file when it stops, and the new hub routes every server again."""
-    _, public = apps
-    hub.user_token("bob")
-    hub.spawn("bob")
-    assert f"/ports/bob/{public.port}/" in hub.port_routes()
-    hub.stop(leave_servers=True)
-    hub.start()
-    wait_for(lambda: hub.get(f"/ports/alice/{public.port}/x").status_code == 200, 30, "alice's routes", hub.log_path)
-    assert f"/ports/bob/{public.port}/" in hub.port_routes()
-    hub.stop_server("bob")
+    hub.restart_keeping_servers(apps[1].port)
     assert not any(spec.startswith("/ports/bob/") for spec in hub.port_routes())
     hub.stop_server("alice")  # no longer the hub's child: it would outlive the hub
 

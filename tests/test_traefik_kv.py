@@ -12,6 +12,7 @@ behind the hub's back put back, and Traefik's and the hub's restarts.
 import asyncio
 import json
 import os
+import signal
 import time
 
 import httpx
@@ -33,6 +34,11 @@ def store(request, module_tmp):
     store = KVStore(request.param, module_tmp / request.param).start()
     yield store
     store.stop()
+
+
+@pytest.fixture(params=["etcd", "redis"])
+def store_kind(request):
+    return request.param
 
 
 @pytest.fixture(scope="module")
@@ -118,41 +124,64 @@ def test_routes_deleted_behind_the_hubs_back_come_back(hub, apps, alice):
 
 
 def test_routes_come_back_after_a_traefik_restart(hub, apps, alice):
-    _, public = apps
-    before = hub.port_routes()
-    hub.restart_traefik()
-    wait_for(lambda: hub.get(f"/ports/alice/{public.port}/x").status_code == 200, 30, "port routes served again")
-    assert hub.port_routes() == before
+    hub.assert_routes_back_after_a_traefik_restart(f"/ports/alice/{apps[1].port}/x")
 
 
-def test_a_store_record_that_is_not_ours_is_skipped(hub, apps, alice):
-    """A record under our prefix that is no JSON of ours is logged and left; the rest is read."""
-    key = f"{hub.prefix}-jhproxy-routes/routes/router__2Fjunk_2F"
-    if hub.store.kind == "etcd":
-        import etcd3
-
-        etcd3.client(host="127.0.0.1", port=hub.store.port).put(key, "not json")
-    else:
-        import redis
-
-        redis.Redis(host="127.0.0.1", port=hub.store.port).set(key, "not json")
+def test_records_that_are_not_ours_are_skipped_and_never_acted_on(hub, apps, alice):
+    """Records under our prefix that are not ours (not JSON; a record claiming the hub's own
+    route "/" at another route's key; a key "0", which made the store's tree a list; a key
+    below a record) are logged and left alone: the hub's route is never deleted, and ours
+    are still read and reconciled."""
+    records = f"{hub.prefix}-jhproxy-routes/routes/"
+    claim = json.dumps({"routespec": "/", "data": {"target": hub.sidecar_url, "jhproxy_routes": True}})
+    hostile = {
+        f"{records}router__2Fjunk_2F": "not json",
+        f"{records}router__2Fports_2Fzz_2F": claim,
+        f"{records}0": claim,
+        f"{records}router__2Fports_2Fyy_2F/below": claim,
+    }
+    hub_router = f"{hub.prefix}-traefik/http/routers/router__2F/"
+    assert hub.store.keys(hub_router)
+    seen = len(hub.log())
+    for key, value in hostile.items():
+        hub.store.put(key, value)
     try:
-        wait_for(lambda: "router__2Fjunk_2F in the store skipped" in hub.log(), 20, "the record skipped", hub.log_path)
+        wait_for(lambda: "is not its key's" in hub.log()[seen:], 20, "the forged record skipped", hub.log_path)
+        time.sleep(2 * 2)  # two more reconciliations (c.PortRoutes.reconcile_interval = 2)
+        assert hub.store.keys(hub_router), "the hub's own route was deleted"
+        assert hub.get("/hub/login").status_code == 200
+        for needle in ("router__2Fjunk_2F in the store skipped", "/0 in the store skipped", "/below in the store skipped"):
+            assert needle in hub.log()[seen:], needle
+        assert "reconciliation failed" not in hub.log()[seen:]
         assert hub.get(f"/ports/alice/{apps[1].port}/x").status_code == 200  # ours still read and served
     finally:
-        hub.store.delete([key])
+        hub.store.delete(list(hostile))
+
+
+async def test_a_store_that_does_not_answer_is_a_clear_error(store_kind, module_tmp):
+    """A frozen store (SIGSTOP): each call gives up after the table's timeout with a
+    RouteAPIError naming it, instead of hanging the reconciliation."""
+    store = KVStore(store_kind, module_tmp / f"frozen-{store_kind}").start()
+    proxy_class = {"etcd": TraefikEtcdProxy, "redis": TraefikRedisProxy}[store_kind]
+    table = TraefikKVRouteTable(
+        proxy_class(**{f"{store_kind}_url": store.url}, traefik_api_username="a", traefik_api_password="b"), timeout=1
+    )
+    await table.get_all()  # connected
+    store.proc.send_signal(signal.SIGSTOP)
+    try:
+        for call in (table.get_all(), table.delete_many(["/ports/alice/5000/"])):
+            started = time.monotonic()
+            with pytest.raises(RouteAPIError, match=f"traefik {store_kind}: .*no answer within 1 s"):
+                await call
+            assert time.monotonic() - started < 5
+    finally:
+        store.proc.send_signal(signal.SIGCONT)
+        store.stop()
 
 
 def test_hub_restart_reconciles_and_stops_delete_every_key(hub, apps, alice):
     _, public = apps
-    hub.user_token("bob")
-    hub.spawn("bob")
-    assert f"/ports/bob/{public.port}/" in hub.port_routes()
-    hub.stop(leave_servers=True)
-    hub.start()
-    wait_for(lambda: hub.get(f"/ports/alice/{public.port}/x").status_code == 200, 30, "alice's routes", hub.log_path)
-    assert f"/ports/bob/{public.port}/" in hub.port_routes()
-    hub.stop_server("bob")
+    hub.restart_keeping_servers(public.port)
     # every key of bob's routes is gone from the store, not only our record
     left = {key: value for key, value in hub.store.keys(hub.prefix).items() if "bob" in key or "/bob/" in value}
     assert not left, left
@@ -160,9 +189,11 @@ def test_hub_restart_reconciles_and_stops_delete_every_key(hub, apps, alice):
     hub.stop_server("alice")  # no longer the hub's child: it would outlive the hub
 
 
-async def test_many_routes_in_transactions_within_etcds_limit(store, module_tmp, monkeypatch):
+async def test_many_routes_in_transactions_within_etcds_limit(store, module_tmp, monkeypatch, caplog):
     """300 routes added at once (six keys each: 1,800 operations, where etcd takes at most 128
-    in one transaction), served by a real Traefik; deleted by their exact keys."""
+    in one transaction), and 30 with 100 KiB of data each (3 MB, where etcd takes at most
+    1.5 MiB in one request), served by a real Traefik; deleted by their exact keys. A
+    routespec too long for a request is refused, and the rest still added."""
     monkeypatch.setenv("PATH", f"{BIN}:{os.environ['PATH']}")  # the proxy runs "traefik"
     proxy_class = {"etcd": TraefikEtcdProxy, "redis": TraefikRedisProxy}[store.kind]  # theirs: no hub needed
     prefix = f"bare-{store.kind}"
@@ -181,10 +212,13 @@ async def test_many_routes_in_transactions_within_etcds_limit(store, module_tmp,
     try:
         table = TraefikKVRouteTable(proxy)
         routes = {f"/ports/user{i}/5000/": {"target": f"http://127.0.0.1:{20000 + i}", "user": f"user{i}"} for i in range(300)}
-        await table.add_many(routes)
+        routes |= {f"/ports/big{i}/5000/": {"target": "http://127.0.0.1:9", "pad": "x" * (100 << 10)} for i in range(30)}
+        too_long = f"/ports/{'x' * 3000}/5000/"
+        await table.add_many({**routes, too_long: {"target": "http://127.0.0.1:9"}})
+        assert "longer than 2000 characters" in caplog.text
         assert await table.get_all() == {spec: {**data, "jhproxy_routes": True} for spec, data in routes.items()}
         response = httpx.get(f"{proxy.traefik_api_url}/api/http/routers?per_page=1000", auth=("api_admin", "secret"))
-        assert sum(router["rule"].startswith("( PathPrefix(`/ports/user") for router in response.json()) == 300
+        assert sum(router["rule"].startswith("( PathPrefix(`/ports/") for router in response.json()) == 330
         await table.delete_many([*routes, "/ports/nobody/5000/"])  # one not there: no error
         assert await table.get_all() == {}
         assert not any("/ports" in key or "ports" in value for key, value in store.keys(prefix).items())
@@ -207,7 +241,10 @@ async def test_many_routes_read_back_from_etcd_in_one_message(module_tmp):
     store = KVStore("etcd", module_tmp / "etcd-large").start()
     try:
         settings = dict(etcd_url=store.url, traefik_api_username="api_admin", traefik_api_password="secret")
-        big = {f"/ports/user{i}/5000/": {"target": "http://127.0.0.1:9", "pad": "x" * (64 << 10)} for i in range(80)}
+        big = {
+            f"/ports/user{i}/5000/": {"target": "http://127.0.0.1:9", "jhproxy_routes": True, "pad": "x" * (64 << 10)}
+            for i in range(80)
+        }
         table = TraefikKVRouteTable(TraefikEtcdProxy(etcd_client_kwargs={"grpc_options": ETCD_GRPC_OPTIONS}, **settings))
         for spec, data in big.items():  # one by one: no wait for Traefik (add_many's)
             keys = table._traefik_keys(spec, data)
