@@ -54,6 +54,7 @@ MAX_ROUTESPEC = 2000  # characters: a route's keys stay far below that (names fr
 #: the etcd client's gRPC options: a read of many routes is one message, and gRPC's default
 #: limit, 4 MiB, is about 10,000 of our records (the hub's own records of as many routes, more)
 ETCD_GRPC_OPTIONS = [("grpc.max_receive_message_length", 1 << 30)]
+ETCD_RETRY_AFTER = 1  # s: etcdpy's wait before it uses an endpoint again after a failure (its default: 300)
 RECORDS = "jhproxy-routes"  # our records' prefix: "<kv_jupyterhub_prefix>-jhproxy-routes"
 
 
@@ -216,7 +217,8 @@ class TraefikKVPortRoutes(TraefikPortRoutes):
 class TraefikEtcdPortRoutesProxy(TraefikKVPortRoutes, TraefikEtcdProxy):
     """jupyterhub-traefik-proxy's etcd proxy with one extra route per allowed port of each
     running server (see the module); its client reads messages of up to 1 GiB unless
-    ``c.TraefikEtcdProxy.etcd_client_kwargs`` has ``grpc_options`` of its own."""
+    ``c.TraefikEtcdProxy.etcd_client_kwargs`` has ``grpc_options`` of its own, and tries etcd
+    again a second after a failure."""
 
     @default("etcd_client_kwargs")
     def _default_etcd_client_kwargs(self):
@@ -225,6 +227,17 @@ class TraefikEtcdPortRoutesProxy(TraefikKVPortRoutes, TraefikEtcdProxy):
     @validate("etcd_client_kwargs")
     def _with_grpc_options(self, proposal):
         return {"grpc_options": ETCD_GRPC_OPTIONS, **proposal.value}
+
+    @default("etcd")
+    def _etcd_client_back_soon(self):
+        """jupyterhub-traefik-proxy's client, which tries etcd again a second after a failure,
+        not five minutes (etcdpy's ``time_retry``, meant to fail over to another endpoint:
+        with the one endpoint the hub knows, an etcd restart stopped every route change,
+        the hub's own too, for five minutes)."""
+        client = super()._default_client()
+        for endpoint in getattr(client, "endpoints", {}).values():
+            endpoint.time_retry = ETCD_RETRY_AFTER
+        return client
 
     def proxy_ports(self) -> dict[str, str]:
         return {**super().proxy_ports(), self.etcd_url: "the etcd store of the routes"}

@@ -502,7 +502,8 @@ class TraefikHub(Hub):
 class KVStore:
     """A real etcd or redis server (Debian's ``etcd-server``, ``redis-server``; tests/run.sh
     installs them) on a free port of 127.0.0.1, for Traefik's key-value providers. Redis with
-    keyspace notifications on, which Traefik's redis provider needs to see changes."""
+    keyspace notifications on, which Traefik's redis provider needs to see changes, and its
+    data kept on disk (a redis that restarts empty loses Traefik's API router too)."""
 
     BINARIES = {"etcd": "/usr/bin/etcd", "redis": "/usr/bin/redis-server"}
 
@@ -528,14 +529,15 @@ class KVStore:
             ]  # fmt: skip
         else:
             command = [
-                binary, "--bind", "127.0.0.1", "--port", str(self.port), "--save", "", "--appendonly", "no",
-                "--dir", str(self.dir), "--notify-keyspace-events", "KEA",
+                binary, "--bind", "127.0.0.1", "--port", str(self.port), "--save", "", "--appendonly", "yes",
+                "--appendfsync", "always", "--dir", str(self.dir), "--notify-keyspace-events", "KEA",
             ]  # fmt: skip
         self.proc = subprocess.Popen(command, stdout=self.log_path.open("a"), stderr=subprocess.STDOUT)
         wait_for(lambda: port_open(self.port), 30, f"{self.kind} to listen", self.log_path)
         return self
 
     def stop(self) -> None:
+        """Killed; ``start`` again on the same port, with the data it had."""
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(10)

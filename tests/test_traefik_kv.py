@@ -123,6 +123,23 @@ def test_routes_deleted_behind_the_hubs_back_come_back(hub, apps, alice):
     wait_for(lambda: hub.get(f"/ports/alice/{public.port}/x").status_code == 200, 20, "the route served again")
 
 
+def test_routes_come_back_after_the_store_restarts(hub, apps, alice):
+    """The store goes away (a reconciliation fails meanwhile) and comes back: within seconds
+    the hub changes routes again (etcd's client no longer waits five minutes before it tries
+    again)."""
+    _, public = apps
+    router = f"{hub.prefix}-traefik/http/routers/router__2Fports_2Falice_2F{public.port}_2F/"
+    record = f"{hub.prefix}-jhproxy-routes/routes/router__2Fports_2Falice_2F{public.port}_2F"
+    seen = len(hub.log())
+    hub.store.stop()
+    wait_for(lambda: "reconciliation failed" in hub.log()[seen:], 20, "a reconciliation failing without the store")
+    hub.store.start()
+    hub.store.delete([*hub.store.keys(router), record])  # a change the hub must put right
+    wait_for(lambda: hub.store.keys(router), 20, "alice's route back in the store", hub.log_path)
+    wait_for(lambda: hub.get(f"/ports/alice/{public.port}/x").status_code == 200, 30, "the route served again")
+    wait_for(lambda: hub.get("/hub/login").status_code == 200, 30, "the hub's own route served again")
+
+
 def test_routes_come_back_after_a_traefik_restart(hub, apps, alice):
     hub.assert_routes_back_after_a_traefik_restart(f"/ports/alice/{apps[1].port}/x")
 
