@@ -34,7 +34,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
+import sys
 
 from jupyterhub_traefik_proxy.etcd import TraefikEtcdProxy
 from jupyterhub_traefik_proxy.kv_proxy import TKvProxy
@@ -217,8 +219,8 @@ class TraefikKVPortRoutes(TraefikPortRoutes):
 class TraefikEtcdPortRoutesProxy(TraefikKVPortRoutes, TraefikEtcdProxy):
     """jupyterhub-traefik-proxy's etcd proxy with one extra route per allowed port of each
     running server (see the module); its client reads messages of up to 1 GiB unless
-    ``c.TraefikEtcdProxy.etcd_client_kwargs`` has ``grpc_options`` of its own, and tries etcd
-    again a second after a failure."""
+    ``c.TraefikEtcdProxy.etcd_client_kwargs`` has ``grpc_options`` of its own, tries etcd
+    again a second after a failure, and leaves the hub's children alone when it forks them."""
 
     @default("etcd_client_kwargs")
     def _default_etcd_client_kwargs(self):
@@ -229,11 +231,22 @@ class TraefikEtcdPortRoutesProxy(TraefikKVPortRoutes, TraefikEtcdProxy):
         return {"grpc_options": ETCD_GRPC_OPTIONS, **proposal.value}
 
     @default("etcd")
-    def _etcd_client_back_soon(self):
-        """jupyterhub-traefik-proxy's client, which tries etcd again a second after a failure,
-        not five minutes (etcdpy's ``time_retry``, meant to fail over to another endpoint:
-        with the one endpoint the hub knows, an etcd restart stopped every route change,
-        the hub's own too, for five minutes)."""
+    def _etcd_client(self):
+        """jupyterhub-traefik-proxy's client, with two changes:
+
+        - gRPC's fork handlers off (``GRPC_ENABLE_FORK_SUPPORT=false``, unless the hub's
+          environment says otherwise), set before the client loads gRPC: on, they crashed now
+          and then a child the hub forked while the client was busy (a user's server that
+          never started; grpc/grpc#43055), and the hub forks every local server and service;
+        - it tries etcd again a second after a failure, not five minutes (etcdpy's
+          ``time_retry``, meant to fail over to another endpoint: with the one endpoint the
+          hub knows, an etcd restart stopped every route change, the hub's own too)."""
+        if "grpc" in sys.modules and "GRPC_ENABLE_FORK_SUPPORT" not in os.environ:
+            self.log.warning(
+                "jhproxy-routes: gRPC was loaded before etcd's client: set GRPC_ENABLE_FORK_SUPPORT=false in the"
+                " hub's environment, or a server the hub starts may crash before it runs (grpc/grpc#43055)"
+            )
+        os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
         client = super()._default_client()
         for endpoint in getattr(client, "endpoints", {}).values():
             endpoint.time_retry = ETCD_RETRY_AFTER

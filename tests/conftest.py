@@ -14,6 +14,10 @@ import pytest
 from tests.certs import Certificate, make_certificate
 from tests.rig import CHP, CHROMIUM, CHROMIUM_ARGS, REPO, SCREENSHOTS, App, Hub
 
+# the tests read the key-value stores with etcd's gRPC client and fork processes all along:
+# gRPC's fork handlers off, as in the hub (jhproxy_routes.traefik_kv), before gRPC loads
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
+
 
 @pytest.fixture(scope="session")
 def certificate(tmp_path_factory) -> Certificate:
