@@ -478,6 +478,19 @@ class TraefikHub(Hub):
         wait_for(lambda: self.get(path).status_code == 200, 30, f"{path} served again after the restart")
         assert self.port_routes() == before
 
+    def assert_public_port_moves_activity(self, port: int, interval: float) -> None:
+        """Traefik keeps no activity per route: the sidecar's record of a request to alice's
+        public ``port`` moves her server's last_activity (collected every ``interval``, the
+        hub's last_activity_interval)."""
+
+        def last_activity():
+            return self.api("GET", "/users/alice").json()["servers"][""]["last_activity"]
+
+        before = last_activity()
+        time.sleep(1.5)
+        assert self.get(f"/ports/alice/{port}/").status_code == 200
+        wait_for(lambda: last_activity() > before, 6 * interval, "the public port's activity", self.log_path)
+
     def restart_keeping_servers(self, port: int) -> None:
         """bob's server started beside alice's, the hub restarted with both running
         (``cleanup_servers = False``): alice's ``port`` served again and bob's route back;
@@ -639,6 +652,37 @@ class TraefikStoreHub(TraefikHub):
         """The hub's own routes in the store (jupyterhub-traefik-proxy's records): ``{routespec: data}``."""
         keys = self.store.keys(f"{self.prefix}/routes/")
         return {value: {} for key, value in keys.items() if key.endswith("/routespec")}
+
+
+def check_host_routes(make_hub, protected: App, public: App, **hub_kwargs) -> None:
+    """``{port}--{username}.{subdomain_host}`` behind Traefik (a hub made with ``hub_kwargs``):
+    each port a host of its own; Traefik's rule ``Host(...) && PathPrefix(/)`` is longer than
+    the hub's ``PathPrefix(/)``; another host reaches no app."""
+    config = """
+c.JupyterHub.subdomain_host = f"http://hub.test:{c.JupyterHub.port}"
+c.PortRoutes.route_template = "{port}--{username}.{subdomain_host}"
+"""
+    hub = make_hub([protected.port, {"port": public.port, "access": "public"}], config, **hub_kwargs)
+    token = hub.user_token("carol")
+    hub.spawn("carol")
+    assert set(hub.port_routes()) == {f"{protected.port}--carol.hub.test/", f"{public.port}--carol.hub.test/"}
+
+    def at(host, path="/", **kwargs):
+        return httpx.get(hub.url + path, headers={"Host": f"{host}:{hub.port}", **kwargs.pop("headers", {})}, **kwargs)
+
+    response = at(f"{public.port}--carol.hub.test", "/any/path")
+    assert response.status_code == 200 and response.json()["path"] == "/any/path"
+    assert at(f"{protected.port}--carol.hub.test").status_code == 403
+    port_token = hub.proxytoken(token, "POST", content="random").json()
+    assert at(f"{protected.port}--carol.hub.test", headers={"X-Proxy-Token": port_token}).status_code == 200
+    # another host (a port not allowed, a user with no server) reaches no app
+    seen = len(public.received())
+    assert at(f"{public.port}--dave.hub.test").status_code in (302, 404)
+    assert at(f"{public.port + 1}--carol.hub.test").status_code in (302, 404)
+    assert len(public.received()) == seen
+    hub.stop_server("carol")
+    assert hub.port_routes() == {}
+    hub.stop()
 
 
 CHROMIUM = Path("/usr/bin/chromium")

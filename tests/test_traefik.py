@@ -24,7 +24,7 @@ from tornado.websocket import websocket_connect
 from jhproxy_routes import routesfile
 from jhproxy_routes.routeapi import RouteAPIError
 from jhproxy_routes.traefik import TraefikDirectoryProxy, TraefikRouteTable, unsafe
-from tests.rig import BIN, TraefikHub, browser_login, free_port, sibling_ports, wait_for, websocket_echo
+from tests.rig import BIN, TraefikHub, browser_login, check_host_routes, free_port, sibling_ports, wait_for, websocket_echo
 
 MIB = 1 << 20
 CHECK_INTERVAL = 2  # c.JupyterHub.last_activity_interval: the hub's check_routes this often
@@ -298,17 +298,7 @@ def test_routes_in_traefik_all_through_the_sidecar(hub, apps, alice):
 
 
 def test_public_ports_traffic_is_the_servers_activity(hub, apps, alice):
-    """Traefik keeps no activity per route: the sidecar's record of the public port's request
-    moves the server's last_activity (collected every last_activity_interval)."""
-    _, public = apps
-
-    def last_activity():
-        return hub.api("GET", "/users/alice").json()["servers"][""]["last_activity"]
-
-    before = last_activity()
-    time.sleep(1.5)
-    assert hub.get(f"/ports/alice/{public.port}/").status_code == 200
-    wait_for(lambda: last_activity() > before, 6 * CHECK_INTERVAL, "the public port's activity", hub.log_path)
+    hub.assert_public_port_moves_activity(apps[1].port, CHECK_INTERVAL)
 
 
 def test_longest_prefix_wins_on_whole_segments(hub, apps, alice):
@@ -437,34 +427,7 @@ def test_hub_restart_reconciles(hub, apps, alice):
 
 
 def test_host_routes(make_hub, apps):
-    """``{port}--{username}.{subdomain_host}``: each port a host of its own; Traefik's rule
-    ``Host(...) && PathPrefix(/)`` is longer than the hub's ``PathPrefix(/)``."""
-    protected, public = apps
-    config = """
-c.JupyterHub.subdomain_host = f"http://hub.test:{c.JupyterHub.port}"
-c.PortRoutes.route_template = "{port}--{username}.{subdomain_host}"
-"""
-    hub = make_hub([protected.port, {"port": public.port, "access": "public"}], config, hub_class=TraefikHub)
-    token = hub.user_token("carol")
-    hub.spawn("carol")
-    assert set(hub.port_routes()) == {f"{protected.port}--carol.hub.test/", f"{public.port}--carol.hub.test/"}
-
-    def at(host, path="/", **kwargs):
-        return httpx.get(hub.url + path, headers={"Host": f"{host}:{hub.port}", **kwargs.pop("headers", {})}, **kwargs)
-
-    response = at(f"{public.port}--carol.hub.test", "/any/path")
-    assert response.status_code == 200 and response.json()["path"] == "/any/path"
-    assert at(f"{protected.port}--carol.hub.test").status_code == 403
-    port_token = hub.proxytoken(token, "POST", content="random").json()
-    assert at(f"{protected.port}--carol.hub.test", headers={"X-Proxy-Token": port_token}).status_code == 200
-    # another host (a port not allowed, a user with no server) reaches no app
-    seen = len(public.received())
-    assert at(f"{public.port}--dave.hub.test").status_code in (302, 404)
-    assert at(f"{public.port + 1}--carol.hub.test").status_code in (302, 404)
-    assert len(public.received()) == seen
-    hub.stop_server("carol")
-    assert hub.port_routes() == {}
-    hub.stop()
+    check_host_routes(make_hub, *apps, hub_class=TraefikHub)
 
 
 def test_the_littlest_jupyterhubs_way(make_hub, apps):

@@ -27,7 +27,7 @@ from tornado.websocket import websocket_connect
 
 from jhproxy_routes.routeapi import RouteAPIError
 from jhproxy_routes.traefik_kv import ETCD_GRPC_OPTIONS, TraefikEtcdPortRoutesProxy, TraefikKVRouteTable
-from tests.rig import BIN, KVStore, TraefikStoreHub, free_port, sibling_ports, wait_for
+from tests.rig import BIN, KVStore, TraefikStoreHub, check_host_routes, free_port, sibling_ports, wait_for
 
 CHECK_INTERVAL = 2  # c.JupyterHub.last_activity_interval: the hub's check_routes this often
 
@@ -104,6 +104,16 @@ async def test_websocket_through_traefik_and_the_sidecar(hub, apps, alice):
     await conn.write_message("hello through the store's routes")
     assert await asyncio.wait_for(conn.read_message(), 10) == "hello through the store's routes"
     conn.close()
+
+
+@pytest.mark.parametrize("store", ["etcd"], indirect=True)  # the table's logic alone: once
+def test_public_ports_traffic_is_the_servers_activity(hub, apps, alice):
+    hub.assert_public_port_moves_activity(apps[1].port, CHECK_INTERVAL)
+
+
+@pytest.mark.parametrize("store", ["etcd"], indirect=True)  # the table's logic alone: once
+def test_host_routes(make_hub, apps, store):
+    check_host_routes(make_hub, *apps, hub_class=TraefikStoreHub, store=store)
 
 
 @pytest.mark.parametrize("store", ["etcd"], indirect=True)  # the table's logic alone: once
