@@ -74,6 +74,14 @@ def make_hub(module_tmp):
         hub.stop()
 
 
+@pytest.fixture(scope="module")
+def alice(hub):
+    """alice's API token, with her default server started on the module's ``hub``."""
+    token = hub.user_token("alice")
+    hub.spawn("alice")
+    return token
+
+
 def pytest_report_header(config):
     chp = shutil.which(str(CHP)) or f"MISSING ({CHP})"
     chromium = "/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else "MISSING (/usr/bin/chromium)"

@@ -24,13 +24,6 @@ def hub(make_hub, apps):
     )
 
 
-@pytest.fixture(scope="module")
-def alice(hub):
-    token = hub.user_token("alice")
-    hub.spawn("alice")
-    return token
-
-
 def port_url(hub, apps, which="token", user="alice"):
     return f"/ports/{user}/{apps[which].port}"
 

@@ -45,13 +45,6 @@ def hub(make_hub, ports):
 
 
 @pytest.fixture(scope="module")
-def alice(hub):
-    token = hub.user_token("alice")
-    hub.spawn("alice")
-    return token
-
-
-@pytest.fixture(scope="module")
 def apps(ports, alice):
     """The pids of the server's apps, by name, once they listen."""
     wait_for(lambda: all(port_open(ports[name]) for name in APPS), 30, "the server's apps")

@@ -51,13 +51,6 @@ def hub(make_hub, apps):
     return make_hub([apps["api"].port, apps["open"].port, locked], POLICY)
 
 
-@pytest.fixture(scope="module")
-def alice(hub):
-    token = hub.user_token("alice")
-    hub.spawn("alice")
-    return token
-
-
 def port(hub, apps, which="api", user="alice"):
     return f"{hub.url}/ports/{user}/{apps[which].port}/data"
 

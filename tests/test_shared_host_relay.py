@@ -35,13 +35,6 @@ def hub(make_hub, ports):
 
 
 @pytest.fixture(scope="module")
-def alice(hub):
-    token = hub.user_token("alice")
-    hub.spawn("alice")
-    return token
-
-
-@pytest.fixture(scope="module")
 def app(module_tmp, ports, alice):
     (module_tmp / "secret.txt").write_text("alice's loopback-only data\n")
     proc = subprocess.Popen([sys.executable, "-m", "http.server", "--bind", "127.0.0.1", str(ports["allowed"])], cwd=module_tmp)

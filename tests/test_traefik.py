@@ -51,13 +51,6 @@ def hub(make_hub, apps):
     )
 
 
-@pytest.fixture(scope="module")
-def alice(hub):
-    token = hub.user_token("alice")
-    hub.spawn("alice")
-    return token
-
-
 def port_url(hub, port, rest="/", user="alice"):
     return f"{hub.url}/ports/{user}/{port}{rest}"
 

@@ -64,13 +64,6 @@ def hub(make_hub, apps, store):
     hub.stop()  # before its store (the next store's tests run while make_hub's hubs are kept)
 
 
-@pytest.fixture(scope="module")
-def alice(hub):
-    token = hub.user_token("alice")
-    hub.spawn("alice")
-    return token
-
-
 def test_routes_in_the_store_beside_the_hubs_and_served(hub, apps, alice):
     protected, public = apps
     routes = hub.port_routes()
