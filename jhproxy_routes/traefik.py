@@ -52,7 +52,15 @@ from .logsafe import shown
 from .proxy import PortRoutesMixin
 from .routeapi import ROUTE_TAG, RouteAPIError
 
-__all__ = ["TraefikDirectoryProxy", "TraefikPortRoutes", "TraefikPortRoutesProxy", "TraefikRouteTable", "unsafe", "until_served"]
+__all__ = [
+    "Refusals",
+    "TraefikDirectoryProxy",
+    "TraefikPortRoutes",
+    "TraefikPortRoutesProxy",
+    "TraefikRouteTable",
+    "unsafe",
+    "until_served",
+]
 
 ROUTES_PER_YIELD = 100  # routes made (~45 µs each) between two yields to the hub's event loop
 
@@ -70,6 +78,19 @@ def unsafe(routespec: str) -> str:
     if any(ord(c) < 0x20 or c == "\x7f" for c in plain):
         return "a control character"
     return ""
+
+
+class Refusals:
+    """``refuse(routespec, why)``: a route that gets no Traefik route, logged once per routespec."""
+
+    def __init__(self, log):
+        self.log = log
+        self.seen: set[str] = set()
+
+    def __call__(self, routespec: str, why: str) -> None:
+        if routespec not in self.seen:
+            self.seen.add(routespec)
+            self.log.error("jhproxy-routes: no Traefik route for %s: %s", shown(routespec), why)
 
 
 async def until_started(proxy: TraefikProxy) -> None:
@@ -124,7 +145,7 @@ class TraefikRouteTable:
         self._changes = 0  # changes made to the table so far
         self._written = 0  # changes the file holds
         self._writing: asyncio.Future | None = None
-        self._refused: set[str] = set()  # routespecs refused and logged once
+        self._refuse = Refusals(self.log)
 
     async def _table(self) -> dict[str, dict]:
         """The table, read from the file when first needed (in a thread)."""
@@ -228,11 +249,6 @@ class TraefikRouteTable:
             await call
         except (OSError, asyncio.TimeoutError, TimeoutError) as e:
             raise RouteAPIError(f"traefik {what}: {type(e).__name__}: {e or 'timed out'}") from None
-
-    def _refuse(self, routespec: str, why: str) -> None:
-        if routespec not in self._refused:
-            self._refused.add(routespec)
-            self.log.error("jhproxy-routes: no Traefik route for %s: %s", shown(routespec), why)
 
 
 def other_dynamic_config(directory: str, own: set[str]) -> list[str]:

@@ -46,7 +46,7 @@ from traitlets import default, validate
 
 from .logsafe import shown
 from .routeapi import ROUTE_TAG, RouteAPIError
-from .traefik import TraefikPortRoutes, unsafe, until_served, until_started
+from .traefik import Refusals, TraefikPortRoutes, unsafe, until_served, until_started
 
 __all__ = ["TraefikEtcdPortRoutesProxy", "TraefikKVRouteTable", "TraefikRedisPortRoutesProxy"]
 
@@ -94,7 +94,7 @@ class TraefikKVRouteTable:
         self.timeout = timeout
         self.sep = proxy.kv_separator
         self.records = f"{proxy.kv_jupyterhub_prefix}-{RECORDS}{self.sep}routes{self.sep}"
-        self._refused: set[str] = set()  # routespecs refused and logged once
+        self._refuse = Refusals(self.log)
 
     def _record_key(self, routespec: str) -> str:
         return self.records + generate_alias(routespec, "router")
@@ -146,16 +146,12 @@ class TraefikKVRouteTable:
             keys = self._traefik_keys(spec, data)
             keys[self._record_key(spec)] = json.dumps({"routespec": spec, "data": data}, separators=(",", ":"))
             per_route.append((spec, keys))
-        last, failure = None, None
-        for specs, keys in batches(per_route):
-            try:
-                await self._call(f"add {len(specs)} route(s)", self.proxy._kv_atomic_set(keys))
-                last = specs[-1]
-            except RouteAPIError as e:
-                failure = failure or e
-        if last is not None:
+        stored, failure = await self._in_batches("add", per_route, self.proxy._kv_atomic_set)
+        if stored:
             where = f"{self.proxy.provider_name} at {self.proxy.kv_traefik_prefix!r}"
-            await until_served(self.proxy, last, f"after it was stored: Traefik's {where} provider must read the same store")
+            await until_served(
+                self.proxy, stored[-1], f"after it was stored: Traefik's {where} provider must read the same store"
+            )
         if failure:
             raise failure
 
@@ -164,14 +160,22 @@ class TraefikKVRouteTable:
         (a route not there deletes nothing); the first failure raised once all were tried."""
         names = {"target": "http://127.0.0.1"}  # the keys' names do not depend on the target
         per_route = [(spec, dict.fromkeys([*self._traefik_keys(spec, names), self._record_key(spec)], "")) for spec in routespecs]
+        _, failure = await self._in_batches("delete", per_route, lambda keys: self.proxy._kv_atomic_delete(*keys))
+        if failure:
+            raise failure
+
+    async def _in_batches(self, verb: str, per_route, call) -> tuple[list[str], RouteAPIError | None]:
+        """``call(keys)`` for each batch (``batches``), every one tried: the routespecs of the
+        batches that succeeded, and the first failure."""
+        done: list[str] = []
         failure = None
         for specs, keys in batches(per_route):
             try:
-                await self._call(f"delete {len(specs)} route(s)", self.proxy._kv_atomic_delete(*keys))
+                await self._call(f"{verb} {len(specs)} route(s)", call(keys))
+                done += specs
             except RouteAPIError as e:
                 failure = failure or e
-        if failure:
-            raise failure
+        return done, failure
 
     async def _call(self, what: str, call):
         """Await a store call, after the proxy's own start-up (an external Traefik's dynamic
@@ -184,11 +188,6 @@ class TraefikKVRouteTable:
             raise RouteAPIError(f"traefik {self.proxy.provider_name}: {what}: no answer within {self.timeout:g} s") from None
         except Exception as e:  # etcd's gRPC and redis' errors share no base class
             raise RouteAPIError(f"traefik {self.proxy.provider_name}: {what}: {store_error(e)}") from None
-
-    def _refuse(self, routespec: str, why: str) -> None:
-        if routespec not in self._refused:
-            self._refused.add(routespec)
-            self.log.error("jhproxy-routes: no Traefik route for %s: %s", shown(routespec), why)
 
 
 def batches(per_route: list[tuple[str, dict[str, str]]]):
