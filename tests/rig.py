@@ -8,6 +8,7 @@ Nothing here is faked: a part that cannot start fails the test with its log.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -555,54 +556,41 @@ class KVStore:
             self.proc.kill()
             self.proc.wait(10)
 
-    def keys(self, prefix: str) -> dict[str, str]:
-        """``{key: value}`` of every key that starts with ``prefix``, read with the store's own client."""
+    @contextlib.contextmanager
+    def client(self):
+        """The store's own client (etcd3's or redis'), closed after."""
         if self.kind == "etcd":
             import etcd3
 
             client = etcd3.client(host="127.0.0.1", port=self.port)
             try:
-                return {meta.key.decode(): value.decode() for value, meta in client.get_prefix(prefix)}
+                yield client
             finally:
                 client.close()
-        import redis
+        else:
+            import redis
 
-        with redis.Redis(host="127.0.0.1", port=self.port, decode_responses=True) as client:
+            with redis.Redis(host="127.0.0.1", port=self.port, decode_responses=True) as client:
+                yield client
+
+    def keys(self, prefix: str) -> dict[str, str]:
+        """``{key: value}`` of every key that starts with ``prefix``."""
+        with self.client() as client:
+            if self.kind == "etcd":
+                return {meta.key.decode(): value.decode() for value, meta in client.get_prefix(prefix)}
             keys = sorted(client.scan_iter(match=prefix + "*"))
             return dict(zip(keys, client.mget(keys), strict=True)) if keys else {}
 
     def put(self, key: str, value: str) -> None:
-        """Set ``key`` behind the hub's back, with the store's own client."""
-        if self.kind == "etcd":
-            import etcd3
-
-            client = etcd3.client(host="127.0.0.1", port=self.port)
-            try:
-                client.put(key, value)
-            finally:
-                client.close()
-        else:
-            import redis
-
-            with redis.Redis(host="127.0.0.1", port=self.port) as client:
-                client.set(key, value)
+        """Set ``key`` behind the hub's back."""
+        with self.client() as client:
+            (client.put if self.kind == "etcd" else client.set)(key, value)
 
     def delete(self, keys: list[str]) -> None:
-        """Delete ``keys`` behind the hub's back, with the store's own client."""
-        if self.kind == "etcd":
-            import etcd3
-
-            client = etcd3.client(host="127.0.0.1", port=self.port)
-            try:
-                for key in keys:
-                    client.delete(key)
-            finally:
-                client.close()
-        else:
-            import redis
-
-            with redis.Redis(host="127.0.0.1", port=self.port) as client:
-                client.delete(*keys)
+        """Delete ``keys`` behind the hub's back."""
+        with self.client() as client:
+            for key in keys:
+                client.delete(key)
 
 
 class TraefikStoreHub(TraefikHub):
